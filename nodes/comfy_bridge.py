@@ -1,0 +1,150 @@
+"""The one place where the pack touches ComfyUI at run time.
+
+Every ComfyUI module is imported lazily, inside a function, so that the node classes import and run in
+plain Python (tests, the CLI) without ComfyUI. Outside ComfyUI each helper has a sensible fallback:
+model names are plain file paths, progress goes nowhere, interrupts never happen.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any, Callable, Optional
+
+
+def in_comfyui() -> bool:
+    """True when running inside a ComfyUI process (its ``comfy`` and ``folder_paths`` are importable)."""
+    try:
+        import folder_paths  # noqa: F401
+        import comfy.model_management  # noqa: F401
+    except Exception:
+        return False
+    return True
+
+
+def _folder_paths():
+    try:
+        import folder_paths
+
+        return folder_paths
+    except Exception:
+        return None
+
+
+def list_model_files(*folders: str) -> list[str]:
+    """Relative file names in ComfyUI model folders (e.g. ``"clip_vision"``); ``[]`` outside ComfyUI."""
+    fp = _folder_paths()
+    if fp is None:
+        return []
+    names: list[str] = []
+    for folder in folders:
+        try:
+            names.extend(n for n in fp.get_filename_list(folder) if n not in names)
+        except Exception:
+            continue
+    return names
+
+
+def resolve_model_path(name: str, *folders: str) -> str:
+    """Full path of a model file named in a node widget.
+
+    Inside ComfyUI the name is looked up in the given model folders (first hit wins). An existing
+    absolute/relative path is accepted as is, which is what tests and API users without ComfyUI use.
+    """
+    fp = _folder_paths()
+    if fp is not None:
+        for folder in folders:
+            try:
+                full = fp.get_full_path(folder, name)
+            except Exception:
+                full = None
+            if full:
+                return full
+    if os.path.isfile(name):
+        return os.path.abspath(name)
+    where = ", ".join(f"models/{f}" for f in folders) or "the model folders"
+    raise FileNotFoundError(
+        f"Model file '{name}' was not found in {where}. Put the file there (or give an existing path) "
+        f"and refresh the node list (press 'r' in the ComfyUI window)."
+    )
+
+
+def output_directory() -> str:
+    """ComfyUI's output directory, or ``./output`` outside ComfyUI."""
+    fp = _folder_paths()
+    if fp is not None:
+        return fp.get_output_directory()
+    return os.path.abspath("output")
+
+
+def temp_directory() -> str:
+    fp = _folder_paths()
+    if fp is not None:
+        return fp.get_temp_directory()
+    import tempfile
+
+    return tempfile.gettempdir()
+
+
+def check_interrupt() -> None:
+    """Raise ComfyUI's InterruptProcessingException if the user pressed Cancel (no-op outside ComfyUI)."""
+    try:
+        import comfy.model_management as mm
+    except Exception:
+        return
+    mm.throw_exception_if_processing_interrupted()
+
+
+class Progress:
+    """Progress bar in the ComfyUI node (with optional preview image); a plain callback elsewhere.
+
+    ``callback(value, total, preview_pil_or_None)`` lets tests and the CLI observe progress.
+    """
+
+    def __init__(self, total: int, node_id: Optional[str] = None,
+                 callback: Optional[Callable[[int, int, Any], None]] = None):
+        self.total = max(int(total), 1)
+        self.value = 0
+        self._callback = callback
+        self._bar = None
+        try:
+            import comfy.utils
+
+            self._bar = comfy.utils.ProgressBar(self.total, node_id=node_id)
+        except Exception:
+            self._bar = None
+
+    def update_absolute(self, value: int, preview_image=None) -> None:
+        """Set progress to ``value``; ``preview_image`` is a PIL image shown on the node."""
+        self.value = int(value)
+        if self._bar is not None:
+            preview = ("JPEG", preview_image, 512) if preview_image is not None else None
+            self._bar.update_absolute(self.value, self.total, preview)
+        if self._callback is not None:
+            self._callback(self.value, self.total, preview_image)
+
+    def step(self, preview_image=None) -> None:
+        self.update_absolute(self.value + 1, preview_image)
+
+
+def prompt_server():
+    """ComfyUI's ``PromptServer.instance`` when the server module is loaded, else None.
+
+    We look in ``sys.modules`` instead of importing ``server``: outside ComfyUI another top-level module
+    of that name may exist, and importing ComfyUI's would start pulling in the whole app.
+    """
+    server = sys.modules.get("server")
+    instance = getattr(getattr(server, "PromptServer", None), "instance", None)
+    return instance
+
+
+def send_ui_event(event: str, data: dict, client_id: Optional[str] = None) -> bool:
+    """Send a websocket event to the front end (our web extension listens); False outside ComfyUI."""
+    server = prompt_server()
+    if server is None:
+        return False
+    try:
+        server.send_sync(event, data, client_id if client_id is not None else server.client_id)
+    except Exception:
+        return False
+    return True

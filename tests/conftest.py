@@ -1,0 +1,15 @@
+"""Shared pytest setup. Tests import the pack as the installed package ``comfyui_clipwan``."""
+
+import os
+
+import pytest
+import torch
+
+# 2 CPU cores on CI: keep torch from oversubscribing them.
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+    yield
