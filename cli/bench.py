@@ -1,0 +1,35 @@
+"""``comfyui-clipwan bench {clip,wan,axera}``: run one of the benchmarks in ``benchmarks/``.
+
+Each benchmark module ``benchmarks/bench_<name>.py`` defines ``add_arguments(parser)`` and ``run(args) -> int``
+and prints its figures as ratios against peers measured in the same run.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+BENCHMARKS = {
+    "clip": "CLIP vision encode vs open_clip and transformers (same weights, same dtype)",
+    "wan": "causal Wan sampling: time and memory per block, time to first block",
+    "axera": "ONNX Runtime vs torch eager latency for exported CLIP vision/text, export time",
+}
+
+
+def register(sub) -> None:
+    bench = sub.add_parser("bench", help="run a benchmark (prints ratios against peers measured in the same run)")
+    which = bench.add_subparsers(dest="benchmark", required=True, metavar="BENCHMARK")
+    for name, text in BENCHMARKS.items():
+        parser = which.add_parser(name, help=text, description=text)
+        try:
+            module = importlib.import_module(f"..benchmarks.bench_{name}", __package__)
+        except ModuleNotFoundError as exc:
+            if not exc.name.endswith(f"bench_{name}"):
+                raise
+            parser.set_defaults(func=lambda args, n=name: _missing(n))
+            continue
+        module.add_arguments(parser)
+        parser.set_defaults(func=module.run)
+
+
+def _missing(name: str) -> int:
+    raise RuntimeError(f"benchmark '{name}' is not available in this build (benchmarks/bench_{name}.py missing)")
