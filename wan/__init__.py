@@ -1,1 +1,19 @@
-"""(filled in by its issue)"""
+"""Wan 2.1 DiT and block-causal (Self-Forcing / CausVid / LongLive style) image-to-video sampling.
+
+Pure PyTorch; no ComfyUI imports (the nodes in ``nodes/wan_nodes.py`` bridge to ComfyUI).
+"""
+
+from .cache import KVCache, attended_frames
+from .causal_model import CausalWanModel
+from .checkpoint import load_wan_state_dict, strip_to_wan_keys
+from .config import WanConfig, config_from_shapes, detect_config, preset
+from .latent import LatentPreviewer, check_latent, denormalize, normalize, pixel_length_to_latent_frames
+from .sampler import CausalSettings, PromptSwitch, block_layout, sample_causal
+from .scheduler import denoising_sigmas, parse_steps, shift_sigma
+
+__all__ = [
+    "CausalSettings", "CausalWanModel", "KVCache", "LatentPreviewer", "PromptSwitch", "WanConfig",
+    "attended_frames", "block_layout", "check_latent", "config_from_shapes", "denoising_sigmas", "denormalize",
+    "detect_config", "load_wan_state_dict", "normalize", "parse_steps", "pixel_length_to_latent_frames", "preset",
+    "sample_causal", "shift_sigma", "strip_to_wan_keys",
+]

@@ -1,0 +1,115 @@
+"""Block-causal self-attention KV cache with an attention sink and a local window.
+
+Attention rule (the same one the masked reference in the tests spells out): a query in the block of latent
+frames ``[s, e)`` sees key frame ``f`` iff ``f < e`` and, with a window of ``L`` frames, ``f < sink`` or
+``f >= e - (L - sink)`` — the first ``sink`` frames forever plus the most recent frames, ``L`` frames in
+all including the block itself. ``L = 0`` means no window (every earlier frame).
+
+Layout per layer: one buffer ``[B, capacity·S, heads, head_dim]`` (S tokens per frame) holding the committed
+frames (sink first, then the recent ones, oldest first) followed by scratch room for the block being
+denoised. Denoising steps write the block's K/V into the scratch slots and attend over
+``[committed | block]``; only the clean pass at t=0 *commits* the block (advances the frame count), so an
+interrupted block leaves the committed frames untouched. Keys are stored after RoPE at their absolute frame
+positions, so evicting frames never changes the positions of the ones kept. Capacity is fixed (``L`` frames
+with a window, the whole video without), so memory is flat however long the video runs.
+"""
+
+from __future__ import annotations
+
+from typing import List, Optional
+
+import torch
+
+
+class KVCache:
+    def __init__(self, num_layers: int, batch: int, heads: int, head_dim: int, tokens_per_frame: int,
+                 capacity_frames: int, sink_frames: int = 0, window_frames: int = 0,
+                 dtype: torch.dtype = torch.float32, device=None):
+        self.num_layers = num_layers
+        self.shape = (batch, capacity_frames * tokens_per_frame, heads, head_dim)
+        self.tokens_per_frame = tokens_per_frame
+        self.capacity_frames = capacity_frames
+        self.sink_frames = sink_frames
+        self.window_frames = window_frames
+        self.dtype = dtype
+        self.device = device
+        self.k: List[Optional[torch.Tensor]] = [None] * num_layers
+        self.v: List[Optional[torch.Tensor]] = [None] * num_layers
+        self.frames: List[int] = []  # absolute indices of the committed frames, in buffer order
+        self._pending = 0  # frames of the block being denoised (scratch slots after the committed ones)
+        self._pending_start = 0
+
+    # --- bookkeeping --------------------------------------------------------------------------------
+    def reset(self) -> None:
+        self.frames = []
+        self._pending = 0
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in self.k + self.v if t is not None)
+
+    def begin_block(self, start_frame: int, num_frames: int) -> None:
+        """Make room for a block of ``num_frames`` starting at ``start_frame`` (evicting frames the window no
+        longer shows: they would be masked out for this block and every later one)."""
+        if self.frames and start_frame <= self.frames[-1]:
+            raise RuntimeError(f"KV cache holds frames up to {self.frames[-1]} but the next block starts at "
+                               f"frame {start_frame}; blocks must be committed in order.")
+        end = start_frame + num_frames
+        if self.window_frames:
+            first_recent = end - (self.window_frames - self.sink_frames)
+            keep = [f for f in self.frames if f < self.sink_frames or f >= first_recent]
+            if len(keep) != len(self.frames):
+                self._evict(keep)
+        if len(self.frames) + num_frames > self.capacity_frames:
+            raise RuntimeError(f"KV cache capacity {self.capacity_frames} frames exceeded "
+                               f"({len(self.frames)} cached + {num_frames} new).")
+        self._pending = num_frames
+        self._pending_start = start_frame
+
+    def _evict(self, keep: List[int]) -> None:
+        s = self.tokens_per_frame
+        pos = {f: i for i, f in enumerate(self.frames)}
+        src = [pos[f] for f in keep]
+        # the sink frames are a prefix already in place; the recent frames are one contiguous run to move left
+        n_in_place = next((j for j, i in enumerate(src) if i != j), len(src))
+        if n_in_place < len(src):
+            i0, run = src[n_in_place], len(src) - n_in_place
+            assert src[n_in_place:] == list(range(i0, i0 + run)), "recent cache frames must be contiguous"
+            for buf in self.k + self.v:
+                if buf is not None:  # clone: source and destination ranges may overlap
+                    buf[:, n_in_place * s:(n_in_place + run) * s] = buf[:, i0 * s:(i0 + run) * s].clone()
+        self.frames = keep
+
+    def commit(self) -> None:
+        """The clean pass wrote the block's K/V: keep it for the following blocks."""
+        self.frames.extend(range(self._pending_start, self._pending_start + self._pending))
+        self._pending = 0
+
+    # --- the hook the DiT calls in every layer ---------------------------------------------------------
+    def hook(self, start_frame: int):
+        """``kv_hook`` for ``model.transformer``: writes the block's K/V (absolute frame ``start_frame``) into
+        the scratch slots and returns K/V over ``[committed | block]``."""
+        if start_frame != self._pending_start:
+            raise RuntimeError(f"KV cache: block at frame {start_frame} was not announced by begin_block().")
+        n_old = len(self.frames) * self.tokens_per_frame
+
+        def kv_hook(layer: int, k: torch.Tensor, v: torch.Tensor):
+            if self.k[layer] is None:
+                self.k[layer] = torch.zeros(self.shape, dtype=self.dtype, device=k.device)
+                self.v[layer] = torch.zeros(self.shape, dtype=self.dtype, device=k.device)
+            n_new = k.shape[1]
+            if n_new != self._pending * self.tokens_per_frame:
+                raise RuntimeError("KV cache: block size does not match begin_block().")
+            kb, vb = self.k[layer], self.v[layer]
+            kb[:, n_old:n_old + n_new] = k
+            vb[:, n_old:n_old + n_new] = v
+            return kb[:, :n_old + n_new], vb[:, :n_old + n_new]
+
+        return kv_hook
+
+
+def attended_frames(block_start: int, block_end: int, sink: int, window: int) -> list[int]:
+    """Frames a query in ``[block_start, block_end)`` attends to (the rule above), for docs and checks."""
+    if not window:
+        return list(range(block_end))
+    return [f for f in range(block_end) if f < sink or f >= block_end - (window - sink)]

@@ -1,0 +1,91 @@
+"""``CausalWanModel``: a Wan 2.1 DiT ready for block-causal sampling — our own weights, or ComfyUI's adopted.
+
+This is also the object the pack's ``MODEL`` socket carries from ``LoadCausalWanModel``; the sampler node
+recognises it by ``is_clipwan_causal_model``.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping, Optional
+
+import torch
+from torch import nn
+
+from . import model as dit
+from .checkpoint import load_wan_state_dict, resolve_dtype
+from .config import WanConfig, config_from_shapes
+
+
+class CausalWanModel:
+    is_clipwan_causal_model = True  # how CausalWanSampler tells it from a ComfyUI ModelPatcher
+
+    def __init__(self, tree: nn.Module, config: WanConfig, source: str = "", compute_dtype=None):
+        self.tree = tree
+        self.config = config
+        self.source = source
+        self.compute_dtype = compute_dtype or dit.model_dtype(tree)
+
+    # --- construction ------------------------------------------------------------------------------------
+    @classmethod
+    def from_state_dict(cls, sd: Mapping[str, torch.Tensor], dtype=None, device="cpu", source: str = "state dict",
+                        num_heads: Optional[int] = None) -> "CausalWanModel":
+        """Build on the meta device and *assign* the given tensors (no copy unless dtype/device change)."""
+        config = config_from_shapes({k: tuple(v.shape) for k, v in sd.items()}, num_heads=num_heads)
+        dtype = resolve_dtype(dtype)
+        with torch.device("meta"):
+            tree = dit.WanDiT(config)
+        expected = set(tree.state_dict().keys())
+        missing = sorted(expected - set(sd))
+        unexpected = sorted(set(sd) - expected)
+        if missing or unexpected:
+            raise ValueError(
+                f"{source} does not match {config.describe()}: missing keys {missing[:6]}"
+                f"{' ...' if len(missing) > 6 else ''}, unexpected keys {unexpected[:6]}"
+                f"{' ...' if len(unexpected) > 6 else ''}. Is it a Wan 2.1 DiT (not Wan 2.2, VACE or a LoRA)?")
+        tensors = {}
+        for k, v in sd.items():
+            target = dtype if (dtype is not None and v.is_floating_point()) else None
+            # Wan keeps the patch Conv3d in fp32 (ComfyUI too); other float weights follow the requested dtype
+            if k.startswith("patch_embedding.") and target is not None:
+                target = torch.float32 if v.dtype == torch.float32 else target
+            tensors[k] = v.to(device=device, dtype=target) if (target or device) else v
+        tree.load_state_dict(tensors, strict=True, assign=True)
+        if any(p.dtype not in (torch.float32, torch.float16, torch.bfloat16) for p in tree.parameters()):
+            # e.g. fp8 files: store as is, compute in bf16 (weights are cast per layer by our Linear)
+            return cls(tree.eval(), config, source, compute_dtype=torch.bfloat16)
+        return cls(tree.eval(), config, source)
+
+    @classmethod
+    def from_file(cls, path: str, dtype=None, device="cpu", entry: str = "auto") -> "CausalWanModel":
+        sd, source = load_wan_state_dict(path, entry)
+        return cls.from_state_dict(sd, dtype=dtype, device=device, source=source)
+
+    @classmethod
+    def random(cls, config: WanConfig, seed: int = 0, dtype=torch.float32, device="cpu") -> "CausalWanModel":
+        """Seeded random-init model of the given architecture (the embedded default; not a trained model)."""
+        tree = dit.init_random(dit.WanDiT(config), seed).to(device=device, dtype=dtype)
+        return cls(tree.eval(), config, f"random-init seed {seed}")
+
+    @classmethod
+    def adopt(cls, diffusion_model: nn.Module, compute_dtype=None, source: str = "ComfyUI MODEL") -> "CausalWanModel":
+        """Wrap a module tree with Wan's names (ComfyUI's ``WanModel``) *without copying* its weights."""
+        shapes = {k: tuple(v.shape) for k, v in diffusion_model.state_dict(keep_vars=True).items()}
+        config = config_from_shapes(shapes, num_heads=getattr(diffusion_model, "num_heads", None))
+        return cls(diffusion_model, config, source, compute_dtype=compute_dtype)
+
+    # --- use ---------------------------------------------------------------------------------------------
+    @property
+    def device(self) -> torch.device:
+        return self.tree.blocks[0].self_attn.q.weight.device
+
+    def state_dict(self) -> dict:
+        return self.tree.state_dict()
+
+    def forward(self, x, t, text, clip_fea=None, y=None) -> torch.Tensor:
+        """Plain bidirectional forward (all frames at once) -> flow ``[B, 16, F, H, W]``."""
+        with torch.no_grad():
+            return dit.forward(self.tree, self.config, x.to(self.device), t, text, clip_fea, y,
+                               dtype=self.compute_dtype)
+
+    def __repr__(self) -> str:
+        return f"CausalWanModel({self.config.describe()}, from {self.source}, compute {self.compute_dtype})"

@@ -1,0 +1,105 @@
+"""Reading Wan 2.1 DiT weights from the layouts people have: Wan / ComfyUI ``.safetensors``, Self-Forcing /
+CausVid / LongLive ``.pt`` (``generator`` / ``generator_ema`` / ``model`` entries, ``model.`` prefixes,
+FSDP wrappers). Keys are mapped by prefix only. Never unpickles code: safetensors, or
+``torch.load(weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Mapping, Optional
+
+import torch
+
+ANCHOR = "head.modulation"  # present in every Wan 2.1 DiT, in no other model ComfyUI knows
+CONTAINER_KEYS = ("generator_ema", "generator", "model", "state_dict", "module", "net")
+SUPPORTED_EXTENSIONS = (".safetensors", ".sft", ".pt", ".pth", ".ckpt", ".bin")
+
+
+def read_file(path: str) -> Mapping:
+    """Raw contents of a weights file (a flat tensor dict, or a dict of such dicts for .pt checkpoints)."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"Wan model file '{path}' does not exist.")
+    ext = os.path.splitext(path)[1].lower()
+    if ext not in SUPPORTED_EXTENSIONS:
+        raise ValueError(f"'{os.path.basename(path)}' has extension '{ext}'; Wan weights are read from "
+                         f"{', '.join(SUPPORTED_EXTENSIONS)} files.")
+    if ext in (".safetensors", ".sft"):
+        from safetensors.torch import load_file
+
+        return load_file(path, device="cpu")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except RuntimeError as exc:
+        if "mmap" not in str(exc):
+            raise
+        # legacy (non-zip) torch files cannot be memory-mapped; still no pickled code is run
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        if "weights_only" in str(exc) or "Unsupported global" in str(exc):
+            raise ValueError(f"'{os.path.basename(path)}' contains pickled Python objects besides tensors; it "
+                             f"is not loaded for safety. Convert it to .safetensors.") from exc
+        raise
+
+
+def _is_tensor_dict(obj) -> bool:
+    return isinstance(obj, Mapping) and any(isinstance(v, torch.Tensor) for v in obj.values())
+
+
+def select_state_dict(obj: Mapping, entry: str = "auto", source: str = "checkpoint") -> tuple[dict, str]:
+    """Pick the DiT tensor dict out of a checkpoint; returns (tensors, entry name or '')."""
+    if not isinstance(obj, Mapping):
+        raise ValueError(f"{source}: expected a dict of tensors, found {type(obj).__name__}.")
+    if entry not in ("auto", "", None):
+        if entry not in obj or not _is_tensor_dict(obj[entry]):
+            found = [k for k in obj if _is_tensor_dict(obj[k])]
+            raise ValueError(f"{source} has no tensor entry '{entry}'; entries with tensors: {found or 'none'}.")
+        return dict(obj[entry]), entry
+    if any(str(k).endswith(ANCHOR) for k in obj):
+        return dict(obj), ""
+    for key in CONTAINER_KEYS:  # Self-Forcing: prefer the EMA generator, like its demo/inference --use_ema
+        if key in obj and _is_tensor_dict(obj[key]):
+            return dict(obj[key]), key
+    return dict(obj), ""
+
+
+def strip_to_wan_keys(sd: Mapping, source: str = "checkpoint") -> dict:
+    """Map any supported layout to Wan's key names by removing prefixes (``model.``,
+    ``model.diffusion_model.``, ``diffusion_model.``, ``_fsdp_wrapped_module.`` ...)."""
+    keys = [str(k) for k in sd]
+    if any(".lora_A." in k or ".lora_down." in k or "base_layer" in k for k in keys):
+        raise ValueError(f"{source} contains LoRA adapter weights (lora_A/lora_down/base_layer keys). Load the "
+                         f"base Wan model and apply the LoRA with a LoRA loader, or merge it into the weights first.")
+    sd = {k.replace("_fsdp_wrapped_module.", "").replace("_orig_mod.", ""): v for k, v in sd.items()}
+    anchors = [k for k in sd if k.endswith(ANCHOR)]
+    if not anchors:
+        sample = ", ".join(keys[:6])
+        hint = ""
+        if any(k.startswith("condition_embedder.") or k.startswith("proj_out.") for k in keys):
+            hint = " This is a diffusers-format Wan transformer; use the original Wan or ComfyUI repackaged file."
+        elif any("visual." in k or "vision_model." in k for k in keys):
+            hint = " This looks like a CLIP vision model; load it with the CLIP vision loader instead."
+        raise ValueError(f"unknown checkpoint layout in {source}: no Wan 2.1 DiT key '{ANCHOR}' "
+                         f"(first keys: {sample}).{hint} Supported: Wan 2.1 / ComfyUI diffusion_models files and "
+                         f"Self-Forcing / CausVid / LongLive .pt checkpoints (generator, generator_ema, model).")
+    prefix = min(anchors, key=len)[: -len(ANCHOR)]
+    return {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
+
+
+def load_wan_state_dict(path: str, entry: str = "auto") -> tuple[dict, str]:
+    """Wan-named tensors of a weights file and a short description of where they came from."""
+    name = os.path.basename(path)
+    raw = read_file(path)
+    sd, picked = select_state_dict(raw, entry, name)
+    sd = strip_to_wan_keys(sd, name + (f"['{picked}']" if picked else ""))
+    return sd, name + (f" [{picked}]" if picked else "")
+
+
+def resolve_dtype(dtype: Optional[object]) -> Optional[torch.dtype]:
+    if dtype is None or isinstance(dtype, torch.dtype):
+        return dtype
+    names = {"default": None, "auto": None, "fp32": torch.float32, "float32": torch.float32,
+             "fp16": torch.float16, "float16": torch.float16, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16}
+    if str(dtype) not in names:
+        raise ValueError(f"unknown dtype '{dtype}'; use one of {', '.join(names)}.")
+    return names[str(dtype)]

@@ -1,0 +1,110 @@
+"""Wan 2.1 DiT configuration, detected from the shapes of a state dict (works on meta tensors too).
+
+The fixed parts (patch 1x2x2, 256-d time sinusoid, 4096-d umt5 text, 512 text tokens, 1280-d CLIP tokens,
+eps 1e-6, head_dim 128) are the same for every Wan 2.1 size; everything else is read from the weights, so the
+same code handles 1.3B, 14B and the tiny test configs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from typing import Mapping, Optional, Sequence
+
+# Wan 2.1 sizes (Wan-Video/Wan2.1 wan/configs): used for naming and for tests, never required.
+KNOWN_SIZES = {
+    (1536, 8960, 30): "1.3B",
+    (5120, 13824, 40): "14B",
+}
+HEAD_DIM = 128  # every released Wan 2.1 model; ComfyUI derives num_heads = dim // 128 the same way
+CLIP_DIM = 1280  # ViT-H/14 width (clip_fea feature size)
+CLIP_TOKENS = 257  # 16x16 patches + CLS
+
+
+@dataclasses.dataclass(frozen=True)
+class WanConfig:
+    dim: int
+    ffn_dim: int
+    num_heads: int
+    num_layers: int
+    in_dim: int = 16  # 16 = t2v (noise only); 36 = i2v (noise 16 | mask 4 | image latent 16)
+    out_dim: int = 16
+    text_dim: int = 4096
+    freq_dim: int = 256
+    text_len: int = 512
+    eps: float = 1e-6
+    patch_size: tuple = (1, 2, 2)
+    has_img_emb: bool = False  # img_emb MLP + k_img/v_img in cross-attention (Wan i2v)
+
+    @property
+    def head_dim(self) -> int:
+        return self.dim // self.num_heads
+
+    @property
+    def model_type(self) -> str:
+        return "i2v" if self.has_img_emb else "t2v"
+
+    @property
+    def concat_channels(self) -> int:
+        """Channels concatenated to the noise (0 for t2v, 20 = mask 4 + image latent 16 for i2v)."""
+        return self.in_dim - self.out_dim
+
+    @property
+    def size_name(self) -> str:
+        return KNOWN_SIZES.get((self.dim, self.ffn_dim, self.num_layers), "custom")
+
+    def describe(self) -> str:
+        return (f"Wan 2.1 {self.size_name} {self.model_type} (dim {self.dim}, ffn {self.ffn_dim}, "
+                f"{self.num_heads} heads, {self.num_layers} layers, in_dim {self.in_dim})")
+
+
+def count_blocks(keys) -> int:
+    ids = {int(m.group(1)) for k in keys if (m := re.match(r"blocks\.(\d+)\.", k))}
+    if not ids:
+        return 0
+    if ids != set(range(max(ids) + 1)):
+        missing = sorted(set(range(max(ids) + 1)) - ids)
+        raise ValueError(f"Wan checkpoint is missing transformer blocks {missing[:8]} (blocks.N.* keys); "
+                         f"the file is truncated or not a Wan 2.1 DiT.")
+    return max(ids) + 1
+
+
+def config_from_shapes(shapes: Mapping[str, Sequence[int]], num_heads: Optional[int] = None) -> WanConfig:
+    """Config from ``{key: shape}`` of a Wan-named state dict (no prefix)."""
+    required = ("head.modulation", "patch_embedding.weight", "blocks.0.ffn.0.weight", "head.head.weight",
+                "text_embedding.0.weight", "time_embedding.0.weight")
+    missing = [k for k in required if k not in shapes]
+    if missing:
+        raise ValueError(f"not a Wan 2.1 DiT state dict: missing key(s) {missing} "
+                         f"(expected Wan/ComfyUI key names such as 'blocks.0.self_attn.q.weight').")
+    dim = int(shapes["head.modulation"][-1])
+    heads = num_heads or max(1, dim // HEAD_DIM)
+    if dim % heads:
+        raise ValueError(f"Wan dim {dim} is not divisible by num_heads {heads}.")
+    patch = tuple(int(s) for s in shapes["patch_embedding.weight"][2:])
+    if patch != (1, 2, 2):
+        raise ValueError(f"patch_embedding.weight has patch {patch}; Wan 2.1 uses (1, 2, 2) "
+                         f"(Wan 2.2 TI2V-5B and other variants are not supported).")
+    return WanConfig(
+        dim=dim,
+        ffn_dim=int(shapes["blocks.0.ffn.0.weight"][0]),
+        num_heads=heads,
+        num_layers=count_blocks(shapes.keys()),
+        in_dim=int(shapes["patch_embedding.weight"][1]),
+        out_dim=int(shapes["head.head.weight"][0]) // 4,
+        text_dim=int(shapes["text_embedding.0.weight"][1]),
+        freq_dim=int(shapes["time_embedding.0.weight"][1]),
+        has_img_emb="img_emb.proj.0.bias" in shapes,
+    )
+
+
+def detect_config(state_dict: Mapping, num_heads: Optional[int] = None) -> WanConfig:
+    """Config of a Wan-named state dict (tensor values; meta tensors are fine)."""
+    return config_from_shapes({k: tuple(v.shape) for k, v in state_dict.items()}, num_heads=num_heads)
+
+
+def preset(name: str, model_type: str = "t2v") -> WanConfig:
+    """The released sizes, for tests and docs: ``preset("1.3B")``, ``preset("14B", "i2v")``."""
+    dims = {"1.3B": (1536, 8960, 12, 30), "14B": (5120, 13824, 40, 40)}[name]
+    i2v = model_type == "i2v"
+    return WanConfig(*dims, in_dim=36 if i2v else 16, has_img_emb=i2v)

@@ -1,0 +1,60 @@
+"""Wan's 3D rotary position embedding (frame, height, width) with an absolute frame offset.
+
+Per head dim d (128 in Wan 2.1) the d/2 rotation pairs are split into frame / height / width groups of
+(d - 4*(d//6))/2, d//6, d//6 pairs (22, 21, 21); each group has its own frequencies 1/10000^(2i/n_axis).
+Pair (x[2i], x[2i+1]) is rotated by the angle ``position * freq``. Angles are computed in float64 from the
+position directly (Wan tabulates positions 0..1023; computing them is identical there and keeps working for
+frame positions past 1023 in long causal videos).
+
+Causal inference needs the *absolute* frame index: a block starting at latent frame 30 uses frame positions
+30, 31, 32 for its queries and for the keys it writes into the cache, whatever the cache window holds.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import torch
+
+
+def axis_pairs(head_dim: int) -> tuple[int, int, int]:
+    """Number of rotation pairs for (frame, height, width)."""
+    hw = head_dim // 6
+    return (head_dim - 4 * hw) // 2, hw, hw
+
+
+def _inv_freq(pairs: int, axis_dim: int) -> torch.Tensor:
+    return 1.0 / torch.pow(10000.0, torch.arange(0, axis_dim, 2, dtype=torch.float64)[:pairs] / axis_dim)
+
+
+@lru_cache(maxsize=64)
+def _cos_sin(head_dim: int, start_frame: int, frames: int, height: int, width: int):
+    pf, ph, pw = axis_pairs(head_dim)
+    f = torch.arange(start_frame, start_frame + frames, dtype=torch.float64)
+    h = torch.arange(height, dtype=torch.float64)
+    w = torch.arange(width, dtype=torch.float64)
+    ang_f = torch.outer(f, _inv_freq(pf, 2 * pf))  # [F, pf]
+    ang_h = torch.outer(h, _inv_freq(ph, 2 * ph))
+    ang_w = torch.outer(w, _inv_freq(pw, 2 * pw))
+    angles = torch.cat([
+        ang_f[:, None, None, :].expand(frames, height, width, pf),
+        ang_h[None, :, None, :].expand(frames, height, width, ph),
+        ang_w[None, None, :, :].expand(frames, height, width, pw),
+    ], dim=-1).reshape(frames * height * width, 1, pf + ph + pw)  # [L, 1 (heads), d/2]
+    return torch.cos(angles), torch.sin(angles)
+
+
+def rope_cos_sin(head_dim: int, start_frame: int, frames: int, height: int, width: int,
+                 device=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos/sin tables ``[L, 1, head_dim/2]`` (float64 maths, float32 result) for a grid of tokens
+    ``frames x height x width`` (patch units) whose first frame has absolute index ``start_frame``."""
+    cos, sin = _cos_sin(head_dim, int(start_frame), int(frames), int(height), int(width))
+    return cos.to(device=device, dtype=torch.float32), sin.to(device=device, dtype=torch.float32)
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate ``x [B, L, heads, head_dim]`` pairwise; computed in float32, returned in x's dtype."""
+    xf = x.float().unflatten(-1, (-1, 2))
+    x0, x1 = xf[..., 0], xf[..., 1]
+    out = torch.stack((x0 * cos - x1 * sin, x0 * sin + x1 * cos), dim=-1)
+    return out.flatten(-2).to(x.dtype)
