@@ -1,0 +1,62 @@
+"""Turning the committed API-format examples into prompts the test server can run.
+
+The examples name the files users download (clip_vision_h.safetensors, the Wan VAE, …) and 480p/81-frame
+sizes. Here every model file becomes the matching generated test file, sizes shrink to 64×64 and a few
+frames, and CLIPLoader + CLIPTextEncode (UMT5-XXL, 5.7B parameters, not generatable at test size) become
+the test-only ClipWanTestText node. Everything else — node types, links, the pack's widgets — runs as
+committed.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import pathlib
+
+from . import checkpoints as ck
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
+API_DIR = REPO_ROOT / "example_workflows" / "api"
+MODEL_EXTENSIONS = (".safetensors", ".sft", ".pt", ".pth", ".bin", ".ckpt")
+
+# Which generated file stands in for the model file a node names.
+FILE_FOR_NODE = {
+    "CLIPVisionLoader": ck.CLIP_FULL,  # core detects ViT-H by depth: the full-depth file
+    "LoadCLIPVisionH14": ck.CLIP_SMALL,
+    "UNETLoader": ck.WAN_I2V,
+    "LoadCausalWanModel": ck.WAN_I2V,
+    "VAELoader": ck.VAE,
+    "ExportCLIPToAxmodel": ck.CLIP_SMALL,
+    "CLIPZeroShotAxera": ck.CLIP_SMALL,
+}
+TEST_SIZES = {"width": 64, "height": 64, "length": 13, "batch_size": 1}
+
+
+def load_examples() -> dict[str, dict]:
+    return {p.stem: json.loads(p.read_text()) for p in sorted(API_DIR.glob("*.json"))}
+
+
+def for_test_server(prompt: dict, sizes: dict | None = None) -> dict:
+    prompt = copy.deepcopy(prompt)
+    sizes = {**TEST_SIZES, **(sizes or {})}
+    for node_id, node in list(prompt.items()):
+        kind, inputs = node["class_type"], node["inputs"]
+        if kind == "CLIPLoader":
+            del prompt[node_id]
+            continue
+        if kind == "CLIPTextEncode":
+            node["class_type"] = "ClipWanTestText"
+            node["inputs"] = {"text": inputs["text"]}
+            continue
+        if kind == "LoadImage":
+            inputs["image"] = ck.IMAGE
+        for name, value in inputs.items():
+            if isinstance(value, str) and value.lower().endswith(MODEL_EXTENSIONS) and kind in FILE_FOR_NODE:
+                inputs[name] = FILE_FOR_NODE[kind]
+        if kind in ("WanImageToVideo", "WanI2VConditioning"):
+            inputs.update({k: v for k, v in sizes.items() if k in inputs or k in ("width", "height", "length")})
+    return prompt
+
+
+def node_ids(prompt: dict, class_type: str) -> list[str]:
+    return [nid for nid, node in prompt.items() if node["class_type"] == class_type]

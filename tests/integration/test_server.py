@@ -1,0 +1,167 @@
+"""The pack in a real ComfyUI server: node listing, templates, every API example, interrupt, memory."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import json
+import random
+
+import pytest
+from PIL import Image
+
+from . import prompts as P
+
+pytestmark = pytest.mark.integration
+
+
+def _pack_definitions():
+    import sys
+
+    sys.path.insert(0, str(P.REPO_ROOT / "tests"))
+    import workflow_format as wf
+
+    return wf, wf.pack_definitions()
+
+
+def test_server_lists_pack_nodes_as_declared(server):
+    wf, ours = _pack_definitions()
+    info = server.get("/object_info")
+    log = server.log()
+    assert "IMPORT FAILED" not in log and "Cannot import" not in log, log[-3000:]
+    assert f"custom_nodes/{'comfyui-clipwan'}" in log
+    for node_id, declared in ours.items():
+        assert node_id in info, f"{node_id} missing from /object_info"
+        served = info[node_id]
+        assert served["python_module"] == "custom_nodes.comfyui-clipwan"
+        assert served["category"] == declared["category"] and served["category"].startswith("ClipWan/")
+        assert served["output"] == declared["output"]
+        assert served["output_name"] == declared["output_name"]
+        assert served["description"], f"{node_id} has no DESCRIPTION"
+        for section in ("required", "optional"):
+            want = declared["input"].get(section, {})
+            got = served["input"].get(section, {})
+            assert list(got) == list(want), (node_id, section)
+            for name, spec in want.items():
+                assert wf.input_type(got[name]) == wf.input_type(spec), (node_id, name)
+                tooltip = wf.input_options(got[name]).get("tooltip")
+                assert tooltip and tooltip == wf.input_options(spec).get("tooltip"), (node_id, name)
+
+
+def test_examples_are_listed_as_templates_and_served(server):
+    ui_names = sorted(p.stem for p in (P.REPO_ROOT / "example_workflows").glob("*.json"))
+    templates = server.get("/api/workflow_templates")
+    assert sorted(templates.get("comfyui-clipwan", [])) == ui_names  # api/ twins are not templates
+    for name in ui_names:
+        served = server.get(f"/api/workflow_templates/comfyui-clipwan/{name}.json")
+        assert "nodes" in served
+
+
+def _check_outputs(server, prompt: dict, entry: dict, length: int):
+    outputs = entry["outputs"]
+    for nid in P.node_ids(prompt, "SaveAnimatedWEBP"):
+        images = outputs[nid]["images"]
+        assert len(images) == 1
+        with Image.open(server.output_path(images[0])) as im:
+            assert im.size == (64, 64)
+            assert getattr(im, "n_frames", 1) == length
+    for nid in P.node_ids(prompt, "ExportCLIPToAxmodel"):
+        assert outputs.get(nid), f"export node {nid} reported nothing: {outputs}"
+
+
+@pytest.mark.parametrize("name", sorted(P.load_examples()))
+def test_api_example_runs(server, name):
+    prompt = P.for_test_server(P.load_examples()[name])
+    entry = server.run_prompt(prompt, timeout=600)
+    _check_outputs(server, prompt, entry, P.TEST_SIZES["length"])
+
+
+def _causal_example() -> tuple[dict, str]:
+    for prompt in P.load_examples().values():
+        samplers = P.node_ids(prompt, "CausalWanSampler")
+        if samplers and P.node_ids(prompt, "LoadCLIPVisionH14"):
+            return P.for_test_server(prompt), samplers[0]
+    raise AssertionError("no example with CausalWanSampler")
+
+
+async def _watch(server, prompt: dict, sampler: str, interrupt_after_progress: bool):
+    """Queue ``prompt`` with a websocket open; collect the sampler's events; optionally interrupt."""
+    import aiohttp
+
+    events = []
+    async with aiohttp.ClientSession() as session:
+        async with session.ws_connect(f"{server.url}/ws?clientId={server.client_id}", max_msg_size=0) as ws:
+            async with session.post(f"{server.url}/prompt",
+                                    json={"prompt": prompt, "client_id": server.client_id}) as r:
+                assert r.status == 200, await r.text()
+                prompt_id = (await r.json())["prompt_id"]
+            interrupted = False
+            async for msg in ws:
+                if msg.type != aiohttp.WSMsgType.TEXT:
+                    continue
+                data = json.loads(msg.data)
+                kind, body = data["type"], data.get("data", {})
+                if body.get("prompt_id") not in (None, prompt_id):
+                    continue
+                events.append((kind, body))
+                if (interrupt_after_progress and not interrupted and kind == "progress"
+                        and body.get("node") == sampler and body.get("value", 0) >= 1):
+                    async with session.post(f"{server.url}/interrupt", json={"prompt_id": prompt_id}) as r:
+                        assert r.status == 200
+                    interrupted = True
+                if kind in ("execution_success", "execution_error", "execution_interrupted"):
+                    break
+    return prompt_id, events
+
+
+def test_sampler_streams_block_frames_to_the_page(server):
+    prompt, sampler = _causal_example()
+    for nid in P.node_ids(prompt, "CausalWanSampler"):
+        prompt[nid]["inputs"]["seed"] = 123
+    _, events = asyncio.run(_watch(server, prompt, sampler, interrupt_after_progress=False))
+    assert events[-1][0] == "execution_success", events[-1]
+    frames = [body for kind, body in events if kind == "clipwan.causal_frames"]
+    assert frames, "no clipwan.causal_frames event"
+    total = frames[0]["total_blocks"]
+    assert [f["block"] for f in frames] == list(range(total))
+    assert all(f["node"] == sampler and f["total_blocks"] == total for f in frames)
+    sent = [base64.b64decode(b.split(",", 1)[-1]) for f in frames for b in f["frames"]]
+    assert len(sent) == P.TEST_SIZES["length"] // 4 + 1  # one preview per latent frame
+    for raw in sent:
+        Image.open(io.BytesIO(raw)).verify()
+
+
+def test_interrupt_stops_the_sampler_and_the_next_prompt_runs(server):
+    prompt, sampler = _causal_example()
+    long = P.for_test_server(P.load_examples()[next(
+        n for n, p in P.load_examples().items() if P.node_ids(p, "CausalWanSampler"))], sizes={"length": 45})
+    sampler = P.node_ids(long, "CausalWanSampler")[0]
+    long[sampler]["inputs"]["seed"] = 98765
+    prompt_id, events = asyncio.run(_watch(server, long, sampler, interrupt_after_progress=True))
+    kinds = [k for k, _ in events]
+    assert kinds[-1] == "execution_interrupted", kinds[-6:]
+    assert events[-1][1]["node_id"] == sampler
+    progress = [b for k, b in events if k == "progress" and b.get("node") == sampler]
+    assert progress[-1]["value"] < progress[-1]["max"], "the sampler finished before the interrupt"
+    entry = server.wait_history(prompt_id)
+    assert entry["status"]["status_str"] == "error"
+    assert not entry["outputs"], "an interrupted prompt must not leave outputs"
+    # The server is healthy: the next prompt runs to the end.
+    prompt[sampler]["inputs"]["seed"] = 4242
+    entry = server.run_prompt(prompt)
+    _check_outputs(server, prompt, entry, P.TEST_SIZES["length"])
+
+
+def test_twenty_prompts_in_a_row_keep_memory_steady(server):
+    prompt, sampler = _causal_example()
+    rss = []
+    rng = random.Random(0)
+    for _ in range(20):
+        prompt[sampler]["inputs"]["seed"] = rng.randrange(1 << 31)
+        server.run_prompt(prompt)
+        rss.append(server.rss_bytes())
+    growth = max(rss[5:]) - rss[4]
+    print(f"RSS after prompt 5: {rss[4] / 2**20:.0f} MiB, max after: {max(rss[5:]) / 2**20:.0f} MiB, "
+          f"last: {rss[-1] / 2**20:.0f} MiB")
+    assert growth < 64 * 2**20, [r // 2**20 for r in rss]

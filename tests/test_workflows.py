@@ -1,0 +1,277 @@
+"""Every example workflow against the node definitions it depends on (no ComfyUI needed, < 10 s).
+
+The pack's own definitions come from NODE_CLASS_MAPPINGS (INPUT_TYPES), core ones from
+tests/data/core_object_info.json (recorded from a real ComfyUI's /object_info). A renamed or retyped input,
+a changed widget, a removed node or a link between mismatched types fails here, naming file, node and input.
+The integration suite (tests/integration) additionally opens the workflows in the real ComfyUI page and
+checks that its own UI→API conversion gives the committed API twins.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import pathlib
+import shutil
+import subprocess
+
+import pytest
+
+import workflow_format as wf
+
+UI_FILES = sorted(wf.WORKFLOW_DIR.glob("*.json"))
+API_FILES = sorted(wf.API_DIR.glob("*.json"))
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp")
+
+
+@pytest.fixture(scope="module")
+def defs():
+    return wf.all_definitions()
+
+
+def _check_value(where: str, spec, value) -> list[str]:
+    kind, opts = wf.input_type(spec), wf.input_options(spec)
+    if kind == "INT":
+        if not isinstance(value, int) or isinstance(value, bool):
+            return [f"{where}: expected an integer, got {value!r}"]
+    elif kind == "FLOAT":
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
+            return [f"{where}: expected a number, got {value!r}"]
+    elif kind == "BOOLEAN":
+        return [] if isinstance(value, bool) else [f"{where}: expected true/false, got {value!r}"]
+    elif kind == "STRING":
+        return [] if isinstance(value, str) else [f"{where}: expected a string, got {value!r}"]
+    elif kind == "COMBO":
+        choices = wf.combo_choices(spec)
+        if wf.is_file_list(spec) or not choices:
+            # Model/image file lists depend on the machine (and are empty outside ComfyUI for our nodes).
+            ok = isinstance(value, str) and value.lower().endswith(wf.MODEL_EXTENSIONS + IMAGE_EXTENSIONS)
+            return [] if ok else [f"{where}: expected a model or image file name, got {value!r}"]
+        return [] if value in choices else [f"{where}: {value!r} is not one of {choices}"]
+    if kind in ("INT", "FLOAT"):
+        lo, hi = opts.get("min", -math.inf), opts.get("max", math.inf)
+        if not lo <= value <= hi:
+            return [f"{where}: {value} outside [{lo}, {hi}]"]
+    return []
+
+
+def _types_match(out_type: str, in_type: str) -> bool:
+    return out_type == in_type or "*" in (out_type, in_type) or \
+        in_type in out_type.split(",") or out_type in in_type.split(",")
+
+
+def validate_ui(workflow: dict, defs: dict) -> list[str]:
+    """Problems in a UI-format workflow, each naming node id, type and input."""
+    errors = []
+    nodes = {n["id"]: n for n in workflow["nodes"]}
+    links = {link[0]: link for link in workflow["links"]}
+    for node in workflow["nodes"]:
+        tag = f"node {node['id']} ({node['type']})"
+        defn = defs.get(node["type"])
+        if defn is None:
+            errors.append(f"{tag}: unknown node type")
+            continue
+        declared = {name: (spec, req) for name, spec, req in wf.ordered_inputs(defn)}
+        linked = set()
+        for slot_index, slot in enumerate(node.get("inputs", [])):
+            name = slot["name"]
+            if name not in declared:
+                errors.append(f"{tag}: input {name!r} does not exist (inputs: {sorted(declared)})")
+                continue
+            spec, _ = declared[name]
+            want = wf.input_type(spec)
+            if slot["type"] != want and not (wf.is_widget(spec) and slot.get("widget")):
+                errors.append(f"{tag}: input {name!r} has type {slot['type']}, node declares {want}")
+            if slot.get("link") is not None:
+                link = links.get(slot["link"])
+                if link is None or link[3] != node["id"] or link[4] != slot_index:
+                    errors.append(f"{tag}: input {name!r} refers to a missing or mismatched link {slot['link']}")
+                else:
+                    linked.add(name)
+        for name, (spec, required) in declared.items():
+            if required and not wf.is_widget(spec) and name not in linked:
+                errors.append(f"{tag}: required input {name!r} is not connected")
+        slots = wf.widget_slots(defn)
+        values = node.get("widgets_values", [])
+        if len(values) != len(slots):
+            errors.append(f"{tag}: {len(values)} widget values for {len(slots)} widgets "
+                          f"{[n or s for n, s in slots]}")
+        for (name, spec), value in zip(slots, values):
+            if name is None:
+                ok = value in wf.SEED_CONTROL_VALUES if spec == "control_after_generate" else value == "image"
+                if not ok:
+                    errors.append(f"{tag}: front-end widget {spec} has value {value!r}")
+            else:
+                errors += _check_value(f"{tag}: widget {name!r}", spec, value)
+        outs = defn["output"]
+        if len(node.get("outputs", [])) != len(outs):
+            errors.append(f"{tag}: {len(node.get('outputs', []))} outputs, node declares {len(outs)}")
+    for link in workflow["links"]:
+        link_id, src, src_slot, dst, dst_slot, ltype = link
+        if src not in nodes or dst not in nodes:
+            errors.append(f"link {link_id}: connects missing node {src if src not in nodes else dst}")
+            continue
+        sdef = defs.get(nodes[src]["type"])
+        if sdef is None:
+            continue
+        if src_slot >= len(sdef["output"]):
+            errors.append(f"link {link_id}: node {src} ({nodes[src]['type']}) has no output {src_slot}")
+            continue
+        out_type = sdef["output"][src_slot]
+        in_slot = nodes[dst]["inputs"][dst_slot] if dst_slot < len(nodes[dst].get("inputs", [])) else None
+        if in_slot is None:
+            errors.append(f"link {link_id}: node {dst} has no input slot {dst_slot}")
+            continue
+        if not (_types_match(out_type, ltype) and _types_match(out_type, in_slot["type"])):
+            errors.append(f"link {link_id}: {nodes[src]['type']} output {out_type} → {nodes[dst]['type']}."
+                          f"{in_slot['name']} ({in_slot['type']}), link says {ltype}")
+        if link_id not in (nodes[src]["outputs"][src_slot].get("links") or []):
+            errors.append(f"link {link_id}: not listed on node {src}'s output {src_slot}")
+    return errors
+
+
+def validate_api(prompt: dict, defs: dict) -> list[str]:
+    """Problems in an API-format prompt, checked the way ComfyUI's /prompt validation would."""
+    errors = []
+    for node_id, node in prompt.items():
+        tag = f"node {node_id} ({node.get('class_type')})"
+        defn = defs.get(node.get("class_type"))
+        if defn is None:
+            errors.append(f"{tag}: unknown node type")
+            continue
+        declared = {name: (spec, req) for name, spec, req in wf.ordered_inputs(defn)}
+        for name, value in node["inputs"].items():
+            if name not in declared:
+                errors.append(f"{tag}: input {name!r} does not exist (inputs: {sorted(declared)})")
+                continue
+            spec, _ = declared[name]
+            if isinstance(value, list):
+                src = prompt.get(str(value[0]))
+                if src is None:
+                    errors.append(f"{tag}: input {name!r} links to missing node {value[0]}")
+                    continue
+                out_type = defs[src["class_type"]]["output"][value[1]]
+                if not _types_match(out_type, wf.input_type(spec)):
+                    errors.append(f"{tag}: input {name!r} ({wf.input_type(spec)}) fed {out_type}")
+            elif not wf.is_widget(spec):
+                errors.append(f"{tag}: input {name!r} needs a link, got {value!r}")
+            else:
+                errors += _check_value(f"{tag}: input {name!r}", spec, value)
+        for name, (spec, required) in declared.items():
+            if required and name not in node["inputs"]:
+                errors.append(f"{tag}: required input {name!r} missing")
+    return errors
+
+
+def _load(path: pathlib.Path) -> dict:
+    return json.loads(path.read_text())
+
+
+def test_examples_exist_for_every_pack_node():
+    import comfyui_clipwan
+
+    assert UI_FILES, "no example workflows"
+    used = {n["type"] for p in UI_FILES for n in _load(p)["nodes"]}
+    missing = sorted(set(comfyui_clipwan.NODE_CLASS_MAPPINGS) - used)
+    assert missing == [], f"pack nodes no example workflow shows: {missing}"
+
+
+def test_ui_and_api_files_pair_up():
+    assert [p.name for p in UI_FILES] == [p.name for p in API_FILES]
+    for path in UI_FILES:
+        assert "nodes" in _load(path) and "links" in _load(path), f"{path.name} is not UI format"
+    for path in API_FILES:
+        assert all("class_type" in n for n in _load(path).values()), f"api/{path.name} is not API format"
+
+
+@pytest.mark.parametrize("path", UI_FILES, ids=lambda p: p.stem)
+def test_ui_workflow_matches_node_definitions(path, defs):
+    assert validate_ui(_load(path), defs) == []
+
+
+@pytest.mark.parametrize("path", API_FILES, ids=lambda p: p.stem)
+def test_api_twin_is_valid_and_equals_the_ui_workflow(path, defs):
+    prompt = _load(path)
+    assert validate_api(prompt, defs) == []
+    assert wf.ui_to_api(_load(wf.WORKFLOW_DIR / path.name), defs) == prompt
+
+
+def test_validators_catch_a_renamed_input_and_a_retyped_link(defs):
+    """The checks above can fail: rename one input of a pack node / change one link type, see it reported."""
+    path = next(p for p in UI_FILES if any(n["type"] == "CausalWanSampler" for n in _load(p)["nodes"]))
+    workflow = _load(path)
+    node = next(n for n in workflow["nodes"] if n["type"] == "CausalWanSampler")
+    renamed = copy.deepcopy(defs)
+    req = renamed["CausalWanSampler"]["input"]["required"]
+    old = node["inputs"][0]["name"]
+    section = "required" if old in req else "optional"
+    specs = renamed["CausalWanSampler"]["input"][section]
+    specs[old + "_renamed"] = specs.pop(old)
+    order = renamed["CausalWanSampler"]["input_order"][section]
+    order[order.index(old)] = old + "_renamed"
+    errors = validate_ui(workflow, renamed)
+    assert f"node {node['id']} (CausalWanSampler): input {old!r} does not exist" in "\n".join(errors)
+    prompt = _load(wf.API_DIR / path.name)
+    assert any(f"input {old!r} does not exist" in e for e in validate_api(prompt, renamed))
+
+    broken = copy.deepcopy(workflow)
+    broken["links"][0][5] = "NOT_A_TYPE"
+    assert any(e.startswith(f"link {broken['links'][0][0]}:") for e in validate_ui(broken, defs))
+
+
+def test_core_definitions_are_recorded_for_every_core_node_used():
+    core = wf.core_definitions()
+    import comfyui_clipwan
+
+    used = {n["type"] for p in UI_FILES for n in _load(p)["nodes"]} - set(comfyui_clipwan.NODE_CLASS_MAPPINGS)
+    assert sorted(used - set(core)) == []
+    assert sorted(set(core) - used) == [], "recorded core nodes no workflow uses (trim tests/data)"
+
+
+# --------------------------------------------------------------------------------------------------
+# web/clipwan_logic.js under Node (skipped when node is not installed)
+# --------------------------------------------------------------------------------------------------
+NODE = shutil.which("node")
+
+
+def _run_js(body: str):
+    logic = (wf.ROOT / "web" / "clipwan_logic.js").as_uri()
+    script = f"import * as L from {json.dumps(logic)};\nconst out = await (async () => {{ {body} }})();\n" \
+             "process.stdout.write(JSON.stringify(out));"
+    done = subprocess.run([NODE, "--input-type=module", "-e", script], capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
+@pytest.mark.skipif(NODE is None, reason="node (JavaScript) is not installed")
+def test_web_presets_set_real_sampler_widgets(defs):
+    presets = _run_js("return L.CAUSAL_PRESETS;")
+    sampler = {name: spec for name, spec, _ in wf.ordered_inputs(defs["CausalWanSampler"]) if wf.is_widget(spec)}
+    assert set(presets) == {"Self-Forcing", "CausVid", "LongLive"}
+    for name, preset in presets.items():
+        for widget, value in preset["values"].items():
+            assert widget in sampler, f"preset {name}: CausalWanSampler has no widget {widget!r}"
+            assert _check_value(f"preset {name} {widget}", sampler[widget], value) == []
+    assert presets["LongLive"]["values"]["sink_size"] == 3
+    assert presets["LongLive"]["values"]["local_attn_size"] == 12
+
+
+@pytest.mark.skipif(NODE is None, reason="node (JavaScript) is not installed")
+def test_web_logic_decodes_frames_reports_and_applies_presets():
+    out = _run_js("""
+      const widgets = [{name: "shift", value: 1}, {name: "frames_per_block", value: 1}];
+      const missing = L.applyPreset(widgets, {values: {shift: 5.0, frames_per_block: 3, nope: 1}});
+      return {
+        decoded: L.decodeFramePayload({node: "7", block: 1, total_blocks: 4,
+                                       frames: ["iVBORw0KGgo=", "/9j/4AAQ", "data:image/webp;base64,UklGR", 3]}),
+        empty: L.decodeFramePayload(null),
+        report: [L.reportText({report: ["a", "b"]}), L.reportText({text: "t"}), L.reportText({})],
+        widgets, missing,
+      };""")
+    assert out["decoded"] == {"urls": ["data:image/png;base64,iVBORw0KGgo=", "data:image/jpeg;base64,/9j/4AAQ",
+                                       "data:image/webp;base64,UklGR"], "block": 1, "totalBlocks": 4}
+    assert out["empty"] == {"urls": [], "block": 0, "totalBlocks": 0}
+    assert out["report"] == ["a\nb", "t", ""]
+    assert out["widgets"] == [{"name": "shift", "value": 5.0}, {"name": "frames_per_block", "value": 3}]
+    assert out["missing"] == ["nope"]

@@ -1,0 +1,138 @@
+// comfyui-clipwan front-end extension (plain ES module, loaded by ComfyUI from WEB_DIRECTORY; no build).
+//
+// - CausalWanSampler: shows the frames generated so far while sampling (the `clipwan.causal_frames`
+//   websocket event, one per finished block) and offers presets for the known causal models in the
+//   node's context menu (right click → "ClipWan presets").
+// - ExportCLIPToAxmodel: shows the export report on the node after it ran.
+//
+// Everything added here is display only (never serialized), so workflows saved with or without this
+// extension are identical.
+
+import { app } from "../../scripts/app.js";
+import { api } from "../../scripts/api.js";
+import { CAUSAL_PRESETS, applyPreset, decodeFramePayload, reportText } from "./clipwan_logic.js";
+
+const EXTENSION = "clipwan.ui";
+const SAMPLER = "CausalWanSampler";
+const EXPORTER = "ExportCLIPToAxmodel";
+
+function findNode(nodeId) {
+  // `node` in the event is ComfyUI's unique id: a plain number, or "a:b" inside a subgraph.
+  const graph = app.graph;
+  if (!graph) return null;
+  const last = String(nodeId).split(":").pop();
+  return graph.getNodeById?.(Number(last)) ?? graph.getNodeById?.(last) ?? null;
+}
+
+function addDisplayWidget(node, name, element, height) {
+  if (typeof node.addDOMWidget !== "function") return null;
+  const widget = node.addDOMWidget(name, "clipwan_display", element, {
+    serialize: false,
+    hideOnZoom: false,
+    getMinHeight: () => height,
+  });
+  widget.serialize = false; // keep widgets_values identical with and without this extension
+  return widget;
+}
+
+// ------------------------------------------------------------------------------------------------
+// Causal sampler: live frame strip
+// ------------------------------------------------------------------------------------------------
+function framePanel(node) {
+  if (node.__clipwanFrames) return node.__clipwanFrames;
+  const root = document.createElement("div");
+  root.className = "clipwan-frames";
+  root.style.cssText = "display:flex;flex-direction:column;gap:4px;font:11px sans-serif;color:#ccc;";
+  const label = document.createElement("div");
+  label.textContent = "frames appear here as each block finishes";
+  const img = document.createElement("img");
+  img.style.cssText = "width:100%;object-fit:contain;image-rendering:auto;background:#111;min-height:32px;";
+  root.append(label, img);
+  const panel = { root, label, img, frames: [], timer: null, index: 0 };
+  panel.widget = addDisplayWidget(node, "clipwan_frames", root, 140);
+  node.__clipwanFrames = panel;
+  return panel;
+}
+
+function showFrames(node, payload) {
+  const { urls, block, totalBlocks } = decodeFramePayload(payload);
+  if (!urls.length) return;
+  const panel = framePanel(node);
+  if (block === 0 || block < (panel.lastBlock ?? -1)) panel.frames = []; // a new run starts over
+  panel.lastBlock = block;
+  panel.frames.push(...urls);
+  panel.label.textContent = `block ${block + 1} / ${totalBlocks} · ${panel.frames.length} frames`;
+  // Play the frames so far as a loop; the node's own preview still shows the latest block.
+  if (panel.timer) clearInterval(panel.timer);
+  panel.index = Math.max(0, panel.frames.length - urls.length);
+  panel.timer = setInterval(() => {
+    if (!panel.frames.length) return;
+    panel.img.src = panel.frames[panel.index % panel.frames.length];
+    panel.index += 1;
+  }, 1000 / 8);
+  if (!panel.widget) {
+    // Older front ends without DOM widgets: fall back to the node's image preview.
+    node.imgs = urls.map((u) => Object.assign(new Image(), { src: u }));
+  }
+  node.setDirtyCanvas?.(true, true);
+}
+
+// ------------------------------------------------------------------------------------------------
+// Export report
+// ------------------------------------------------------------------------------------------------
+function showReport(node, text) {
+  if (!node.__clipwanReport) {
+    const area = document.createElement("textarea");
+    area.readOnly = true;
+    area.className = "clipwan-report";
+    area.style.cssText = "width:100%;height:100%;min-height:120px;font:11px monospace;background:#1b1b1b;" +
+      "color:#ddd;border:none;resize:none;white-space:pre;";
+    node.__clipwanReport = { area, widget: addDisplayWidget(node, "clipwan_report", area, 160) };
+  }
+  node.__clipwanReport.area.value = text;
+  node.setDirtyCanvas?.(true, true);
+}
+
+app.registerExtension({
+  name: EXTENSION,
+
+  async setup() {
+    api.addEventListener("clipwan.causal_frames", (event) => {
+      const node = findNode(event.detail?.node);
+      if (node && node.type === SAMPLER) showFrames(node, event.detail);
+    });
+  },
+
+  async beforeRegisterNodeDef(nodeType, nodeData) {
+    if (nodeData.name === SAMPLER) {
+      const getExtraMenuOptions = nodeType.prototype.getExtraMenuOptions;
+      nodeType.prototype.getExtraMenuOptions = function (canvas, options) {
+        getExtraMenuOptions?.apply(this, arguments);
+        const node = this;
+        options.push(null, {
+          content: "ClipWan presets",
+          has_submenu: true,
+          submenu: {
+            options: Object.entries(CAUSAL_PRESETS).map(([name, preset]) => ({
+              content: `${name} — ${preset.note}`,
+              callback: () => {
+                const missing = applyPreset(node.widgets ?? [], preset);
+                if (missing.length) console.warn(`[clipwan] preset ${name}: node has no widget ${missing.join(", ")}`);
+                node.setDirtyCanvas?.(true, true);
+              },
+            })),
+          },
+        });
+        return options;
+      };
+    }
+    if (nodeData.name === EXPORTER) {
+      const onExecuted = nodeType.prototype.onExecuted;
+      nodeType.prototype.onExecuted = function (message) {
+        onExecuted?.apply(this, arguments);
+        const text = reportText(message);
+        if (text) showReport(this, text);
+      };
+    }
+  },
+});
