@@ -1,0 +1,253 @@
+"""Block-causal sampling: KV cache vs the full block-causal mask without cache, bidirectional equivalence,
+window/sink/RoPE offsets, image-conditioning routes, prompt switching, fallback and input errors."""
+
+import warnings
+
+import pytest
+import torch
+
+from comfyui_clipwan.wan import CausalSettings, CausalWanModel, PromptSwitch, WanConfig, sample_causal
+from comfyui_clipwan.wan import model as dit
+from comfyui_clipwan.wan.sampler import block_layout, initial_noise, step_noise
+from comfyui_clipwan.wan.scheduler import denoising_sigmas
+
+T2V = WanConfig(dim=256, ffn_dim=320, num_heads=2, num_layers=2, in_dim=16)
+I2V = WanConfig(dim=256, ffn_dim=320, num_heads=2, num_layers=2, in_dim=36, has_img_emb=True)
+H = W = 8  # latent 8x8 -> 16 tokens per frame
+
+
+@pytest.fixture(scope="module")
+def t2v():
+    return CausalWanModel.random(T2V, seed=3)
+
+
+@pytest.fixture(scope="module")
+def i2v():
+    return CausalWanModel.random(I2V, seed=4)
+
+
+def _inputs(frames, batch=1, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return (torch.zeros(batch, 16, frames, H, W), torch.randn(1, 12, 4096, generator=g),
+            torch.randn(1, 257, 1280, generator=g))
+
+
+def allowed(q_end, key_frame, sink, window):
+    """The attention rule, written independently of wan/cache.py."""
+    if key_frame >= q_end:
+        return False
+    return window == 0 or key_frame < sink or key_frame >= q_end - (window - sink)
+
+
+def masked_reference(model, latent, text, seed, s, clip=None, y=None, first=None):
+    """Recompute every block from scratch over all frames so far with the full block-causal mask (no cache):
+    earlier frames clean at t=0, the current block at the step's t (Self-Forcing's training-time view)."""
+    cfg = model.config
+    b, _, frames, h, w = latent.shape
+    layout = block_layout(frames, s.frames_per_block, s.independent_first_frame)
+    sigmas = denoising_sigmas(s.steps, s.shift).tolist()
+    tok = (h // 2) * (w // 2)
+    end_of = {}
+    for st, n in layout:
+        for f in range(st, st + n):
+            end_of[f] = st + n
+    noise = initial_noise(seed, latent.shape)
+    out = torch.zeros(latent.shape)
+    known = 0 if first is None else first.shape[2]
+    ctx = dit.encode_context(model.tree, cfg, text, clip, torch.float32, b)
+    for bi, (st, n) in enumerate(layout):
+        e = st + n
+        if e <= known:
+            out[:, :, st:e] = first[:, :, st:e]
+            continue
+        qf = torch.arange(e).repeat_interleave(tok)
+        mask = torch.tensor([[allowed(end_of[int(a)], int(k), s.sink_size, s.local_window) for k in qf]
+                             for a in qf])
+        x = (1 - sigmas[0]) * latent[:, :, st:e] + sigmas[0] * noise[:, :, st:e]
+        for j, sigma in enumerate(sigmas):
+            inp = torch.cat([out[:, :, :st], x], 2)
+            if y is not None:
+                inp = torch.cat([inp, y[:, :, :e]], 1)
+            tf = torch.tensor([0.0] * st + [sigma * 1000] * n).expand(b, e)
+            flow = dit.transformer(model.tree, cfg, inp, tf, ctx, attn_mask=mask)[:, :, st:e]
+            x0 = x - sigma * flow
+            if j + 1 < len(sigmas):
+                x = (1 - sigmas[j + 1]) * x0 + sigmas[j + 1] * step_noise(seed, bi, j + 1, x0.shape, None)
+        out[:, :, st:e] = x0
+    return out
+
+
+@pytest.mark.parametrize("case", ["t2v_window_sink_iff", "i2v_no_window", "t2v_window_no_sink_batch2"])
+def test_kv_cache_equals_full_block_causal_mask(case, t2v, i2v):
+    if case == "t2v_window_sink_iff":
+        model, frames, s, batch = t2v, 10, CausalSettings(frames_per_block=3, sink_size=1, local_window=5,
+                                                            independent_first_frame=True), 1
+    elif case == "i2v_no_window":
+        model, frames, s, batch = i2v, 6, CausalSettings(frames_per_block=2, steps="1000,500"), 1
+    else:
+        model, frames, s, batch = t2v, 8, CausalSettings(frames_per_block=2, local_window=4, steps=[900, 400]), 2
+    latent, text, clip = _inputs(frames, batch)
+    clip = clip if model.config.has_img_emb else None
+    y = torch.randn(batch, 20, frames, H, W) if model.config.has_img_emb else None
+    stats = {}
+    ours = sample_causal(model, latent, text, seed=7, settings=s, clip_fea=clip, concat=y, stats=stats)
+    ref = masked_reference(model, latent, text, 7, s, clip, y)
+    assert ours.abs().mean() > 0.1
+    torch.testing.assert_close(ours, ref, atol=1e-5, rtol=0)
+    if s.local_window:
+        # the window really evicted frames; the sink stayed; frames past the window kept absolute RoPE
+        # positions (otherwise the comparison above fails: tested by the RoPE-offset test below)
+        kept = stats["cache_frames"]
+        assert len(kept) <= s.local_window
+        assert kept == [f for f in range(frames) if f < s.sink_size or f >= frames - (s.local_window - s.sink_size)]
+
+
+def test_rope_offsets_past_the_window_matter(t2v, monkeypatch):
+    """If cached frames used window-relative instead of absolute RoPE positions, the cache would no longer
+    match the masked reference: prove the test above can fail by breaking exactly that."""
+    latent, text, _ = _inputs(8)
+    s = CausalSettings(frames_per_block=2, local_window=4, steps=[1000])
+    ref = masked_reference(t2v, latent, text, 1, s)
+    real = dit.transformer
+
+    def relative_positions(tree, cfg, x, t, ctx, start_frame=0, **kw):
+        return real(tree, cfg, x, t, ctx, start_frame=min(start_frame, 2), **kw)
+
+    monkeypatch.setattr(dit, "transformer", relative_positions)
+    broken = sample_causal(t2v, latent, text, seed=1, settings=s)
+    monkeypatch.setattr(dit, "transformer", real)
+    good = sample_causal(t2v, latent, text, seed=1, settings=s)
+    torch.testing.assert_close(good, ref, atol=1e-5, rtol=0)
+    assert (broken[:, :, 4:] - ref[:, :, 4:]).abs().max() > 1e-3  # frames past the window differ
+    torch.testing.assert_close(broken[:, :, :4], ref[:, :, :4], atol=1e-5, rtol=0)
+
+
+def test_one_block_covering_all_frames_equals_bidirectional_forward(i2v):
+    frames = 5
+    latent, text, clip = _inputs(frames)
+    y = torch.randn(1, 20, frames, H, W)
+    s = CausalSettings(frames_per_block=frames, steps=[1000])
+    ours = sample_causal(i2v, latent, text, seed=3, settings=s, clip_fea=clip, concat=y)
+    noise = initial_noise(3, latent.shape)
+    flow = i2v.forward(noise, torch.tensor([1000.0]), text, clip, y)
+    torch.testing.assert_close(ours, noise - flow, atol=1e-5, rtol=0)
+
+
+def test_routes_change_output_where_expected(t2v, i2v):
+    frames = 7
+    latent, text, clip = _inputs(frames)
+    s = CausalSettings(frames_per_block=3, independent_first_frame=True, steps="1000,500")
+    base = sample_causal(i2v, latent, text, seed=0, settings=s)
+    # (1) CLIP features: every frame changes (cross-attention of every block)
+    r1 = sample_causal(i2v, latent, text, seed=0, settings=s, clip_fea=clip)
+    assert all((r1[:, :, f] - base[:, :, f]).abs().max() > 1e-3 for f in range(frames))
+    # (2) concat image latent (i2v): every frame changes too, and zeros == no concat (ComfyUI's default)
+    y = torch.zeros(1, 20, frames, H, W)
+    y[:, :4, 0] = 1.0
+    y[:, 4:, 0] = torch.randn(16, H, W)
+    r2 = sample_causal(i2v, latent, text, seed=0, settings=s, concat=y)
+    assert all((r2[:, :, f] - base[:, :, f]).abs().max() > 1e-3 for f in range(frames))
+    torch.testing.assert_close(sample_causal(i2v, latent, text, seed=0, settings=s,
+                                             concat=torch.zeros(1, 20, frames, H, W)), base, atol=0, rtol=0)
+    # (3) t2v: the start latent is frame 0 exactly, and the later frames follow it through the cache
+    first = torch.randn(1, 16, 1, H, W)
+    t_base = sample_causal(t2v, latent, text, seed=0, settings=s)
+    r3 = sample_causal(t2v, latent, text, seed=0, settings=s, first_frames=first)
+    assert torch.equal(r3[:, :, :1], first)
+    assert all((r3[:, :, f] - t_base[:, :, f]).abs().max() > 1e-3 for f in range(1, frames))
+
+
+def test_fallback_warns_once_and_skips_features(t2v):
+    latent, text, clip = _inputs(3)
+    s = CausalSettings(steps=[1000])
+    model = CausalWanModel(t2v.tree, t2v.config, "fresh handle")  # same weights, its own warning state
+    model.tree = torch.nn.Module()  # new identity for the once-per-model warning
+    model.tree.__dict__.update(t2v.tree.__dict__)
+    with warnings.catch_warnings(record=True) as rec:
+        warnings.simplefilter("always")
+        a = sample_causal(model, latent, text, seed=0, settings=s, clip_fea=clip)
+        b = sample_causal(model, latent, text, seed=0, settings=s, clip_fea=clip)
+    msgs = [str(w.message) for w in rec]
+    assert len(msgs) == 1
+    assert msgs[0].startswith("CLIP vision features were given but the model has no image embedding")
+    torch.testing.assert_close(a, sample_causal(t2v, latent, text, seed=0, settings=s), atol=0, rtol=0)
+    torch.testing.assert_close(a, b, atol=0, rtol=0)
+
+
+def test_prompt_switch_keeps_earlier_blocks_and_changes_later(t2v):
+    latent, text, _ = _inputs(6)
+    other = torch.randn(1, 12, 4096, generator=torch.Generator().manual_seed(99))
+    s = CausalSettings(frames_per_block=2, steps=[1000, 500])
+    base = sample_causal(t2v, latent, text, seed=2, settings=s)
+    switched = sample_causal(t2v, latent, text, seed=2, settings=s, prompt_switches=[PromptSwitch(2, other)])
+    torch.testing.assert_close(switched[:, :, :4], base[:, :, :4], atol=0, rtol=0)
+    assert (switched[:, :, 4:] - base[:, :, 4:]).abs().max() > 1e-3
+    # the re-cache matters: without it block 2 would see old-prompt keys
+    full_other = sample_causal(t2v, latent, other, seed=2, settings=s)
+    assert (switched[:, :, 4:] - full_other[:, :, 4:]).abs().max() < (base[:, :, 4:] - full_other[:, :, 4:]).abs().max()
+
+
+def test_cfg_uses_negative_branch(t2v):
+    latent, text, _ = _inputs(2)
+    s1 = CausalSettings(frames_per_block=2, steps=[1000], guidance_scale=1.0)
+    s3 = CausalSettings(frames_per_block=2, steps=[1000], guidance_scale=3.0)
+    neg = torch.zeros(1, 12, 4096)
+    cond = sample_causal(t2v, latent, text, seed=0, settings=s1)
+    uncond = sample_causal(t2v, latent, neg, seed=0, settings=s1)
+    cfg = sample_causal(t2v, latent, text, seed=0, settings=s3, negative_text=neg)
+    # one step from pure noise: x0 = n - flow, so x0_cfg = x0_u + 3 (x0_c - x0_u)
+    torch.testing.assert_close(cfg, uncond + 3.0 * (cond - uncond), atol=1e-5, rtol=0)
+
+
+def test_interrupt_propagates(t2v):
+    latent, text, _ = _inputs(6)
+    calls = []
+
+    class Stop(BaseException):
+        pass
+
+    def check():
+        calls.append(1)
+        if len(calls) == 3:
+            raise Stop()
+
+    with pytest.raises(Stop):
+        sample_causal(t2v, latent, text, seed=0, settings=CausalSettings(steps=[1000, 500]), check_interrupt=check)
+
+
+def test_bad_inputs_are_clear_errors(t2v, i2v):
+    latent, text, clip = _inputs(7)
+    with pytest.raises(ValueError) as e:
+        sample_causal(t2v, latent, text, settings=CausalSettings(frames_per_block=3))
+    assert str(e.value) == (
+        "the latent has 7 frames, which does not fit blocks of 3 frame(s): use [3, 6, 9] latent frames (video "
+        "length [9, 21, 33] in WanI2VConditioning), or enable independent_first_frame for 1 + 3·k frames, or "
+        "change frames_per_block.")
+    with pytest.raises(ValueError) as e:
+        sample_causal(t2v, torch.zeros(1, 4, 6, H, W), text)
+    assert str(e.value) == (
+        "latent has 4 channels; Wan 2.1 latents have 16 (shape [1, 4, 6, 8, 8]). Use a Wan 2.1 latent, not an "
+        "SD/Flux (4/16-ch image) or Wan 2.2 (48-ch) one.")
+    bad = torch.zeros(1, 16, 6, H, W)
+    bad[0, 0, 0, 0, 0] = float("nan")
+    with pytest.raises(ValueError, match=r"^latent contains NaN values; the latent is corrupt"):
+        sample_causal(t2v, bad, text)
+    with pytest.raises(ValueError) as e:
+        sample_causal(t2v, torch.zeros(1, 16, 6, H, W), text, concat=torch.zeros(1, 20, 6, H, W))
+    assert str(e.value).startswith("the model is text-to-video (in_dim 16) and cannot take channel-concat image "
+                                   "conditioning; pass the start image as first-frame latents (route 3)")
+    with pytest.raises(ValueError) as e:
+        sample_causal(i2v, torch.zeros(1, 16, 6, H, W), text, clip_fea=torch.zeros(1, 257, 1024))
+    assert str(e.value).startswith("CLIP vision features have shape [1, 257, 1024], but Wan i2v expects "
+                                   "[batch, 257, 1280]")
+    with pytest.raises(ValueError) as e:
+        sample_causal(t2v, torch.zeros(1, 16, 6, H, W), text, first_frames=torch.zeros(1, 16, 1, H, W))
+    assert str(e.value).startswith("the start image covers 1 latent frame(s) but block boundaries are at "
+                                   "[0, 3, 6]: enable independent_first_frame")
+    with pytest.raises(ValueError) as e:
+        sample_causal(t2v, torch.zeros(1, 16, 6, H, W), text,
+                      settings=CausalSettings(sink_size=2, local_window=4))
+    assert str(e.value) == ("local_window 4 is too small: it must hold the 2 sink frame(s) plus one block of 3 "
+                            "frame(s); set local_window >= 5, or 0 for no window.")
+    with pytest.raises(ValueError, match="needs a negative conditioning"):
+        sample_causal(t2v, torch.zeros(1, 16, 6, H, W), text, settings=CausalSettings(guidance_scale=2.0))
