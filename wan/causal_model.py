@@ -19,8 +19,9 @@ from .config import WanConfig, config_from_shapes
 class CausalWanModel:
     is_clipwan_causal_model = True  # how CausalWanSampler tells it from a ComfyUI ModelPatcher
 
-    def __init__(self, tree: nn.Module, config: WanConfig, source: str = "", compute_dtype=None):
+    def __init__(self, tree: nn.Module, config: WanConfig, source: str = "", compute_dtype=None, device=None):
         self.tree = tree
+        self._device = None if device is None else torch.device(device)
         self.config = config
         self.source = source
         self.compute_dtype = compute_dtype or dit.model_dtype(tree)
@@ -67,15 +68,19 @@ class CausalWanModel:
         return cls(tree.eval(), config, f"random-init seed {seed}")
 
     @classmethod
-    def adopt(cls, diffusion_model: nn.Module, compute_dtype=None, source: str = "ComfyUI MODEL") -> "CausalWanModel":
-        """Wrap a module tree with Wan's names (ComfyUI's ``WanModel``) *without copying* its weights."""
+    def adopt(cls, diffusion_model: nn.Module, compute_dtype=None, device=None,
+              source: str = "ComfyUI MODEL") -> "CausalWanModel":
+        """Wrap a module tree with Wan's names (ComfyUI's ``WanModel``) *without copying* its weights;
+        ``device`` is where to compute (ComfyUI's load device; its ops move offloaded weights there)."""
         shapes = {k: tuple(v.shape) for k, v in diffusion_model.state_dict(keep_vars=True).items()}
         config = config_from_shapes(shapes, num_heads=getattr(diffusion_model, "num_heads", None))
-        return cls(diffusion_model, config, source, compute_dtype=compute_dtype)
+        return cls(diffusion_model, config, source, compute_dtype=compute_dtype, device=device)
 
     # --- use ---------------------------------------------------------------------------------------------
     @property
     def device(self) -> torch.device:
+        if self._device is not None:
+            return self._device
         return self.tree.blocks[0].self_attn.q.weight.device
 
     def state_dict(self) -> dict:

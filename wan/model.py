@@ -201,13 +201,13 @@ def check_clip_features(clip_fea: torch.Tensor) -> None:
 
 
 def encode_context(tree: nn.Module, cfg: WanConfig, text: torch.Tensor, clip_fea: Optional[torch.Tensor],
-                   dtype: torch.dtype, batch: int) -> CrossContext:
+                   dtype: torch.dtype, batch: int, device=None) -> CrossContext:
     """Embed the umt5 text states ``[B|1, L, 4096]`` (zero-padded to 512 like Wan) and the CLIP features
     ``[B|1, 257, 1280]`` (i2v only) and project them to each layer's cross-attention K/V."""
     if text.dim() != 3 or text.shape[-1] != cfg.text_dim:
         raise ValueError(f"text conditioning has shape {list(text.shape)}; the model expects "
                          f"[batch, tokens, {cfg.text_dim}] umt5-xxl hidden states (Wan's text encoder).")
-    device = tree.patch_embedding.weight.device if hasattr(tree.patch_embedding, "weight") else None
+    device = device if device is not None else tree.blocks[0].self_attn.q.weight.device
     text = text.to(device=device, dtype=dtype)
     if text.shape[1] < cfg.text_len:
         text = F.pad(text, (0, 0, 0, cfg.text_len - text.shape[1]))
@@ -338,7 +338,7 @@ def forward(tree: nn.Module, cfg: WanConfig, x: torch.Tensor, t: torch.Tensor, t
     """
     dtype = dtype or model_dtype(tree)
     x = join_concat(cfg, x, y)
-    ctx = encode_context(tree, cfg, text, clip_fea if cfg.has_img_emb else None, dtype, x.shape[0])
+    ctx = encode_context(tree, cfg, text, clip_fea if cfg.has_img_emb else None, dtype, x.shape[0], x.device)
     return transformer(tree, cfg, x, t, ctx, dtype=dtype)
 
 

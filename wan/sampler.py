@@ -195,9 +195,9 @@ def sample_causal(model: CausalWanModel, latent: torch.Tensor, text: torch.Tenso
 
     with torch.no_grad():
         t0 = time.perf_counter()
-        branches = [_Branch(dit.encode_context(model.tree, cfg, text, clip_fea, dtype, b), new_cache())]
+        branches = [_Branch(dit.encode_context(model.tree, cfg, text, clip_fea, dtype, b, dev), new_cache())]
         if guidance > 1.0:
-            branches.append(_Branch(dit.encode_context(model.tree, cfg, negative_text, clip_fea, dtype, b),
+            branches.append(_Branch(dit.encode_context(model.tree, cfg, negative_text, clip_fea, dtype, b, dev),
                                     new_cache()))
         timer["forward_s"] += time.perf_counter() - t0
         noise = initial_noise(seed, latent.shape, dev)
@@ -209,7 +209,7 @@ def sample_causal(model: CausalWanModel, latent: torch.Tensor, text: torch.Tenso
         for bi, (start, n) in enumerate(layout):
             if bi in switches:
                 t0 = time.perf_counter()
-                branches[0].ctx = dit.encode_context(model.tree, cfg, switches[bi], clip_fea, dtype, b)
+                branches[0].ctx = dit.encode_context(model.tree, cfg, switches[bi], clip_fea, dtype, b, dev)
                 timer["forward_s"] += time.perf_counter() - t0
                 _recache(branches[0], out, y, layout[:bi], run)
             for br in branches:
