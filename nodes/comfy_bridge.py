@@ -148,3 +148,71 @@ def send_ui_event(event: str, data: dict, client_id: Optional[str] = None) -> bo
     except Exception:
         return False
     return True
+
+
+# --- model management and previews (used by nodes/wan_nodes.py) ------------------------------------------
+
+
+def load_models_gpu(models: list) -> bool:
+    """Let ComfyUI's model management load (and patch) the given ModelPatchers; False outside ComfyUI."""
+    try:
+        import comfy.model_management as mm
+    except Exception:
+        return False
+    mm.load_models_gpu(models)
+    return True
+
+
+def intermediate_device():
+    """Where ComfyUI keeps tensors between nodes (CPU unless --gpu-only); CPU outside ComfyUI."""
+    try:
+        import comfy.model_management as mm
+
+        return mm.intermediate_device()
+    except Exception:
+        import torch
+
+        return torch.device("cpu")
+
+
+def comfy_resize_center(images_bchw, width: int, height: int):
+    """ComfyUI's ``common_upscale(..., "bilinear", "center")`` (what core WanImageToVideo uses), or None
+    outside ComfyUI."""
+    try:
+        import comfy.utils
+    except Exception:
+        return None
+    return comfy.utils.common_upscale(images_bchw, width, height, "bilinear", "center")
+
+
+def latent_preview_image(model_patcher, x0, latent_format: str = "Wan21"):
+    """A PIL preview of a normalised latent ``x0`` (5-D: the first frame is shown) made with ComfyUI's own
+    previewer (``--preview-method``) for the model's latent format, or for ``comfy.latent_formats.<latent_format>``
+    when ``model_patcher`` is None; None when previews are off or outside ComfyUI."""
+    try:
+        import comfy.latent_formats
+        import comfy.model_management as mm
+        import latent_preview
+
+        if model_patcher is not None:
+            device, fmt = model_patcher.load_device, model_patcher.model.latent_format
+        else:
+            device, fmt = mm.get_torch_device(), getattr(comfy.latent_formats, latent_format)()
+        previewer = latent_preview.get_previewer(device, fmt)
+        if previewer is None:
+            return None
+        return previewer.decode_latent_to_preview(x0)
+    except Exception:
+        return None
+
+
+def torch_device():
+    """ComfyUI's compute device (``get_torch_device``); CPU outside ComfyUI."""
+    try:
+        import comfy.model_management as mm
+
+        return mm.get_torch_device()
+    except Exception:
+        import torch
+
+        return torch.device("cpu")
