@@ -254,7 +254,8 @@ def test_web_presets_set_real_sampler_widgets(defs):
             assert widget in sampler, f"preset {name}: CausalWanSampler has no widget {widget!r}"
             assert _check_value(f"preset {name} {widget}", sampler[widget], value) == []
     assert presets["LongLive"]["values"]["sink_size"] == 3
-    assert presets["LongLive"]["values"]["local_attn_size"] == 12
+    assert presets["LongLive"]["values"]["local_window"] == 12
+    assert presets["CausVid"]["values"]["shift"] == 1.0  # CausVid's steps are not warped
 
 
 @pytest.mark.skipif(NODE is None, reason="node (JavaScript) is not installed")

@@ -59,7 +59,11 @@ def definition_from_class(node_id: str, cls) -> dict:
 def pack_definitions() -> dict[str, dict]:
     import comfyui_clipwan
 
-    return {nid: definition_from_class(nid, cls) for nid, cls in comfyui_clipwan.NODE_CLASS_MAPPINGS.items()}
+    defs = {}
+    for nid, cls in comfyui_clipwan.NODE_CLASS_MAPPINGS.items():
+        defs[nid] = definition_from_class(nid, cls)
+        defs[nid]["display_name"] = comfyui_clipwan.NODE_DISPLAY_NAME_MAPPINGS.get(nid, nid)
+    return defs
 
 
 def core_definitions() -> dict[str, dict]:

@@ -57,10 +57,21 @@ def wan_vae_state_dict(comfy_dir: pathlib.Path, dim: int = 8) -> dict:
     import_comfy(comfy_dir)
     from comfy.ldm.wan.vae import WanVAE  # ComfyUI's class, so the keys are what its VAELoader detects
 
-    torch.manual_seed(0)
     vae = WanVAE(dim=dim, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=2, attn_scales=[],
                  temperal_downsample=[False, True, True], dropout=0.0)
-    return {k: v.contiguous() for k, v in vae.state_dict().items()}
+    # ComfyUI builds its layers without weight init (they expect a checkpoint), so initialise here:
+    # unit norm gains, zero biases, fan-in scaled conv weights (keeps activations finite and varied).
+    g = torch.Generator().manual_seed(0)
+    sd = {}
+    for k, v in vae.state_dict().items():
+        if k.endswith("gamma"):
+            sd[k] = torch.ones(v.shape)
+        elif k.endswith("bias") or v.dim() < 2:
+            sd[k] = torch.zeros(v.shape)
+        else:
+            fan_in = v[0].numel()
+            sd[k] = torch.randn(v.shape, generator=g) * fan_in ** -0.5
+    return sd
 
 
 def test_image(size: int = 64) -> Image.Image:

@@ -29,7 +29,7 @@ FILE_FOR_NODE = {
     "ExportCLIPToAxmodel": ck.CLIP_SMALL,
     "CLIPZeroShotAxera": ck.CLIP_SMALL,
 }
-TEST_SIZES = {"width": 64, "height": 64, "length": 13, "batch_size": 1}
+TEST_SIZES = {"width": 64, "height": 64, "length": 21, "batch_size": 1}  # 6 latent frames = 2 blocks of 3
 
 
 def load_examples() -> dict[str, dict]:

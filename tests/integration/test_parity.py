@@ -89,3 +89,85 @@ def test_causal_blocks_match_core_forward_on_the_first_block(comfy):
     with torch.no_grad():
         full = core(torch.cat([noise, y], 1), torch.tensor([1000.0]), text, clip_fea=clip_fea).float()
     assert not torch.allclose(got[:, :, 2:], noise[:, :, 2:] - full[:, :, 2:], atol=1e-4)
+
+
+def call_node(node_id: str, **given):
+    """Run a pack node the way ComfyUI does: widget inputs not given take their declared defaults."""
+    import comfyui_clipwan
+
+    cls = comfyui_clipwan.NODE_CLASS_MAPPINGS[node_id]
+    spec = cls.INPUT_TYPES()
+    kwargs = {}
+    for section in ("required", "optional"):
+        for name, ispec in spec.get(section, {}).items():
+            if name in given:
+                kwargs[name] = given[name]
+            elif section == "required":
+                opts = ispec[1] if len(ispec) > 1 else {}
+                kwargs[name] = opts["default"] if "default" in opts else ispec[0][0]
+    for name in ("unique_id",):
+        if name in spec.get("hidden", {}):
+            kwargs[name] = "1"
+    return getattr(cls(), cls.FUNCTION)(**kwargs)
+
+
+def _crop_choices():
+    import comfyui_clipwan
+
+    spec = comfyui_clipwan.NODE_CLASS_MAPPINGS["CLIPVisionEncodeWan"].INPUT_TYPES()["required"]["crop"]
+    return list(spec[0])
+
+
+@pytest.fixture(scope="module")
+def core_clip(comfy, clip_file):
+    import comfy.clip_vision
+
+    model = comfy.clip_vision.load(str(clip_file))
+    assert model.dtype == torch.float32  # --fp32-text-enc: core holds the fp16 file's weights in fp32
+    return model
+
+
+@pytest.mark.parametrize("crop", ["center", "none"])
+def test_clip_vision_encode_wan_matches_core_clip_vision_encode(comfy, core_clip, clip_file, image, crop):
+    from nodes import CLIPVisionEncode
+
+    ours_model = call_node("LoadCLIPVisionH14", clip_name=str(clip_file), dtype="fp32")[0]
+    ours = call_node("CLIPVisionEncodeWan", clip_vision=ours_model, image=image, crop=crop)[0]
+    core = CLIPVisionEncode().encode(core_clip, image, crop)[0]
+    for field in ("penultimate_hidden_states", "last_hidden_state", "image_embeds"):
+        want, got = core[field], ours[field]
+        assert got.shape == want.shape, field
+        torch.testing.assert_close(got.float(), want.float(), rtol=1e-3, atol=2e-4, msg=field)
+    # our CLIP_VISION also works in core's encode node, with the same result
+    crossed = CLIPVisionEncode().encode(ours_model, image, crop)[0]
+    torch.testing.assert_close(crossed.penultimate_hidden_states.float(), core.penultimate_hidden_states.float(),
+                               rtol=1e-3, atol=2e-4)
+
+
+def test_wan_i2v_conditioning_equals_core_wan_image_to_video(comfy, base_dir, core_clip, image):
+    import comfy.sd
+    import comfy.utils
+    from comfy_extras.nodes_wan import WanImageToVideo
+    from nodes import CLIPVisionEncode
+
+    vae = comfy.sd.VAE(sd=comfy.utils.load_torch_file(str(base_dir / "models" / "vae" / ck.VAE)))
+    g = torch.Generator().manual_seed(9)
+    positive = [[torch.randn(1, 512, 4096, generator=g), {}]]
+    negative = [[torch.randn(1, 512, 4096, generator=g), {}]]
+    clip_out = CLIPVisionEncode().encode(core_clip, image[:1], "none")[0]
+    args = dict(positive=positive, negative=negative, vae=vae, width=64, height=48, length=9, batch_size=2,
+                start_image=image[:1], clip_vision_output=clip_out)
+    core = WanImageToVideo.execute(**args)
+    core = getattr(core, "result", core)
+    ours = call_node("WanI2VConditioning", **args)
+    assert len(ours) == 3
+    torch.testing.assert_close(ours[2]["samples"], core[2]["samples"])
+    assert ours[2]["samples"].shape == (2, 16, 3, 6, 8)
+    for o, c in zip(ours[:2], core[:2]):
+        assert len(o) == len(c) == 1
+        torch.testing.assert_close(o[0][0], c[0][0])
+        assert set(o[0][1]) == set(c[0][1]) == {"concat_latent_image", "concat_mask", "clip_vision_output"}
+        torch.testing.assert_close(o[0][1]["concat_latent_image"], c[0][1]["concat_latent_image"],
+                                   rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(o[0][1]["concat_mask"], c[0][1]["concat_mask"])
+        assert o[0][1]["clip_vision_output"].penultimate_hidden_states is clip_out.penultimate_hidden_states

@@ -127,7 +127,7 @@ def test_sampler_streams_block_frames_to_the_page(server):
     assert [f["block"] for f in frames] == list(range(total))
     assert all(f["node"] == sampler and f["total_blocks"] == total for f in frames)
     sent = [base64.b64decode(b.split(",", 1)[-1]) for f in frames for b in f["frames"]]
-    assert len(sent) == P.TEST_SIZES["length"] // 4 + 1  # one preview per latent frame
+    assert len(sent) == (P.TEST_SIZES["length"] - 1) // 4 + 1  # one preview per latent frame
     for raw in sent:
         Image.open(io.BytesIO(raw)).verify()
 
