@@ -94,3 +94,15 @@ class CausalWanModel:
 
     def __repr__(self) -> str:
         return f"CausalWanModel({self.config.describe()}, from {self.source}, compute {self.compute_dtype})"
+
+
+# The embedded default: the real Wan 2.1 i2v architecture (head_dim 128, umt5 4096-d text, ViT-H 1280-d CLIP
+# tokens, 36 input channels, 3D RoPE) at a size a CPU runs in seconds. Seeded random init, NOT trained.
+DEFAULT_CONFIG = WanConfig(dim=256, ffn_dim=1024, num_heads=2, num_layers=4, in_dim=36, has_img_emb=True)
+
+
+def default_causal_wan(seed: int = 0, dtype=torch.float32, device="cpu") -> CausalWanModel:
+    model = CausalWanModel.random(DEFAULT_CONFIG, seed=seed, dtype=dtype, device=device)
+    model.source = (f"embedded default: seeded random-init Wan 2.1 i2v architecture (seed {seed}, dim 256, "
+                    f"4 layers), not pretrained")
+    return model

@@ -1,0 +1,47 @@
+"""``comfyui-clipwan sample`` and the wan demo step: files written, routes reported, clear errors."""
+
+import json
+
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file, save_file
+
+from comfyui_clipwan.cli import main
+from comfyui_clipwan.wan import CausalWanModel, WanConfig
+
+T2V = WanConfig(dim=256, ffn_dim=320, num_heads=2, num_layers=2, in_dim=16)
+
+
+def test_sample_with_model_file_and_image_latent_route3(tmp_path, capsys):
+    model = tmp_path / "causal_t2v.safetensors"
+    save_file({k: v.contiguous() for k, v in CausalWanModel.random(T2V, seed=1).state_dict().items()}, str(model))
+    Image.new("RGB", (80, 48), (200, 30, 60)).save(tmp_path / "start.png")
+    image_latent = torch.randn(1, 16, 1, 8, 8)
+    save_file({"latent": image_latent}, str(tmp_path / "start_latent.safetensors"))
+    out = tmp_path / "out"
+    rc = main(["sample", "--model", str(model), "--image", str(tmp_path / "start.png"), "--width", "64",
+               "--height", "64", "--length", "13", "--independent-first-frame", "--steps", "1000,500",
+               "--image-latent", str(tmp_path / "start_latent.safetensors"), "--out", str(out)])
+    assert rc == 0
+    printed = capsys.readouterr().out
+    assert "route 3 — image latent written into the KV cache as the first 1 frame(s)" in printed
+    assert "the model is t2v (no img_emb): CLIP features are not used" in printed
+    latent = load_file(str(out / "wan_latent.safetensors"))["latent_tensor"]
+    assert latent.shape == (1, 16, 4, 8, 8)
+    torch.testing.assert_close(latent[:, :, :1], image_latent, atol=1e-5, rtol=0)  # frame 0 is the image
+    summary = json.loads((out / "wan_summary.json").read_text())
+    assert summary["image_routes"] == ["first_frames"] and summary["blocks"] == 2
+    webp = Image.open(out / "wan_preview.webp")
+    assert webp.n_frames == 4 and webp.size == (32, 32)
+
+
+def test_sample_errors_are_clear(tmp_path, capsys):
+    rc = main(["sample", "--length", "13", "--frames-per-block", "3", "--out", str(tmp_path), "--no-image"])
+    assert rc == 2
+    assert capsys.readouterr().err.strip() == (
+        "error: the latent has 4 frames, which does not fit blocks of 3 frame(s): use [3, 6, 9] latent frames "
+        "(video length [9, 21, 33] in WanI2VConditioning), or enable independent_first_frame for 1 + 3·k frames, "
+        "or change frames_per_block.")
+    assert main(["sample", "--model", str(tmp_path / "missing.pt"), "--out", str(tmp_path)]) == 2
+    assert "error: Wan model file" in capsys.readouterr().err
