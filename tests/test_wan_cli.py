@@ -32,8 +32,8 @@ def test_sample_with_model_file_and_image_latent_route3(tmp_path, capsys):
     torch.testing.assert_close(latent[:, :, :1], image_latent, atol=1e-5, rtol=0)  # frame 0 is the image
     summary = json.loads((out / "wan_summary.json").read_text())
     assert summary["image_routes"] == ["first_frames"] and summary["blocks"] == 2
-    webp = Image.open(out / "wan_preview.webp")
-    assert webp.n_frames == 4 and webp.size == (32, 32)
+    with Image.open(out / "wan_preview.webp") as webp:
+        assert webp.n_frames == 4 and webp.size == (32, 32)
 
 
 def test_sample_errors_are_clear(tmp_path, capsys):
