@@ -1,0 +1,254 @@
+"""CLIP → ONNX → (checks, calibration, Pulsar2 configs, build script) → [pulsar2 build] → manifest + report.
+
+Folder written (all paths in the manifest are relative to it, so it can be copied to the board as is)::
+
+    vision.onnx  text.onnx  cpu_heads.npz  manifest.json  report.txt  build_axmodel.sh
+    calib/vision_calib.tar  calib/text_calib.tar  pulsar2/vision.json  pulsar2/text.json
+    [vision.axmodel  text.axmodel  build/…  pulsar2_*.log]   ← only when pulsar2 ran and succeeded
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+import torch
+
+from . import pulsar2
+from .calibration import image_calibration_tar, synthetic_images, text_calibration_tar
+from .onnx_export import (PARITY_TOLERANCE, TEXT_INPUT, TEXT_OUTPUT, VISION_INPUT, VISION_OUTPUT, check_export,
+                          export_onnx, ort_session, parity)
+from .runtime import MANIFEST, MANIFEST_FORMAT
+from .sources import ClipSource, parse_parts
+from .text_model import text_head
+from .tokenizer import tokenize
+from .vision_tower import vision_head, vision_tower_from_canonical
+
+DEFAULT_LABELS = (
+    "person", "man", "woman", "child", "dog", "cat", "bird", "horse", "car", "bicycle", "airplane", "boat",
+    "train", "building", "city street", "road", "mountain", "beach", "sea", "forest", "flower", "tree", "sky",
+    "night", "sunset", "snow", "food", "indoor room", "portrait", "landscape", "drawing", "painting",
+    "anime illustration", "3d render", "text", "black and white photo",
+)
+DEFAULT_PROMPTS = tuple(f"a photo of {label}." for label in DEFAULT_LABELS)
+
+CPU_SPLIT = {
+    "vision": {"npu": "patch Conv → pre-LN → encoder blocks → post-LN of the CLS token (output image_pooled)",
+               "cpu": ["visual_projection (fp32 GEMM)", "L2 normalisation"]},
+    "text": {"npu": "token Gather (1-D ids) + positions → causal encoder blocks → final LN (output text_hidden)",
+             "cpu": ["EOT pooling: hidden[argmax(input_ids)] (data-dependent gather)", "text_projection (fp32 GEMM)",
+                     "L2 normalisation"]},
+}
+
+
+@dataclasses.dataclass
+class ExportResult:
+    folder: str
+    manifest: dict
+    report: str
+
+    @property
+    def manifest_path(self) -> str:
+        return os.path.join(self.folder, MANIFEST)
+
+    def paths(self) -> dict:
+        out = {}
+        for part, info in self.manifest["parts"].items():
+            out[f"{part}_onnx"] = os.path.join(self.folder, info["onnx"])
+            if info.get("axmodel"):
+                out[f"{part}_axmodel"] = os.path.join(self.folder, info["axmodel"])
+        return out
+
+    @property
+    def ok(self) -> bool:
+        return all(p["checks"]["ok"] for p in self.manifest["parts"].values())
+
+
+def _check_npu_mode(npu_mode: str, target: str) -> None:
+    if target not in pulsar2.TARGETS:
+        raise ValueError(f"target must be one of {list(pulsar2.TARGETS)}, got {target!r}")
+    if npu_mode not in pulsar2.TARGETS[target]:
+        raise ValueError(f"npu_mode {npu_mode!r} is not available on {target}; choose one of "
+                         f"{list(pulsar2.TARGETS[target])}")
+
+
+def export_clip(source: ClipSource, folder: str, parts="vision,text", calib_images: Optional[Sequence] = None,
+                prompts: Optional[Sequence[str]] = None, npu_mode: str = "NPU3", opset: int = 14,
+                crop: str = "center", precision: str = "u16", target: str = "AX650", run_build: bool = True,
+                parity_samples: int = 2, progress: Optional[Callable[[str], None]] = None) -> ExportResult:
+    """Export the requested towers of ``source`` into ``folder``; see the module doc for the layout.
+
+    ``calib_images``: IMAGE tensors [B,H,W,C]; none → synthetic colour fields (said so in the report).
+    ``prompts``: calibration prompts for the text tower; none → the built-in label prompts.
+    """
+    parts = parse_parts(parts)
+    source.require(parts)
+    _check_npu_mode(npu_mode, target)
+    if precision not in pulsar2.PRECISIONS:
+        raise ValueError(f"precision must be one of {pulsar2.PRECISIONS}, got {precision!r}")
+    say = progress or (lambda msg: None)
+    folder = os.path.abspath(folder)
+    os.makedirs(folder, exist_ok=True)
+    for stale in ("vision.axmodel", "text.axmodel"):  # a re-export must never inherit an old build
+        if os.path.exists(os.path.join(folder, stale)):
+            os.remove(os.path.join(folder, stale))
+    t_start = time.perf_counter()
+    manifest = {"format": MANIFEST_FORMAT, "version": 1, "source": source.description,
+                "random_init": source.random_init, "target_hardware": target, "npu_mode": npu_mode,
+                "precision": precision, "cpu_heads": "cpu_heads.npz", "parts": {}}
+    heads = {}
+    steps = []
+    notes = []
+    gen = torch.Generator().manual_seed(0)
+
+    if "vision" in parts:
+        cv = source.vision
+        config = cv.config
+        canonical = cv.state_dict_hf()
+        if "visual_projection.weight" not in canonical:
+            raise ValueError(f"{source.description}: the vision tower has no visual_projection; image embeddings "
+                             f"for zero-shot need it (use a CLIPVisionModelWithProjection / full CLIP file)")
+        say(f"exporting vision tower {config.name} ({config.layers} layers) to ONNX opset {opset}")
+        tower = vision_tower_from_canonical(config, canonical)
+        size = config.image_size
+        onnx_v = export_onnx(tower, torch.zeros(1, 3, size, size), os.path.join(folder, "vision.onnx"),
+                             VISION_INPUT, VISION_OUTPUT, opset)
+        check_export(onnx_v)
+        heads["visual_projection"] = canonical["visual_projection.weight"].float().numpy()
+        say("checking vision parity (ONNX Runtime vs torch)")
+        pixels = torch.randn(parity_samples, 3, size, size, generator=gen)
+        sess = ort_session(onnx_v.path)
+        pooled = np.concatenate([sess.run(None, {VISION_INPUT: pixels[i:i + 1].numpy()})[0]
+                                 for i in range(parity_samples)])
+        ref = cv.encode(pixels.to(cv.dtype)).image_embeds.float().numpy()
+        par = parity(vision_head(pooled, heads["visual_projection"]), ref)
+        images = list(calib_images) if calib_images else None
+        if not images:
+            images = synthetic_images()
+            notes.append("vision calibration used SYNTHETIC colour fields (no images given): give 32+ real "
+                         "images from your domain before a production build")
+        calib = image_calibration_tar(images, config, os.path.join(folder, "calib", "vision_calib.tar"), crop)
+        cfg = pulsar2.vision_config(VISION_INPUT, "calib/vision_calib.tar", npu_mode, precision, target)
+        pulsar2.write_config(cfg, os.path.join(folder, "pulsar2", "vision.json"))
+        steps.append(pulsar2.BuildStep("vision", "vision.onnx", "pulsar2/vision.json", "build/vision",
+                                       "vision.axmodel", target, npu_mode))
+        manifest["parts"]["vision"] = _part_entry(onnx_v, par, calib, "pulsar2/vision.json", CPU_SPLIT["vision"])
+        manifest["parts"]["vision"].update(config=_vision_config_json(config), crop=crop)
+
+    if "text" in parts:
+        tw = source.text
+        say(f"exporting text tower ({tw.config.layers} layers, width {tw.config.width}) to ONNX opset {opset}")
+        tower = tw.build()
+        onnx_t = export_onnx(tower, torch.from_numpy(tokenize(["a photo"], tw.config.context_length)),
+                             os.path.join(folder, "text.onnx"), TEXT_INPUT, TEXT_OUTPUT, opset)
+        check_export(onnx_t)
+        heads["text_projection"] = tw.projection.numpy()
+        say("checking text parity (ONNX Runtime vs torch)")
+        ids = tokenize(list(DEFAULT_PROMPTS[:parity_samples]), tw.config.context_length)
+        sess = ort_session(onnx_t.path)
+        hidden = np.concatenate([sess.run(None, {TEXT_INPUT: ids[i:i + 1]})[0] for i in range(len(ids))])
+        ref = tw.encode(torch.from_numpy(ids)).numpy()
+        par = parity(text_head(hidden, ids, heads["text_projection"]), ref)
+        calib = text_calibration_tar(list(prompts) if prompts else list(DEFAULT_PROMPTS),
+                                     os.path.join(folder, "calib", "text_calib.tar"), tw.config.context_length)
+        if not prompts:
+            notes.append("text calibration used the built-in label prompts (no prompts given)")
+        cfg = pulsar2.text_config(TEXT_INPUT, "calib/text_calib.tar", npu_mode, precision, target)
+        pulsar2.write_config(cfg, os.path.join(folder, "pulsar2", "text.json"))
+        steps.append(pulsar2.BuildStep("text", "text.onnx", "pulsar2/text.json", "build/text", "text.axmodel",
+                                       target, npu_mode))
+        manifest["parts"]["text"] = _part_entry(onnx_t, par, calib, "pulsar2/text.json", CPU_SPLIT["text"])
+        manifest["parts"]["text"]["tokenizer"] = {"name": "open_clip SimpleTokenizer (CLIP BPE)",
+                                                  "context_length": tw.config.context_length}
+        manifest["logit_scale"] = tw.logit_scale
+
+    np.savez(os.path.join(folder, "cpu_heads.npz"), **heads)
+    script = pulsar2.write_build_script(steps, folder, source.random_init)
+    manifest["build_script"] = os.path.basename(script)
+    manifest["build_commands"] = {s.part: {"native": s.native(), "docker": s.docker()} for s in steps}
+
+    builds = []
+    if run_build and all(manifest["parts"][s.part]["checks"]["ok"] for s in steps):
+        if pulsar2.pulsar2_available():
+            say("running pulsar2 build (this takes minutes per model)")
+        builds = pulsar2.run_builds(steps, folder)
+    elif run_build:
+        notes.append("pulsar2 was not run because a check failed (see above); fix the export first")
+    for b in builds:
+        manifest["parts"][b.part]["build"] = dataclasses.asdict(b)
+        if b.axmodel:
+            manifest["parts"][b.part]["axmodel"] = b.axmodel
+    manifest["notes"] = notes
+    manifest["seconds"] = round(time.perf_counter() - t_start, 2)
+    with open(os.path.join(folder, MANIFEST), "w") as f:
+        json.dump(manifest, f, indent=2)
+    report = format_report(manifest, folder)
+    with open(os.path.join(folder, "report.txt"), "w") as f:
+        f.write(report + "\n")
+    return ExportResult(folder, manifest, report)
+
+
+def _vision_config_json(config) -> dict:
+    d = dataclasses.asdict(config)
+    d["mean"], d["std"] = list(d["mean"]), list(d["std"])
+    return d
+
+
+def _part_entry(result, par: dict, calib: dict, config_path: str, split: dict) -> dict:
+    checks = {"onnx_checker": result.checker, "ax650_op_issues": result.op_issues, "parity": par,
+              "ok": result.checker == "ok" and not result.op_issues and par["ok"]}
+    calib = dict(calib, path=os.path.relpath(calib["path"], os.path.dirname(result.path)))
+    return {"onnx": os.path.basename(result.path), "external_data": result.external_data, "axmodel": None,
+            "input": {"name": result.input_name, "shape": result.input_shape, "dtype": result.input_dtype},
+            "output": {"name": result.output_name, "shape": result.output_shape, "dtype": "float32"},
+            "opset": result.opset, "size_bytes": result.size_bytes, "export_seconds": result.seconds,
+            "ops": result.ops, "checks": checks, "calibration": calib, "pulsar2_config": config_path,
+            "split": split}
+
+
+def format_report(manifest: dict, folder: str) -> str:
+    """Human-readable summary: what was exported, checked, built — and what was NOT built."""
+    lines = [f"CLIP → Axera export in {folder}", f"source: {manifest['source']}"]
+    if manifest["random_init"]:
+        lines.append("NOTE: random-init weights (the embedded default), not a pretrained CLIP.")
+    lines.append(f"target {manifest['target_hardware']} {manifest['npu_mode']}, precision {manifest['precision']}")
+    for part, p in manifest["parts"].items():
+        c = p["checks"]
+        par = c["parity"]
+        lines.append(f"[{part}] {p['onnx']} ({p['size_bytes'] / 1e6:.1f} MB, opset {p['opset']}, "
+                     f"{p['export_seconds']:.1f} s) input {p['input']['name']} {p['input']['shape']} "
+                     f"{p['input']['dtype']} → {p['output']['name']} {p['output']['shape']}")
+        lines.append(f"  onnx.checker: {c['onnx_checker']}")
+        if c["ax650_op_issues"]:
+            lines.append(f"  AX650 op list: {len(c['ax650_op_issues'])} problem(s) — fix before building:")
+            lines += [f"    - {issue}" for issue in c["ax650_op_issues"]]
+        else:
+            ops = ", ".join(f"{k}×{v}" for k, v in p["ops"].items())
+            lines.append(f"  AX650 op list: all ops supported ({ops})")
+        lines.append(f"  parity ORT vs torch: max |diff| {par['max_abs_diff']:.2e} (tolerance "
+                     f"{par['tolerance']:.0e}), min cosine {par['min_cosine']:.7f} → "
+                     f"{'OK' if par['ok'] else 'FAILED'}")
+        cal = p["calibration"]
+        lines.append(f"  calibration: {cal['path']} ({cal['count']} × {cal['dtype']} {cal['shape']})")
+        lines.append(f"  NPU: {p['split']['npu']}; CPU: {'; '.join(p['split']['cpu'])}")
+        build = p.get("build")
+        if p.get("axmodel"):
+            lines.append(f"  BUILT: {p['axmodel']} with pulsar2 {build.get('version', '')} "
+                         f"in {build['seconds']:.0f} s")
+        elif build:
+            lines.append(f"  NOT BUILT: pulsar2 {build['status']}")
+        else:
+            lines.append("  NOT BUILT: pulsar2 was not run")
+    if not any(p.get("axmodel") for p in manifest["parts"].values()):
+        lines.append("No .axmodel was built. The Pulsar2 build inputs are ready; build with:")
+        lines.append(f"  cd {folder} && ./{manifest['build_script']}")
+        for part, cmds in manifest["build_commands"].items():
+            lines.append(f"  [{part}] native: {cmds['native']}")
+            lines.append(f"  [{part}] docker: {cmds['docker']}")
+    lines += [f"note: {n}" for n in manifest.get("notes", [])]
+    lines.append(f"total {manifest['seconds']:.1f} s; manifest: {MANIFEST}")
+    return "\n".join(lines)
