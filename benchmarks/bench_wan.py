@@ -1,0 +1,145 @@
+"""Causal Wan sampling benchmark (one run, small config, CPU unless CUDA is there):
+
+1. time per block for N blocks with a sink + local window (block 10 should cost what block 2 costs),
+   against the same run without a window (every block attends to all earlier frames, like a grow-only cache);
+2. memory per block: KV-cache bytes and process RSS (flat once the window is full);
+3. share of sampling time spent outside the DiT forward (sampler overhead);
+4. time to the first block vs sampling all 21 latent frames (81 video frames) at once with the same model
+   run bidirectionally (same steps).
+
+Usage: ``comfyui-clipwan bench wan [--blocks 20] [--size 256] [--quick]``.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+import torch
+
+from ..wan import CausalSettings, sample_causal
+from ..wan.causal_model import DEFAULT_CONFIG, CausalWanModel
+from ..wan.sampler import initial_noise
+from ..wan.scheduler import denoising_sigmas, x0_from_flow
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--blocks", type=int, default=20, help="blocks to generate (default 20)")
+    parser.add_argument("--frames-per-block", type=int, default=3)
+    parser.add_argument("--sink", type=int, default=3, help="sink frames (default 3)")
+    parser.add_argument("--window", type=int, default=9, help="local window in latent frames (default 9)")
+    parser.add_argument("--size", type=int, default=256, help="video width = height in pixels (default 256)")
+    parser.add_argument("--steps", default="1000,750,500,250")
+    parser.add_argument("--full-frames", type=int, default=21, help="latent frames of the all-at-once peer")
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = leave as is)")
+    parser.add_argument("--quick", action="store_true", help="tiny run (for tests): 6 blocks, 64 px")
+    parser.add_argument("--seed", type=int, default=0)
+
+
+def _rss_mb() -> float:
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2 ** 20
+    except OSError:
+        return float("nan")
+
+
+def _sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def _run_causal(model, frames, hw, settings, seed, device):
+    text = torch.zeros(1, 512, 4096)
+    clip = torch.randn(1, 257, 1280, generator=torch.Generator().manual_seed(seed))
+    latent = torch.zeros(1, 16, frames, hw, hw)
+    times, rss, cache_mb, peak_cuda = [], [], [], []
+    stats = {}
+    last = [0.0]
+
+    def on_block(i, n, x0, start):
+        _sync(device)
+        now = time.perf_counter()
+        times.append(now - last[0])
+        last[0] = now
+        rss.append(_rss_mb())
+        if device.type == "cuda":
+            peak_cuda.append(torch.cuda.max_memory_allocated() / 2 ** 20)
+            torch.cuda.reset_peak_memory_stats()
+
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    _sync(device)
+    t0 = last[0] = time.perf_counter()
+    sample_causal(model, latent, text, seed=seed, settings=settings, clip_fea=clip, on_block=on_block, stats=stats)
+    _sync(device)
+    total = time.perf_counter() - t0
+    cache_mb = stats["cache_bytes"] / 2 ** 20
+    return {"times": times, "rss": rss, "cuda_peak": peak_cuda, "total": total, "forward": stats["forward_s"],
+            "cache_mb": cache_mb}
+
+
+def _run_bidirectional(model, frames, hw, steps, shift, seed, device):
+    text = torch.zeros(1, 512, 4096)
+    clip = torch.randn(1, 257, 1280, generator=torch.Generator().manual_seed(seed))
+    x = initial_noise(seed, (1, 16, frames, hw, hw), device)
+    sigmas = denoising_sigmas(steps, shift).tolist()
+    _sync(device)
+    t0 = time.perf_counter()
+    for j, sigma in enumerate(sigmas):
+        flow = model.forward(x, torch.tensor([sigma * 1000.0]), text, clip)
+        x0 = x0_from_flow(x, flow, sigma)
+        if j + 1 < len(sigmas):
+            x = (1 - sigmas[j + 1]) * x0 + sigmas[j + 1] * torch.randn_like(x0)
+    _sync(device)
+    return time.perf_counter() - t0
+
+
+def run(args) -> int:
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.quick:
+        args.blocks, args.size, args.full_frames = 6, 64, 9
+        args.sink, args.window = min(args.sink, 1), min(args.window, 4)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    hw = args.size // 8
+    model = CausalWanModel.random(DEFAULT_CONFIG, seed=args.seed, device=device)
+    n = args.frames_per_block
+    frames = args.blocks * n
+    print(f"bench wan: {DEFAULT_CONFIG.describe()} (seeded random init), {device}, "
+          f"{torch.get_num_threads()} threads; video {args.size}x{args.size} px -> latent {hw}x{hw}, "
+          f"{(hw // 2) ** 2} tokens/frame; {args.blocks} blocks x {n} frames; steps {args.steps}")
+
+    # warm-up (allocator, kernels, RoPE tables)
+    _run_causal(model, 2 * n, hw, CausalSettings(steps=args.steps, frames_per_block=n), args.seed, device)
+
+    win = _run_causal(model, frames, hw, CausalSettings(steps=args.steps, frames_per_block=n, sink_size=args.sink,
+                                                        local_window=args.window), args.seed, device)
+    grow = _run_causal(model, frames, hw, CausalSettings(steps=args.steps, frames_per_block=n),
+                       args.seed, device)
+    full = _run_bidirectional(model, args.full_frames, hw, args.steps, 5.0, args.seed, device)
+
+    print("\nblock  window: time s  RSS MB" + ("  CUDA peak MB" if win["cuda_peak"] else "")
+          + "   | no window: time s  RSS MB")
+    for i in range(args.blocks):
+        cuda = f"  {win['cuda_peak'][i]:12.1f}" if win["cuda_peak"] else ""
+        print(f"{i:5d}  {win['times'][i]:14.3f}  {win['rss'][i]:6.0f}{cuda}   | "
+              f"{grow['times'][i]:17.3f}  {grow['rss'][i]:6.0f}")
+    b2, b10 = 2, min(10, args.blocks - 1)
+    ratio = win["times"][b10] / win["times"][b2]
+    grow_ratio = grow["times"][b10] / grow["times"][b2]
+    print(f"\n1. time per block with window {args.window} (sink {args.sink}): block {b10} / block {b2} = "
+          f"{ratio:.3f} (target <= 1.15); without window: {grow_ratio:.3f}")
+    last_half = win["rss"][args.blocks // 2:]
+    print(f"2. KV cache: window {win['cache_mb']:.1f} MB (fixed) vs no window {grow['cache_mb']:.1f} MB for "
+          f"{frames} frames ({grow['cache_mb'] / win['cache_mb']:.1f}x); RSS over the second half with window "
+          f"{min(last_half):.0f}..{max(last_half):.0f} MB (spread {max(last_half) - min(last_half):.0f} MB)")
+    if win["cuda_peak"]:
+        later = win["cuda_peak"][args.blocks // 2:]
+        print(f"   CUDA peak per block, second half: {min(later):.1f}..{max(later):.1f} MB")
+    outside = (win["total"] - win["forward"]) / win["total"]
+    print(f"3. time outside the DiT forward: {100 * outside:.2f} % of {win['total']:.2f} s (target <= 5 %)")
+    first = win["times"][0]
+    print(f"4. first block after {first:.3f} s vs all {args.full_frames} latent frames at once (bidirectional, "
+          f"same steps) {full:.3f} s: first block {full / first:.1f}x sooner (target >= 10x)")
+    return 0
