@@ -1,22 +1,26 @@
 """Reading checkpoint files tensor by tensor, safely and without materialising what we don't need.
 
-* ``.safetensors``/``.sft``: our own streaming reader of the (simple, documented) format — the JSON header is
-  parsed first, so a truncated file is refused before anything is allocated, and each tensor is read with
-  ``readinto`` into fresh memory: no mmap, so page cache never inflates the process RSS and text towers are
-  never touched.
+* ``.safetensors``/``.sft``: our own reader of the (simple, documented) format over a private memory map — the
+  JSON header is checked first, so a truncated file is refused before anything is allocated; tensors are
+  zero-copy views of the map and text towers are never touched.
 * anything else (``.pth``/``.pt``/``.bin``/``.ckpt``): ``torch.load(weights_only=True, mmap=True)``; pickled code
-  is refused by torch's weights-only unpickler, and tensors stay on disk until read. ``release`` gives the pages
-  of a consumed tensor back to the kernel, so converting a model costs ~one model of RSS, not two.
+  is refused by torch's weights-only unpickler, and tensors stay on disk until read.
+
+Both readers hand out views of mapped file pages; ``release`` gives the pages of a consumed tensor back to the
+kernel (MADV_DONTNEED), so loading costs about one model of RSS (the destination), not two, and no heap churn.
 """
 
 from __future__ import annotations
 
 import ctypes
 import json
+import math
+import mmap
 import os
 import pickle
 import struct
 import sys
+import warnings
 from typing import Mapping, Optional
 
 import torch
@@ -45,37 +49,48 @@ class SafetensorsReader:
                 header = json.loads(f.read(header_len))
             except (UnicodeDecodeError, json.JSONDecodeError) as exc:
                 raise ValueError(f"'{path}' is not a safetensors file (its header is not JSON: {exc})") from None
-        self.metadata = header.pop("__metadata__", None) or {}
-        self._base = 8 + header_len
-        self._entries = header
-        end = max((e["data_offsets"][1] for e in header.values()), default=0)
-        if self._base + end > size:
-            raise ValueError(f"'{path}' is truncated: its tensors need {self._base + end} bytes but the file has "
-                             f"{size}. Download it again.")
+            if not isinstance(header, dict):
+                raise ValueError(f"'{path}' is not a safetensors file (its header is not a JSON object)")
+            self.metadata = header.pop("__metadata__", None) or {}
+            self._base = 8 + header_len
+            self._entries = header
+            end = max((e["data_offsets"][1] for e in header.values()), default=0)
+            if self._base + end > size:
+                raise ValueError(f"'{path}' is truncated: its tensors need {self._base + end} bytes but the file "
+                                 f"has {size}. Download it again.")
+            # ACCESS_COPY: a private, writable (copy-on-write) map, so torch.frombuffer accepts it; never written.
+            self._map = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY) if size else None
         self.keys = list(header.keys())
 
     def shape(self, key: str) -> tuple:
         return tuple(self._entries[key]["shape"])
+
+    def _span(self, key: str):
+        start, stop = self._entries[key]["data_offsets"]
+        return self._base + start, stop - start
 
     def get(self, key: str) -> torch.Tensor:
         entry = self._entries[key]
         dtype = _ST_DTYPES.get(entry["dtype"])
         if dtype is None:
             raise ValueError(f"'{self.path}': tensor {key!r} has unsupported dtype {entry['dtype']}")
-        start, stop = entry["data_offsets"]
-        out = torch.empty(entry["shape"], dtype=dtype)
-        view = out.view(-1).view(torch.uint8).numpy() if out.numel() else None
-        if view is not None and view.nbytes != stop - start:
-            raise ValueError(f"'{self.path}': tensor {key!r} has {stop - start} bytes for shape {entry['shape']}")
-        if view is not None:
-            with open(self.path, "rb") as f:
-                f.seek(self._base + start)
-                if f.readinto(memoryview(view)) != view.nbytes:
-                    raise ValueError(f"'{self.path}' is truncated at tensor {key!r}. Download it again.")
-        return out
+        offset, nbytes = self._span(key)
+        count = math.prod(entry["shape"])
+        if count * torch.empty((), dtype=dtype).element_size() != nbytes:
+            raise ValueError(f"'{self.path}': tensor {key!r} has {nbytes} bytes for shape {entry['shape']}")
+        if count == 0:
+            return torch.empty(entry["shape"], dtype=dtype)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            flat = torch.frombuffer(self._map, dtype=dtype, count=count, offset=offset)
+        return flat.view(entry["shape"])
 
-    def release(self, key: str) -> None:  # nothing is kept
-        pass
+    def release(self, key: str) -> None:
+        offset, nbytes = self._span(key)
+        page = mmap.PAGESIZE
+        first, last = -(-offset // page) * page, (offset + nbytes) // page * page
+        if last > first and hasattr(self._map, "madvise") and hasattr(mmap, "MADV_DONTNEED"):
+            self._map.madvise(mmap.MADV_DONTNEED, first, last - first)
 
 
 def _unwrap(obj, path: str) -> Mapping:
@@ -95,12 +110,14 @@ class TorchReader:
     def __init__(self, path: str):
         self.path = path
         self.metadata = {}
+        self._mapped = True
         try:
             try:
                 obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
             except RuntimeError as exc:
                 if "mmap" not in str(exc):  # legacy (non-zip) files cannot be mapped; still weights-only
                     raise
+                self._mapped = False
                 obj = torch.load(path, map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as exc:
             first = str(exc).strip().splitlines()
@@ -123,7 +140,8 @@ class TorchReader:
         return self._sd[key]
 
     def release(self, key: str) -> None:
-        _drop_pages(self._sd.get(key))
+        if self._mapped:  # on anonymous memory MADV_DONTNEED would zero the pages: only for file maps
+            _drop_pages(self._sd.get(key))
 
 
 _libc = None

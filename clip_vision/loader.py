@@ -128,9 +128,10 @@ class ClipVisionModel:
             raise ValueError(f"load_sd: the weights are {found.name} (width {found.width}, {found.layers} layers, "
                              f"projection {found.proj_dim}) but this model is {mine.name} (width {mine.width}, "
                              f"{mine.layers} layers, projection {mine.proj_dim})")
-        internal = canonical_to_internal(canonical, mine, dtype=self.dtype, device=self.device)
-        self.model.load_state_dict(internal, strict=True, assign=True)
-        self.model.requires_grad_(False)
+        # Copy into our own parameters (casting on the fly): never alias the caller's tensors.
+        internal = canonical_to_internal(canonical, mine)
+        with torch.no_grad():
+            self.model.load_state_dict(internal, strict=True)
         used = set(plan_conversion(sd.keys()).source_keys)
         self.layout = layout
         return [], [k for k in sd.keys() if k not in used]

@@ -139,19 +139,26 @@ def internal_names(config: VisionConfig):
 
 def canonical_to_internal(sd: Mapping[str, torch.Tensor], config: VisionConfig, dtype=None, device=None,
                           release=None) -> dict:
-    """Map canonical tensors onto our parameter names, fusing q|k|v, casting each tensor as it goes.
+    """Map canonical tensors onto our parameter names, fusing q|k|v, casting as it goes.
 
-    ``release(canonical_name)`` is called after a source tensor has been consumed, so loaders can drop it
-    (keeps peak memory at ~one model plus one tensor).
+    Every result is a fresh tensor (never an alias of ``sd``); each source is copied straight into its slot
+    of the destination, so there is no transient copy even when casting or fusing. ``release(canonical_name)``
+    is called once a source has been consumed, so loaders can drop file pages (peak ≈ one model).
     """
     out = {}
     for internal, sources in internal_names(config):
         parts = [sd[name] for name in sources]
-        if len(parts) == 1:
-            tensor = parts[0].to(device=device, dtype=dtype, copy=True)
-        else:
-            tensor = torch.cat([p.to(device=device, dtype=dtype) for p in parts], dim=0)
-        out[internal] = tensor.contiguous()
+        rows = sum(p.shape[0] for p in parts) if parts[0].ndim else None
+        shape = parts[0].shape if rows is None else (rows,) + tuple(parts[0].shape[1:])
+        tensor = torch.empty(shape, dtype=dtype or parts[0].dtype, device=device or parts[0].device)
+        row = 0
+        for part in parts:
+            if rows is None:
+                tensor.copy_(part)
+            else:
+                tensor[row:row + part.shape[0]].copy_(part)
+                row += part.shape[0]
+        out[internal] = tensor
         if release is not None:
             for name in sources:
                 release(name)
