@@ -1,4 +1,286 @@
-"""Node classes for this area (filled in by its issue)."""
+"""ComfyUI nodes + HTTP route for the Axera export (thin wrappers over ``axera_export``).
 
-NODE_CLASS_MAPPINGS: dict = {}
-NODE_DISPLAY_NAME_MAPPINGS: dict = {}
+* ExportCLIPToAxmodel — CLIP (file / CLIP_VISION / embedded default) → ONNX → Pulsar2 inputs [→ .axmodel].
+* CLIPZeroShotAxera   — labels in, scores out, on an exported folder (axengine on a board, ONNX Runtime here).
+* POST /sdapi/v1/interrogate — Automatic1111's request/response shape on the same runtime.
+
+ComfyUI is reached only through ``comfy_bridge`` (lazily), so this module imports in plain Python.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from typing import Callable, Optional
+
+from .comfy_bridge import check_interrupt, list_model_files, output_directory, resolve_model_path
+
+CATEGORY = "ClipWan/axera"
+DEFAULT_SOURCE = "default (random-init ViT-B/32 CLIP)"
+SOURCE_FOLDERS = ("clip", "clip_vision")
+DEFAULT_SUBFOLDER = "clipwan_axera"
+
+
+def safe_output_folder(subfolder: str, root: Optional[str] = None) -> str:
+    """``subfolder`` inside ComfyUI's output directory; absolute paths and ``..`` are refused."""
+    root = os.path.abspath(root or output_directory())
+    sub = (subfolder or "").strip().replace("\\", "/")
+    if not sub:
+        raise ValueError("output_subfolder is empty: give a folder name such as 'clipwan_axera'")
+    if os.path.isabs(sub) or sub.startswith("/") or (len(sub) > 1 and sub[1] == ":"):
+        raise ValueError(f"output_subfolder {subfolder!r} is an absolute path; give a folder name relative to "
+                         f"ComfyUI's output directory ({root})")
+    if ".." in sub.split("/"):
+        raise ValueError(f"output_subfolder {subfolder!r} contains '..'; exports must stay inside ComfyUI's "
+                         f"output directory ({root})")
+    folder = os.path.realpath(os.path.join(root, sub))
+    if os.path.commonpath([folder, os.path.realpath(root)]) != os.path.realpath(root):
+        raise ValueError(f"output_subfolder {subfolder!r} resolves outside ComfyUI's output directory (a symlink?)")
+    return folder
+
+
+def _adopt_clip_vision(clip_vision):
+    """Our ClipVisionModel as is; ComfyUI core's (``get_sd()`` in HF layout) rebuilt through clip_vision."""
+    from ..clip_vision import ClipVisionModel, VisionTransformer, detect_config
+
+    if isinstance(clip_vision, ClipVisionModel):
+        return clip_vision
+    get_sd = getattr(clip_vision, "get_sd", None)
+    if get_sd is None:
+        raise ValueError(f"clip_vision input of type {type(clip_vision).__name__} is not a CLIP vision model "
+                         f"(connect a Load CLIP Vision node)")
+    sd = {k: v.float() for k, v in get_sd().items()}
+    model = ClipVisionModel(VisionTransformer(detect_config(sd)), source="ComfyUI CLIP_VISION", layout="hf")
+    model.load_sd(sd)
+    return model
+
+
+class ExportCLIPToAxmodel:
+    DESCRIPTION = ("Export a CLIP model to ONNX for the Axera AX650N NPU: vision and text towers as separate static "
+                   "graphs, checked (onnx.checker, AX650 op list, ONNX Runtime vs torch parity), with calibration "
+                   "sets, Pulsar2 configs and a build script. Runs pulsar2 when it is installed; otherwise says so "
+                   "and prints the command. The default source is a seeded RANDOM-INIT ViT-B/32 (not pretrained).")
+    CATEGORY = CATEGORY
+    FUNCTION = "export"
+    OUTPUT_NODE = True
+    RETURN_TYPES = ("STRING", "STRING")
+    RETURN_NAMES = ("export_folder", "report")
+    OUTPUT_TOOLTIPS = ("folder with the .onnx files, manifest.json, calibration tars, Pulsar2 configs",
+                       "what was exported, checked and built (also shown on the node)")
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "source": ([DEFAULT_SOURCE] + list_model_files(*SOURCE_FOLDERS), {
+                    "tooltip": "full CLIP checkpoint (HF CLIPModel or OpenCLIP) from models/clip or "
+                               "models/clip_vision, or the embedded random-init default. Ignored for the vision "
+                               "tower when a CLIP_VISION is connected."}),
+                "parts": (["both", "vision", "text"], {"default": "both",
+                                                       "tooltip": "which towers to export (zero-shot needs both)"}),
+                "npu_mode": (["NPU3", "NPU2", "NPU1"], {"default": "NPU3",
+                             "tooltip": "AX650 NPU cores the model may use (NPU3 = all 3, fastest)"}),
+                "opset": ("INT", {"default": 14, "min": 11, "max": 20,
+                                  "tooltip": "ONNX opset (Pulsar2 needs >= 11; 14 is what Axera's CLIP demos use)"}),
+                "precision": (["u16", "mixed"], {"default": "u16",
+                              "tooltip": "u16: whole graph 16-bit (proven for CLIP); mixed: 16-bit on the "
+                                         "sensitive ops (softmax, norms, matmuls) and 8-bit elsewhere"}),
+                "output_subfolder": ("STRING", {"default": DEFAULT_SUBFOLDER,
+                                     "tooltip": "folder inside ComfyUI's output directory (no '..', no absolute "
+                                                "paths)"}),
+                "run_pulsar2": ("BOOLEAN", {"default": True,
+                                "tooltip": "run `pulsar2 build` if pulsar2 is on PATH (takes minutes)"}),
+            },
+            "optional": {
+                "clip_vision": ("CLIP_VISION", {"tooltip": "export this loaded vision tower (e.g. Wan's ViT-H/14) "
+                                                           "instead of the source file's"}),
+                "calibration_images": ("IMAGE", {"tooltip": "images from your domain for quantisation "
+                                                            "(32+ recommended); preprocessed exactly as at inference"}),
+                "calibration_prompts": ("STRING", {"multiline": True, "default": "",
+                                        "tooltip": "one prompt per line for the text tower's calibration; "
+                                                   "empty = built-in label prompts"}),
+                "crop": (["center", "none"], {"default": "center",
+                         "tooltip": "preprocessing of calibration images: center = ComfyUI's CLIPVisionEncode, "
+                                    "none = Wan's squash"}),
+            },
+        }
+
+    def export(self, source, parts, npu_mode, opset, precision, output_subfolder, run_pulsar2=True,
+               clip_vision=None, calibration_images=None, calibration_prompts="", crop="center"):
+        from ..axera_export import default_source, export_clip, load_source, parse_parts, vision_source
+
+        folder = safe_output_folder(output_subfolder)
+        wanted = parse_parts(parts)
+        if clip_vision is not None:
+            src = vision_source(_adopt_clip_vision(clip_vision))
+            if "text" in wanted:
+                text_src = default_source() if source == DEFAULT_SOURCE else \
+                    load_source(resolve_model_path(source, *SOURCE_FOLDERS), parts="text")
+                vis_dim, txt_dim = src.vision.config.proj_dim, text_src.text.config.proj_dim
+                if vis_dim != txt_dim:
+                    raise ValueError(f"the connected CLIP_VISION projects to {vis_dim} dims but the text tower of "
+                                     f"'{source}' to {txt_dim}: they are not one CLIP. Export parts=vision, or "
+                                     f"pick the matching full CLIP file as source.")
+                src.text, src.random_init = text_src.text, src.random_init or text_src.random_init
+                src.description += f" + text of {text_src.description}"
+        elif source == DEFAULT_SOURCE:
+            src = default_source()
+        else:
+            src = load_source(resolve_model_path(source, *SOURCE_FOLDERS), parts=wanted)
+        check_interrupt()
+        images = [calibration_images] if calibration_images is not None else None
+        prompts = [p.strip() for p in (calibration_prompts or "").splitlines() if p.strip()] or None
+        result = export_clip(src, folder, parts=wanted, calib_images=images, prompts=prompts, npu_mode=npu_mode,
+                             opset=int(opset), crop=crop, precision=precision, run_build=bool(run_pulsar2),
+                             progress=lambda msg: print(f"[ClipWan/axera] {msg}"))
+        return {"ui": {"text": [result.report]}, "result": (result.folder, result.report)}
+
+
+def resolve_export_folder(export_folder: str = "", root: Optional[str] = None, need=("vision", "text")) -> str:
+    """'' → newest export in the output dir; else a folder relative to it (same safety rules as exports)."""
+    from ..axera_export.interrogate import find_latest_export
+
+    root = os.path.abspath(root or output_directory())
+    if export_folder and export_folder.strip():
+        folder = export_folder.strip()
+        if os.path.isabs(folder) and os.path.isdir(folder):
+            return folder  # the export_folder output of ExportCLIPToAxmodel is absolute
+        return safe_output_folder(folder, root)
+    found = find_latest_export(root, need)
+    if found is None:
+        raise FileNotFoundError(f"no CLIP export with {' and '.join(need)} towers in {root}; run "
+                                f"ExportCLIPToAxmodel (parts=both) first or give export_folder")
+    return found
+
+
+class CLIPZeroShotAxera:
+    DESCRIPTION = ("Zero-shot classification with an exported CLIP (the .axmodel on an Axera board via axengine, "
+                   "else the .onnx via ONNX Runtime): image + labels → probabilities. Shows the exported model "
+                   "working inside ComfyUI. Random-init exports give meaningless (but deterministic) scores.")
+    CATEGORY = CATEGORY
+    FUNCTION = "classify"
+    OUTPUT_NODE = True
+    RETURN_TYPES = ("STRING", "STRING")
+    RETURN_NAMES = ("scores_json", "best_label")
+    OUTPUT_TOOLTIPS = ("JSON list per image of {label: probability}, best first", "top label of the first image")
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "image": ("IMAGE", {"tooltip": "image(s) to classify"}),
+                "labels": ("STRING", {"multiline": True, "default": "cat\ndog\ncar\nlandscape",
+                                      "tooltip": "one label per line (or comma-separated)"}),
+                "template": ("STRING", {"default": "a photo of {}.",
+                                        "tooltip": "prompt template; {} is replaced by each label"}),
+                "export_folder": ("STRING", {"default": "",
+                                  "tooltip": "export folder (output of ExportCLIPToAxmodel, or relative to the "
+                                             "output directory); empty = the newest export"}),
+                "backend": (["auto", "onnxruntime", "axengine"], {"default": "auto",
+                            "tooltip": "auto: .axmodel on the NPU when built and axengine is installed, else ONNX"}),
+            },
+        }
+
+    def classify(self, image, labels, template, export_folder="", backend="auto"):
+        from ..axera_export import ClipRuntime
+
+        names = [x.strip() for x in labels.replace(",", "\n").splitlines() if x.strip()]
+        if not names:
+            raise ValueError("labels is empty: give one label per line")
+        runtime = ClipRuntime(resolve_export_folder(export_folder), backend=backend)
+        ranked = runtime.zero_shot(image, names, template)
+        scores = [{label: round(p, 6) for label, p in row} for row in ranked]
+        best = ranked[0][0][0]
+        lines = [f"backend: {runtime.backends}" + (" (random-init export)" if runtime.random_init else "")]
+        for i, row in enumerate(ranked):
+            lines.append(f"image {i}: " + ", ".join(f"{label} {p:.3f}" for label, p in row))
+        return {"ui": {"text": ["\n".join(lines)]}, "result": (json.dumps(scores), best)}
+
+
+NODE_CLASS_MAPPINGS = {"ExportCLIPToAxmodel": ExportCLIPToAxmodel, "CLIPZeroShotAxera": CLIPZeroShotAxera}
+NODE_DISPLAY_NAME_MAPPINGS = {"ExportCLIPToAxmodel": "Export CLIP to Axera .axmodel (ClipWan)",
+                              "CLIPZeroShotAxera": "CLIP Zero-Shot on Axera export (ClipWan)"}
+
+
+# --- POST /sdapi/v1/interrogate -------------------------------------------------------------------------
+INTERROGATE_PATH = "/sdapi/v1/interrogate"
+
+
+class InterrogateService:
+    """The route's logic; ``folder_resolver()`` names the export folder to use (raises if there is none)."""
+
+    def __init__(self, folder_resolver: Callable[[], str], labels=None, threshold: Optional[float] = None,
+                 max_body_bytes: Optional[int] = None):
+        from ..axera_export.interrogate import DEFAULT_THRESHOLD, MAX_BODY_BYTES, RuntimeCache
+        from ..axera_export.pipeline import DEFAULT_LABELS
+
+        self.folder_resolver = folder_resolver
+        self.labels = list(labels or DEFAULT_LABELS)
+        self.threshold = DEFAULT_THRESHOLD if threshold is None else threshold
+        self.max_body_bytes = max_body_bytes or MAX_BODY_BYTES
+        self.runtimes = RuntimeCache()
+
+    async def _read_body(self, request) -> bytes:
+        from ..axera_export.interrogate import RequestError
+
+        too_big = RequestError(413, f"request body is larger than {self.max_body_bytes // (1024 * 1024)} MiB")
+        if request.content_length is not None and request.content_length > self.max_body_bytes:
+            raise too_big
+        chunks, size = [], 0
+        async for chunk in request.content.iter_chunked(64 * 1024):  # also bounds chunked uploads
+            size += len(chunk)
+            if size > self.max_body_bytes:
+                raise too_big
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    def _run(self, parsed: dict) -> dict:
+        from ..axera_export.interrogate import RequestError, caption, decode_image
+
+        image = decode_image(parsed["image"])
+        try:
+            folder = self.folder_resolver()
+        except (FileNotFoundError, ValueError) as exc:
+            raise RequestError(503, f"no exported CLIP model to interrogate with: {exc}") from None
+        runtime = self.runtimes.get(folder)
+        text, _ = caption(runtime, image, parsed["labels"], parsed["threshold"])
+        return {"caption": text}
+
+    async def handle(self, request):
+        from aiohttp import web
+
+        from ..axera_export.interrogate import RequestError, parse_request
+
+        try:
+            body = await self._read_body(request)
+            try:
+                payload = json.loads(body.decode("utf-8")) if body else None
+            except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+                raise RequestError(400, f"request body is not JSON: {exc}") from None
+            parsed = parse_request(payload, self.labels, self.threshold)
+            loop = asyncio.get_running_loop()
+            # Inference off the event loop; ClipRuntime's lock serialises the accelerator.
+            result = await loop.run_in_executor(None, self._run, parsed)
+            return web.json_response(result)
+        except RequestError as exc:
+            return web.json_response({"error": exc.message, "detail": exc.message}, status=exc.status)
+        except Exception as exc:  # never crash the server: report and keep serving
+            return web.json_response({"error": f"interrogation failed: {type(exc).__name__}: {exc}"}, status=500)
+
+
+def _default_folder() -> str:
+    from ..axera_export.interrogate import EXPORT_ENV
+
+    configured = os.environ.get(EXPORT_ENV, "").strip()
+    if configured:
+        if not os.path.isdir(configured):
+            raise FileNotFoundError(f"{EXPORT_ENV}={configured!r} is not a folder")
+        return configured
+    return resolve_export_folder("")
+
+
+def register_routes(server) -> None:
+    """Called by nodes/__init__.py inside ComfyUI: adds POST /sdapi/v1/interrogate (also under /api)."""
+    service = InterrogateService(_default_folder)
+    server.routes.post(INTERROGATE_PATH)(service.handle)
