@@ -17,3 +17,7 @@ __all__ = [
     "num_parameters", "resolve_dtype", "VisionHidden", "VisionTransformer", "internal_to_canonical",
     "CROP_MODES", "normalize_crop", "preprocess_images",
 ]
+
+from .wan_features import MULTI_IMAGE_MODES, WAN_TOKENS, WAN_WIDTH, check_wan_features, combine_images  # noqa: E402
+
+__all__ += ["MULTI_IMAGE_MODES", "WAN_TOKENS", "WAN_WIDTH", "check_wan_features", "combine_images"]

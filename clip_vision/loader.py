@@ -66,6 +66,7 @@ class ClipVisionModel:
         self.model = model.eval().requires_grad_(False)
         self.source = source
         self.layout = layout
+        self.version = 0  # bumped when the weights change (load_sd): feature caches key on (identity, version)
 
     @property
     def config(self) -> VisionConfig:
@@ -134,6 +135,7 @@ class ClipVisionModel:
             self.model.load_state_dict(internal, strict=True)
         used = set(plan_conversion(sd.keys()).source_keys)
         self.layout = layout
+        self.version += 1
         return [], [k for k in sd.keys() if k not in used]
 
 

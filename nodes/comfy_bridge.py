@@ -216,3 +216,40 @@ def torch_device():
         import torch
 
         return torch.device("cpu")
+
+
+# --- CLIP vision (nodes/clip_nodes.py) -------------------------------------------------------------------
+
+def text_encoder_device():
+    """Where ComfyUI runs text/vision encoders (``text_encoder_device()``); outside ComfyUI: cuda if present."""
+    try:
+        import comfy.model_management as mm
+
+        return mm.text_encoder_device()
+    except Exception:
+        import torch
+
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def gpu_device():
+    """ComfyUI's main torch device; outside ComfyUI cuda, or None when there is no GPU."""
+    try:
+        import comfy.model_management as mm
+
+        device = mm.get_torch_device()
+        return None if device.type == "cpu" else device
+    except Exception:
+        import torch
+
+        return torch.device("cuda") if torch.cuda.is_available() else None
+
+
+def new_clip_vision_output():
+    """An empty ``comfy.clip_vision.Output`` inside ComfyUI (what core consumers expect), else None."""
+    try:
+        import comfy.clip_vision
+
+        return comfy.clip_vision.Output()
+    except Exception:
+        return None
