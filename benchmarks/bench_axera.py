@@ -1,0 +1,96 @@
+"""Axera export benchmark (one run): ONNX Runtime vs torch eager latency of the exported CLIP, export time.
+
+Peers, same weights, same inputs, batch 1, same CPU thread count:
+* vision: torch eager = the pack's ``clip_vision`` model (PyTorch SDPA attention) → image_embeds;
+          ORT = the exported ``vision.onnx`` + the CPU head (projection) exactly as the runtime runs it.
+* text:   torch eager = our text tower with PyTorch SDPA + CPU head; ORT = ``text.onnx`` + CPU head.
+Also: seconds to export each tower (trace + save) and the whole export_clip (checks, calibration, configs).
+
+Usage: ``comfyui-clipwan bench axera [--iters 20] [--model ViT-B/32] [--vision-layers N]``.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import tempfile
+import time
+
+import numpy as np
+import torch
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--iters", type=int, default=20, help="timed runs per measurement (median reported)")
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--model", default="ViT-B/32", help="vision preset of the default model (ViT-B/32)")
+    parser.add_argument("--vision-layers", type=int, default=None, help="reduce vision depth (quick runs)")
+    parser.add_argument("--threads", type=int, default=0, help="CPU threads for both peers (0 = torch's current)")
+    parser.add_argument("--out", default=None, help="keep the export in this folder (default: a temp folder)")
+    parser.add_argument("--seed", type=int, default=0)
+
+
+def _median_ms(fn, iters: int, warmup: int) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(iters):
+        t0 = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t0) * 1000)
+    return statistics.median(times)
+
+
+def run(args) -> int:
+    from ..axera_export import default_source, export_clip
+    from ..axera_export.onnx_export import TEXT_INPUT, VISION_INPUT, ort_session
+    from ..axera_export.text_model import text_head
+    from ..axera_export.tokenizer import tokenize
+    from ..axera_export.vision_tower import vision_head
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    threads = torch.get_num_threads()
+    print(f"bench axera: default {args.model} CLIP (seeded RANDOM-INIT, real architecture), batch 1, "
+          f"{threads} CPU threads for torch and ONNX Runtime, median of {args.iters} runs")
+    source = default_source(seed=args.seed, vision_name=args.model, vision_layers=args.vision_layers)
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = args.out or os.path.join(tmp, "export")
+        t0 = time.perf_counter()
+        result = export_clip(source, folder, parts="vision,text", run_build=False)
+        export_total = time.perf_counter() - t0
+        parts = result.manifest["parts"]
+
+        cv = source.vision
+        size = cv.config.image_size
+        pixels = torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(1))
+        vproj = cv.state_dict_hf()["visual_projection.weight"].numpy()
+        vsess = ort_session(os.path.join(folder, parts["vision"]["onnx"]), threads)
+        torch_vision = _median_ms(lambda: cv.encode(pixels).image_embeds, args.iters, args.warmup)
+        ort_vision = _median_ms(lambda: vision_head(vsess.run(None, {VISION_INPUT: pixels.numpy()})[0], vproj),
+                                args.iters, args.warmup)
+
+        ids = tokenize(["a photo of a dog running on the beach at sunset"])
+        ids_t = torch.from_numpy(ids)
+        tower = source.text.build()
+        tproj = source.text.projection.numpy()
+
+        def torch_text():
+            with torch.inference_mode():
+                return text_head(tower(ids_t, fast=True).numpy(), ids, tproj)
+
+        tsess = ort_session(os.path.join(folder, parts["text"]["onnx"]), threads)
+        torch_text_ms = _median_ms(torch_text, args.iters, args.warmup)
+        ort_text = _median_ms(lambda: text_head(tsess.run(None, {TEXT_INPUT: ids})[0], ids, tproj),
+                              args.iters, args.warmup)
+
+    rows = [("vision", torch_vision, ort_vision), ("text", torch_text_ms, ort_text)]
+    print(f"{'tower':8s} {'torch eager ms':>15s} {'ORT ms':>10s} {'ORT/torch':>10s}  target <= 0.80")
+    for name, t, o in rows:
+        print(f"{name:8s} {t:15.2f} {o:10.2f} {o / t:10.2f}  {'OK' if o / t <= 0.8 else 'MISSED'}")
+    print(f"export: vision trace+save {parts['vision']['export_seconds']:.1f} s, text "
+          f"{parts['text']['export_seconds']:.1f} s; whole export_clip (checks, calibration, configs) "
+          f"{export_total:.1f} s")
+    print(f"parity max|diff|: vision {parts['vision']['checks']['parity']['max_abs_diff']:.1e}, "
+          f"text {parts['text']['checks']['parity']['max_abs_diff']:.1e}")
+    return 0
