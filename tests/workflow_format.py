@@ -224,7 +224,7 @@ def build_ui(spec: dict, defs: dict[str, dict]) -> dict:
         inputs, widgets = [], []
         for name, ispec, required in ordered_inputs(defn):
             value = given.get(name)
-            if is_widget(ispec):
+            if is_widget(ispec) and not isinstance(value, Link):
                 widgets.append(default_value(ispec) if value is None else value)
                 if has_seed_control(name, ispec):
                     widgets.append("fixed")
@@ -232,6 +232,13 @@ def build_ui(spec: dict, defs: dict[str, dict]) -> dict:
                     widgets.append("image")
                 continue
             slot = {"name": name, "type": input_type(ispec), "link": None}
+            if is_widget(ispec):
+                # A widget fed by a link (e.g. a STRING from another node): the front end keeps an input
+                # slot naming the widget, and the widget's value stays in widgets_values.
+                slot["widget"] = {"name": name}
+                widgets.append(default_value(ispec))
+                if has_seed_control(name, ispec):
+                    widgets.append("fixed")
             if isinstance(value, Link):
                 src_def = defs[node_specs[value.node][1]]
                 src_slot = _output_index(src_def, value.output)
@@ -312,5 +319,7 @@ if __name__ == "__main__":
     import sys
 
     sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-    for p in write_examples():
+    import workflow_format  # the module itself, so workflow_specs' Link is the same class
+
+    for p in workflow_format.write_examples():
         print("wrote", p.relative_to(ROOT))

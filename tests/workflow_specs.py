@@ -87,21 +87,28 @@ WORKFLOWS = {
         ],
     },
     "clipwan_export_axera": {
-        "description": "Export the CLIP vision tower to ONNX and the Pulsar2 build inputs for the Axera AX650N "
-                       "NPU, calibrated on your images; the report (ops, parity, sizes, build status) shows on "
-                       "the node.",
+        "description": "Export Wan's CLIP ViT-H/14 vision tower to ONNX plus the Pulsar2 build inputs for the "
+                       "Axera AX650N NPU, calibrated on your images; runs pulsar2 when it is installed and says "
+                       "so plainly when not. The report (ops, parity, sizes, build status) shows on the node.",
         "nodes": [
-            ("image", "LoadImage", {"image": "example.png"}, "Calibration image"),
-            ("clip_vision", "LoadCLIPVisionH14", {"clip_name": CLIP_H}),
-            ("export", "ExportCLIPToAxmodel", {"clip_vision": Link("clip_vision"),
-                                               "calibration_images": Link("image")}),
+            ("image", "LoadImage", {"image": "example.png"}, "Calibration image(s)"),
+            ("clip_vision", "LoadCLIPVisionH14", {"clip_name": CLIP_H, "dtype": "fp32"}),
+            ("export", "ExportCLIPToAxmodel", {"clip_vision": Link("clip_vision"), "parts": "vision",
+                                               "calibration_images": Link("image"),
+                                               "output_subfolder": "clipwan_axera/wan_clip_vit_h"}),
         ],
     },
     "clipwan_zero_shot": {
-        "description": "CLIP zero-shot labels on an exported model, inside ComfyUI.",
+        "description": "CLIP zero-shot labels on an exported model, inside ComfyUI: export a full CLIP (vision + "
+                       "text; the embedded default is a seeded random-init ViT-B/32, so the scores are not "
+                       "meaningful until you pick a real checkpoint), then classify an image with it.",
         "nodes": [
             ("image", "LoadImage", {"image": "example.png"}),
-            ("zero_shot", "CLIPZeroShotAxera", {"image": Link("image")}),
+            ("export", "ExportCLIPToAxmodel", {"parts": "both", "output_subfolder": "clipwan_axera/clip_b32",
+                                               "calibration_images": Link("image"),
+                                               "calibration_prompts": "a photo of a cat\na photo of a dog"}),
+            ("zero_shot", "CLIPZeroShotAxera", {"image": Link("image"), "export_folder": Link("export", 0),
+                                                "labels": "cat\ndog\ncar\nlandscape"}),
         ],
     },
 }

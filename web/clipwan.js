@@ -3,7 +3,7 @@
 // - CausalWanSampler: shows the frames generated so far while sampling (the `clipwan.causal_frames`
 //   websocket event, one per finished block) and offers presets for the known causal models in the
 //   node's context menu (right click → "ClipWan presets").
-// - ExportCLIPToAxmodel: shows the export report on the node after it ran.
+// - ExportCLIPToAxmodel / CLIPZeroShotAxera: show their report (export summary, label scores) on the node.
 //
 // Everything added here is display only (never serialized), so workflows saved with or without this
 // extension are identical.
@@ -14,7 +14,8 @@ import { CAUSAL_PRESETS, applyPreset, decodeFramePayload, reportText } from "./c
 
 const EXTENSION = "clipwan.ui";
 const SAMPLER = "CausalWanSampler";
-const EXPORTER = "ExportCLIPToAxmodel";
+// Nodes that return their report as ui.text: shown on the node.
+const REPORTERS = ["ExportCLIPToAxmodel", "CLIPZeroShotAxera"];
 
 function findNode(nodeId) {
   // `node` in the event is ComfyUI's unique id: a plain number, or "a:b" inside a subgraph.
@@ -126,7 +127,7 @@ app.registerExtension({
         return options;
       };
     }
-    if (nodeData.name === EXPORTER) {
+    if (REPORTERS.includes(nodeData.name)) {
       const onExecuted = nodeType.prototype.onExecuted;
       nodeType.prototype.onExecuted = function (message) {
         onExecuted?.apply(this, arguments);

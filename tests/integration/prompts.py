@@ -27,7 +27,6 @@ FILE_FOR_NODE = {
     "LoadCausalWanModel": ck.WAN_I2V,
     "VAELoader": ck.VAE,
     "ExportCLIPToAxmodel": ck.CLIP_SMALL,
-    "CLIPZeroShotAxera": ck.CLIP_SMALL,
 }
 TEST_SIZES = {"width": 64, "height": 64, "length": 21, "batch_size": 1}  # 6 latent frames = 2 blocks of 3
 

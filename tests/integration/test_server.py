@@ -77,12 +77,13 @@ def test_api_example_runs(server, name):
     _check_outputs(server, prompt, entry, P.TEST_SIZES["length"])
 
 
-def _causal_example() -> tuple[dict, str]:
-    for prompt in P.load_examples().values():
-        samplers = P.node_ids(prompt, "CausalWanSampler")
-        if samplers and P.node_ids(prompt, "LoadCLIPVisionH14"):
-            return P.for_test_server(prompt), samplers[0]
-    raise AssertionError("no example with CausalWanSampler")
+def _causal_example(name: str = "clipwan_i2v_causal", sizes: dict | None = None) -> tuple[dict, str]:
+    """The flagship example (any example with a CausalWanSampler if it is missing), ready for the test server."""
+    examples = P.load_examples()
+    if name not in examples:
+        name = next(n for n, p in examples.items() if P.node_ids(p, "CausalWanSampler"))
+    prompt = P.for_test_server(examples[name], sizes)
+    return prompt, P.node_ids(prompt, "CausalWanSampler")[0]
 
 
 async def _watch(server, prompt: dict, sampler: str, interrupt_after_progress: bool):
@@ -134,9 +135,7 @@ def test_sampler_streams_block_frames_to_the_page(server):
 
 def test_interrupt_stops_the_sampler_and_the_next_prompt_runs(server):
     prompt, sampler = _causal_example()
-    long = P.for_test_server(P.load_examples()[next(
-        n for n, p in P.load_examples().items() if P.node_ids(p, "CausalWanSampler"))], sizes={"length": 45})
-    sampler = P.node_ids(long, "CausalWanSampler")[0]
+    long, _ = _causal_example(sizes={"length": 45})  # 12 latent frames = 4 blocks
     long[sampler]["inputs"]["seed"] = 98765
     prompt_id, events = asyncio.run(_watch(server, long, sampler, interrupt_after_progress=True))
     kinds = [k for k, _ in events]
