@@ -27,29 +27,34 @@ def _inv_freq(pairs: int, axis_dim: int) -> torch.Tensor:
     return 1.0 / torch.pow(10000.0, torch.arange(0, axis_dim, 2, dtype=torch.float64)[:pairs] / axis_dim)
 
 
-@lru_cache(maxsize=64)
-def _cos_sin(head_dim: int, start_frame: int, frames: int, height: int, width: int):
+# A block uses the same table for all its passes (steps + clean pass), then moves on: a tiny cache keeps
+# memory flat however many blocks a video has.
+@lru_cache(maxsize=4)
+def _cos_sin(head_dim: int, start_frame: int, frames: int, height: int, width: int, device: str):
     pf, ph, pw = axis_pairs(head_dim)
-    f = torch.arange(start_frame, start_frame + frames, dtype=torch.float64)
-    h = torch.arange(height, dtype=torch.float64)
-    w = torch.arange(width, dtype=torch.float64)
-    ang_f = torch.outer(f, _inv_freq(pf, 2 * pf))  # [F, pf]
-    ang_h = torch.outer(h, _inv_freq(ph, 2 * ph))
-    ang_w = torch.outer(w, _inv_freq(pw, 2 * pw))
+    f = torch.arange(start_frame, start_frame + frames, dtype=torch.float64, device=device)
+    h = torch.arange(height, dtype=torch.float64, device=device)
+    w = torch.arange(width, dtype=torch.float64, device=device)
+    ang_f = torch.outer(f, _inv_freq(pf, 2 * pf).to(device))  # [F, pf]
+    ang_h = torch.outer(h, _inv_freq(ph, 2 * ph).to(device))
+    ang_w = torch.outer(w, _inv_freq(pw, 2 * pw).to(device))
     angles = torch.cat([
         ang_f[:, None, None, :].expand(frames, height, width, pf),
         ang_h[None, :, None, :].expand(frames, height, width, ph),
         ang_w[None, None, :, :].expand(frames, height, width, pw),
     ], dim=-1).reshape(frames * height * width, 1, pf + ph + pw)  # [L, 1 (heads), d/2]
-    return torch.cos(angles), torch.sin(angles)
+    return torch.cos(angles).float(), torch.sin(angles).float()
 
 
 def rope_cos_sin(head_dim: int, start_frame: int, frames: int, height: int, width: int,
                  device=None) -> tuple[torch.Tensor, torch.Tensor]:
     """cos/sin tables ``[L, 1, head_dim/2]`` (float64 maths, float32 result) for a grid of tokens
     ``frames x height x width`` (patch units) whose first frame has absolute index ``start_frame``."""
-    cos, sin = _cos_sin(head_dim, int(start_frame), int(frames), int(height), int(width))
-    return cos.to(device=device, dtype=torch.float32), sin.to(device=device, dtype=torch.float32)
+    device = torch.device(device if device is not None else "cpu")
+    if device.type == "mps":  # no float64 there: compute on the CPU and move
+        cos, sin = _cos_sin(head_dim, int(start_frame), int(frames), int(height), int(width), "cpu")
+        return cos.to(device), sin.to(device)
+    return _cos_sin(head_dim, int(start_frame), int(frames), int(height), int(width), str(device))
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:

@@ -134,7 +134,8 @@ def sample_causal(model: CausalWanModel, latent: torch.Tensor, text: torch.Tenso
     """Sample a video latent block by block. ``latent [B,16,T,h,w]`` is in the model's (normalised) space;
     zeros mean "from pure noise" (a first step below 1000 starts from ``(1-σ)·latent + σ·noise``).
 
-    ``on_block(index, total, x0_block, start_frame)`` is called after each committed block;
+    ``on_block(index, total, x0_block, start_frame)`` is called as soon as a block is final (before its
+    cache pass, so a stream shows it without waiting for that pass);
     ``check_interrupt()`` between steps may raise to stop (nothing is returned then).
     Returns the clean latent, float32, same shape.
     """
@@ -181,6 +182,7 @@ def sample_causal(model: CausalWanModel, latent: torch.Tensor, text: torch.Tenso
                        int(s.sink_size), int(s.local_window), cache_dtype, dev)
 
     timer = stats if stats is not None else {}
+    sync_timing = stats is not None and dev.type == "cuda"
     timer.setdefault("forward_s", 0.0)
     import time
 
@@ -190,6 +192,8 @@ def sample_causal(model: CausalWanModel, latent: torch.Tensor, text: torch.Tenso
         t = torch.full((b,), float(t_value), dtype=torch.float64, device=dev)
         out = dit.transformer(model.tree, cfg, x_in, t, branch.ctx, start_frame=start,
                               kv_hook=branch.cache.hook(start), dtype=dtype, run_head=head)
+        if sync_timing:  # CUDA runs asynchronously: wait, so the time is charged to the forward
+            torch.cuda.synchronize(dev)
         timer["forward_s"] += time.perf_counter() - t0
         return out
 
@@ -227,14 +231,14 @@ def sample_causal(model: CausalWanModel, latent: torch.Tensor, text: torch.Tenso
                     x0 = x0_from_flow(x, flow, sigma)
                     if j + 1 < len(sigmas):
                         x = renoise(x0, step_noise(seed, bi, j + 1, x0.shape, dev), sigmas[j + 1])
+            out[:, :, start:start + n] = x0
+            if on_block is not None:  # the block is final now: stream it before the cache pass
+                on_block(bi, len(layout), x0, start)
             if check_interrupt is not None:
                 check_interrupt()
             for br in branches:  # context pass at t=0: the clean block's K/V become the cache
                 run(x0, 0.0, br, start, y_blk, head=False)
                 br.cache.commit()
-            out[:, :, start:start + n] = x0
-            if on_block is not None:
-                on_block(bi, len(layout), x0, start)
     timer["cache_bytes"] = sum(br.cache.nbytes for br in branches)
     timer["cache_frames"] = list(branches[0].cache.frames)
     return out
