@@ -20,7 +20,7 @@ import torch
 
 from . import pulsar2
 from .calibration import image_calibration_tar, synthetic_images, text_calibration_tar
-from .onnx_export import (PARITY_TOLERANCE, TEXT_INPUT, TEXT_OUTPUT, VISION_INPUT, VISION_OUTPUT, check_export,
+from .onnx_export import (TEXT_INPUT, TEXT_OUTPUT, VISION_INPUT, VISION_OUTPUT, check_export,
                           export_onnx, ort_session, parity)
 from .runtime import MANIFEST, MANIFEST_FORMAT
 from .sources import ClipSource, parse_parts

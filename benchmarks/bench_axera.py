@@ -16,7 +16,6 @@ import statistics
 import tempfile
 import time
 
-import numpy as np
 import torch
 
 

@@ -14,7 +14,7 @@ import json
 import os
 from typing import Callable, Optional
 
-from .comfy_bridge import check_interrupt, list_model_files, output_directory, resolve_model_path
+from .comfy_bridge import Progress, check_interrupt, list_model_files, output_directory, resolve_model_path
 
 CATEGORY = "ClipWan/axera"
 DEFAULT_SOURCE = "default (random-init ViT-B/32 CLIP)"
@@ -104,10 +104,11 @@ class ExportCLIPToAxmodel:
                          "tooltip": "preprocessing of calibration images: center = ComfyUI's CLIPVisionEncode, "
                                     "none = Wan's squash"}),
             },
+            "hidden": {"unique_id": "UNIQUE_ID"},
         }
 
     def export(self, source, parts, npu_mode, opset, precision, output_subfolder, run_pulsar2=True,
-               clip_vision=None, calibration_images=None, calibration_prompts="", crop="center"):
+               clip_vision=None, calibration_images=None, calibration_prompts="", crop="center", unique_id=None):
         from ..axera_export import default_source, export_clip, load_source, parse_parts, vision_source
 
         folder = safe_output_folder(output_subfolder)
@@ -129,11 +130,20 @@ class ExportCLIPToAxmodel:
         else:
             src = load_source(resolve_model_path(source, *SOURCE_FOLDERS), parts=wanted)
         check_interrupt()
+        # one bar step per stage the pipeline announces (export + parity per tower, then pulsar2)
+        bar = Progress(2 * len(wanted) + 1, node_id=unique_id)
+
+        def on_stage(message: str) -> None:
+            print(f"[ClipWan/axera] {message}")
+            check_interrupt()  # Cancel takes effect between stages
+            bar.step()
+
         images = [calibration_images] if calibration_images is not None else None
         prompts = [p.strip() for p in (calibration_prompts or "").splitlines() if p.strip()] or None
         result = export_clip(src, folder, parts=wanted, calib_images=images, prompts=prompts, npu_mode=npu_mode,
                              opset=int(opset), crop=crop, precision=precision, run_build=bool(run_pulsar2),
-                             progress=lambda msg: print(f"[ClipWan/axera] {msg}"))
+                             progress=on_stage)
+        bar.update_absolute(bar.total)
         return {"ui": {"text": [result.report]}, "result": (result.folder, result.report)}
 
 

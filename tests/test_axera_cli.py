@@ -1,11 +1,8 @@
 """`comfyui-clipwan export-axera` on a small full OpenCLIP checkpoint (real key layout, reduced size)."""
 
 import json
-import os
 
 import numpy as np
-import pytest
-import torch
 from PIL import Image
 
 from comfyui_clipwan.axera_export.calibration import read_calibration_tar

@@ -3,17 +3,16 @@
 import os
 
 import numpy as np
-import onnx
 import pytest
 import torch
 from onnx import TensorProto, helper
 
 from comfyui_clipwan.axera_export.allowlist import check_ax650_ops
-from comfyui_clipwan.axera_export.onnx_export import (TEXT_INPUT, TEXT_OUTPUT, VISION_INPUT, VISION_OUTPUT,
-                                                      check_export, export_onnx, ort_session, parity)
-from comfyui_clipwan.axera_export.sources import default_source, load_source, parse_parts
-from comfyui_clipwan.axera_export.text_model import (VIT_B32_TEXT, TextConfig, default_text_state_dict,
-                                                     text_head, text_weights_from_state_dict)
+from comfyui_clipwan.axera_export.onnx_export import (VISION_INPUT, VISION_OUTPUT, check_export, export_onnx,
+                                                      ort_session, parity)
+from comfyui_clipwan.axera_export.sources import load_source, parse_parts
+from comfyui_clipwan.axera_export.text_model import (VIT_B32_TEXT, default_text_state_dict,
+                                                     text_weights_from_state_dict)
 from comfyui_clipwan.axera_export.tokenizer import tokenize
 from comfyui_clipwan.axera_export.vision_tower import vision_head, vision_tower_from_canonical
 
