@@ -33,7 +33,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--steps", default="1000,750,500,250")
     parser.add_argument("--full-frames", type=int, default=21, help="latent frames of the all-at-once peer")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = leave as is)")
-    parser.add_argument("--quick", action="store_true", help="tiny run (for tests): 6 blocks, 64 px")
+    parser.add_argument("--quick", action="store_true", help="tiny run (for tests): 6 blocks, 64 px, 1 thread")
     parser.add_argument("--seed", type=int, default=0)
 
 
@@ -102,8 +102,18 @@ def _run_bidirectional(model, frames, hw, steps, shift, seed, device):
 
 
 def run(args) -> int:
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    threads_before = torch.get_num_threads()
+    try:
+        if args.quick and not args.threads:
+            args.threads = 1  # tiny ops: one thread avoids waiting on a busy second core
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        return _run(args)
+    finally:
+        torch.set_num_threads(threads_before)
+
+
+def _run(args) -> int:
     if args.quick:
         args.blocks, args.size, args.full_frames = 6, 64, 9
         args.sink, args.window = min(args.sink, 1), min(args.window, 4)

@@ -45,3 +45,12 @@ def test_sample_errors_are_clear(tmp_path, capsys):
         "or change frames_per_block.")
     assert main(["sample", "--model", str(tmp_path / "missing.pt"), "--out", str(tmp_path)]) == 2
     assert "error: Wan model file" in capsys.readouterr().err
+
+
+def test_bench_wan_quick_prints_all_figures(capsys):
+    assert main(["bench", "wan", "--quick"]) == 0
+    out = capsys.readouterr().out
+    for figure in ("1. time per block with window 4 (sink 1): block 5 / block 2 = ",
+                   "2. KV cache: window 0.5 MB (fixed) vs no window 2.2 MB for 18 frames (4.5x)",
+                   "3. time outside the DiT forward: ", "4. first block after "):
+        assert figure in out
