@@ -8,6 +8,7 @@ layouts); text weights through ``text_model`` (the one place that knows text lay
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 from typing import Optional
 
@@ -65,8 +66,27 @@ def _is_text_key(key: str) -> bool:
     return not any(part.startswith("visual") or part == "vision_model" for part in key.split("."))
 
 
+def text_overrides(path: str) -> dict:
+    """``hidden_act``/``num_attention_heads``/``layer_norm_eps`` of an HF ``config.json`` beside the file."""
+    beside = os.path.join(os.path.dirname(os.path.abspath(path)), "config.json")
+    try:
+        with open(beside) as f:
+            cfg = json.load(f)
+    except (OSError, ValueError):
+        return {}
+    text = cfg.get("text_config") if isinstance(cfg, dict) else None
+    if not isinstance(text, dict):
+        return {}
+    out = {"act": text.get("hidden_act"), "heads": text.get("num_attention_heads"), "eps": text.get("layer_norm_eps")}
+    return {k: v for k, v in out.items() if v is not None}
+
+
 def load_source(path: str, parts=PARTS, text_act: Optional[str] = None) -> ClipSource:
-    """A full CLIP checkpoint (HF ``CLIPModel`` or OpenCLIP ``CLIP``), reading only the towers asked for."""
+    """A full CLIP checkpoint (HF ``CLIPModel`` or OpenCLIP ``CLIP``), reading only the towers asked for.
+
+    Hyper-parameters shapes cannot tell come from an HF ``config.json`` beside the file when there is one;
+    ``text_act`` overrides the text activation.
+    """
     path = os.fspath(path)
     parts = parse_parts(parts)
     vision = load_clip_vision(path) if "vision" in parts else None
@@ -75,7 +95,10 @@ def load_source(path: str, parts=PARTS, text_act: Optional[str] = None) -> ClipS
         reader = open_checkpoint(path)
         sd = {k: reader.get(k) for k in reader.keys if _is_text_key(k)}
         try:
-            text = text_weights_from_state_dict(sd, act=text_act)
+            overrides = text_overrides(path)
+            if text_act:
+                overrides["act"] = text_act
+            text = text_weights_from_state_dict(sd, **overrides)
         except ValueError as exc:
             raise ValueError(f"'{path}': {exc}") from None
     return ClipSource(f"'{os.path.basename(path)}'", False, vision, text)

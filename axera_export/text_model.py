@@ -198,11 +198,13 @@ def _layer_count(keys) -> int:
     return max(found) + 1
 
 
-def text_weights_from_state_dict(sd: Mapping[str, torch.Tensor], act: Optional[str] = None) -> TextWeights:
+def text_weights_from_state_dict(sd: Mapping[str, torch.Tensor], act: Optional[str] = None,
+                                 heads: Optional[int] = None, eps: Optional[float] = None) -> TextWeights:
     """Full CLIP state dict (HF or OpenCLIP layout) → ``TextWeights`` in canonical names.
 
-    ``act`` overrides the activation; by default it comes from the width: OpenAI-trained 512/768-wide towers
-    use QuickGELU, LAION's wider ones (ViT-H/bigG) exact GELU — shapes cannot tell the two apart.
+    Shapes cannot tell the activation or the head count. Defaults: QuickGELU for OpenAI-trained 512/768-wide
+    towers, exact GELU for LAION's wider ones (ViT-H/bigG); 64-wide heads (true of every CLIP text tower).
+    ``act``/``heads``/``eps`` override them (``load_source`` reads them from an HF ``config.json``).
     """
     sd = _strip_prefix(sd)
     layout = detect_text_layout(sd.keys())
@@ -216,8 +218,12 @@ def text_weights_from_state_dict(sd: Mapping[str, torch.Tensor], act: Optional[s
     projection = canonical.get("text_projection.weight")
     if act is None:
         act = "quick_gelu" if width <= 768 else "gelu"
+    if act not in ACTIVATIONS:
+        raise ValueError(f"unsupported text activation {act!r} (supported: {', '.join(ACTIVATIONS)})")
+    if width % (heads or max(1, width // 64)):
+        raise ValueError(f"text width {width} is not divisible by {heads} heads")
     config = TextConfig(vocab_size=vocab, context_length=context, width=width, layers=layers,
-                        heads=max(1, width // 64), mlp_dim=mlp_dim, act=act,
+                        heads=heads or max(1, width // 64), mlp_dim=mlp_dim, act=act, eps=eps or 1e-5,
                         proj_dim=None if projection is None else projection.shape[0])
     scale = canonical.get("logit_scale")
     logit_scale = float(scale.float().reshape(-1)[0]) if scale is not None else DEFAULT_LOGIT_SCALE

@@ -159,3 +159,36 @@ def test_load_source_reads_full_openclip_file(tmp_path):
     with torch.no_grad():
         ref = model.encode_text(ids.long())
     assert (src.text.encode(ids) - ref).abs().max().item() < 2e-5
+
+
+def test_hf_full_clip_file_export_zero_shot_matches_transformers(tmp_path, monkeypatch):
+    """A saved HF CLIPModel (safetensors + config.json, non-default head count) → export → runtime probabilities
+    equal transformers' own logits_per_image softmax."""
+    from transformers import CLIPConfig, CLIPModel
+
+    from comfyui_clipwan.axera_export import ClipRuntime, export_clip
+    from comfyui_clipwan.clip_vision import preprocess_images
+
+    monkeypatch.setenv("PATH", "/usr/bin:/bin")
+    cfg = CLIPConfig(projection_dim=48,
+                     text_config=dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                      num_attention_heads=4),
+                     vision_config=dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                        num_attention_heads=4, patch_size=32, image_size=224))
+    torch.manual_seed(7)
+    model = CLIPModel(cfg).eval()
+    model.save_pretrained(str(tmp_path / "hf"))
+    src = load_source(str(tmp_path / "hf" / "model.safetensors"), parts="vision,text")
+    assert src.text.config.heads == 4 and src.vision.config.heads == 4 and src.text.layout == "hf"
+    result = export_clip(src, str(tmp_path / "out"), parts="vision,text", parity_samples=1)
+    assert result.ok, result.report
+    labels = ["a cat", "a dog", "a car", "the sea"]
+    images = torch.rand(2, 240, 200, 3, generator=torch.Generator().manual_seed(1))
+    ranked = ClipRuntime(str(tmp_path / "out")).zero_shot(images, labels, template="{}")
+    pixels = preprocess_images(images, src.vision.config, "center")
+    with torch.no_grad():
+        out = model(input_ids=torch.from_numpy(tokenize(labels)).long(), pixel_values=pixels)
+    ref = out.logits_per_image.softmax(-1).numpy()
+    for row, probs in zip(ranked, ref):
+        got = dict(row)
+        np.testing.assert_allclose([got[label] for label in labels], probs, atol=1e-5)
