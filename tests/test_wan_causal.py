@@ -251,3 +251,17 @@ def test_bad_inputs_are_clear_errors(t2v, i2v):
                             "frame(s); set local_window >= 5, or 0 for no window.")
     with pytest.raises(ValueError, match="needs a negative conditioning"):
         sample_causal(t2v, torch.zeros(1, 16, 6, H, W), text, settings=CausalSettings(guidance_scale=2.0))
+
+
+def test_half_precision_cache_and_weights_stay_close(t2v):
+    latent, text, _ = _inputs(4)
+    s = CausalSettings(frames_per_block=2, steps=[1000, 500])
+    ref = sample_causal(t2v, latent, text, seed=0, settings=s)
+    bf16_cache = sample_causal(t2v, latent, text, seed=0,
+                               settings=CausalSettings(frames_per_block=2, steps=[1000, 500],
+                                                       cache_dtype=torch.bfloat16))
+    assert 0 < (bf16_cache - ref).abs().max() < 0.05
+    m16 = CausalWanModel.from_state_dict(t2v.state_dict(), dtype="bf16")
+    assert m16.compute_dtype == torch.bfloat16 and m16.tree.patch_embedding.weight.dtype == torch.float32
+    out = sample_causal(m16, latent, text, seed=0, settings=s)
+    assert out.dtype == torch.float32 and (out - ref).abs().max() < 0.1
