@@ -91,6 +91,7 @@ def populate(base: pathlib.Path) -> None:
     save_file(wan_state_dict(i2v=False), models / "diffusion_models" / WAN_T2V)
     save_file(wan_vae_state_dict(comfy_dir), models / "vae" / VAE)
     test_image().save(base / "input" / IMAGE)
+    test_image().save(base / "input" / "example.png")  # ComfyUI ships input/example.png; the examples name it
     # Test-only node standing in for the 5.7B-parameter UMT5 text encoder (see test_nodes_source).
     (base / "custom_nodes" / "clipwan_test_text.py").write_text(TEST_TEXT_NODE)
 

@@ -34,10 +34,15 @@ def _our_errors(console: list[dict]) -> list[dict]:
 async def _session(server, tmp_path: pathlib.Path) -> dict:
     browser = Browser(find_chromium())
     result = {"workflows": {}}
+    # A fresh user gets the template browser on first load; mark the tutorial done so the graph is visible.
+    server.request("POST", "/settings/Comfy.TutorialCompleted", True)
     try:
         await browser.start()
         await browser.navigate(server.url + "/")
-        await browser.wait_for(f"!!({APP}?.graph && {APP}.extensions?.length)", timeout=120)
+        # graph, extensions and the canvas element: loading a workflow earlier fails inside the front end
+        # ("getCanvas: canvas is null" from its fitView)
+        await browser.wait_for(f"!!({APP}?.graph && {APP}.extensions?.length && {APP}.canvas?.canvas)", timeout=120)
+        await asyncio.sleep(2.0)
         result["extensions"] = await browser.wait_for(
             f"{APP}.extensions.map(e => e.name).filter(n => n.startsWith('clipwan'))", timeout=30)
         for path in EXAMPLES:
@@ -55,9 +60,17 @@ async def _session(server, tmp_path: pathlib.Path) -> dict:
         # Queue the causal example (rewritten for the test models) from the page's client id so the
         # frame stream goes to this page, then photograph the graph.
         causal = "clipwan_i2v_causal"
+        # Point the page's loaders at the generated test files, as the queued prompt does (the text encoder
+        # stays: UMT5-XXL is replaced by a test-only node in the prompt, so its loader shows as missing).
+        files = {node: {name: value for name, value in prompt_inputs.items() if isinstance(value, str)}
+                 for node, prompt_inputs in _file_widgets().items()}
         await browser.evaluate(f"""(async () => {{
+            const app = {APP}, files = {json.dumps(files)};
             const wf = await (await fetch('/api/workflow_templates/comfyui-clipwan/{causal}.json')).json();
-            await {APP}.loadGraphData(wf, true, true, '{causal}'); return true; }})()""")
+            await app.loadGraphData(wf, true, true, '{causal}');
+            for (const n of app.graph.nodes)
+              for (const w of n.widgets ?? []) if (files[n.type]?.[w.name]) w.value = files[n.type][w.name];
+            return true; }})()""")
         client_id = await browser.evaluate(f"{API}.clientId")
         prompt = P.for_test_server(P.load_examples()[causal])
         status, payload = server.request("POST", "/prompt", {"prompt": prompt, "client_id": client_id})
@@ -66,8 +79,18 @@ async def _session(server, tmp_path: pathlib.Path) -> dict:
         sampler = P.node_ids(prompt, "CausalWanSampler")[0]
         result["frames_label"] = await browser.wait_for(
             f"{APP}.graph.getNodeById({sampler})?.__clipwanFrames?.label?.textContent", timeout=30)
-        await browser.evaluate(f"(() => {{ const c = {APP}.canvas; c.ds.scale = 0.75; c.ds.offset = [10, 10];"
-                               " c.setDirty(true, true); return true; }})()")
+        await browser.evaluate(f"""(() => {{
+            document.dispatchEvent(new KeyboardEvent('keydown', {{key: 'Escape'}}));
+            const app = {APP}, c = app.canvas, el = c.canvas;
+            let x0 = 1e9, y0 = 1e9, x1 = -1e9, y1 = -1e9;
+            for (const n of app.graph.nodes) {{
+              x0 = Math.min(x0, n.pos[0]); y0 = Math.min(y0, n.pos[1] - 30);
+              x1 = Math.max(x1, n.pos[0] + n.size[0]); y1 = Math.max(y1, n.pos[1] + n.size[1]);
+            }}
+            const W = el.clientWidth, H = el.clientHeight - 60;
+            const s = Math.min(W / (x1 - x0 + 60), H / (y1 - y0 + 60));
+            c.ds.scale = s; c.ds.offset = [30 / s - x0, 60 / s - y0];
+            c.setDirty(true, true); return true; }})()""")
         await asyncio.sleep(1.0)
         shot = pathlib.Path(os.environ.get(SCREENSHOT_ENV) or tmp_path / "comfyui_i2v_causal.jpg")
         result["screenshot"] = await browser.screenshot(shot, quality=60)
@@ -75,6 +98,13 @@ async def _session(server, tmp_path: pathlib.Path) -> dict:
         result["console"] = list(browser.console)
         await browser.close()
     return result
+
+
+def _file_widgets() -> dict:
+    """{node type: {widget: generated test file}} for the loaders in the flagship example."""
+    ck = P.ck
+    return {"LoadCLIPVisionH14": {"clip_name": ck.CLIP_SMALL}, "LoadCausalWanModel": {"model_name": ck.WAN_I2V},
+            "VAELoader": {"vae_name": ck.VAE}, "LoadImage": {"image": ck.IMAGE}}
 
 
 @pytest.fixture(scope="module")
