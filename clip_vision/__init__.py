@@ -7,14 +7,15 @@ from .config import CONFIGS, OPENAI_MEAN, OPENAI_STD, VisionConfig, config_from_
 from .layouts import LAYOUTS, Plan, Step, convert_state_dict, plan_conversion
 from .loader import (DTYPE_NAMES, ClipVisionModel, ClipVisionOutput, default_clip_vision, load_clip_vision,
                      num_parameters, resolve_dtype)
-from .model import VisionHidden, VisionTransformer, internal_to_canonical
+from .model import VisionHidden, VisionTransformer, build_empty as build_empty_model, internal_to_canonical
 from .preprocess import CROP_MODES, normalize_crop, preprocess_images
 
 __all__ = [
     "CONFIGS", "OPENAI_MEAN", "OPENAI_STD", "VisionConfig", "config_from_shapes", "detect_config",
     "LAYOUTS", "Plan", "Step", "convert_state_dict", "plan_conversion",
     "DTYPE_NAMES", "ClipVisionModel", "ClipVisionOutput", "default_clip_vision", "load_clip_vision",
-    "num_parameters", "resolve_dtype", "VisionHidden", "VisionTransformer", "internal_to_canonical",
+    "num_parameters", "resolve_dtype", "VisionHidden", "VisionTransformer", "build_empty_model",
+    "internal_to_canonical",
     "CROP_MODES", "normalize_crop", "preprocess_images",
 ]
 

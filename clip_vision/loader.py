@@ -129,10 +129,11 @@ class ClipVisionModel:
             raise ValueError(f"load_sd: the weights are {found.name} (width {found.width}, {found.layers} layers, "
                              f"projection {found.proj_dim}) but this model is {mine.name} (width {mine.width}, "
                              f"{mine.layers} layers, projection {mine.proj_dim})")
-        # Copy into our own parameters (casting on the fly): never alias the caller's tensors.
-        internal = canonical_to_internal(canonical, mine)
-        with torch.no_grad():
-            self.model.load_state_dict(internal, strict=True)
+        # Fresh tensors (canonical_to_internal never aliases the caller's), cast on the fly; a model built on
+        # the meta device (no weights yet) gets CPU tensors.
+        device = torch.device("cpu") if self.device.type == "meta" else self.device
+        internal = canonical_to_internal(canonical, mine, dtype=self.dtype, device=device)
+        _assign(self.model, internal, "load_sd")
         used = set(plan_conversion(sd.keys()).source_keys)
         self.layout = layout
         self.version += 1
