@@ -23,7 +23,8 @@ from comfyui_clipwan.nodes.axera_nodes import (CLIPZeroShotAxera, ExportCLIPToAx
 
 @pytest.fixture(scope="module")
 def tiny_source():
-    return default_source(seed=4, vision_layers=1, text_config=TextConfig(layers=1))
+    text = TextConfig(layers=1, width=64, heads=1, mlp_dim=256)
+    return default_source(seed=4, vision_layers=1, text_config=text)
 
 
 @pytest.fixture(scope="module")

@@ -163,8 +163,9 @@ _TINY = []
 
 
 def _tiny_source():
-    if not _TINY:  # built once: a 1-block ViT-B/32 + 1-block text tower (real widths, real vocab)
-        _TINY.append(default_source(seed=1, vision_layers=1, text_config=TextConfig(layers=1)))
+    if not _TINY:  # built once: a 1-block ViT-B/32 + a 1-block 64-wide text tower (real vocab, real key names)
+        text = TextConfig(layers=1, width=64, heads=1, mlp_dim=256)
+        _TINY.append(default_source(seed=1, vision_layers=1, text_config=text))
     return _TINY[0]
 
 
@@ -225,3 +226,65 @@ def test_export_argument_errors(tmp_path):
 
     with pytest.raises(ValueError, match=r"has no text tower \(a CLIP_VISION / vision-only file\)"):
         export_clip(vision_source(src.vision), str(tmp_path), parts="vision,text")
+
+
+class _FakeNodeArg:
+    def __init__(self, name, dtype, shape):
+        self.name, self.dtype, self.shape = name, dtype, shape
+
+
+class _FakeAxSession:
+    """Stands in for axengine.InferenceSession: same API, and it asserts exact shape + dtype like the real one."""
+
+    calls = []
+
+    def __init__(self, path, **_):
+        import onnxruntime as ort
+
+        self._ort = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+        arg = self._ort.get_inputs()[0]
+        dtype = {"tensor(float)": "float32", "tensor(int32)": "int32"}[arg.type]
+        self._arg = _FakeNodeArg(arg.name, dtype, list(arg.shape))
+
+    def get_inputs(self):
+        return [self._arg]
+
+    def run(self, output_names, feed):
+        x = feed[self._arg.name]
+        assert x.dtype == np.dtype(self._arg.dtype) and list(x.shape) == self._arg.shape
+        _FakeAxSession.calls.append(self._arg.name)
+        return self._ort.run(output_names, feed)
+
+
+def test_runtime_uses_axmodels_through_axengine_when_available(tmp_path, monkeypatch):
+    import sys
+    import types
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    # a "compiler" whose .axmodel is the ONNX file itself, so the fake axengine can execute it
+    (bin_dir / "pulsar2").write_text(
+        "#!/bin/sh\n[ \"$1\" = version ] && { echo fake; exit 0; }\n"
+        'while [ $# -gt 0 ]; do case "$1" in --input) IN="$2";; --output_dir) OUT="$2";; '
+        '--output_name) NAME="$2";; esac; shift; done\nmkdir -p "$OUT" && cp "$IN" "$OUT/$NAME"\n')
+    os.chmod(bin_dir / "pulsar2", 0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:/usr/bin:/bin")
+    folder = str(tmp_path / "out")
+    result = export_clip(_tiny_source(), folder, parts="vision,text")
+    assert {p: i["axmodel"] for p, i in result.manifest["parts"].items()} == \
+        {"vision": "vision.axmodel", "text": "text.axmodel"}
+    fake = types.ModuleType("axengine")
+    fake.InferenceSession = _FakeAxSession
+    monkeypatch.setitem(sys.modules, "axengine", fake)
+    _FakeAxSession.calls = []
+    npu = ClipRuntime(folder)
+    assert npu.backends == {"vision": "axengine", "text": "axengine"}
+    cpu = ClipRuntime(folder, backend="onnxruntime")
+    images = torch.rand(2, 100, 150, 3, generator=torch.Generator().manual_seed(3))
+    got, ref = npu.zero_shot(images, LABELS), cpu.zero_shot(images, LABELS)
+    assert [[l for l, _ in r] for r in got] == [[l for l, _ in r] for r in ref]
+    np.testing.assert_allclose([[p for _, p in r] for r in got], [[p for _, p in r] for r in ref], atol=1e-6)
+    assert _FakeAxSession.calls.count("pixel_values") == 2 and _FakeAxSession.calls.count("input_ids") == 5
+    # int64 / float64 inputs are cast to what the session declares before they reach it
+    ids64 = tokenize(["a cat"]).astype(np.int64)
+    np.testing.assert_array_equal(npu.parts["text"].run(ids64), cpu.parts["text"].run(ids64.astype(np.int32)))
