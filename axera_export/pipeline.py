@@ -23,7 +23,7 @@ from .calibration import image_calibration_tar, synthetic_images, text_calibrati
 from .onnx_export import (TEXT_INPUT, TEXT_OUTPUT, VISION_INPUT, VISION_OUTPUT, check_export,
                           export_onnx, ort_session, parity)
 from .runtime import MANIFEST, MANIFEST_FORMAT
-from .sources import ClipSource, parse_parts
+from .sources import ClipSource, fp32_cpu, parse_parts
 from .text_model import text_head
 from .tokenizer import tokenize
 from .vision_tower import vision_head, vision_tower_from_canonical
@@ -108,7 +108,8 @@ def export_clip(source: ClipSource, folder: str, parts="vision,text", calib_imag
     if "vision" in parts:
         cv = source.vision
         config = cv.config
-        canonical = cv.state_dict_hf()
+        # CPU fp32 copies: a CLIP_VISION from ComfyUI may sit on the GPU in fp16
+        canonical = {k: v.detach().float().cpu() for k, v in cv.state_dict_hf().items()}
         if "visual_projection.weight" not in canonical:
             raise ValueError(f"{source.description}: the vision tower has no visual_projection; image embeddings "
                              f"for zero-shot need it (use a CLIPVisionModelWithProjection / full CLIP file)")
@@ -124,7 +125,8 @@ def export_clip(source: ClipSource, folder: str, parts="vision,text", calib_imag
         sess = ort_session(onnx_v.path)
         pooled = np.concatenate([sess.run(None, {VISION_INPUT: pixels[i:i + 1].numpy()})[0]
                                  for i in range(parity_samples)])
-        ref = cv.encode(pixels.to(cv.dtype)).image_embeds.float().numpy()
+        # reference in fp32 on the CPU: an fp16/GPU CLIP_VISION would otherwise fail a 1e-4 check by itself
+        ref = fp32_cpu(cv).encode(pixels).image_embeds.numpy()
         par = parity(vision_head(pooled, heads["visual_projection"]), ref)
         images = list(calib_images) if calib_images else None
         if not images:

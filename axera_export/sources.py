@@ -12,7 +12,9 @@ import json
 import os
 from typing import Optional
 
-from ..clip_vision import ClipVisionModel, default_clip_vision, load_clip_vision
+import torch
+
+from ..clip_vision import ClipVisionModel, VisionTransformer, default_clip_vision, detect_config, load_clip_vision
 from ..clip_vision.checkpoint import open_checkpoint
 from .text_model import (VIT_B32_TEXT, TextConfig, TextWeights, default_text_state_dict,
                          text_weights_from_state_dict)
@@ -102,6 +104,25 @@ def load_source(path: str, parts=PARTS, text_act: Optional[str] = None) -> ClipS
         except ValueError as exc:
             raise ValueError(f"'{path}': {exc}") from None
     return ClipSource(f"'{os.path.basename(path)}'", False, vision, text)
+
+
+def clip_vision_from_state_dict(sd, source: str) -> ClipVisionModel:
+    """A CPU fp32 ``ClipVisionModel`` from a vision state dict in any layout clip_vision knows.
+
+    Adapter over clip_vision's public API (detect_config + VisionTransformer + load_sd): used for ComfyUI
+    core's CLIP_VISION objects (``get_sd()``) and for an fp32 CPU parity reference of fp16/GPU models.
+    """
+    sd = {k: v.detach().float().cpu() for k, v in sd.items()}
+    model = ClipVisionModel(VisionTransformer(detect_config(sd)), source=source, layout="hf")
+    model.load_sd(sd)
+    return model
+
+
+def fp32_cpu(model: ClipVisionModel) -> ClipVisionModel:
+    """The model itself when it is fp32 on the CPU, else an fp32 CPU copy (the parity reference)."""
+    if model.dtype == torch.float32 and model.device.type == "cpu":
+        return model
+    return clip_vision_from_state_dict(model.state_dict_hf(), model.source)
 
 
 def vision_source(model: ClipVisionModel) -> ClipSource:

@@ -42,7 +42,8 @@ def safe_output_folder(subfolder: str, root: Optional[str] = None) -> str:
 
 def _adopt_clip_vision(clip_vision):
     """Our ClipVisionModel as is; ComfyUI core's (``get_sd()`` in HF layout) rebuilt through clip_vision."""
-    from ..clip_vision import ClipVisionModel, VisionTransformer, detect_config
+    from ..axera_export.sources import clip_vision_from_state_dict
+    from ..clip_vision import ClipVisionModel
 
     if isinstance(clip_vision, ClipVisionModel):
         return clip_vision
@@ -50,10 +51,7 @@ def _adopt_clip_vision(clip_vision):
     if get_sd is None:
         raise ValueError(f"clip_vision input of type {type(clip_vision).__name__} is not a CLIP vision model "
                          f"(connect a Load CLIP Vision node)")
-    sd = {k: v.float() for k, v in get_sd().items()}
-    model = ClipVisionModel(VisionTransformer(detect_config(sd)), source="ComfyUI CLIP_VISION", layout="hf")
-    model.load_sd(sd)
-    return model
+    return clip_vision_from_state_dict(get_sd(), "ComfyUI CLIP_VISION")
 
 
 class ExportCLIPToAxmodel:

@@ -288,3 +288,23 @@ def test_runtime_uses_axmodels_through_axengine_when_available(tmp_path, monkeyp
     # int64 / float64 inputs are cast to what the session declares before they reach it
     ids64 = tokenize(["a cat"]).astype(np.int64)
     np.testing.assert_array_equal(npu.parts["text"].run(ids64), cpu.parts["text"].run(ids64.astype(np.int32)))
+
+
+def test_fp16_clip_vision_and_core_style_object_export_with_fp32_reference(tmp_path, monkeypatch):
+    from comfyui_clipwan.axera_export.sources import vision_source
+    from comfyui_clipwan.clip_vision import default_clip_vision
+    from comfyui_clipwan.nodes.axera_nodes import _adopt_clip_vision
+
+    monkeypatch.setenv("PATH", "/usr/bin:/bin")
+    half = default_clip_vision("ViT-B/32", seed=3, layers=1, dtype="fp16")
+    result = export_clip(vision_source(half), str(tmp_path / "h"), parts="vision", parity_samples=1)
+    assert result.ok and result.manifest["parts"]["vision"]["checks"]["parity"]["max_abs_diff"] <= 1e-4
+
+    class CoreLikeClipVision:  # ComfyUI core's ClipVisionModel exposes get_sd() in HF layout
+        def get_sd(self):
+            return half.state_dict_hf()
+
+    adopted = _adopt_clip_vision(CoreLikeClipVision())
+    assert adopted.dtype == torch.float32 and adopted.config == half.config
+    with pytest.raises(ValueError, match="clip_vision input of type str is not a CLIP vision model"):
+        _adopt_clip_vision("nope")
