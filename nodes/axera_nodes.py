@@ -288,7 +288,28 @@ def _default_folder() -> str:
     return resolve_export_folder("")
 
 
+LABELS_ENV = "CLIPWAN_INTERROGATE_LABELS"  # a text file, one label per line (default: built-in list)
+THRESHOLD_ENV = "CLIPWAN_INTERROGATE_THRESHOLD"  # 0..1 (default 0.25)
+
+
+def service_from_env(environ=None) -> InterrogateService:
+    """The route's service, configured from the environment (labels file, threshold)."""
+    env = os.environ if environ is None else environ
+    labels = None
+    if env.get(LABELS_ENV):
+        with open(env[LABELS_ENV]) as f:  # a wrong path fails loudly at ComfyUI start-up, naming the file
+            labels = [line.strip() for line in f if line.strip()]
+        if not labels:
+            raise ValueError(f"{LABELS_ENV}={env[LABELS_ENV]!r} holds no labels (one per line)")
+    threshold = None
+    if env.get(THRESHOLD_ENV):
+        threshold = float(env[THRESHOLD_ENV])
+        if not 0.0 <= threshold <= 1.0:
+            raise ValueError(f"{THRESHOLD_ENV} must be in [0, 1], got {threshold}")
+    return InterrogateService(_default_folder, labels=labels, threshold=threshold)
+
+
 def register_routes(server) -> None:
     """Called by nodes/__init__.py inside ComfyUI: adds POST /sdapi/v1/interrogate (also under /api)."""
-    service = InterrogateService(_default_folder)
+    service = service_from_env()
     server.routes.post(INTERROGATE_PATH)(service.handle)

@@ -225,3 +225,15 @@ def test_register_routes_adds_post_route():
     axera_nodes.register_routes(FakeServer)
     routes = [(r.method, r.path) for r in FakeServer.routes]
     assert routes == [("POST", "/sdapi/v1/interrogate")]
+
+
+def test_interrogate_labels_and_threshold_from_environment(tmp_path):
+    labels = tmp_path / "labels.txt"
+    labels.write_text("red\n\nblue\n")
+    service = axera_nodes.service_from_env({"CLIPWAN_INTERROGATE_LABELS": str(labels),
+                                            "CLIPWAN_INTERROGATE_THRESHOLD": "0.4"})
+    assert service.labels == ["red", "blue"] and service.threshold == 0.4
+    default = axera_nodes.service_from_env({})
+    assert default.labels == list(axera_export.DEFAULT_LABELS) and default.threshold == 0.25
+    with pytest.raises(ValueError, match=r"CLIPWAN_INTERROGATE_THRESHOLD must be in \[0, 1\], got 3.0"):
+        axera_nodes.service_from_env({"CLIPWAN_INTERROGATE_THRESHOLD": "3"})
