@@ -88,8 +88,10 @@ async def _session(server, tmp_path: pathlib.Path) -> dict:
               x1 = Math.max(x1, n.pos[0] + n.size[0]); y1 = Math.max(y1, n.pos[1] + n.size[1]);
             }}
             const W = el.clientWidth, H = el.clientHeight - 60;
-            const s = Math.min(W / (x1 - x0 + 60), H / (y1 - y0 + 60));
-            c.ds.scale = s; c.ds.offset = [30 / s - x0, 60 / s - y0];
+            const s = Math.min((W - 140) / (x1 - x0), H / (y1 - y0 + 60));
+            c.ds.scale = s; c.ds.offset = [100 / s - x0, 60 / s - y0];  // clear of the side bar
+            // close toasts/dialogs the stock UI raised (missing UMT5 file, update check) for a clean picture
+            document.querySelectorAll('.p-toast-close-button, .p-dialog-close-button').forEach(b => b.click());
             c.setDirty(true, true); return true; }})()""")
         await asyncio.sleep(1.0)
         shot = pathlib.Path(os.environ.get(SCREENSHOT_ENV) or tmp_path / "comfyui_i2v_causal.jpg")

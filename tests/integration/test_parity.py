@@ -118,30 +118,81 @@ def _crop_choices():
     return list(spec[0])
 
 
+def _release(comfy):
+    """Drop models ComfyUI's model management still holds, so the 2.5 GB fp32 ViT-H copies do not outlive
+    this module (the server tests run next in the same process)."""
+    import gc
+
+    import comfy.model_management
+
+    comfy.model_management.unload_all_models()
+    comfy.model_management.cleanup_models()
+    gc.collect()
+
+
 @pytest.fixture(scope="module")
 def core_clip(comfy, clip_file):
     import comfy.clip_vision
 
     model = comfy.clip_vision.load(str(clip_file))
     assert model.dtype == torch.float32  # --fp32-text-enc: core holds the fp16 file's weights in fp32
-    return model
+    yield model
+    del model
+    _release(comfy)
 
 
-@pytest.mark.parametrize("crop", ["center", "none"])
-def test_clip_vision_encode_wan_matches_core_clip_vision_encode(comfy, core_clip, clip_file, image, crop):
+CLIP_MEAN = torch.tensor([0.48145466, 0.4578275, 0.40821073]).view(1, 3, 1, 1)
+CLIP_STD = torch.tensor([0.26862954, 0.26130258, 0.27577711]).view(1, 3, 1, 1)
+
+
+def _core_on_pixels(core_clip, pixels):
+    """Core's tower on given pixel values (its encode_image minus its own preprocessing)."""
+    last, penultimate, embeds = core_clip.model(pixel_values=pixels, intermediate_output=-2)[:3]
+    return {"last_hidden_state": last, "penultimate_hidden_states": penultimate, "image_embeds": embeds}
+
+
+def _assert_features_equal(ours, want):
+    for field in ("penultimate_hidden_states", "last_hidden_state", "image_embeds"):
+        assert ours[field].shape == want[field].shape, field
+        torch.testing.assert_close(ours[field].float(), want[field].float(), rtol=1e-3, atol=2e-4, msg=field)
+
+
+@pytest.fixture(scope="module")
+def ours_clip(clip_file):
+    import gc
+
+    model = call_node("LoadCLIPVisionH14", clip_name=str(clip_file), dtype="fp32")[0]
+    yield model
+    del model
+    gc.collect()
+
+
+def test_clip_vision_encode_wan_center_matches_core_clip_vision_encode(comfy, core_clip, ours_clip, image):
     from nodes import CLIPVisionEncode
 
-    ours_model = call_node("LoadCLIPVisionH14", clip_name=str(clip_file), dtype="fp32")[0]
-    ours = call_node("CLIPVisionEncodeWan", clip_vision=ours_model, image=image, crop=crop)[0]
-    core = CLIPVisionEncode().encode(core_clip, image, crop)[0]
-    for field in ("penultimate_hidden_states", "last_hidden_state", "image_embeds"):
-        want, got = core[field], ours[field]
-        assert got.shape == want.shape, field
-        torch.testing.assert_close(got.float(), want.float(), rtol=1e-3, atol=2e-4, msg=field)
+    ours = call_node("CLIPVisionEncodeWan", clip_vision=ours_clip, image=image, crop="center")[0]
+    core = CLIPVisionEncode().encode(core_clip, image, "center")[0]
+    assert ours.penultimate_hidden_states.shape == (2, 257, 1280)
+    _assert_features_equal(ours, core)
     # our CLIP_VISION also works in core's encode node, with the same result
-    crossed = CLIPVisionEncode().encode(ours_model, image, crop)[0]
-    torch.testing.assert_close(crossed.penultimate_hidden_states.float(), core.penultimate_hidden_states.float(),
-                               rtol=1e-3, atol=2e-4)
+    crossed = CLIPVisionEncode().encode(ours_clip, image, "center")[0]
+    _assert_features_equal(crossed, core)
+
+
+def test_clip_vision_encode_wan_none_is_wans_squash_not_cores(comfy, core_clip, ours_clip, image):
+    """crop=none is Wan's own preprocessing (bicubic squash, no antialias, no 8-bit rounding): equal to core's
+    tower on pixels prepared that way here, and measurably different from core's crop=none."""
+    import torch.nn.functional as F
+    from nodes import CLIPVisionEncode
+
+    ours = call_node("CLIPVisionEncodeWan", clip_vision=ours_clip, image=image, crop="none")[0]
+    pixels = F.interpolate(image.permute(0, 3, 1, 2), size=(224, 224), mode="bicubic", align_corners=False)
+    with torch.no_grad():
+        want = _core_on_pixels(core_clip, (pixels - CLIP_MEAN) / CLIP_STD)
+    _assert_features_equal(ours, want)
+    core_none = CLIPVisionEncode().encode(core_clip, image, "none")[0]
+    gap = (ours.penultimate_hidden_states - core_none.penultimate_hidden_states).abs().max().item()
+    assert gap > 1e-3, gap
 
 
 def test_wan_i2v_conditioning_equals_core_wan_image_to_video(comfy, base_dir, core_clip, image):
