@@ -20,6 +20,7 @@ import torch
 from ..wan import CausalSettings, sample_causal
 from ..wan import model as dit
 from ..wan.causal_model import DEFAULT_CONFIG, CausalWanModel
+from ..wan.config import preset
 from ..wan.sampler import initial_noise
 from ..wan.scheduler import denoising_sigmas, x0_from_flow
 
@@ -29,7 +30,12 @@ def add_arguments(parser) -> None:
     parser.add_argument("--frames-per-block", type=int, default=3)
     parser.add_argument("--sink", type=int, default=3, help="sink frames (default 3)")
     parser.add_argument("--window", type=int, default=9, help="local window in latent frames (default 9)")
-    parser.add_argument("--size", type=int, default=256, help="video width = height in pixels (default 256)")
+    parser.add_argument("--size", type=int, default=256, help="video width in pixels (default 256)")
+    parser.add_argument("--height", type=int, default=0, help="video height in pixels (default: = --size)")
+    parser.add_argument("--config", default="default", choices=["default", "1.3B", "14B"],
+                        help="model size: the small embedded default, or a released Wan 2.1 i2v size "
+                             "(random init; needs a GPU in practice)")
+    parser.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16"], help="weights/compute dtype")
     parser.add_argument("--steps", default="1000,750,500,250")
     parser.add_argument("--full-frames", type=int, default=21, help="latent frames of the all-at-once peer")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = leave as is)")
@@ -51,9 +57,10 @@ def _sync(device):
 
 
 def _run_causal(model, frames, hw, settings, seed, device):
+    h, w = hw
     text = torch.zeros(1, 512, 4096)
     clip = torch.randn(1, 257, 1280, generator=torch.Generator().manual_seed(seed))
-    latent = torch.zeros(1, 16, frames, hw, hw)
+    latent = torch.zeros(1, 16, frames, h, w)
     times, rss, cache_mb, peak_cuda = [], [], [], []
     stats = {}
     last = [0.0]
@@ -81,9 +88,10 @@ def _run_causal(model, frames, hw, settings, seed, device):
 
 
 def _run_bidirectional(model, frames, hw, steps, shift, seed, device):
+    h, w = hw
     text = torch.zeros(1, 512, 4096)
     clip = torch.randn(1, 257, 1280, generator=torch.Generator().manual_seed(seed))
-    x = initial_noise(seed, (1, 16, frames, hw, hw), device)
+    x = initial_noise(seed, (1, 16, frames, h, w), device)
     sigmas = denoising_sigmas(steps, shift).tolist()
     _sync(device)
     t0 = time.perf_counter()
@@ -118,13 +126,15 @@ def _run(args) -> int:
         args.blocks, args.size, args.full_frames = 6, 64, 9
         args.sink, args.window = min(args.sink, 1), min(args.window, 4)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    hw = args.size // 8
-    model = CausalWanModel.random(DEFAULT_CONFIG, seed=args.seed, device=device)
+    hw = ((args.height or args.size) // 8, args.size // 8)
+    config = DEFAULT_CONFIG if args.config == "default" else preset(args.config, "i2v")
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[args.dtype]
+    model = CausalWanModel.random(config, seed=args.seed, dtype=dtype, device=device)
     n = args.frames_per_block
     frames = args.blocks * n
-    print(f"bench wan: {DEFAULT_CONFIG.describe()} (seeded random init), {device}, "
-          f"{torch.get_num_threads()} threads; video {args.size}x{args.size} px -> latent {hw}x{hw}, "
-          f"{(hw // 2) ** 2} tokens/frame; {args.blocks} blocks x {n} frames; steps {args.steps}")
+    print(f"bench wan: {config.describe()} {args.dtype} (seeded random init), {device}, "
+          f"{torch.get_num_threads()} threads; video {args.size}x{args.height or args.size} px -> latent "
+          f"{hw[1]}x{hw[0]}, {(hw[0] // 2) * (hw[1] // 2)} tokens/frame; {args.blocks} blocks x {n} frames; steps {args.steps}")
 
     # warm-up (allocator, kernels, RoPE tables)
     _run_causal(model, 2 * n, hw, CausalSettings(steps=args.steps, frames_per_block=n), args.seed, device)
