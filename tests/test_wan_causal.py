@@ -265,3 +265,24 @@ def test_half_precision_cache_and_weights_stay_close(t2v):
     assert m16.compute_dtype == torch.bfloat16 and m16.tree.patch_embedding.weight.dtype == torch.float32
     out = sample_causal(m16, latent, text, seed=0, settings=s)
     assert out.dtype == torch.float32 and (out - ref).abs().max() < 0.1
+
+
+def test_concatenated_reference_images_condition_and_partial_groups_are_refused(i2v):
+    """CLIPVisionEncodeWan's "concat" mode gives [1, k*257, 1280]: the sampler takes it (each image's tokens
+    are attended in the image softmax), and the result differs from a single image's; a token count that is
+    not whole images is a clear error."""
+    latent, text, clip_a = _inputs(3)
+    clip_b = torch.randn(1, 257, 1280, generator=torch.Generator().manual_seed(9))
+    s = CausalSettings(frames_per_block=3, steps=[1000, 500])
+    one = sample_causal(i2v, latent, text, seed=0, settings=s, clip_fea=clip_a)
+    two = sample_causal(i2v, latent, text, seed=0, settings=s, clip_fea=torch.cat([clip_a, clip_b], dim=1))
+    same_twice = sample_causal(i2v, latent, text, seed=0, settings=s, clip_fea=torch.cat([clip_a, clip_a], dim=1))
+    assert two.shape == one.shape
+    assert (two - one).abs().max() > 1e-3
+    # The same image twice gives the same softmax-weighted average of its values: equal to one copy.
+    assert torch.allclose(same_twice, one, atol=1e-5)
+    with pytest.raises(ValueError) as e:
+        sample_causal(i2v, latent, text, settings=s, clip_fea=torch.zeros(1, 300, 1280))
+    assert str(e.value).startswith("CLIP vision features have shape [1, 300, 1280], but Wan i2v expects "
+                                   "[batch, 257, 1280] (ViT-H/14 penultimate hidden states; k images concatenated "
+                                   "along tokens give [batch, k*257, 1280])")

@@ -193,10 +193,15 @@ def _heads(x: torch.Tensor, heads: int) -> torch.Tensor:
 
 
 def check_clip_features(clip_fea: torch.Tensor) -> None:
-    if clip_fea.dim() != 3 or clip_fea.shape[1] != CLIP_TOKENS or clip_fea.shape[2] != CLIP_DIM:
+    # Image tokens get their own K/V and softmax, so any whole number of 257-token images works: several
+    # reference images concatenated along tokens (CLIPVisionEncodeWan "concat", core's
+    # WanFirstLastFrameToVideo) are as valid as one.
+    if (clip_fea.dim() != 3 or clip_fea.shape[2] != CLIP_DIM or clip_fea.shape[1] == 0
+            or clip_fea.shape[1] % CLIP_TOKENS):
         raise ValueError(
             f"CLIP vision features have shape {list(clip_fea.shape)}, but Wan i2v expects "
-            f"[batch, {CLIP_TOKENS}, {CLIP_DIM}] (ViT-H/14 penultimate hidden states). Encode the image with a "
+            f"[batch, {CLIP_TOKENS}, {CLIP_DIM}] (ViT-H/14 penultimate hidden states; k images concatenated "
+            f"along tokens give [batch, k*{CLIP_TOKENS}, {CLIP_DIM}]). Encode the image with a "
             f"ViT-H/14 CLIP vision model (e.g. clip_vision_h.safetensors), not ViT-L or ViT-bigG.")
 
 
