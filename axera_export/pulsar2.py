@@ -128,49 +128,44 @@ def _layer_configs(precision: str) -> list:
     raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
 
 
-def vision_config(input_name: str, calib_tar: str, npu_mode: str = "NPU3", precision: str = "u16",
-                  target: str = "AX650") -> dict:
-    """Vision tower: input is the already-normalised float32 tensor, so the processors do mean 0 / std 1."""
-    quant = {
+def _quant(input_name: str, calib_tar: str, precision: str, analysis_mode: str) -> dict:
+    """The quantisation block both towers share: Numpy calibration of every sample, MinMax, end-to-end
+    precision analysis (``Reference`` = float ONNX, ``NPUBackend`` = simulated NPU)."""
+    return {
         "input_configs": [{"tensor_name": input_name, "calibration_dataset": calib_tar,
                            "calibration_format": "Numpy", "calibration_size": -1}],
         "layer_configs": _layer_configs(precision),
         "calibration_method": "MinMax",
         "precision_analysis": True,
         "precision_analysis_method": "EndToEnd",
-        "precision_analysis_mode": "Reference",
-        "conv_bias_data_type": "FP32",
+        "precision_analysis_mode": analysis_mode,
     }
+
+
+def _model_config(target: str, npu_mode: str, quant: dict, input_processors: list) -> dict:
+    return {"model_type": "ONNX", "target_hardware": target, "npu_mode": npu_mode, "quant": quant,
+            "input_processors": input_processors, "output_processors": [],
+            "compiler": {"static_batch_sizes": [1]}}
+
+
+def vision_config(input_name: str, calib_tar: str, npu_mode: str = "NPU3", precision: str = "u16",
+                  target: str = "AX650") -> dict:
+    """Vision tower: input is the already-normalised float32 tensor, so the processors do mean 0 / std 1."""
+    quant = _quant(input_name, calib_tar, precision, "Reference")
+    quant["conv_bias_data_type"] = "FP32"
     if precision == "mixed":
         quant.update(enable_smooth_quant=True, smooth_quant_strength=0.75)
-    return {
-        "model_type": "ONNX", "target_hardware": target, "npu_mode": npu_mode, "quant": quant,
-        "input_processors": [{"tensor_name": input_name, "tensor_format": "RGB", "tensor_layout": "NCHW",
-                              "src_layout": "NCHW", "src_dtype": "FP32", "mean": [0, 0, 0], "std": [1, 1, 1]}],
-        "output_processors": [],
-        "compiler": {"static_batch_sizes": [1]},
-    }
+    processors = [{"tensor_name": input_name, "tensor_format": "RGB", "tensor_layout": "NCHW",
+                   "src_layout": "NCHW", "src_dtype": "FP32", "mean": [0, 0, 0], "std": [1, 1, 1]}]
+    return _model_config(target, npu_mode, quant, processors)
 
 
 def text_config(input_name: str, calib_tar: str, npu_mode: str = "NPU3", precision: str = "u16",
                 target: str = "AX650") -> dict:
     """Text tower: int32 token ids (``src_dtype S32``), Numpy calibration of every prompt."""
-    return {
-        "model_type": "ONNX", "target_hardware": target, "npu_mode": npu_mode,
-        "quant": {
-            "input_configs": [{"tensor_name": input_name, "calibration_dataset": calib_tar,
-                               "calibration_format": "Numpy", "calibration_size": -1}],
-            "layer_configs": _layer_configs(precision),
-            "calibration_method": "MinMax",
-            "precision_analysis": True,
-            "precision_analysis_method": "EndToEnd",
-            "precision_analysis_mode": "NPUBackend",
-            "transformer_opt_level": 1,
-        },
-        "input_processors": [{"tensor_name": input_name, "src_dtype": "S32"}],
-        "output_processors": [],
-        "compiler": {"static_batch_sizes": [1]},
-    }
+    quant = _quant(input_name, calib_tar, precision, "NPUBackend")
+    quant["transformer_opt_level"] = 1
+    return _model_config(target, npu_mode, quant, [{"tensor_name": input_name, "src_dtype": "S32"}])
 
 
 def write_config(config: dict, path: str) -> str:
