@@ -16,6 +16,7 @@ const EXTENSION = "clipwan.ui";
 const SAMPLER = "CausalWanSampler";
 // Nodes that return their report as ui.text: shown on the node.
 const REPORTERS = ["ExportCLIPToAxmodel", "CLIPZeroShotAxera"];
+const MAX_PLAYER_FRAMES = 240; // ~30 s of preview at 8 fps
 
 function findNode(nodeId) {
   // `node` in the event is ComfyUI's unique id: a plain number, or "a:b" inside a subgraph.
@@ -59,10 +60,16 @@ function showFrames(node, payload) {
   const { urls, block, totalBlocks } = decodeFramePayload(payload);
   if (!urls.length) return;
   const panel = framePanel(node);
-  if (block === 0 || block < (panel.lastBlock ?? -1)) panel.frames = []; // a new run starts over
+  if (block === 0 || block < (panel.lastBlock ?? -1)) {
+    panel.frames = []; // a new run starts over
+    panel.total = 0;
+  }
   panel.lastBlock = block;
   panel.frames.push(...urls);
-  panel.label.textContent = `block ${block + 1} / ${totalBlocks} · ${panel.frames.length} frames`;
+  panel.total = (panel.total ?? 0) + urls.length;
+  // Unbounded-length sampling can stream thousands of frames: the player keeps the most recent ones only.
+  if (panel.frames.length > MAX_PLAYER_FRAMES) panel.frames.splice(0, panel.frames.length - MAX_PLAYER_FRAMES);
+  panel.label.textContent = `block ${block + 1} / ${totalBlocks} · ${panel.total} frames`;
   // Play the frames so far as a loop; the node's own preview still shows the latest block.
   if (panel.timer) clearInterval(panel.timer);
   panel.index = Math.max(0, panel.frames.length - urls.length);
