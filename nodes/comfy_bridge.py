@@ -11,15 +11,21 @@ import os
 import sys
 from typing import Any, Callable, Optional
 
+import torch
+
 
 def in_comfyui() -> bool:
     """True when running inside a ComfyUI process (its ``comfy`` and ``folder_paths`` are importable)."""
+    return _folder_paths() is not None and _model_management() is not None
+
+
+def _model_management():
+    """``comfy.model_management`` inside ComfyUI, else None (the one place that import is attempted)."""
     try:
-        import folder_paths  # noqa: F401
-        import comfy.model_management  # noqa: F401
+        import comfy.model_management as mm
     except Exception:
-        return False
-    return True
+        return None
+    return mm
 
 
 def _folder_paths():
@@ -88,11 +94,9 @@ def temp_directory() -> str:
 
 def check_interrupt() -> None:
     """Raise ComfyUI's InterruptProcessingException if the user pressed Cancel (no-op outside ComfyUI)."""
-    try:
-        import comfy.model_management as mm
-    except Exception:
-        return
-    mm.throw_exception_if_processing_interrupted()
+    mm = _model_management()
+    if mm is not None:
+        mm.throw_exception_if_processing_interrupted()
 
 
 class Progress:
@@ -155,9 +159,8 @@ def send_ui_event(event: str, data: dict, client_id: Optional[str] = None) -> bo
 
 def load_models_gpu(models: list) -> bool:
     """Let ComfyUI's model management load (and patch) the given ModelPatchers; False outside ComfyUI."""
-    try:
-        import comfy.model_management as mm
-    except Exception:
+    mm = _model_management()
+    if mm is None:
         return False
     mm.load_models_gpu(models)
     return True
@@ -165,14 +168,8 @@ def load_models_gpu(models: list) -> bool:
 
 def intermediate_device():
     """Where ComfyUI keeps tensors between nodes (CPU unless --gpu-only); CPU outside ComfyUI."""
-    try:
-        import comfy.model_management as mm
-
-        return mm.intermediate_device()
-    except Exception:
-        import torch
-
-        return torch.device("cpu")
+    mm = _model_management()
+    return mm.intermediate_device() if mm is not None else torch.device("cpu")
 
 
 def comfy_resize_center(images_bchw, width: int, height: int):
@@ -191,13 +188,12 @@ def latent_preview_image(model_patcher, x0, latent_format: str = "Wan21"):
     when ``model_patcher`` is None; None when previews are off or outside ComfyUI."""
     try:
         import comfy.latent_formats
-        import comfy.model_management as mm
         import latent_preview
 
         if model_patcher is not None:
             device, fmt = model_patcher.load_device, model_patcher.model.latent_format
         else:
-            device, fmt = mm.get_torch_device(), getattr(comfy.latent_formats, latent_format)()
+            device, fmt = torch_device(), getattr(comfy.latent_formats, latent_format)()
         previewer = latent_preview.get_previewer(device, fmt)
         if previewer is None:
             return None
@@ -208,41 +204,27 @@ def latent_preview_image(model_patcher, x0, latent_format: str = "Wan21"):
 
 def torch_device():
     """ComfyUI's compute device (``get_torch_device``); CPU outside ComfyUI."""
-    try:
-        import comfy.model_management as mm
-
-        return mm.get_torch_device()
-    except Exception:
-        import torch
-
-        return torch.device("cpu")
+    mm = _model_management()
+    return mm.get_torch_device() if mm is not None else torch.device("cpu")
 
 
 # --- CLIP vision (nodes/clip_nodes.py) -------------------------------------------------------------------
 
 def text_encoder_device():
     """Where ComfyUI runs text/vision encoders (``text_encoder_device()``); outside ComfyUI: cuda if present."""
-    try:
-        import comfy.model_management as mm
-
+    mm = _model_management()
+    if mm is not None:
         return mm.text_encoder_device()
-    except Exception:
-        import torch
-
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def gpu_device():
     """ComfyUI's main torch device; outside ComfyUI cuda, or None when there is no GPU."""
-    try:
-        import comfy.model_management as mm
-
+    mm = _model_management()
+    if mm is not None:
         device = mm.get_torch_device()
         return None if device.type == "cpu" else device
-    except Exception:
-        import torch
-
-        return torch.device("cuda") if torch.cuda.is_available() else None
+    return torch.device("cuda") if torch.cuda.is_available() else None
 
 
 def new_clip_vision_output():
