@@ -17,6 +17,7 @@ import time
 
 import torch
 
+from ..dtypes import DTYPE_BY_NAME
 from ..wan import CausalSettings, sample_causal
 from ..wan import model as dit
 from ..wan.causal_model import DEFAULT_CONFIG, CausalWanModel
@@ -128,7 +129,7 @@ def _run(args) -> int:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     hw = ((args.height or args.size) // 8, args.size // 8)
     config = DEFAULT_CONFIG if args.config == "default" else preset(args.config, "i2v")
-    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[args.dtype]
+    dtype = DTYPE_BY_NAME[args.dtype]
     model = CausalWanModel.random(config, seed=args.seed, dtype=dtype, device=device)
     n = args.frames_per_block
     frames = args.blocks * n

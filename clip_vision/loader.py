@@ -15,21 +15,20 @@ from typing import Mapping, Optional, Union
 import torch
 
 from .checkpoint import config_overrides, open_checkpoint
+from ..dtypes import DTYPE_BY_NAME
 from .config import CONFIGS, VisionConfig, config_from_shapes
 from .layouts import convert_state_dict, plan_conversion
 from .model import VisionTransformer, build_empty, canonical_to_internal, internal_names, internal_to_canonical
 from .preprocess import preprocess_images
 
-_DTYPES = {"fp32": torch.float32, "float32": torch.float32, "fp16": torch.float16, "float16": torch.float16,
-           "half": torch.float16, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16}
 DTYPE_NAMES = ("fp32", "fp16", "bf16")
 
 
 def resolve_dtype(dtype: Union[str, torch.dtype]) -> torch.dtype:
-    if isinstance(dtype, torch.dtype) and dtype in _DTYPES.values():
+    if isinstance(dtype, torch.dtype) and dtype in DTYPE_BY_NAME.values():
         return dtype
-    if isinstance(dtype, str) and dtype.lower() in _DTYPES:
-        return _DTYPES[dtype.lower()]
+    if isinstance(dtype, str) and dtype.lower() in DTYPE_BY_NAME:
+        return DTYPE_BY_NAME[dtype.lower()]
     raise ValueError(f"dtype must be one of fp32, fp16, bf16 (or the torch dtype), got {dtype!r}")
 
 

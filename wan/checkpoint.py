@@ -11,6 +11,8 @@ from typing import Mapping, Optional
 
 import torch
 
+from ..dtypes import DTYPE_BY_NAME
+
 ANCHOR = "head.modulation"  # present in every Wan 2.1 DiT, in no other model ComfyUI knows
 CONTAINER_KEYS = ("generator_ema", "generator", "model", "state_dict", "module", "net")
 SUPPORTED_EXTENSIONS = (".safetensors", ".sft", ".pt", ".pth", ".ckpt", ".bin")
@@ -98,8 +100,7 @@ def load_wan_state_dict(path: str, entry: str = "auto") -> tuple[dict, str]:
 def resolve_dtype(dtype: Optional[object]) -> Optional[torch.dtype]:
     if dtype is None or isinstance(dtype, torch.dtype):
         return dtype
-    names = {"default": None, "auto": None, "fp32": torch.float32, "float32": torch.float32,
-             "fp16": torch.float16, "float16": torch.float16, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16}
+    names = {"default": None, "auto": None, **DTYPE_BY_NAME}  # default/auto: keep the file's / model's dtype
     if str(dtype) not in names:
         raise ValueError(f"unknown dtype '{dtype}'; use one of {', '.join(names)}.")
     return names[str(dtype)]
