@@ -37,8 +37,11 @@ def register(sub) -> None:
     p.add_argument("--width", type=int, default=128)
     p.add_argument("--height", type=int, default=128)
     p.add_argument("--length", type=int, default=25, help="pixel frames (1 + 4k); latent frames = (length-1)//4+1")
-    p.add_argument("--steps", default="1000,750,500,250")
+    p.add_argument("--steps", default="1000,750,500,250",
+                   help="timesteps per block, or a step count such as 4 (evenly spaced from 1000, then warped)")
     p.add_argument("--shift", type=float, default=5.0)
+    p.add_argument("--no-warp", dest="warp", action="store_false",
+                   help="feed the timesteps as typed (CausVid, Krea lists) instead of warping them by --shift")
     p.add_argument("--frames-per-block", type=int, default=3)
     p.add_argument("--sink", type=int, default=0, help="attention sink frames")
     p.add_argument("--window", type=int, default=0, help="local attention window in latent frames (0 = none)")
@@ -143,7 +146,8 @@ def run_pipeline(args, out_dir: str, log=print) -> dict:
     elif not args.no_image:
         log("wan: route 1 only (CLIP features); routes 2/3 need the image's VAE latent (--image-latent)")
 
-    settings = CausalSettings(steps=args.steps, shift=args.shift, frames_per_block=args.frames_per_block,
+    settings = CausalSettings(steps=args.steps, shift=args.shift, warp=getattr(args, "warp", True),
+                              frames_per_block=args.frames_per_block,
                               sink_size=args.sink, local_window=args.window,
                               independent_first_frame=args.independent_first_frame, guidance_scale=args.guidance)
     previewer = LatentPreviewer()
@@ -193,6 +197,7 @@ class _DemoArgs:
     length = 25
     steps = "1000,750,500,250"
     shift = 5.0
+    warp = True
     frames_per_block = 3
     sink = 1
     window = 4

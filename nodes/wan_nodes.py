@@ -128,9 +128,13 @@ class CausalWanSampler:
                 "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF,
                                  "tooltip": "Noise seed (initial noise and per-step re-noising)."}),
                 "steps": ("STRING", {"default": "1000,750,500,250",
-                                     "tooltip": "Denoising timesteps per block, before the shift warp."}),
+                                     "tooltip": "Denoising timesteps per block (e.g. 1000,750,500,250), or a step "
+                                                "count such as 4 (evenly spaced from 1000, then warped)."}),
                 "shift": ("FLOAT", {"default": 5.0, "min": 0.01, "max": 100.0, "step": 0.1,
                                     "tooltip": "Timestep shift (Self-Forcing/LongLive 5, CausVid 8)."}),
+                "warp_steps": ("BOOLEAN", {"default": True, "tooltip": (
+                    "On: each step k becomes the shifted grid timestep (Self-Forcing, LongLive, Causal Forcing). "
+                    "Off: the timesteps are fed as typed, sigma from the nearest grid point (CausVid, Krea).")}),
                 "frames_per_block": ("INT", {"default": 3, "min": 1, "max": 64,
                                              "tooltip": "Latent frames generated per block."}),
                 "sink_size": ("INT", {"default": 0, "min": 0, "max": 1024,
@@ -155,11 +159,13 @@ class CausalWanSampler:
             "hidden": {"unique_id": "UNIQUE_ID"},
         }
 
-    def sample(self, model, positive, latent, seed, steps="1000,750,500,250", shift=5.0, frames_per_block=3,
+    def sample(self, model, positive, latent, seed, steps="1000,750,500,250", shift=5.0, warp_steps=True,
+               frames_per_block=3,
                sink_size=0, local_window=0, cache_dtype="auto", independent_first_frame=False,
                guidance_scale=1.0, image_conditioning=True, negative=None, switch_positive=None,
                switch_at_block=0, unique_id=None):
-        settings = CausalSettings(steps=steps, shift=shift, frames_per_block=frames_per_block, sink_size=sink_size,
+        settings = CausalSettings(steps=steps, shift=shift, warp=warp_steps, frames_per_block=frames_per_block,
+                                  sink_size=sink_size,
                                   local_window=local_window, cache_dtype=resolve_dtype(cache_dtype),
                                   independent_first_frame=independent_first_frame, guidance_scale=guidance_scale)
         if not positive:

@@ -9,7 +9,7 @@ import torch
 from comfyui_clipwan.wan import CausalSettings, CausalWanModel, PromptSwitch, WanConfig, sample_causal
 from comfyui_clipwan.wan import model as dit
 from comfyui_clipwan.wan.sampler import block_layout, initial_noise, step_noise
-from comfyui_clipwan.wan.scheduler import denoising_sigmas
+from comfyui_clipwan.wan.scheduler import denoising_schedule
 
 T2V = WanConfig(dim=256, ffn_dim=320, num_heads=2, num_layers=2, in_dim=16)
 I2V = WanConfig(dim=256, ffn_dim=320, num_heads=2, num_layers=2, in_dim=36, has_img_emb=True)
@@ -45,7 +45,8 @@ def masked_reference(model, latent, text, seed, s, clip=None, y=None, first=None
     cfg = model.config
     b, _, frames, h, w = latent.shape
     layout = block_layout(frames, s.frames_per_block, s.independent_first_frame)
-    sigmas = denoising_sigmas(s.steps, s.shift).tolist()
+    schedule = denoising_schedule(s.steps, s.shift, s.warp)
+    sigmas, steps_t = schedule.sigmas, schedule.timesteps
     tok = (h // 2) * (w // 2)
     end_of = {}
     for st, n in layout:
@@ -68,7 +69,7 @@ def masked_reference(model, latent, text, seed, s, clip=None, y=None, first=None
             inp = torch.cat([out[:, :, :st], x], 2)
             if y is not None:
                 inp = torch.cat([inp, y[:, :, :e]], 1)
-            tf = torch.tensor([0.0] * st + [sigma * 1000] * n).expand(b, e)
+            tf = torch.tensor([0.0] * st + [steps_t[j]] * n, dtype=torch.float64).expand(b, e)
             flow = dit.transformer(model.tree, cfg, inp, tf, ctx, attn_mask=mask)[:, :, st:e]
             x0 = x - sigma * flow
             if j + 1 < len(sigmas):

@@ -10,11 +10,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from comfyui_clipwan.wan import CausalWanModel, WanConfig, config_from_shapes, denoising_sigmas, preset, shift_sigma
+from comfyui_clipwan.wan import CausalWanModel, WanConfig, config_from_shapes, preset
 from comfyui_clipwan.wan import model as dit
 from comfyui_clipwan.wan.checkpoint import load_wan_state_dict, strip_to_wan_keys
 from comfyui_clipwan.wan.rope import apply_rope, rope_cos_sin
-from comfyui_clipwan.wan.scheduler import parse_steps
 
 TINY_I2V = WanConfig(dim=256, ffn_dim=320, num_heads=2, num_layers=2, in_dim=36, has_img_emb=True)
 TINY_T2V = WanConfig(dim=256, ffn_dim=320, num_heads=2, num_layers=2, in_dim=16)
@@ -208,26 +207,3 @@ def test_unknown_layout_and_bad_files_are_clear_errors(tmp_path):
         strip_to_wan_keys(lora)
 
 
-def test_shift_matches_comfyui_formula_and_self_forcing_warp():
-    shift = 5.0
-    # ComfyUI ModelSamplingDiscreteFlow: sigma(t) = shift*t'/(1+(shift-1)*t'), t' = t/1000
-    comfy = [shift * (t / 1000) / (1 + (shift - 1) * (t / 1000)) for t in (1000, 750, 500, 250)]
-    ours = denoising_sigmas("1000,750,500,250", shift).tolist()
-    assert ours == pytest.approx(comfy, abs=1e-12)
-    # Self-Forcing: timesteps = 1000*warp(linspace(1,0,1001)[:-1]); warped list = cat(timesteps,[0])[1000-step]
-    grid = torch.linspace(1, 0, 1001, dtype=torch.float64)[:-1]
-    table = torch.cat([1000 * shift * grid / (1 + (shift - 1) * grid), torch.zeros(1, dtype=torch.float64)])
-    sf = [table[1000 - s].item() for s in (1000, 750, 500, 250)]
-    assert [1000 * s for s in ours] == pytest.approx(sf, abs=1e-9)
-    assert [round(1000 * s, 2) for s in ours] == [1000.0, 937.5, 833.33, 625.0]
-    assert shift_sigma(0.3, 1.0) == pytest.approx(0.3)
-
-
-def test_step_list_parsing():
-    assert parse_steps("1000, 757,522,0") == [1000.0, 757.0, 522.0]  # CausVid's trailing 0 dropped
-    with pytest.raises(ValueError) as e:
-        parse_steps("1000,1000,500")
-    assert str(e.value) == ("step list [1000.0, 1000.0, 500.0] must be strictly decreasing timesteps in "
-                            "(0, 1000], e.g. '1000,750,500,250'.")
-    with pytest.raises(ValueError, match="comma-separated numbers"):
-        parse_steps("fast")

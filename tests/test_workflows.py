@@ -255,7 +255,8 @@ def test_web_presets_set_real_sampler_widgets(defs):
             assert _check_value(f"preset {name} {widget}", sampler[widget], value) == []
     assert presets["LongLive"]["values"]["sink_size"] == 3
     assert presets["LongLive"]["values"]["local_window"] == 12
-    assert presets["CausVid"]["values"]["shift"] == 1.0  # CausVid's steps are not warped
+    # CausVid's steps are fed unwarped, σ from its shift-8 grid
+    assert (presets["CausVid"]["values"]["shift"], presets["CausVid"]["values"]["warp_steps"]) == (8.0, False)
 
 
 @pytest.mark.skipif(NODE is None, reason="node (JavaScript) is not installed")

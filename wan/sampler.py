@@ -25,13 +25,14 @@ from . import model as dit
 from .cache import KVCache
 from .causal_model import CausalWanModel
 from .latent import check_latent
-from .scheduler import DEFAULT_SHIFT, DEFAULT_STEPS, denoising_sigmas, renoise, x0_from_flow
+from .scheduler import DEFAULT_SHIFT, DEFAULT_STEPS, denoising_schedule, renoise, x0_from_flow
 
 
 @dataclasses.dataclass
 class CausalSettings:
-    steps: object = DEFAULT_STEPS  # list of timesteps or "1000,750,500,250"
+    steps: object = DEFAULT_STEPS  # list of timesteps, "1000,750,500,250", or a count "4" (scheduler.parse_steps)
     shift: float = DEFAULT_SHIFT
+    warp: bool = True  # warp the list onto the shifted grid (Self-Forcing...); off: CausVid / Krea lists
     frames_per_block: int = 3
     sink_size: int = 0  # frames kept forever (attention sink); only meaningful with a window
     local_window: int = 0  # frames attended in all (sink + recent + the block); 0 = no window
@@ -145,7 +146,8 @@ def sample_causal(model: CausalWanModel, latent: torch.Tensor, text: torch.Tenso
     b, _, frames, height, width = latent.shape
     layout = block_layout(frames, s.frames_per_block, s.independent_first_frame)
     check_window(s, layout)
-    sigmas = denoising_sigmas(s.steps, s.shift).tolist()
+    schedule = denoising_schedule(s.steps, s.shift, s.warp)
+    sigmas, timesteps = list(schedule.sigmas), list(schedule.timesteps)
     clip_fea, concat, first_frames = _image_inputs(model, clip_fea, concat, first_frames)
     if concat is not None and (concat.shape[0] not in (1, b) or concat.shape[1] != cfg.concat_channels
                                or tuple(concat.shape[2:]) != (frames, height, width)):
@@ -226,7 +228,7 @@ def sample_causal(model: CausalWanModel, latent: torch.Tensor, text: torch.Tenso
                 for j, sigma in enumerate(sigmas):
                     if check_interrupt is not None:
                         check_interrupt()
-                    flows = [run(x, sigma * 1000.0, br, start, y_blk) for br in branches]
+                    flows = [run(x, timesteps[j], br, start, y_blk) for br in branches]
                     flow = flows[0] if len(flows) == 1 else flows[1] + guidance * (flows[0] - flows[1])
                     x0 = x0_from_flow(x, flow, sigma)
                     if j + 1 < len(sigmas):

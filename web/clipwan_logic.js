@@ -7,16 +7,15 @@
 export const CAUSAL_PRESETS = {
   "Self-Forcing": {
     note: "steps 1000/750/500/250 warped by shift 5, 3 frames/block, full attention",
-    values: { steps: "1000,750,500,250", shift: 5.0, frames_per_block: 3, sink_size: 0, local_window: 0, guidance_scale: 1.0 },
+    values: { steps: "1000,750,500,250", shift: 5.0, warp_steps: true, frames_per_block: 3, sink_size: 0, local_window: 0, guidance_scale: 1.0 },
   },
   CausVid: {
-    // CausVid uses its step list as is (no warp): shift 1 leaves the timesteps unchanged.
-    note: "steps 1000/757/522 unwarped (shift 1), 3 frames/block",
-    values: { steps: "1000,757,522", shift: 1.0, frames_per_block: 3, sink_size: 0, local_window: 0, guidance_scale: 1.0 },
+    note: "steps 1000/757/522 fed as typed (warp off), σ from the shift-8 grid, 3 frames/block",
+    values: { steps: "1000,757,522", shift: 8.0, warp_steps: false, frames_per_block: 3, sink_size: 0, local_window: 0, guidance_scale: 1.0 },
   },
   LongLive: {
     note: "steps 1000/750/500/250 shift 5, 3 frames/block, sink 3 + window 12 (long videos, flat memory)",
-    values: { steps: "1000,750,500,250", shift: 5.0, frames_per_block: 3, sink_size: 3, local_window: 12, guidance_scale: 1.0 },
+    values: { steps: "1000,750,500,250", shift: 5.0, warp_steps: true, frames_per_block: 3, sink_size: 3, local_window: 12, guidance_scale: 1.0 },
   },
 };
 
