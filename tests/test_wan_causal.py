@@ -8,7 +8,8 @@ import torch
 
 from comfyui_clipwan.wan import CausalSettings, CausalWanModel, PromptSwitch, WanConfig, sample_causal
 from comfyui_clipwan.wan import model as dit
-from comfyui_clipwan.wan.sampler import block_layout, initial_noise, step_noise
+from comfyui_clipwan.wan.sampler import (CausalLoop, NoiseSource, SamplerHooks, TimingHooks, block_layout,
+                                         initial_noise, iter_causal_blocks, step_noise)
 from comfyui_clipwan.wan.scheduler import denoising_schedule
 
 T2V = WanConfig(dim=256, ffn_dim=320, num_heads=2, num_layers=2, in_dim=16)
@@ -39,7 +40,7 @@ def allowed(q_end, key_frame, sink, window):
     return window == 0 or key_frame < sink or key_frame >= q_end - (window - sink)
 
 
-def masked_reference(model, latent, text, seed, s, clip=None, y=None, first=None):
+def masked_reference(model, latent, text, seed, s, clip=None, y=None, first=None, initial=None, renoise=None):
     """Recompute every block from scratch over all frames so far with the full block-causal mask (no cache):
     earlier frames clean at t=0, the current block at the step's t (Self-Forcing's training-time view)."""
     cfg = model.config
@@ -52,7 +53,8 @@ def masked_reference(model, latent, text, seed, s, clip=None, y=None, first=None
     for st, n in layout:
         for f in range(st, st + n):
             end_of[f] = st + n
-    noise = initial_noise(seed, latent.shape)
+    noise = initial_noise(seed, latent.shape) if initial is None else initial
+    renoise = renoise or (lambda bi, j, shape: step_noise(seed, bi, j, shape, None))
     out = torch.zeros(latent.shape)
     known = 0 if first is None else first.shape[2]
     ctx = dit.encode_context(model.tree, cfg, text, clip, torch.float32, b)
@@ -73,7 +75,7 @@ def masked_reference(model, latent, text, seed, s, clip=None, y=None, first=None
             flow = dit.transformer(model.tree, cfg, inp, tf, ctx, attn_mask=mask)[:, :, st:e]
             x0 = x - sigma * flow
             if j + 1 < len(sigmas):
-                x = (1 - sigmas[j + 1]) * x0 + sigmas[j + 1] * step_noise(seed, bi, j + 1, x0.shape, None)
+                x = (1 - sigmas[j + 1]) * x0 + sigmas[j + 1] * renoise(bi, j + 1, x0.shape)
         out[:, :, st:e] = x0
     return out
 
@@ -287,3 +289,92 @@ def test_concatenated_reference_images_condition_and_partial_groups_are_refused(
     assert str(e.value).startswith("CLIP vision features have shape [1, 300, 1280], but Wan i2v expects "
                                    "[batch, 257, 1280] (ViT-H/14 penultimate hidden states; k images concatenated "
                                    "along tokens give [batch, k*257, 1280])")
+
+
+def test_block_generator_yields_the_same_blocks_and_keeps_no_video(t2v):
+    latent, text, _ = _inputs(8)
+    s = CausalSettings(frames_per_block=2, sink_size=1, local_window=5, steps=[1000, 500])
+    whole = sample_causal(t2v, latent, text, seed=4, settings=s)
+    loop = iter_causal_blocks(t2v, latent, text, seed=4, settings=s)
+    assert len(loop) == 4 and loop.total_steps == 8
+    got = []
+    for r in loop:
+        assert (r.index, r.total, r.start_frame, r.num_frames) == (len(got), 4, 2 * len(got), 2)
+        assert r.x0.dtype == torch.float32 and r.x0.shape == (1, 16, 2, H, W)
+        got.append(r.x0)
+        assert loop.recent == {}  # no prompt switch: no clean frames are held
+    torch.testing.assert_close(torch.cat(got, 2), whole, atol=0, rtol=0)
+    with pytest.raises(RuntimeError, match="runs once"):
+        next(iter(loop))
+    # with a switch, only the frames a re-cache can use are held (sink + the last window)
+    other = torch.randn(1, 12, 4096, generator=torch.Generator().manual_seed(5))
+    loop = CausalLoop(t2v, latent, text, seed=4, settings=s, prompt_switches=[PromptSwitch(3, other)])
+    for r in loop:
+        assert sorted(loop.recent) == [f for f in range(r.start_frame + 2) if f < 1 or f >= r.start_frame + 2 - 5]
+
+
+def test_validation_errors_raise_when_the_loop_is_built(t2v):
+    latent, text, _ = _inputs(7)
+    with pytest.raises(ValueError, match="does not fit blocks of 3"):
+        iter_causal_blocks(t2v, latent, text, settings=CausalSettings(frames_per_block=3))
+
+
+def test_hooks_see_every_step_forward_and_block(t2v):
+    latent, text, _ = _inputs(6)
+    first = torch.randn(1, 16, 1, H, W)
+    s = CausalSettings(frames_per_block=1, steps=[1000, 700, 300])
+    events = []
+
+    class Record(SamplerHooks):
+        def on_forward_start(self, kind, block):
+            events.append(("start", kind, block))
+
+        def on_forward_end(self, kind, block):
+            events.append(("end", kind, block))
+
+        def on_step(self, block, step, total):
+            events.append(("step", block, step, total))
+
+        def on_block(self, r):
+            events.append(("block", r.index))
+
+    timing = TimingHooks()
+    from comfyui_clipwan.wan.sampler import combine_hooks
+    sample_causal(t2v, latent, text, seed=0, settings=s, first_frames=first, hooks=combine_hooks(Record(), timing))
+    steps = [e for e in events if e[0] == "step"]
+    # block 0 is the known start frame: no denoising steps; blocks 1..5: 3 steps each
+    assert steps == [("step", b, j, 3) for b in range(1, 6) for j in range(3)]
+    assert [e for e in events if e[0] == "block"] == [("block", b) for b in range(6)]
+    kinds = [e[1] for e in events if e[0] == "start"]
+    assert kinds.count("context") == 1 and kinds.count("denoise") == 15 and kinds.count("cache") == 6
+    assert timing.forward_s > 0 and set(timing.by_kind) == {"context", "denoise", "cache"}
+    # every forward's end follows its start with nothing in between
+    se = [e for e in events if e[0] in ("start", "end")]
+    assert all(a[0] == "start" and b[0] == "end" and a[1:] == b[1:] for a, b in zip(se[::2], se[1::2]))
+
+
+def test_noise_hook_replaces_every_draw(t2v):
+    """A NoiseSource decides the initial and every re-noise draw: the result equals the masked reference fed
+    the same tensors, and differs from the default seeding."""
+    latent, text, _ = _inputs(4)
+    s = CausalSettings(frames_per_block=2, steps=[1000, 600, 200])
+    g = torch.Generator().manual_seed(123)
+    init = torch.randn(latent.shape, generator=g)
+    table = {(b, j): torch.randn(1, 16, 2, H, W, generator=g) for b in range(2) for j in (1, 2)}
+    asked = []
+
+    class Replay(NoiseSource):
+        def initial(self, shape, device):
+            assert tuple(shape) == tuple(latent.shape)
+            return init.clone()
+
+        def step(self, block, step, shape, device):
+            asked.append((block, step, tuple(shape)))
+            return table[block, step].clone()
+
+    ours = sample_causal(t2v, latent, text, settings=s, noise=Replay())
+    ref = masked_reference(t2v, latent, text, 0, s, initial=init, renoise=lambda b, j, shape: table[b, j])
+    torch.testing.assert_close(ours, ref, atol=1e-5, rtol=0)
+    assert asked == [(0, 1, (1, 16, 2, H, W)), (0, 2, (1, 16, 2, H, W)), (1, 1, (1, 16, 2, H, W)),
+                     (1, 2, (1, 16, 2, H, W))]
+    assert (ours - sample_causal(t2v, latent, text, settings=s)).abs().max() > 1e-2

@@ -8,11 +8,13 @@ from .causal_model import CausalWanModel
 from .checkpoint import load_wan_state_dict, strip_to_wan_keys
 from .config import WanConfig, config_from_shapes, detect_config, preset
 from .latent import LatentPreviewer, check_latent, denormalize, normalize, pixel_length_to_latent_frames
-from .sampler import CausalSettings, PromptSwitch, block_layout, sample_causal
+from .sampler import (BlockResult, CausalLoop, CausalSettings, NoiseSource, PromptSwitch, SamplerHooks, SeededNoise,
+                      block_layout, iter_causal_blocks, sample_causal)
 from .scheduler import denoising_sigmas, parse_steps, shift_sigma
 
 __all__ = [
-    "CausalSettings", "CausalWanModel", "KVCache", "LatentPreviewer", "PromptSwitch", "WanConfig",
+    "BlockResult", "CausalLoop", "CausalSettings", "CausalWanModel", "NoiseSource", "SamplerHooks", "SeededNoise",
+    "iter_causal_blocks", "KVCache", "LatentPreviewer", "PromptSwitch", "WanConfig",
     "attended_frames", "block_layout", "check_latent", "config_from_shapes", "denoising_sigmas", "denormalize",
     "detect_config", "load_wan_state_dict", "normalize", "parse_steps", "pixel_length_to_latent_frames", "preset",
     "sample_causal", "shift_sigma", "strip_to_wan_keys",

@@ -2,9 +2,20 @@
 image conditioning for i2v.
 
 Per block of latent frames: start from noise, run the few-step list (x0 = x_t - σ·flow, re-noise to the next
-σ with fresh seeded noise), then one pass at t=0 on the clean block that writes its K/V into the cache for
-the following blocks. Cross-attention K/V of the text and of the CLIP image tokens are computed once per
-video (and again only at a prompt switch).
+σ with fresh noise), then one pass at t=0 on the clean block that writes its K/V into the cache for the
+following blocks. Cross-attention K/V of the text and of the CLIP image tokens are computed once per video
+(and again only at a prompt switch).
+
+Three layers, so each caller takes only what it needs:
+  * ``CausalLoop(...)`` validates everything and sets the run up (eagerly: bad input fails at the call);
+    iterating it runs the block loop and yields one ``BlockResult`` per finished block. It keeps no
+    whole-video latent (only the last window's clean frames when a prompt switch needs them), so a stream
+    (decode per block) runs in flat memory. ``iter_causal_blocks`` is the same thing as a function.
+  * ``SamplerHooks``: observers (forward start/end, each denoising step, each block) — timing, progress bars
+    and previews live there, not in the algorithm.
+  * ``NoiseSource``: where the initial and the per-step noise come from (default ``SeededNoise``, the pack's
+    seeding); another source makes a run draw exactly what another implementation draws.
+``sample_causal`` is the whole-video convenience on top: it consumes the loop and returns the latent.
 
 Image conditioning, three routes (all optional, all switchable off):
   (1) ``clip_fea [B,257,1280]`` -> ``img_emb`` -> separate image K/V in every cross-attention (i2v models);
@@ -16,8 +27,9 @@ Image conditioning, three routes (all optional, all switchable off):
 from __future__ import annotations
 
 import dataclasses
+import time
 import warnings
-from typing import Callable, Optional, Sequence
+from typing import Callable, Iterator, Optional, Sequence
 
 import torch
 
@@ -49,6 +61,155 @@ class PromptSwitch:
     text: torch.Tensor
 
 
+@dataclasses.dataclass
+class BlockResult:
+    """One finished block: ``x0 [B, 16, n, h, w]`` float32 clean latent (model space, on the model's device)
+    of latent frames ``start_frame .. start_frame + n - 1``; block ``index`` of ``total``. Treat ``x0`` as
+    read-only: the loop writes it into the KV cache after the consumer has seen it."""
+
+    index: int
+    total: int
+    start_frame: int
+    x0: torch.Tensor
+
+    @property
+    def num_frames(self) -> int:
+        return self.x0.shape[2]
+
+
+# --------------------------------------------------------------------------------------------------
+# Hooks: observers of the loop (timing, progress, previews); every method is a no-op by default
+# --------------------------------------------------------------------------------------------------
+class SamplerHooks:
+    """Subclass and override what you need. ``kind`` of a forward is ``"context"`` (text/CLIP projection),
+    ``"denoise"`` (one denoising step of a block), ``"cache"`` (the clean pass that writes a block's K/V) or
+    ``"recache"`` (re-encoding cached frames at a prompt switch); ``block`` is the block index."""
+
+    def on_forward_start(self, kind: str, block: int) -> None:
+        pass
+
+    def on_forward_end(self, kind: str, block: int) -> None:
+        pass
+
+    def on_step(self, block: int, step: int, total_steps: int) -> None:
+        """After denoising step ``step`` (0-based) of ``total_steps`` of ``block`` (per-step progress)."""
+
+    def on_block(self, result: BlockResult) -> None:
+        """A block is final (called before its cache pass, so a stream shows it without waiting)."""
+
+
+class TimingHooks(SamplerHooks):
+    """Wall time spent inside DiT forwards (``forward_s``, and per kind in ``by_kind``). On CUDA each forward
+    is synchronised at its end, so the asynchronous kernels are charged to the forward that queued them."""
+
+    def __init__(self, device=None):
+        self.sync = device is not None and torch.device(device).type == "cuda"
+        self.device = device
+        self.forward_s = 0.0
+        self.by_kind: dict = {}
+        self._t0 = 0.0
+
+    def on_forward_start(self, kind, block):
+        self._t0 = time.perf_counter()
+
+    def on_forward_end(self, kind, block):
+        if self.sync:
+            torch.cuda.synchronize(self.device)
+        dt = time.perf_counter() - self._t0
+        self.forward_s += dt
+        self.by_kind[kind] = self.by_kind.get(kind, 0.0) + dt
+
+
+class _HookFanOut(SamplerHooks):
+    def __init__(self, hooks: Sequence[SamplerHooks]):
+        self.hooks = list(hooks)
+
+    def on_forward_start(self, kind, block):
+        for h in self.hooks:
+            h.on_forward_start(kind, block)
+
+    def on_forward_end(self, kind, block):
+        for h in reversed(self.hooks):
+            h.on_forward_end(kind, block)
+
+    def on_step(self, block, step, total_steps):
+        for h in self.hooks:
+            h.on_step(block, step, total_steps)
+
+    def on_block(self, result):
+        for h in self.hooks:
+            h.on_block(result)
+
+
+def combine_hooks(*hooks: Optional[SamplerHooks]) -> SamplerHooks:
+    """One hooks object calling each of ``hooks`` (``None`` entries skipped)."""
+    real = [h for h in hooks if h is not None]
+    if not real:
+        return SamplerHooks()
+    return real[0] if len(real) == 1 else _HookFanOut(real)
+
+
+# --------------------------------------------------------------------------------------------------
+# Noise: where the randomness comes from
+# --------------------------------------------------------------------------------------------------
+class NoiseSource:
+    """The loop asks for noise in two places; both return float32 tensors of exactly ``shape`` in the
+    model's latent layout ``[B, 16, frames, h, w]`` on ``device``:
+
+    * ``initial(shape, device)`` once per run, for the whole latent (the first step of every block takes
+      its frames from it);
+    * ``step(block, step, shape, device)`` before denoising step ``step`` (>= 1) of block ``block`` (index
+      in the block layout), shape ``[B, 16, n, h, w]`` of that block: the fresh noise x0 is re-noised with.
+
+    Implement both to replay another sampler's draws (see ``tests/upstream`` for Self-Forcing's order)."""
+
+    def initial(self, shape, device) -> torch.Tensor:
+        raise NotImplementedError
+
+    def step(self, block: int, step: int, shape, device) -> torch.Tensor:
+        raise NotImplementedError
+
+
+def step_noise(seed: int, block: int, step: int, shape, device) -> torch.Tensor:
+    """Fresh noise for re-noising ``block`` to its step ``step`` (>= 1); CPU generator like ComfyUI, so
+    results do not depend on the device."""
+    g = torch.Generator().manual_seed((int(seed) + 1000 * (block + 1) + step) % (2 ** 63))
+    return torch.randn(shape, generator=g, dtype=torch.float32).to(device)
+
+
+def initial_noise(seed: int, shape, device=None) -> torch.Tensor:
+    """Same construction as ComfyUI's ``prepare_noise`` (CPU generator seeded with ``seed``)."""
+    g = torch.Generator().manual_seed(int(seed))
+    return torch.randn(shape, generator=g, dtype=torch.float32).to(device)
+
+
+class SeededNoise(NoiseSource):
+    """The pack's default: initial noise as ComfyUI's ``prepare_noise(seed)``, each re-noise from its own CPU
+    generator seeded by (seed, block, step) — reproducible on any device and independent of block order."""
+
+    def __init__(self, seed: int = 0):
+        self.seed = int(seed)
+
+    def initial(self, shape, device):
+        return initial_noise(self.seed, shape, device)
+
+    def step(self, block, step, shape, device):
+        return step_noise(self.seed, block, step, shape, device)
+
+
+class CoreARNoise(SeededNoise):
+    """ComfyUI core's ``ar_video`` sampler's draws: initial noise as ``prepare_noise(seed)`` and the re-noise
+    before step ``step`` of ``block`` from the global generator seeded ``seed + block·1000 + (step - 1)``
+    (the same numbers as core on a CPU run; core on CUDA draws from the CUDA generator)."""
+
+    def step(self, block, step, shape, device):
+        g = torch.Generator().manual_seed(self.seed + block * 1000 + (step - 1))
+        return torch.randn(shape, generator=g, dtype=torch.float32).to(device)
+
+
+# --------------------------------------------------------------------------------------------------
+# Validation
+# --------------------------------------------------------------------------------------------------
 def block_layout(num_frames: int, frames_per_block: int, independent_first_frame: bool = False) -> list:
     """``[(start_frame, num_frames), ...]`` of the blocks; a clear error if the length does not fit."""
     n = int(frames_per_block)
@@ -81,19 +242,6 @@ def check_window(settings: CausalSettings, layout: Sequence) -> None:
                          f"block of {biggest} frame(s); set local_window >= {sink + biggest}, or 0 for no window.")
 
 
-def step_noise(seed: int, block: int, step: int, shape, device) -> torch.Tensor:
-    """Fresh noise for re-noising ``block`` to its step ``step`` (>= 1); CPU generator like ComfyUI, so
-    results do not depend on the device."""
-    g = torch.Generator().manual_seed((int(seed) + 1000 * (block + 1) + step) % (2 ** 63))
-    return torch.randn(shape, generator=g, dtype=torch.float32).to(device)
-
-
-def initial_noise(seed: int, shape, device=None) -> torch.Tensor:
-    """Same construction as ComfyUI's ``prepare_noise`` (CPU generator seeded with ``seed``)."""
-    g = torch.Generator().manual_seed(int(seed))
-    return torch.randn(shape, generator=g, dtype=torch.float32).to(device)
-
-
 _warned_no_img_emb = set()
 
 
@@ -105,7 +253,7 @@ def _image_inputs(model: CausalWanModel, clip_fea, concat, first_frames):
             _warned_no_img_emb.add(key)
             warnings.warn(f"CLIP vision features were given but the model has no image embedding "
                           f"({cfg.describe()}): they are skipped. Use an i2v Wan model to condition on CLIP "
-                          f"features, or switch image conditioning off to silence this.", stacklevel=3)
+                          f"features, or switch image conditioning off to silence this.", stacklevel=4)
         clip_fea = None
     if clip_fea is not None:
         dit.check_clip_features(clip_fea)
@@ -119,6 +267,23 @@ def _image_inputs(model: CausalWanModel, clip_fea, concat, first_frames):
     return clip_fea, concat, first_frames
 
 
+def _check_known_frames(first_frames, latent, layout) -> int:
+    if first_frames is None:
+        return 0
+    check_latent(first_frames, "start image latent")
+    frames, height, width = latent.shape[2:]
+    known = first_frames.shape[2]
+    if tuple(first_frames.shape[3:]) != (height, width) or known > frames:
+        raise ValueError(f"start image latent {list(first_frames.shape)} does not fit the latent "
+                         f"{list(latent.shape)} (same height/width, at most as many frames).")
+    starts = [st for st, _ in layout] + [frames]
+    if known not in starts:
+        raise ValueError(f"the start image covers {known} latent frame(s) but block boundaries are at "
+                         f"{starts[:6]}: enable independent_first_frame (first block = 1 frame) or set "
+                         f"frames_per_block so a block ends after frame {known}.")
+    return known
+
+
 class _Branch:
     """One conditioning (positive, or negative for CFG) with its own cross context and self-attn cache."""
 
@@ -126,133 +291,187 @@ class _Branch:
         self.ctx, self.cache = ctx, cache
 
 
-def sample_causal(model: CausalWanModel, latent: torch.Tensor, text: torch.Tensor, *, seed: int = 0,
-                  settings: Optional[CausalSettings] = None, negative_text: Optional[torch.Tensor] = None,
-                  clip_fea: Optional[torch.Tensor] = None, concat: Optional[torch.Tensor] = None,
-                  first_frames: Optional[torch.Tensor] = None, prompt_switches: Sequence[PromptSwitch] = (),
-                  on_block: Optional[Callable] = None, check_interrupt: Optional[Callable[[], None]] = None,
-                  stats: Optional[dict] = None) -> torch.Tensor:
-    """Sample a video latent block by block. ``latent [B,16,T,h,w]`` is in the model's (normalised) space;
-    zeros mean "from pure noise" (a first step below 1000 starts from ``(1-σ)·latent + σ·noise``).
+# --------------------------------------------------------------------------------------------------
+# The loop
+# --------------------------------------------------------------------------------------------------
+class CausalLoop:
+    """Validated, set-up block-causal run; iterate it for one ``BlockResult`` per block.
 
-    ``on_block(index, total, x0_block, start_frame)`` is called as soon as a block is final (before its
-    cache pass, so a stream shows it without waiting for that pass);
-    ``check_interrupt()`` between steps may raise to stop (nothing is returned then).
-    Returns the clean latent, float32, same shape.
-    """
-    s = settings or CausalSettings()
-    check_latent(latent)
-    cfg = model.config
-    b, _, frames, height, width = latent.shape
-    layout = block_layout(frames, s.frames_per_block, s.independent_first_frame)
-    check_window(s, layout)
-    schedule = denoising_schedule(s.steps, s.shift, s.warp)
-    sigmas, timesteps = list(schedule.sigmas), list(schedule.timesteps)
-    clip_fea, concat, first_frames = _image_inputs(model, clip_fea, concat, first_frames)
-    if concat is not None and (concat.shape[0] not in (1, b) or concat.shape[1] != cfg.concat_channels
-                               or tuple(concat.shape[2:]) != (frames, height, width)):
-        raise ValueError(f"concat conditioning has shape {list(concat.shape)}; expected "
-                         f"[{b}, {cfg.concat_channels}, {frames}, {height}, {width}] to match the latent.")
-    known = 0
-    if first_frames is not None:
-        check_latent(first_frames, "start image latent")
-        known = first_frames.shape[2]
-        if tuple(first_frames.shape[3:]) != (height, width) or known > frames:
-            raise ValueError(f"start image latent {list(first_frames.shape)} does not fit the latent "
-                             f"{list(latent.shape)} (same height/width, at most as many frames).")
-        starts = [st for st, _ in layout] + [frames]
-        if known not in starts:
-            raise ValueError(f"the start image covers {known} latent frame(s) but block boundaries are at "
-                             f"{starts[:6]}: enable independent_first_frame (first block = 1 frame) or set "
-                             f"frames_per_block so a block ends after frame {known}.")
-    guidance = float(s.guidance_scale)
-    if guidance > 1.0 and negative_text is None:
-        raise ValueError(f"guidance_scale {guidance} > 1 needs a negative conditioning; connect one, or use "
-                         f"guidance_scale 1.0 (distilled causal models are run without CFG).")
-    for sw in prompt_switches:
-        if not 0 < sw.start_block < len(layout):
-            raise ValueError(f"prompt switch at block {sw.start_block}: must be between 1 and {len(layout) - 1}.")
+    ``latent [B,16,T,h,w]`` is in the model's (normalised) space; zeros mean "from pure noise" (a first step
+    below 1000 starts from ``(1-σ)·latent + σ·noise``). ``noise`` defaults to ``SeededNoise(seed)``.
+    ``check_interrupt()`` is called between steps and may raise to stop. After the loop, ``cache_nbytes``
+    and ``cache_frames`` describe the positive branch's KV cache."""
 
-    dev = model.device
-    dtype = model.compute_dtype
-    tokens = (height // 2) * (width // 2)
-    capacity = int(s.local_window) if s.local_window else frames
-    cache_dtype = s.cache_dtype or dtype
+    def __init__(self, model: CausalWanModel, latent: torch.Tensor, text: torch.Tensor, *, seed: int = 0,
+                 settings: Optional[CausalSettings] = None, negative_text: Optional[torch.Tensor] = None,
+                 clip_fea: Optional[torch.Tensor] = None, concat: Optional[torch.Tensor] = None,
+                 first_frames: Optional[torch.Tensor] = None, prompt_switches: Sequence[PromptSwitch] = (),
+                 noise: Optional[NoiseSource] = None, hooks: Optional[SamplerHooks] = None,
+                 check_interrupt: Optional[Callable[[], None]] = None):
+        s = settings or CausalSettings()
+        check_latent(latent)
+        cfg = model.config
+        b, _, frames, height, width = latent.shape
+        self.layout = block_layout(frames, s.frames_per_block, s.independent_first_frame)
+        check_window(s, self.layout)
+        schedule = denoising_schedule(s.steps, s.shift, s.warp)
+        self.sigmas, self.timesteps = list(schedule.sigmas), list(schedule.timesteps)
+        clip_fea, concat, first_frames = _image_inputs(model, clip_fea, concat, first_frames)
+        if concat is not None and (concat.shape[0] not in (1, b) or concat.shape[1] != cfg.concat_channels
+                                   or tuple(concat.shape[2:]) != (frames, height, width)):
+            raise ValueError(f"concat conditioning has shape {list(concat.shape)}; expected "
+                             f"[{b}, {cfg.concat_channels}, {frames}, {height}, {width}] to match the latent.")
+        self.known = _check_known_frames(first_frames, latent, self.layout)
+        self.guidance = float(s.guidance_scale)
+        if self.guidance > 1.0 and negative_text is None:
+            raise ValueError(f"guidance_scale {self.guidance} > 1 needs a negative conditioning; connect one, or "
+                             f"use guidance_scale 1.0 (distilled causal models are run without CFG).")
+        for sw in prompt_switches:
+            if not 0 < sw.start_block < len(self.layout):
+                raise ValueError(f"prompt switch at block {sw.start_block}: must be between 1 and "
+                                 f"{len(self.layout) - 1}.")
 
-    def new_cache():
-        return KVCache(cfg.num_layers, b, cfg.num_heads, cfg.head_dim, tokens, capacity,
-                       int(s.sink_size), int(s.local_window), cache_dtype, dev)
+        self.model, self.cfg, self.settings = model, cfg, s
+        self.latent, self.text, self.negative_text = latent, text, negative_text
+        self.clip_fea, self.concat, self.first_frames = clip_fea, concat, first_frames
+        self.switches = {sw.start_block: sw.text for sw in prompt_switches}
+        self.noise = noise if noise is not None else SeededNoise(seed)
+        self.hooks = hooks if hooks is not None else SamplerHooks()
+        self.check_interrupt = check_interrupt or (lambda: None)
+        self.batch = b
+        self.device = model.device
+        self.dtype = model.compute_dtype
+        self.tokens_per_frame = (height // 2) * (width // 2)
+        self.total_steps = sum(len(self.sigmas) for st, n in self.layout if st + n > self.known)
+        self.branches: list = []
+        self._started = False
 
-    timer = stats if stats is not None else {}
-    sync_timing = stats is not None and dev.type == "cuda"
-    timer.setdefault("forward_s", 0.0)
-    import time
+    def __len__(self) -> int:
+        return len(self.layout)
 
-    def run(x, t_value, branch, start, y_block, head=True):
-        t0 = time.perf_counter()
-        x_in = dit.join_concat(cfg, x.to(dev), None if y_block is None else y_block.to(dev))
-        t = torch.full((b,), float(t_value), dtype=torch.float64, device=dev)
-        out = dit.transformer(model.tree, cfg, x_in, t, branch.ctx, start_frame=start,
-                              kv_hook=branch.cache.hook(start), dtype=dtype, run_head=head)
-        if sync_timing:  # CUDA runs asynchronously: wait, so the time is charged to the forward
-            torch.cuda.synchronize(dev)
-        timer["forward_s"] += time.perf_counter() - t0
+    @property
+    def cache_nbytes(self) -> int:
+        return sum(br.cache.nbytes for br in self.branches)
+
+    @property
+    def cache_frames(self) -> list:
+        return list(self.branches[0].cache.frames) if self.branches else []
+
+    # --- setup --------------------------------------------------------------------------------------
+    def _new_cache(self) -> KVCache:
+        s, cfg = self.settings, self.cfg
+        capacity = int(s.local_window) if s.local_window else self.latent.shape[2]
+        return KVCache(cfg.num_layers, self.batch, cfg.num_heads, cfg.head_dim, self.tokens_per_frame, capacity,
+                       int(s.sink_size), int(s.local_window), s.cache_dtype or self.dtype, self.device)
+
+    def _encode(self, text, block: int):
+        self.hooks.on_forward_start("context", block)
+        ctx = dit.encode_context(self.model.tree, self.cfg, text, self.clip_fea, self.dtype, self.batch,
+                                 self.device)
+        self.hooks.on_forward_end("context", block)
+        return ctx
+
+    @torch.no_grad()
+    def _setup(self) -> None:
+        self.branches = [_Branch(self._encode(self.text, 0), self._new_cache())]
+        if self.guidance > 1.0:
+            self.branches.append(_Branch(self._encode(self.negative_text, 0), self._new_cache()))
+        self.initial = self.noise.initial(tuple(self.latent.shape), self.device).float()
+        self.y = None if self.concat is None else \
+            self.concat.float().to(self.device).expand(self.batch, *self.concat.shape[1:])
+        # clean frames kept for a prompt switch's re-cache: at most what the cache can hold
+        self.recent: dict = {}
+
+    # --- one DiT evaluation -------------------------------------------------------------------------
+    def _forward(self, kind: str, block: int, x, t_value, branch: _Branch, start: int, head: bool = True):
+        self.hooks.on_forward_start(kind, block)
+        y = None if self.y is None else self.y[:, :, start:start + x.shape[2]]
+        x_in = dit.join_concat(self.cfg, x.to(self.device), y)
+        t = torch.full((self.batch,), float(t_value), dtype=torch.float64, device=self.device)
+        out = dit.transformer(self.model.tree, self.cfg, x_in, t, branch.ctx, start_frame=start,
+                              kv_hook=branch.cache.hook(start), dtype=self.dtype, run_head=head)
+        self.hooks.on_forward_end(kind, block)
         return out
 
-    with torch.no_grad():
-        t0 = time.perf_counter()
-        branches = [_Branch(dit.encode_context(model.tree, cfg, text, clip_fea, dtype, b, dev), new_cache())]
-        if guidance > 1.0:
-            branches.append(_Branch(dit.encode_context(model.tree, cfg, negative_text, clip_fea, dtype, b, dev),
-                                    new_cache()))
-        timer["forward_s"] += time.perf_counter() - t0
-        noise = initial_noise(seed, latent.shape, dev)
-        start_x = renoise(latent.float().to(dev), noise, sigmas[0]) if sigmas[0] < 1.0 else noise
-        y = None if concat is None else concat.float().to(dev).expand(b, *concat.shape[1:])
-        out = torch.zeros(latent.shape, dtype=torch.float32, device=dev)
-        switches = {sw.start_block: sw.text for sw in prompt_switches}
+    # --- the parts of one block ---------------------------------------------------------------------
+    @torch.no_grad()
+    def _denoise(self, bi: int, start: int, n: int) -> torch.Tensor:
+        for br in self.branches:
+            br.cache.begin_block(start, n)
+        if start + n <= self.known:  # route (3): a known clean frame, only written into the cache
+            return self.first_frames[:, :, start:start + n].float().to(self.device).expand(
+                self.batch, -1, -1, -1, -1)
+        sigmas = self.sigmas
+        x = self.initial[:, :, start:start + n]
+        if sigmas[0] < 1.0:
+            x = renoise(self.latent[:, :, start:start + n].float().to(self.device), x, sigmas[0])
+        x0 = x
+        for j, sigma in enumerate(sigmas):
+            self.check_interrupt()
+            flows = [self._forward("denoise", bi, x, self.timesteps[j], br, start) for br in self.branches]
+            flow = flows[0] if len(flows) == 1 else flows[1] + self.guidance * (flows[0] - flows[1])
+            x0 = x0_from_flow(x, flow, sigma)
+            if j + 1 < len(sigmas):
+                x = renoise(x0, self.noise.step(bi, j + 1, tuple(x0.shape), self.device).float(), sigmas[j + 1])
+            self.hooks.on_step(bi, j, len(sigmas))
+        return x0
 
-        for bi, (start, n) in enumerate(layout):
-            if bi in switches:
-                t0 = time.perf_counter()
-                branches[0].ctx = dit.encode_context(model.tree, cfg, switches[bi], clip_fea, dtype, b, dev)
-                timer["forward_s"] += time.perf_counter() - t0
-                _recache(branches[0], out, y, layout[:bi], run)
-            for br in branches:
-                br.cache.begin_block(start, n)
-            y_blk = None if y is None else y[:, :, start:start + n]
-            if start + n <= known:  # route (3): a known clean frame, only written into the cache
-                x0 = first_frames[:, :, start:start + n].float().to(dev).expand(b, -1, -1, -1, -1)
-            else:
-                x = start_x[:, :, start:start + n]
-                for j, sigma in enumerate(sigmas):
-                    if check_interrupt is not None:
-                        check_interrupt()
-                    flows = [run(x, timesteps[j], br, start, y_blk) for br in branches]
-                    flow = flows[0] if len(flows) == 1 else flows[1] + guidance * (flows[0] - flows[1])
-                    x0 = x0_from_flow(x, flow, sigma)
-                    if j + 1 < len(sigmas):
-                        x = renoise(x0, step_noise(seed, bi, j + 1, x0.shape, dev), sigmas[j + 1])
-            out[:, :, start:start + n] = x0
-            if on_block is not None:  # the block is final now: stream it before the cache pass
-                on_block(bi, len(layout), x0, start)
-            if check_interrupt is not None:
-                check_interrupt()
-            for br in branches:  # context pass at t=0: the clean block's K/V become the cache
-                run(x0, 0.0, br, start, y_blk, head=False)
-                br.cache.commit()
-    timer["cache_bytes"] = sum(br.cache.nbytes for br in branches)
-    timer["cache_frames"] = list(branches[0].cache.frames)
-    return out
+    @torch.no_grad()
+    def _cache_pass(self, bi: int, start: int, x0: torch.Tensor) -> None:
+        """Context pass at t=0: the clean block's K/V become the cache."""
+        for br in self.branches:
+            self._forward("cache", bi, x0, 0.0, br, start, head=False)
+            br.cache.commit()
+
+    def _remember(self, start: int, x0: torch.Tensor) -> None:
+        if not self.switches:
+            return
+        for i in range(x0.shape[2]):
+            self.recent[start + i] = x0[:, :, i:i + 1]
+        window = int(self.settings.local_window)
+        if window:  # a re-cache never needs more than the last `window` frames and the sink
+            newest = start + x0.shape[2]
+            sink = int(self.settings.sink_size)
+            for f in [f for f in self.recent if sink <= f < newest - window]:
+                del self.recent[f]
+
+    @torch.no_grad()
+    def _switch_prompt(self, bi: int, text) -> None:
+        self.branches[0].ctx = self._encode(text, bi)
+        _recache(self, bi, self.branches[0])
+
+    # --- iteration ----------------------------------------------------------------------------------
+    def __iter__(self) -> Iterator[BlockResult]:
+        if self._started:
+            raise RuntimeError("a CausalLoop runs once; build a new one (same arguments) to sample again.")
+        self._started = True
+        self._setup()
+        total = len(self.layout)
+        for bi, (start, n) in enumerate(self.layout):
+            if bi in self.switches:
+                self._switch_prompt(bi, self.switches[bi])
+            x0 = self._denoise(bi, start, n)
+            self._remember(start, x0)
+            result = BlockResult(bi, total, start, x0)
+            self.hooks.on_block(result)
+            yield result  # the block is final: stream it before the cache pass
+            self.check_interrupt()
+            self._cache_pass(bi, start, x0)
 
 
-def _recache(branch: _Branch, out: torch.Tensor, y, done_layout, run) -> None:
-    """LongLive's KV re-cache at a prompt switch: the frames still in the cache are re-encoded at t=0 with
-    the new prompt (same block boundaries, same absolute positions), so what follows is not pulled back to
-    the old prompt through the cached keys."""
+def iter_causal_blocks(model: CausalWanModel, latent: torch.Tensor, text: torch.Tensor, **kwargs) -> CausalLoop:
+    """Validate and set up a block-causal run (errors raise here), return it as an iterable of
+    ``BlockResult`` (see ``CausalLoop`` for the arguments)."""
+    return CausalLoop(model, latent, text, **kwargs)
+
+
+def _recache(loop: CausalLoop, bi: int, branch: _Branch) -> None:
+    """KV re-cache at a prompt switch: the frames still in the cache are re-encoded at t=0 with the new
+    prompt (same block boundaries, same absolute positions), so what follows is not pulled back to the old
+    prompt through the cached keys."""
     kept = set(branch.cache.frames)
     branch.cache.reset()
-    for start, n in done_layout:
+    for start, n in loop.layout[:bi]:
         frames = [f for f in range(start, start + n) if f in kept]
         # a block may be partly evicted; re-encode each contiguous run of kept frames
         runs = []
@@ -264,5 +483,44 @@ def _recache(branch: _Branch, out: torch.Tensor, y, done_layout, run) -> None:
         for r in runs:
             a, m = r[0], len(r)
             branch.cache.begin_block(a, m)
-            run(out[:, :, a:a + m], 0.0, branch, a, None if y is None else y[:, :, a:a + m], head=False)
+            x = torch.cat([loop.recent[f] for f in r], dim=2)
+            loop._forward("recache", bi, x, 0.0, branch, a, head=False)
             branch.cache.commit()
+
+
+class _LegacyBlockCallback(SamplerHooks):
+    def __init__(self, fn):
+        self.fn = fn
+
+    def on_block(self, r):
+        self.fn(r.index, r.total, r.x0, r.start_frame)
+
+
+def sample_causal(model: CausalWanModel, latent: torch.Tensor, text: torch.Tensor, *, seed: int = 0,
+                  settings: Optional[CausalSettings] = None, negative_text: Optional[torch.Tensor] = None,
+                  clip_fea: Optional[torch.Tensor] = None, concat: Optional[torch.Tensor] = None,
+                  first_frames: Optional[torch.Tensor] = None, prompt_switches: Sequence[PromptSwitch] = (),
+                  on_block: Optional[Callable] = None, check_interrupt: Optional[Callable[[], None]] = None,
+                  stats: Optional[dict] = None, noise: Optional[NoiseSource] = None,
+                  hooks: Optional[SamplerHooks] = None) -> torch.Tensor:
+    """Sample a whole video latent block by block (``CausalLoop`` for the arguments) and return the clean
+    latent, float32, same shape as ``latent``.
+
+    ``on_block(index, total, x0_block, start_frame)`` is called as soon as a block is final (before its
+    cache pass); ``hooks`` observe forwards and steps; ``stats`` (a dict) receives ``forward_s`` (time in DiT
+    forwards), ``cache_bytes`` and ``cache_frames``. ``check_interrupt()`` may raise to stop (nothing is
+    returned then)."""
+    timing = TimingHooks(model.device) if stats is not None else None
+    all_hooks = combine_hooks(hooks, timing, None if on_block is None else _LegacyBlockCallback(on_block))
+    loop = CausalLoop(model, latent, text, seed=seed, settings=settings, negative_text=negative_text,
+                      clip_fea=clip_fea, concat=concat, first_frames=first_frames, prompt_switches=prompt_switches,
+                      noise=noise, hooks=all_hooks,
+                      check_interrupt=check_interrupt)
+    out = torch.zeros(latent.shape, dtype=torch.float32, device=model.device)
+    for r in loop:
+        out[:, :, r.start_frame:r.start_frame + r.num_frames] = r.x0
+    if stats is not None:
+        stats["forward_s"] = stats.get("forward_s", 0.0) + timing.forward_s
+        stats["cache_bytes"] = loop.cache_nbytes
+        stats["cache_frames"] = loop.cache_frames
+    return out

@@ -10,7 +10,7 @@ Where the two differ by design, the inputs are aligned explicitly (nothing else 
 - **Re-noising between steps.** Core draws the fresh noise from the *global* RNG,
   ``torch.manual_seed(seed + 1000·block + step_index)`` then ``randn_like``; ours uses a private CPU
   generator seeded ``seed + 1000·(block+1) + next_step`` (no global RNG side effect). For the comparison
-  our ``step_noise`` is replaced, inside this test only, by core's draw.
+  ours is given core's draws through its noise hook (``noise=CoreARNoise(seed)``, same numbers on CPU).
 - **Step list / shift.** Core's sampler takes the sigmas it is given (the workflow's scheduler); ours warps
   its timestep list by ``shift`` itself. Core is given exactly our warped sigmas (``denoising_sigmas``)
   with the closing 0.
@@ -94,12 +94,6 @@ def _core_sample(patcher, text, noise, sigmas, on_step=None):
                                       torch.zeros_like(noise), callback=callback, disable_pbar=True, seed=SEED)
 
 
-def _core_step_noise(seed, block, step, shape, device):
-    """Core's re-noise draw for ``block`` before its step ``step`` (our index; core's loop index is step-1)."""
-    torch.manual_seed(seed + block * 1000 + (step - 1))
-    return torch.randn(shape, dtype=torch.float32).to(device)
-
-
 def _text(seed=3):
     g = torch.Generator().manual_seed(seed)
     text = torch.randn(1, 512, 4096, generator=g) * 0.1
@@ -113,11 +107,10 @@ def _ours(sd):
     return CausalWanModel.from_state_dict(sd)
 
 
-def test_sample_causal_equals_core_ar_video_on_t2v(comfy, t2v_sd, monkeypatch):
+def test_sample_causal_equals_core_ar_video_on_t2v(comfy, t2v_sd):
     import comfy.latent_formats
 
-    from comfyui_clipwan.wan import sampler as ours_sampler
-    from comfyui_clipwan.wan.sampler import CausalSettings, initial_noise, sample_causal
+    from comfyui_clipwan.wan.sampler import CausalSettings, CoreARNoise, initial_noise, sample_causal
     from comfyui_clipwan.wan.scheduler import denoising_sigmas
 
     frames, h, w = 7 * BLOCK, 8, 12
@@ -129,9 +122,8 @@ def test_sample_causal_equals_core_ar_video_on_t2v(comfy, t2v_sd, monkeypatch):
     noise = initial_noise(SEED, latent.shape)
     core = _core_sample(_core_causal_patcher(t2v_sd), text, noise.clone(), sigmas)
 
-    monkeypatch.setattr(ours_sampler, "step_noise", _core_step_noise)
     settings = CausalSettings(steps=STEPS, shift=SHIFT, frames_per_block=BLOCK)
-    got = sample_causal(_ours(t2v_sd), latent, text, seed=SEED, settings=settings)
+    got = sample_causal(_ours(t2v_sd), latent, text, settings=settings, noise=CoreARNoise(SEED))
     got = comfy.latent_formats.Wan21().process_out(got)
 
     assert core.shape == got.shape == (1, 16, frames, h, w)
@@ -142,7 +134,6 @@ def test_sample_causal_equals_core_ar_video_on_t2v(comfy, t2v_sd, monkeypatch):
     torch.testing.assert_close(got, core, rtol=1e-4, atol=1e-4)
 
     # the comparison is sharp: ours with its own re-noise draws (the one by-design difference) is far off
-    monkeypatch.undo()
     own = comfy.latent_formats.Wan21().process_out(
         sample_causal(_ours(t2v_sd), latent, text, seed=SEED, settings=settings))
     own_diff = (own - core).abs().max().item()
