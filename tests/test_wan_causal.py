@@ -229,8 +229,8 @@ def test_bad_inputs_are_clear_errors(t2v, i2v):
     with pytest.raises(ValueError) as e:
         sample_causal(t2v, torch.zeros(1, 4, 6, H, W), text)
     assert str(e.value) == (
-        "latent has 4 channels; Wan 2.1 latents have 16 (shape [1, 4, 6, 8, 8]). Use a Wan 2.1 latent, not an "
-        "SD/Flux (4/16-ch image) or Wan 2.2 (48-ch) one.")
+        "latent has 4 channels; the model takes Wan 2.1 latents with 16 (shape [1, 4, 6, 8, 8]). Use a Wan 2.1 "
+        "latent (its VAE), not an SD/Flux image latent or a Wan 2.2 (48-ch) one.")
     bad = torch.zeros(1, 16, 6, H, W)
     bad[0, 0, 0, 0, 0] = float("nan")
     with pytest.raises(ValueError, match=r"^latent contains NaN values; the latent is corrupt"):

@@ -98,8 +98,8 @@ def ref_forward(sd, cfg, x, t, text, clip=None, y=None, mask=None, t_frames=None
         tok = tok + lin(F.gelu(lin(z, p + "ffn.0"), approximate="tanh"), p + "ffn.2") * g2
     hm = sd["head.modulation"].unsqueeze(0) + e.unsqueeze(2)  # [B, f, 2, D]
     z = ln(tok) * (1 + per_tok(hm[:, :, 1])) + per_tok(hm[:, :, 0])
-    z = lin(z, "head.head").view(B, f, h, w, 1, 2, 2, 16)
-    return torch.einsum("bfhwpqrc->bcfphqwr", z).reshape(B, 16, f, h * 2, w * 2)
+    z = lin(z, "head.head").view(B, f, h, w, 1, 2, 2, cfg.out_dim)
+    return torch.einsum("bfhwpqrc->bcfphqwr", z).reshape(B, cfg.out_dim, f, h * 2, w * 2)
 
 
 # ------------------------------------------------------------------------------------------------

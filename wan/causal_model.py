@@ -1,4 +1,4 @@
-"""``CausalWanModel``: a Wan 2.1 DiT ready for block-causal sampling — our own weights, or ComfyUI's adopted.
+"""``CausalWanModel``: a Wan 2.1 / Wan 2.2 TI2V DiT ready for block-causal sampling — our own weights, or ComfyUI's adopted.
 
 This is also the object the pack's ``MODEL`` socket carries from ``LoadCausalWanModel``; the sampler node
 recognises it by ``is_clipwan_causal_model``.
@@ -42,7 +42,7 @@ class CausalWanModel:
             raise ValueError(
                 f"{source} does not match {config.describe()}: missing keys {missing[:6]}"
                 f"{' ...' if len(missing) > 6 else ''}, unexpected keys {unexpected[:6]}"
-                f"{' ...' if len(unexpected) > 6 else ''}. Is it a Wan 2.1 DiT (not Wan 2.2, VACE or a LoRA)?")
+                f"{' ...' if len(unexpected) > 6 else ''}. Is it a plain Wan 2.1 / Wan 2.2 TI2V DiT (not VACE, S2V, Animate or a LoRA)?")
         tensors = {}
         for k, v in sd.items():
             target = dtype if (dtype is not None and v.is_floating_point()) else None

@@ -15,7 +15,7 @@ from typing import Callable, Optional
 import torch
 import torch.nn.functional as F
 
-from .latent import LATENT_CHANNELS, pixel_length_to_latent_frames
+from .latent import LATENT_CHANNELS, WAN22, pixel_length_to_latent_frames
 
 MASK_CHANNELS = 4  # Wan i2v: one mask channel per pixel frame folded into a latent frame
 
@@ -80,6 +80,44 @@ def i2v_latents(width: int, height: int, length: int, batch_size: int, start_ima
     mask = torch.ones(1, 1, frames, height // 8, width // 8)
     mask[:, :, : pixel_length_to_latent_frames(start.shape[0])] = 0.0
     return latent, concat_latent, mask
+
+
+def ti2v_latents(width: int, height: int, length: int, batch_size: int, start_image: Optional[torch.Tensor],
+                 vae_encode: Optional[Callable[[torch.Tensor], torch.Tensor]],
+                 resize: Callable = resize_center_crop):
+    """Wan 2.2 TI2V (ComfyUI's ``Wan22ImageToVideoLatent`` convention): returns ``(samples, noise_mask)``.
+
+    ``samples`` is the raw 48-channel latent ``[B, 48, T, H/16, W/16]``, zeros except its first frames, which
+    hold the start image's VAE latent (only the image is encoded, no grey padding: TI2V sees it as clean
+    leading frames, not as a concat condition); ``noise_mask [B, 1, T, h, w]`` is 0 on those frames, 1 on
+    the frames to generate (None without a start image).
+    """
+    fmt = WAN22
+    step = fmt.spatial * 2
+    if width % step or height % step:
+        raise ValueError(f"width {width} and height {height} must be multiples of {step} for Wan 2.2 (its VAE "
+                         f"latents are 1/{fmt.spatial} of the image and are patched 2x2).")
+    frames = pixel_length_to_latent_frames(length)
+    h, w = height // fmt.spatial, width // fmt.spatial
+    latent = torch.zeros(1, fmt.channels, frames, h, w)
+    if start_image is None:
+        return latent.repeat(batch_size, 1, 1, 1, 1), None
+    if vae_encode is None:
+        raise ValueError("a start_image needs a VAE to encode it: connect the Wan 2.2 VAE (wan2.2_vae).")
+    if start_image.dim() != 4 or start_image.shape[-1] < 3:
+        raise ValueError(f"start_image has shape {list(start_image.shape)}; expected an IMAGE [frames, height, "
+                         f"width, 3].")
+    start = resize(start_image[:length, :, :, :3].float().movedim(-1, 1), width, height).movedim(1, -1)
+    encoded = vae_encode(start)
+    if encoded.shape[1] != fmt.channels or tuple(encoded.shape[3:]) != (h, w):
+        raise ValueError(f"the VAE encoded the start image to {list(encoded.shape)}; a Wan 2.2 VAE gives "
+                         f"[1, {fmt.channels}, T, {h}, {w}] at {width}x{height}. Connect the Wan 2.2 VAE "
+                         f"(wan2.2_vae), not the Wan 2.1 one.")
+    known = min(encoded.shape[2], frames)
+    latent[:, :, :known] = encoded[:, :, :known].float()
+    mask = torch.ones(1, 1, frames, h, w)
+    mask[:, :, :known] = 0.0
+    return latent.repeat(batch_size, 1, 1, 1, 1), mask.repeat(batch_size, 1, 1, 1, 1)
 
 
 def set_values(conditioning: list, values: dict) -> list:

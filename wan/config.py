@@ -1,8 +1,12 @@
-"""Wan 2.1 DiT configuration, detected from the shapes of a state dict (works on meta tensors too).
+"""Wan 2.1 / Wan 2.2 DiT configuration, detected from the shapes of a state dict (works on meta tensors too).
 
 The fixed parts (patch 1x2x2, 256-d time sinusoid, 4096-d umt5 text, 512 text tokens, 1280-d CLIP tokens,
-eps 1e-6, head_dim 128) are the same for every Wan 2.1 size; everything else is read from the weights, so the
-same code handles 1.3B, 14B and the tiny test configs.
+eps 1e-6, head_dim 128) are the same for every Wan 2.1 size and for Wan 2.2 TI2V-5B; everything else is read
+from the weights, so the same code handles 1.3B, 14B, TI2V-5B and the tiny test configs.
+
+Wan 2.2 TI2V-5B is the Wan 2.1 DiT at another size whose in/out channels are the 48 channels of the Wan 2.2
+VAE (``out_dim 48``): that output width is what tells the two generations apart (the 16-channel Wan 2.2 A14B
+experts share Wan 2.1 14B's shapes and run as such).
 """
 
 from __future__ import annotations
@@ -15,7 +19,9 @@ from typing import Mapping, Optional, Sequence
 KNOWN_SIZES = {
     (1536, 8960, 30): "1.3B",
     (5120, 13824, 40): "14B",
+    (3072, 14336, 30): "TI2V-5B",  # Wan-Video/Wan2.2 wan/configs/wan_ti2v_5B.py (24 heads)
 }
+WAN22_LATENT_CHANNELS = 48  # Wan 2.2 VAE (16x spatial, 4x temporal); Wan 2.1's has 16
 HEAD_DIM = 128  # every released Wan 2.1 model; ComfyUI derives num_heads = dim // 128 the same way
 CLIP_DIM = 1280  # ViT-H/14 width (clip_fea feature size)
 CLIP_TOKENS = 257  # 16x16 patches + CLS
@@ -27,7 +33,7 @@ class WanConfig:
     ffn_dim: int
     num_heads: int
     num_layers: int
-    in_dim: int = 16  # 16 = t2v (noise only); 36 = i2v (noise 16 | mask 4 | image latent 16)
+    in_dim: int = 16  # 16 = t2v (noise only); 36 = i2v (noise 16 | mask 4 | image latent 16); 48 = Wan 2.2 TI2V
     out_dim: int = 16
     text_dim: int = 4096
     freq_dim: int = 256
@@ -41,8 +47,17 @@ class WanConfig:
         return self.dim // self.num_heads
 
     @property
+    def generation(self) -> str:
+        """"Wan 2.2" for the 48-channel (Wan 2.2 VAE) models, else "Wan 2.1"."""
+        return "Wan 2.2" if self.out_dim == WAN22_LATENT_CHANNELS else "Wan 2.1"
+
+    @property
     def model_type(self) -> str:
-        return "i2v" if self.has_img_emb else "t2v"
+        if self.has_img_emb:
+            return "i2v"
+        # TI2V: one model for text- and image-to-video; the image enters as the clean first latent frame
+        # (timestep 0 on its tokens), not through extra channels or CLIP tokens
+        return "ti2v" if self.generation == "Wan 2.2" and not self.concat_channels else "t2v"
 
     @property
     def concat_channels(self) -> int:
@@ -54,7 +69,7 @@ class WanConfig:
         return KNOWN_SIZES.get((self.dim, self.ffn_dim, self.num_layers), "custom")
 
     def describe(self) -> str:
-        return (f"Wan 2.1 {self.size_name} {self.model_type} (dim {self.dim}, ffn {self.ffn_dim}, "
+        return (f"{self.generation} {self.size_name} {self.model_type} (dim {self.dim}, ffn {self.ffn_dim}, "
                 f"{self.num_heads} heads, {self.num_layers} layers, in_dim {self.in_dim})")
 
 
@@ -75,7 +90,7 @@ def config_from_shapes(shapes: Mapping[str, Sequence[int]], num_heads: Optional[
                 "text_embedding.0.weight", "time_embedding.0.weight")
     missing = [k for k in required if k not in shapes]
     if missing:
-        raise ValueError(f"not a Wan 2.1 DiT state dict: missing key(s) {missing} "
+        raise ValueError(f"not a Wan 2.1 / 2.2 DiT state dict: missing key(s) {missing} "
                          f"(expected Wan/ComfyUI key names such as 'blocks.0.self_attn.q.weight').")
     dim = int(shapes["head.modulation"][-1])
     heads = num_heads or max(1, dim // HEAD_DIM)
@@ -83,8 +98,8 @@ def config_from_shapes(shapes: Mapping[str, Sequence[int]], num_heads: Optional[
         raise ValueError(f"Wan dim {dim} is not divisible by num_heads {heads}.")
     patch = tuple(int(s) for s in shapes["patch_embedding.weight"][2:])
     if patch != (1, 2, 2):
-        raise ValueError(f"patch_embedding.weight has patch {patch}; Wan 2.1 uses (1, 2, 2) "
-                         f"(Wan 2.2 TI2V-5B and other variants are not supported).")
+        raise ValueError(f"patch_embedding.weight has patch {patch}; Wan 2.1 and Wan 2.2 TI2V-5B use (1, 2, 2) "
+                         f"(other patch sizes are not supported).")
     return WanConfig(
         dim=dim,
         ffn_dim=int(shapes["blocks.0.ffn.0.weight"][0]),
@@ -104,7 +119,10 @@ def detect_config(state_dict: Mapping, num_heads: Optional[int] = None) -> WanCo
 
 
 def preset(name: str, model_type: str = "t2v") -> WanConfig:
-    """The released sizes, for tests and docs: ``preset("1.3B")``, ``preset("14B", "i2v")``."""
+    """The released sizes, for tests and docs: ``preset("1.3B")``, ``preset("14B", "i2v")``,
+    ``preset("TI2V-5B")`` (Wan 2.2: 48 latent channels in and out, no CLIP image embedding)."""
+    if name == "TI2V-5B":
+        return WanConfig(3072, 14336, 24, 30, in_dim=WAN22_LATENT_CHANNELS, out_dim=WAN22_LATENT_CHANNELS)
     dims = {"1.3B": (1536, 8960, 12, 30), "14B": (5120, 13824, 40, 40)}[name]
     i2v = model_type == "i2v"
     return WanConfig(*dims, in_dim=36 if i2v else 16, has_img_emb=i2v)

