@@ -83,3 +83,43 @@ def test_wan22_latent_format():
     assert str(e.value) == (
         "latent has 16 channels; the model takes Wan 2.2 latents with 48 (shape [1, 16, 2, 4, 4]). Use a "
         "Wan 2.2 latent (its VAE), not an SD/Flux image latent or a Wan 2.1 (16-ch) one.")
+
+
+def test_unipc_schedule_longlive2_numbers():
+    from comfyui_clipwan.wan.unipc import unipc_schedule
+
+    ts, sig = unipc_schedule(4, 5.0)
+    # shift 5 over linspace(0.999, 0, 5)[:-1]: t = floor(1000·σ)
+    assert ts == [999.0, 937.0, 833.0, 624.0]
+    assert len(sig) == 5 and sig[-1] == 0.0
+    torch.testing.assert_close(torch.tensor(sig[:4], dtype=torch.float64),
+                               torch.tensor([0.9998, 0.937265, 0.833055, 0.624687], dtype=torch.float64),
+                               atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("steps", [1, 2, 3, 4, 6])
+def test_unipc_solver_matches_diffusers(steps):
+    diffusers = pytest.importorskip("diffusers")
+    from comfyui_clipwan.wan.unipc import UniPCSolver, unipc_schedule
+
+    ts, sig = unipc_schedule(steps, 5.0)
+    ref = diffusers.UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True,
+                                            flow_shift=5.0, solver_order=2, solver_type="bh2",
+                                            lower_order_final=True, predict_x0=True)
+    ref.set_timesteps(steps)
+    ref.sigmas = torch.tensor(sig, dtype=torch.float32)  # the same grid (diffusers' own differs in sigma_max)
+    ref.timesteps = torch.tensor(ts, dtype=torch.int64)
+    g = torch.Generator().manual_seed(steps)
+    target = torch.randn(2, 4, 3, 5, generator=g)
+    w = torch.randn(2, 4, 3, 5, generator=g) * 0.2
+
+    def flow(x, i):  # a smooth stand-in for the model: pulls towards `target`, depends on x and the step
+        return (x - target) * (1.0 + 0.1 * i) + w * x.tanh()
+
+    x_ours = x_ref = torch.randn(2, 4, 3, 5, generator=g)
+    ours = UniPCSolver(sig)
+    for i in range(steps):
+        x_ours = ours.step(i, x_ours, flow(x_ours, i))
+        x_ref = ref.step(flow(x_ref, i), ref.timesteps[i], x_ref, return_dict=False)[0]
+        torch.testing.assert_close(x_ours, x_ref, atol=1e-5, rtol=1e-5)
+    assert (x_ours - target).abs().mean() < (torch.zeros(1) - target).abs().mean()  # it did solve something
