@@ -38,6 +38,10 @@ from .cache import KVCache
 from .causal_model import CausalWanModel
 from .latent import check_latent
 from .scheduler import DEFAULT_SHIFT, DEFAULT_STEPS, denoising_schedule, renoise, x0_from_flow
+from .unipc import UniPCSolver, unipc_schedule
+
+SOLVERS = ("renoise", "unipc")
+FIRST_FRAME_POLICIES = ("cache", "clamp")
 
 
 @dataclasses.dataclass
@@ -51,6 +55,13 @@ class CausalSettings:
     cache_dtype: Optional[torch.dtype] = None  # None = the model's compute dtype
     independent_first_frame: bool = False  # first block = 1 latent frame, then blocks of frames_per_block
     guidance_scale: float = 1.0  # distilled models: 1.0 (no CFG); > 1 runs a negative branch with its own cache
+    # per-block step rule: "renoise" (x0, then fresh noise to the next σ: Self-Forcing / CausVid / LongLive 1)
+    # or "unipc" (LongLive 2.0: a UniPC solver per block, no noise after the first; ``steps`` = a step count)
+    solver: str = "renoise"
+    # start-image frames (``first_frames``): "cache" = blocks of their own, only written into the KV cache;
+    # "clamp" = inside the first block at timestep 0, clamped to the clean latent (LongLive 2.0, Wan 2.2 TI2V)
+    first_frame: str = "cache"
+    recache_on_switch: bool = True  # LongLive 1 re-encodes the cache at a prompt switch; LongLive 2.0 does not
 
 
 @dataclasses.dataclass
@@ -267,17 +278,67 @@ def _image_inputs(model: CausalWanModel, clip_fea, concat, first_frames):
     return clip_fea, concat, first_frames
 
 
-def _check_known_frames(first_frames, latent, layout) -> int:
+def clamp_first_frames(x: torch.Tensor, t: torch.Tensor, clean: Optional[torch.Tensor], start: int):
+    """The ``first_frame="clamp"`` policy (LongLive 2.0's i2v, Wan 2.2 TI2V's image conditioning).
+
+    ``clean [B, C, K, h, w]`` is the start image's clean latent, latent frames ``0 .. K-1`` of the video. For
+    the block ``x [B, C, n, h, w]`` starting at ``start`` with per-frame timesteps ``t [B, n]``, the frames
+    that are known are overwritten by their clean latent and get timestep 0; the other frames are untouched.
+    The loop applies it before every model call and after every solver step, so the model denoises the rest of
+    the block next to a clean first frame it attends to both ways (as TI2V was trained), and that frame comes
+    out exactly as the image. Returns ``(x, t)``; no-op outside the known frames.
+    """
+    if clean is None or start >= clean.shape[2]:
+        return x, t
+    k = min(clean.shape[2] - start, x.shape[2])
+    x, t = x.clone(), t.clone()
+    x[:, :, :k] = clean[:, :, start:start + k].to(device=x.device, dtype=x.dtype)
+    t[:, :k] = 0
+    return x, t
+
+
+class _RenoiseSteps:
+    """The Self-Forcing / CausVid / LongLive 1 rule: ``x0 = x - σ·flow``, then fresh noise to the next σ."""
+
+    def __init__(self, sigmas, timesteps, noise: "NoiseSource", block: int, device):
+        self.sigmas, self.timesteps = sigmas, timesteps  # σ for the update, t fed to the model (scheduler.py)
+        self.noise, self.block, self.device = noise, block, device
+
+    def step(self, j: int, x: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
+        x0 = x0_from_flow(x, flow, self.sigmas[j])
+        if j + 1 == len(self.sigmas):
+            return x0
+        fresh = self.noise.step(self.block, j + 1, tuple(x0.shape), self.device).float()
+        return renoise(x0, fresh, self.sigmas[j + 1])
+
+
+class _UniPCSteps(UniPCSolver):
+    """LongLive 2.0's rule: a fresh UniPC solver per block over the integer-timestep schedule."""
+
+    def __init__(self, schedule):
+        super().__init__(schedule[1])
+        self.timesteps = schedule[0]
+
+
+def _step_count(steps) -> int:
+    text = str(steps).strip() if not isinstance(steps, (list, tuple)) else ""
+    if not text.isdigit() or int(text) < 1:
+        raise ValueError(f"the UniPC solver takes a number of steps (LongLive 2.0: 4), not '{steps}'; give e.g. "
+                         f"steps='4', or use solver 'renoise' for a timestep list.")
+    return int(text)
+
+
+def _check_known_frames(first_frames, latent, layout, clamp: bool = False) -> int:
     if first_frames is None:
         return 0
-    check_latent(first_frames, "start image latent")
+    check_latent(first_frames, "start image latent", channels=latent.shape[1])
     frames, height, width = latent.shape[2:]
     known = first_frames.shape[2]
     if tuple(first_frames.shape[3:]) != (height, width) or known > frames:
         raise ValueError(f"start image latent {list(first_frames.shape)} does not fit the latent "
                          f"{list(latent.shape)} (same height/width, at most as many frames).")
     starts = [st for st, _ in layout] + [frames]
-    if known not in starts:
+    if not clamp and known not in starts:
         raise ValueError(f"the start image covers {known} latent frame(s) but block boundaries are at "
                          f"{starts[:6]}: enable independent_first_frame (first block = 1 frame) or set "
                          f"frames_per_block so a block ends after frame {known}.")
@@ -309,19 +370,27 @@ class CausalLoop:
                  noise: Optional[NoiseSource] = None, hooks: Optional[SamplerHooks] = None,
                  check_interrupt: Optional[Callable[[], None]] = None):
         s = settings or CausalSettings()
-        check_latent(latent)
         cfg = model.config
+        check_latent(latent, channels=cfg.out_dim)
         b, _, frames, height, width = latent.shape
         self.layout = block_layout(frames, s.frames_per_block, s.independent_first_frame)
         check_window(s, self.layout)
-        schedule = denoising_schedule(s.steps, s.shift, s.warp)
-        self.sigmas, self.timesteps = list(schedule.sigmas), list(schedule.timesteps)
+        if s.solver not in SOLVERS or s.first_frame not in FIRST_FRAME_POLICIES:
+            raise ValueError(f"solver '{s.solver}' / first_frame '{s.first_frame}': use a solver of {SOLVERS} "
+                             f"and a first_frame policy of {FIRST_FRAME_POLICIES}.")
+        if s.solver == "unipc":
+            self.unipc = unipc_schedule(_step_count(s.steps), s.shift)
+            self.sigmas = self.unipc[1][:-1]
+        else:
+            schedule = denoising_schedule(s.steps, s.shift, s.warp)
+            self.sigmas, self.timesteps = list(schedule.sigmas), list(schedule.timesteps)
         clip_fea, concat, first_frames = _image_inputs(model, clip_fea, concat, first_frames)
         if concat is not None and (concat.shape[0] not in (1, b) or concat.shape[1] != cfg.concat_channels
                                    or tuple(concat.shape[2:]) != (frames, height, width)):
             raise ValueError(f"concat conditioning has shape {list(concat.shape)}; expected "
                              f"[{b}, {cfg.concat_channels}, {frames}, {height}, {width}] to match the latent.")
-        self.known = _check_known_frames(first_frames, latent, self.layout)
+        self.clamp = s.first_frame == "clamp"
+        self.known = _check_known_frames(first_frames, latent, self.layout, self.clamp)
         self.guidance = float(s.guidance_scale)
         if self.guidance > 1.0 and negative_text is None:
             raise ValueError(f"guidance_scale {self.guidance} > 1 needs a negative conditioning; connect one, or "
@@ -342,7 +411,7 @@ class CausalLoop:
         self.device = model.device
         self.dtype = model.compute_dtype
         self.tokens_per_frame = (height // 2) * (width // 2)
-        self.total_steps = sum(len(self.sigmas) for st, n in self.layout if st + n > self.known)
+        self.total_steps = sum(len(self.sigmas) for st, n in self.layout if self.clamp or st + n > self.known)
         self.branches: list = []
         self._started = False
 
@@ -387,7 +456,8 @@ class CausalLoop:
         self.hooks.on_forward_start(kind, block)
         y = None if self.y is None else self.y[:, :, start:start + x.shape[2]]
         x_in = dit.join_concat(self.cfg, x.to(self.device), y)
-        t = torch.full((self.batch,), float(t_value), dtype=torch.float64, device=self.device)
+        t = t_value.to(self.device) if torch.is_tensor(t_value) else \
+            torch.full((self.batch,), float(t_value), dtype=torch.float64, device=self.device)
         out = dit.transformer(self.model.tree, self.cfg, x_in, t, branch.ctx, start_frame=start,
                               kv_hook=branch.cache.hook(start), dtype=self.dtype, run_head=head)
         self.hooks.on_forward_end(kind, block)
@@ -398,23 +468,26 @@ class CausalLoop:
     def _denoise(self, bi: int, start: int, n: int) -> torch.Tensor:
         for br in self.branches:
             br.cache.begin_block(start, n)
-        if start + n <= self.known:  # route (3): a known clean frame, only written into the cache
+        if not self.clamp and start + n <= self.known:  # route (3): known clean frames, only written into the cache
             return self.first_frames[:, :, start:start + n].float().to(self.device).expand(
                 self.batch, -1, -1, -1, -1)
-        sigmas = self.sigmas
         x = self.initial[:, :, start:start + n]
-        if sigmas[0] < 1.0:
-            x = renoise(self.latent[:, :, start:start + n].float().to(self.device), x, sigmas[0])
-        x0 = x
-        for j, sigma in enumerate(sigmas):
+        if self.settings.solver == "unipc":
+            steps = _UniPCSteps(self.unipc)  # starts from the noise itself (its first σ is 0.9998)
+        else:
+            steps = _RenoiseSteps(self.sigmas, self.timesteps, self.noise, bi, self.device)
+            if self.sigmas[0] < 1.0:
+                x = renoise(self.latent[:, :, start:start + n].float().to(self.device), x, self.sigmas[0])
+        clean = self.first_frames if self.clamp else None
+        for j, t_step in enumerate(steps.timesteps):
             self.check_interrupt()
-            flows = [self._forward("denoise", bi, x, self.timesteps[j], br, start) for br in self.branches]
+            t = torch.full((self.batch, n), float(t_step), dtype=torch.float64, device=self.device)
+            x, t = clamp_first_frames(x, t, clean, start)
+            flows = [self._forward("denoise", bi, x, t, br, start) for br in self.branches]
             flow = flows[0] if len(flows) == 1 else flows[1] + self.guidance * (flows[0] - flows[1])
-            x0 = x0_from_flow(x, flow, sigma)
-            if j + 1 < len(sigmas):
-                x = renoise(x0, self.noise.step(bi, j + 1, tuple(x0.shape), self.device).float(), sigmas[j + 1])
-            self.hooks.on_step(bi, j, len(sigmas))
-        return x0
+            x = steps.step(j, x, flow)
+            self.hooks.on_step(bi, j, len(steps.timesteps))
+        return clamp_first_frames(x, t, clean, start)[0]
 
     @torch.no_grad()
     def _cache_pass(self, bi: int, start: int, x0: torch.Tensor) -> None:
@@ -424,7 +497,7 @@ class CausalLoop:
             br.cache.commit()
 
     def _remember(self, start: int, x0: torch.Tensor) -> None:
-        if not self.switches:
+        if not self.switches or not self.settings.recache_on_switch:
             return
         for i in range(x0.shape[2]):
             self.recent[start + i] = x0[:, :, i:i + 1]
@@ -438,7 +511,8 @@ class CausalLoop:
     @torch.no_grad()
     def _switch_prompt(self, bi: int, text) -> None:
         self.branches[0].ctx = self._encode(text, bi)
-        _recache(self, bi, self.branches[0])
+        if self.settings.recache_on_switch:
+            _recache(self, bi, self.branches[0])
 
     # --- iteration ----------------------------------------------------------------------------------
     def __iter__(self) -> Iterator[BlockResult]:
