@@ -32,13 +32,15 @@ def register(sub) -> None:
     p.add_argument("--text-embeds", help=".safetensors with a umt5 text embedding [L,4096] or [1,L,4096]; "
                                          "default: zeros (empty-prompt stand-in)")
     p.add_argument("--negative-embeds", help="negative umt5 embedding (.safetensors), used with --guidance > 1")
-    p.add_argument("--image-latent", help=".safetensors with the raw Wan VAE latent [1,16,T,H/8,W/8] of the "
+    p.add_argument("--image-latent", help=".safetensors with the raw Wan VAE latent [1,16,T,H/8,W/8] (Wan 2.2: "
+                                          "[1,48,T,H/16,W/16]) of the "
                                           "start image (routes 2/3); default: none (CLIP route only)")
     p.add_argument("--width", type=int, default=128)
     p.add_argument("--height", type=int, default=128)
     p.add_argument("--length", type=int, default=25, help="pixel frames (1 + 4k); latent frames = (length-1)//4+1")
-    p.add_argument("--steps", default="1000,750,500,250",
-                   help="timesteps per block, or a step count such as 4 (evenly spaced from 1000, then warped)")
+    p.add_argument("--steps", default=None,
+                   help="timesteps per block, or a step count such as 4 (evenly spaced from 1000, then warped); "
+                        "default 1000,750,500,250 (Wan 2.2 TI2V / LongLive 2.0: 4 UniPC steps)")
     p.add_argument("--shift", type=float, default=5.0)
     p.add_argument("--no-warp", dest="warp", action="store_false",
                    help="feed the timesteps as typed (CausVid, Krea lists) instead of warping them by --shift")
@@ -90,7 +92,8 @@ def run_pipeline(args, out_dir: str, log=print) -> dict:
     from ..wan.causal_model import CausalWanModel, default_causal_wan
     from ..wan.checkpoint import resolve_dtype
     from ..wan.conditioning import concat_condition, known_prefix_frames
-    from ..wan.latent import pixel_length_to_latent_frames, save_animation
+    from ..wan.latent import latent_format, pixel_length_to_latent_frames, save_animation
+    from ..wan.sampler import loop_rules_for
 
     os.makedirs(out_dir, exist_ok=True)
     dtype = resolve_dtype(args.dtype)
@@ -122,18 +125,20 @@ def run_pipeline(args, out_dir: str, log=print) -> dict:
         log("wan: text context = zeros (no umt5 text encoder in the pack; pass --text-embeds for a real prompt)")
     negative = _load_tensor(args.negative_embeds, "negative embedding", 3) if args.negative_embeds else None
 
-    if args.width % 16 or args.height % 16:
-        raise ValueError(f"--width {args.width} and --height {args.height} must be multiples of 16.")
+    fmt = latent_format(model.config.out_dim)  # Wan 2.1: 16 channels, 1/8; Wan 2.2: 48 channels, 1/16
+    if args.width % (2 * fmt.spatial) or args.height % (2 * fmt.spatial):
+        raise ValueError(f"--width {args.width} and --height {args.height} must be multiples of "
+                         f"{2 * fmt.spatial} for a {fmt.name} model.")
     frames = pixel_length_to_latent_frames(args.length)
-    latent = torch.zeros(1, 16, frames, args.height // 8, args.width // 8)
+    latent = torch.zeros(1, fmt.channels, frames, args.height // fmt.spatial, args.width // fmt.spatial)
     concat = first = None
     if args.image_latent and not args.no_image:
         img_lat = normalize(_load_tensor(args.image_latent, "image latent", 5))
         if tuple(img_lat.shape[3:]) != tuple(latent.shape[3:]):
             raise ValueError(f"--image-latent {list(img_lat.shape)} does not match the video latent grid "
-                             f"{list(latent.shape[3:])} (--width/--height / 8).")
+                             f"{list(latent.shape[3:])} (--width/--height / {fmt.spatial}).")
         known = img_lat.shape[2]
-        full = torch.zeros(1, 16, frames, *latent.shape[3:])
+        full = torch.zeros(1, fmt.channels, frames, *latent.shape[3:])
         full[:, :, :known] = img_lat[:, :, :frames]
         mask = torch.ones(1, 1, frames, *latent.shape[3:])
         mask[:, :, :known] = 0.0
@@ -142,14 +147,18 @@ def run_pipeline(args, out_dir: str, log=print) -> dict:
             log(f"wan: route 2 — image latent ({known} frame(s)) concatenated to the noise")
         else:
             first = full[:, :, :known_prefix_frames(mask, *full.shape[2:])]
-            log(f"wan: route 3 — image latent written into the KV cache as the first {known} frame(s)")
+            how = ("clamped as the clean first frame(s) of the first block" if model.config.generation == "Wan 2.2"
+                   else "written into the KV cache as the first frame(s)")
+            log(f"wan: route 3 — image latent ({known} frame(s)) {how}")
     elif not args.no_image:
         log("wan: route 1 only (CLIP features); routes 2/3 need the image's VAE latent (--image-latent)")
 
-    settings = CausalSettings(steps=args.steps, shift=args.shift, warp=getattr(args, "warp", True),
+    steps = args.steps or ("4" if model.config.generation == "Wan 2.2" else "1000,750,500,250")
+    settings = CausalSettings(steps=steps, shift=args.shift, warp=getattr(args, "warp", True),
                               frames_per_block=args.frames_per_block,
                               sink_size=args.sink, local_window=args.window,
                               independent_first_frame=args.independent_first_frame, guidance_scale=args.guidance)
+    settings = loop_rules_for(settings, model.config)  # Wan 2.2 TI2V: LongLive 2.0's UniPC + first-frame clamp
     previewer = LatentPreviewer()
     block_times = []
     t_start = time.perf_counter()
@@ -167,7 +176,8 @@ def run_pipeline(args, out_dir: str, log=print) -> dict:
     latent_path = os.path.join(out_dir, "wan_latent.safetensors")
     # ComfyUI's LoadLatent reads the key "latent_tensor"
     save_file({"latent_tensor": raw.contiguous()}, latent_path,
-              metadata={"source": model.source, "format": "raw Wan 2.1 VAE latent [B,16,T,H/8,W/8]"})
+              metadata={"source": model.source, "format": f"raw {fmt.name} VAE latent "
+                                                              f"[B,{fmt.channels},T,H/{fmt.spatial},W/{fmt.spatial}]"})
     preview_path = save_animation(previewer.frames(z[0]), os.path.join(out_dir, "wan_preview.webp"))
     log(f"wan: wrote {latent_path} {list(raw.shape)} and {preview_path} (latent->RGB approximation, not decoded)")
     summary = {

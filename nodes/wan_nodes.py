@@ -17,7 +17,7 @@ from ..wan import conditioning as cond
 from ..wan.causal_model import CausalWanModel
 from ..wan.checkpoint import resolve_dtype
 from ..wan.latent import LatentPreviewer, check_latent, denormalize, normalize
-from ..wan.sampler import CausalSettings, PromptSwitch, sample_causal
+from ..wan.sampler import CausalSettings, PromptSwitch, loop_rules_for, sample_causal
 
 UI_EVENT = "clipwan.causal_frames"
 PREVIEW_MAX_SIDE = 256
@@ -76,9 +76,10 @@ class WanI2VConditioning:
 
 
 class LoadCausalWanModel:
-    DESCRIPTION = ("Loads a Wan 2.1 DiT for block-causal sampling: Self-Forcing / CausVid / LongLive .pt "
-                   "checkpoints (generator_ema / generator / model entries, model. prefixes) and Wan / ComfyUI "
-                   ".safetensors. Config (1.3B, 14B, t2v/i2v) is read from the weights. Output goes to "
+    DESCRIPTION = ("Loads a Wan 2.1 or Wan 2.2 TI2V DiT for block-causal sampling: Self-Forcing / CausVid / LongLive "
+                   "(1.0 and 2.0 model_bf16.pt) .pt checkpoints (generator_ema / generator / model entries, model. "
+                   "prefixes) and Wan / ComfyUI .safetensors. Config (1.3B, 14B, TI2V-5B, t2v/i2v) is read from the "
+                   "weights. Output goes to "
                    "Causal Wan Sampler (ClipWan).")
     CATEGORY = "ClipWan/loaders"
     RETURN_TYPES = ("MODEL",)
@@ -110,7 +111,9 @@ class CausalWanSampler:
     DESCRIPTION = ("Block-causal, KV-cached Wan 2.1 sampling (Self-Forcing / CausVid / LongLive inference): "
                    "frames are generated block by block with an attention sink and a local window, conditioned "
                    "on the text and on the image (CLIP features, concat latent, or first-frame latents for t2v "
-                   "causal models). Takes a Wan 2.1 MODEL from Load Diffusion Model or Load Causal Wan Model.")
+                   "causal models). Takes a Wan 2.1 MODEL from Load Diffusion Model or Load Causal Wan Model. A "
+                   "Wan 2.2 TI2V model (LongLive 2.0) runs LongLive 2.0's loop: UniPC steps (steps = a count, 4) "
+                   "and the start image of a Wan22ImageToVideoLatent latent clamped as the clean first frame.")
     CATEGORY = "ClipWan/sampling"
     RETURN_TYPES = ("LATENT",)
     RETURN_NAMES = ("latent",)
@@ -171,14 +174,16 @@ class CausalWanSampler:
         if not positive:
             raise ValueError("positive conditioning is empty; connect a CLIP Text Encode (Wan umt5) output.")
         samples = latent["samples"]
-        check_latent(samples)
+        noise_mask = latent.get("noise_mask") if image_conditioning else None  # Wan22ImageToVideoLatent's start image
         if getattr(model, "is_clipwan_causal_model", False):
-            job = _OwnModelJob(model, samples, positive, negative, switch_positive, image_conditioning)
+            job = _OwnModelJob(model, samples, positive, negative, switch_positive, image_conditioning, noise_mask)
         elif hasattr(getattr(model, "model", None), "diffusion_model"):
-            job = _ComfyModelJob(model, samples, positive, negative, switch_positive, image_conditioning, seed)
+            job = _ComfyModelJob(model, samples, positive, negative, switch_positive, image_conditioning, seed,
+                                 noise_mask)
         else:
             raise ValueError(f"model ({type(model).__name__}) is not a Wan 2.1 model: connect Load Diffusion Model "
                              f"(a Wan 2.1 file) or Load Causal Wan Model.")
+        settings = loop_rules_for(settings, job.causal.config)
         switches = []
         if switch_positive is not None and switch_at_block > 0:
             switches.append(PromptSwitch(int(switch_at_block), job.switch_text))
@@ -197,10 +202,11 @@ def _first_tensor(conditioning):
 class _OwnModelJob:
     """Inputs for our own CausalWanModel: conditioning dicts read directly, Wan 2.1 latent normalisation."""
 
-    def __init__(self, model, samples, positive, negative, switch_positive, image_conditioning):
+    def __init__(self, model, samples, positive, negative, switch_positive, image_conditioning, noise_mask=None):
         self.causal = model
         self.patcher = None
         cfg = model.config
+        check_latent(samples, channels=cfg.out_dim)
         self.z = normalize(samples.float()) if torch.count_nonzero(samples) else samples.float()
         self.text = positive[0][0]
         self.neg_text = _first_tensor(negative)
@@ -218,6 +224,7 @@ class _OwnModelJob:
                 else:
                     k = cond.known_prefix_frames(extra.get("concat_mask"), *image.shape[2:])
                     self.first_frames = image[:, :, :k] if k else None
+        _start_from_noise_mask(self, samples, noise_mask, normalize)
         self.to_raw = denormalize
 
 
@@ -225,7 +232,8 @@ class _ComfyModelJob:
     """Inputs for a ComfyUI ModelPatcher: ComfyUI loads it, its extra_conds build the conditioning (the same
     tensors its own samplers feed the model) and its latent format normalises the latent."""
 
-    def __init__(self, patcher, samples, positive, negative, switch_positive, image_conditioning, seed):
+    def __init__(self, patcher, samples, positive, negative, switch_positive, image_conditioning, seed,
+                 noise_mask=None):
         bridge.load_models_gpu([patcher])
         bm = patcher.model
         device = patcher.load_device
@@ -235,6 +243,7 @@ class _ComfyModelJob:
         self.patcher = patcher
         self.causal = CausalWanModel.adopt(bm.diffusion_model, compute_dtype=dtype, device=device)
         cfg = self.causal.config
+        check_latent(samples, channels=cfg.out_dim)
         self.z = bm.process_latent_in(samples.float()) if torch.count_nonzero(samples) else samples.float()
         image_keys = ("clip_vision_output", "concat_latent_image", "concat_mask")
 
@@ -258,7 +267,20 @@ class _ComfyModelJob:
             self.first_frames = bm.process_latent_in(image.float())[:, :, :k] if k else None
         self.neg_text = model_conds(negative)[0]["c_crossattn"] if negative else None
         self.switch_text = model_conds(switch_positive)[0]["c_crossattn"] if switch_positive else None
+        _start_from_noise_mask(self, samples, noise_mask, bm.process_latent_in)
         self.to_raw = bm.process_latent_out
+
+
+def _start_from_noise_mask(job, samples: torch.Tensor, noise_mask, latent_in) -> None:
+    """Wan 2.2 TI2V's start image (core ``Wan22ImageToVideoLatent``): the LATENT's leading frames hold the
+    image's raw latent and its ``noise_mask`` is 0 there. Those frames become the clean first frames (the loop
+    clamps them, LongLive 2.0 / TI2V style); sampling starts from noise everywhere else."""
+    if noise_mask is None or job.first_frames is not None or job.causal.config.concat_channels:
+        return
+    k = cond.known_prefix_frames(noise_mask, *samples.shape[2:])
+    if k:
+        job.first_frames = latent_in(samples[:, :, :k].float())
+        job.z = torch.zeros_like(samples, dtype=torch.float32)
 
 
 def _check_same_grid(image: torch.Tensor, samples: torch.Tensor) -> None:

@@ -123,3 +123,121 @@ def test_unipc_solver_matches_diffusers(steps):
         x_ref = ref.step(flow(x_ref, i), ref.timesteps[i], x_ref, return_dict=False)[0]
         torch.testing.assert_close(x_ours, x_ref, atol=1e-5, rtol=1e-5)
     assert (x_ours - target).abs().mean() < (torch.zeros(1) - target).abs().mean()  # it did solve something
+
+
+# ------------------------------------------------------------------------------------------------
+# the loop on a Wan 2.2 TI2V model: LongLive 2.0's rules (UniPC per block, first latent clamped)
+
+
+def test_clamp_unipc_single_block_equals_reference_ti2v_solve():
+    """One block covering the video has no cache: the loop must equal a plain TI2V solve written here from
+    the reference forward and diffusers' UniPC: frame 0 clamped to the image and fed at t=0 every step."""
+    diffusers = pytest.importorskip("diffusers")
+    from comfyui_clipwan.wan.sampler import CausalSettings, sample_causal
+    from comfyui_clipwan.wan.unipc import unipc_schedule
+
+    m = CausalWanModel.random(TINY_TI2V, seed=4)
+    g = torch.Generator().manual_seed(2)
+    noise = torch.randn(1, 48, 3, 4, 4, generator=g)
+    image = torch.randn(1, 48, 1, 4, 4, generator=g)
+    text = torch.randn(1, 6, 4096, generator=g)
+
+    class Fixed:
+        def initial(self, shape, device):
+            return noise.clone()
+
+    settings = CausalSettings(steps="4", shift=5.0, frames_per_block=3, solver="unipc", first_frame="clamp")
+    ours = sample_causal(m, torch.zeros(1, 48, 3, 4, 4), text, settings=settings, first_frames=image,
+                         noise=Fixed())
+
+    ts, sig = unipc_schedule(4, 5.0)
+    sched = diffusers.UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True,
+                                              flow_shift=5.0)
+    sched.set_timesteps(4)
+    sched.sigmas, sched.timesteps = torch.tensor(sig), torch.tensor(ts, dtype=torch.int64)
+    x = noise.clone()
+    for i, t in enumerate(ts):
+        x[:, :, :1] = image
+        flow = ref_forward(m.state_dict(), TINY_TI2V, x, None, text, t_frames=torch.tensor([[0.0, t, t]]))
+        x = sched.step(flow, sched.timesteps[i], x, return_dict=False)[0]
+    x[:, :, :1] = image
+    assert ours[:, :, :1].eq(image).all()
+    torch.testing.assert_close(ours, x, atol=1e-4, rtol=1e-4)
+
+
+def _tiny_ti2v_file(tmp_path):
+    path = tmp_path / "model_bf16.pt"
+    sd = CausalWanModel.random(TINY_TI2V, seed=7).state_dict()
+    torch.save({"generator": {"model." + k: v.clone() for k, v in sd.items()}}, path)
+    return str(path)
+
+
+class FakeWan22VAE:
+    """Stands in for ComfyUI's Wan 2.2 VAE: [F,H,W,3] -> [1,48,(F-1)//4+1,H/16,W/16] (deterministic)."""
+
+    def encode(self, pixels):
+        x = pixels.movedim(-1, 0)[:, ::4]
+        x = torch.nn.functional.avg_pool3d(x.unsqueeze(0), (1, 16, 16))[0]  # [3, T, h, w]
+        return torch.cat([x * (i + 1) - 0.1 * i for i in range(16)], 0).unsqueeze(0)
+
+
+def test_node_samples_ti2v_from_wan22_image_latent(tmp_path):
+    """CausalWanSampler on a LongLive 2.0-layout file with a Wan22ImageToVideoLatent-style LATENT
+    (image latent in the leading frames + noise_mask): LongLive 2.0's loop, frame 0 = the image."""
+    from comfyui_clipwan.nodes.wan_nodes import CausalWanSampler, LoadCausalWanModel
+    from comfyui_clipwan.nodes import comfy_bridge as bridge
+    from comfyui_clipwan.wan.conditioning import ti2v_latents
+    from comfyui_clipwan.wan.sampler import CausalSettings, sample_causal
+
+    path = _tiny_ti2v_file(tmp_path)
+    bridge_resolve = bridge.resolve_model_path
+    try:
+        bridge.resolve_model_path = lambda name, *folders: path
+        (model,) = LoadCausalWanModel().load("model_bf16.pt", checkpoint_entry="generator")
+    finally:
+        bridge.resolve_model_path = bridge_resolve
+    assert model.config.generation == "Wan 2.2"
+    image = torch.rand(1, 80, 96, 3, generator=torch.Generator().manual_seed(1))
+    samples, mask = ti2v_latents(64, 64, 25, 1, image, FakeWan22VAE().encode)
+    assert samples.shape == (1, 48, 7, 4, 4) and mask[0, 0, :, 0, 0].tolist() == [0, 1, 1, 1, 1, 1, 1]
+    text = torch.randn(1, 512, 4096, generator=torch.Generator().manual_seed(2))
+    pos = [[text, {}]]
+    (out,) = CausalWanSampler().sample(model, pos, {"samples": samples, "noise_mask": mask}, seed=3, steps="4",
+                                       frames_per_block=2, sink_size=2, local_window=4,
+                                       independent_first_frame=True)
+    assert out["samples"].shape == (1, 48, 7, 4, 4)
+    torch.testing.assert_close(out["samples"][:, :, :1], samples[:, :, :1], atol=1e-6, rtol=0)
+    # the same run through the Python API with LongLive 2.0's rules spelled out
+    want = sample_causal(model, torch.zeros(1, 48, 7, 4, 4), text, seed=3, first_frames=normalize(samples[:, :, :1]),
+                         settings=CausalSettings(steps="4", frames_per_block=2, sink_size=2, local_window=4,
+                                                 independent_first_frame=True, solver="unipc", first_frame="clamp",
+                                                 recache_on_switch=False))
+    torch.testing.assert_close(out["samples"], denormalize(want), atol=1e-6, rtol=0)
+    # a Wan 2.1 latent into the Wan 2.2 model is refused with what to do
+    with pytest.raises(ValueError, match=r"^latent has 16 channels; the model takes Wan 2.2 latents with 48"):
+        CausalWanSampler().sample(model, pos, {"samples": torch.zeros(1, 16, 7, 8, 8)}, seed=0, steps="4")
+
+
+def test_cli_samples_ti2v_checkpoint_from_image_latent(tmp_path, capsys):
+    import json
+
+    from safetensors.torch import load_file, save_file
+
+    from comfyui_clipwan.cli import main
+
+    path = _tiny_ti2v_file(tmp_path)
+    image_latent = torch.randn(1, 48, 1, 4, 4)
+    save_file({"latent": image_latent}, str(tmp_path / "start_latent.safetensors"))
+    out = tmp_path / "out"
+    rc = main(["sample", "--model", path, "--width", "64", "--height", "64", "--length", "29",
+               "--frames-per-block", "4", "--sink", "4", "--window", "8",
+               "--image-latent", str(tmp_path / "start_latent.safetensors"), "--out", str(out)])
+    assert rc == 0
+    printed = capsys.readouterr().out
+    assert "wan: model Wan 2.2 custom ti2v (dim 256" in printed
+    assert "route 3 — image latent (1 frame(s)) clamped as the clean first frame(s) of the first block" in printed
+    latent = load_file(str(out / "wan_latent.safetensors"))["latent_tensor"]
+    assert latent.shape == (1, 48, 8, 4, 4)
+    torch.testing.assert_close(latent[:, :, :1], image_latent, atol=1e-5, rtol=0)
+    summary = json.loads((out / "wan_summary.json").read_text())
+    assert summary["blocks"] == 2 and summary["image_routes"] == ["first_frames"]

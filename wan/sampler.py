@@ -66,7 +66,8 @@ class CausalSettings:
 
 @dataclasses.dataclass
 class PromptSwitch:
-    """From block ``start_block`` on, use ``text`` (LongLive-style: cached frames are re-encoded with it)."""
+    """From block ``start_block`` on, use ``text`` (LongLive 1: cached frames are re-encoded with it; LongLive 2.0
+    with ``recache_on_switch`` off: only the blocks from ``start_block`` on see it)."""
 
     start_block: int
     text: torch.Tensor
@@ -318,6 +319,18 @@ class _UniPCSteps(UniPCSolver):
     def __init__(self, schedule):
         super().__init__(schedule[1])
         self.timesteps = schedule[0]
+
+
+# Wan 2.2 TI2V-5B's causal distillation is LongLive 2.0; its loop rules (not its sizes: sink, window and block
+# stay settings) apply whenever a Wan 2.2 TI2V model is sampled causally.
+WAN22_LOOP_RULES = dict(solver="unipc", first_frame="clamp", recache_on_switch=False)
+
+
+def loop_rules_for(settings: CausalSettings, config) -> CausalSettings:
+    """``settings`` with the loop rules the model's generation was distilled with (Wan 2.2: LongLive 2.0)."""
+    if config.generation == "Wan 2.2":
+        return dataclasses.replace(settings, **WAN22_LOOP_RULES)
+    return settings
 
 
 def _step_count(steps) -> int:
