@@ -147,9 +147,11 @@ def run_pipeline(args, out_dir: str, log=print) -> dict:
             log(f"wan: route 2 — image latent ({known} frame(s)) concatenated to the noise")
         else:
             first = full[:, :, :known_prefix_frames(mask, *full.shape[2:])]
-            how = ("clamped as the clean first frame(s) of the first block" if model.config.generation == "Wan 2.2"
-                   else "written into the KV cache as the first frame(s)")
-            log(f"wan: route 3 — image latent ({known} frame(s)) {how}")
+            if model.config.generation == "Wan 2.2":
+                log(f"wan: route 3 — image latent ({known} frame(s)) clamped as the clean first frame(s) of the "
+                    f"first block")
+            else:
+                log(f"wan: route 3 — image latent written into the KV cache as the first {known} frame(s)")
     elif not args.no_image:
         log("wan: route 1 only (CLIP features); routes 2/3 need the image's VAE latent (--image-latent)")
 
