@@ -1,4 +1,4 @@
-"""``comfyui-clipwan bench {clip,wan,axera}``: run one of the benchmarks in ``benchmarks/``.
+"""``comfyui-clipwan bench {clip,wan,axera,stream}``: run one of the benchmarks in ``benchmarks/``.
 
 Each benchmark module ``benchmarks/bench_<name>.py`` defines ``add_arguments(parser)`` and ``run(args) -> int``
 and prints its figures as ratios against peers measured in the same run.
@@ -12,6 +12,7 @@ BENCHMARKS = {
     "clip": "CLIP vision encode vs open_clip and transformers (same weights, same dtype)",
     "wan": "causal Wan sampling: time and memory per block, time to first block",
     "axera": "ONNX Runtime vs torch eager latency for exported CLIP vision/text, export time",
+    "stream": "decode per block while sampling vs sample-then-decode: first frame, total time, peak RSS vs length",
 }
 
 

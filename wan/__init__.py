@@ -11,11 +11,13 @@ from .latent import LatentPreviewer, check_latent, denormalize, normalize, pixel
 from .sampler import (BlockResult, CausalLoop, CausalSettings, NoiseSource, PromptSwitch, SamplerHooks, SeededNoise,
                       block_layout, iter_causal_blocks, sample_causal)
 from .scheduler import denoising_sigmas, parse_steps, shift_sigma
+from .stream import VideoBlock, stream_video
+from .vae import StreamingDecoder, WanVAE
 
 __all__ = [
     "BlockResult", "CausalLoop", "CausalSettings", "CausalWanModel", "NoiseSource", "SamplerHooks", "SeededNoise",
     "iter_causal_blocks", "KVCache", "LatentPreviewer", "PromptSwitch", "WanConfig",
     "attended_frames", "block_layout", "check_latent", "config_from_shapes", "denoising_sigmas", "denormalize",
     "detect_config", "load_wan_state_dict", "normalize", "parse_steps", "pixel_length_to_latent_frames", "preset",
-    "sample_causal", "shift_sigma", "strip_to_wan_keys",
+    "sample_causal", "shift_sigma", "strip_to_wan_keys", "StreamingDecoder", "VideoBlock", "WanVAE", "stream_video",
 ]

@@ -1,0 +1,207 @@
+"""Streaming decode benchmark (one run, tiny models, CPU unless CUDA is there):
+
+1. time to the first decoded frame: ``stream_video`` (sample a block, decode it with the Wan VAE's
+   streaming decoder, hand it out) vs the two-stage path (sample the whole latent, then decode it), at 81
+   video frames (21 latent frames, 7 blocks of 3);
+2. total wall time of both paths for the same video (and the largest difference between their frames:
+   the streamed frames must be the two-stage frames);
+3. peak RSS (``VmHWM``, each run in a fresh subprocess) of a streaming run that writes an H.264 file, at
+   100 and at 2,000 latent frames (sink + local window, so nothing grows with length).
+
+The DiT is the embedded default (the real Wan 2.1 i2v architecture at dim 256 / 4 layers) and the VAE is
+the real Wan 2.1 VAE architecture at reduced width (``--vae-dim``), both seeded random init.
+
+Usage: ``comfyui-clipwan bench stream [--quick]``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+
+import torch
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--frames", type=int, default=81, help="video frames of the latency comparison (1 + 4k)")
+    parser.add_argument("--size", type=int, default=64, help="video width and height in pixels (default 64)")
+    parser.add_argument("--vae-dim", type=int, default=32, help="VAE base width (Wan 2.1's real VAE: 96)")
+    parser.add_argument("--short", type=int, default=100, help="latent frames of the short memory run")
+    parser.add_argument("--long", type=int, default=2000, help="latent frames of the long memory run")
+    parser.add_argument("--memory-size", type=int, default=32, help="video size in pixels of the memory runs")
+    parser.add_argument("--skip-memory", action="store_true", help="only the latency/throughput part")
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = leave as is)")
+    parser.add_argument("--quick", action="store_true", help="tiny run (for tests): 33 frames, 32 px, 6/30 latent frames")
+    parser.add_argument("--json", help="also write the figures to this JSON file")
+    parser.add_argument("--seed", type=int, default=0)
+
+
+def _models(size_px: int, vae_dim: int, seed: int, device):
+    from ..wan.causal_model import DEFAULT_CONFIG, CausalWanModel
+    from ..wan.vae import WanVAE, WanVAEConfig
+
+    model = CausalWanModel.random(DEFAULT_CONFIG, seed=seed, device=device)
+    vae = WanVAE.random(WanVAEConfig(dim=vae_dim), seed=seed, device=device)
+    return model, vae
+
+
+def _inputs(latent_frames: int, size_px: int, seed: int):
+    g = torch.Generator().manual_seed(seed)
+    h = w = size_px // 8
+    return dict(latent=torch.zeros(1, 16, latent_frames, h, w), text=torch.zeros(1, 512, 4096),
+                clip_fea=torch.randn(1, 257, 1280, generator=g))
+
+
+def _sync(device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def two_stage(model, vae, inputs, settings, seed, device) -> dict:
+    from ..wan import denormalize, sample_causal
+
+    t0 = time.perf_counter()
+    z = sample_causal(model, inputs["latent"], inputs["text"], seed=seed, settings=settings,
+                      clip_fea=inputs["clip_fea"])
+    _sync(device)
+    t_sampled = time.perf_counter() - t0
+    pixels = vae.decode(denormalize(z))
+    _sync(device)
+    total = time.perf_counter() - t0
+    frames = ((pixels.clamp(-1, 1) + 1) / 2).permute(0, 2, 3, 4, 1).cpu()
+    # the first frame exists when the decode returns (VAE Decode hands out the whole batch at once)
+    return {"first_frame_s": total, "total_s": total, "sampling_s": t_sampled, "frames": frames}
+
+
+def streaming(model, vae, inputs, settings, seed, device) -> dict:
+    from ..wan.stream import stream_video
+
+    t0 = time.perf_counter()
+    first = None
+    blocks = []
+    for block in stream_video(model, inputs["latent"], inputs["text"], vae=vae, seed=seed, settings=settings,
+                              clip_fea=inputs["clip_fea"]):
+        _sync(device)
+        if first is None:
+            first = time.perf_counter() - t0
+        blocks.append(block.frames)
+    total = time.perf_counter() - t0
+    return {"first_frame_s": first, "total_s": total, "frames": torch.cat(blocks, dim=1), "blocks": len(blocks)}
+
+
+MEMORY_SCRIPT = textwrap.dedent("""
+    import json, sys, time
+    def status(field):  # VmHWM: this process's peak resident set
+        with open("/proc/self/status") as f:
+            return next(int(l.split()[1]) for l in f if l.startswith(field)) * 1024
+    import torch
+    from comfyui_clipwan.benchmarks.bench_stream import memory_run
+    frames, size, vae_dim, threads, out = (int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]),
+                                           sys.argv[5])
+    if threads:
+        torch.set_num_threads(threads)
+    result = memory_run(frames, size, vae_dim, out)
+    result["peak_rss_bytes"] = status("VmHWM")
+    print(json.dumps(result))
+""")
+
+
+def memory_run(latent_frames: int, size_px: int, vae_dim: int, out_path: str) -> dict:
+    """Stream ``latent_frames`` latent frames (sink 3 + window 9, blocks of 3) into an H.264 file."""
+    from ..wan import CausalSettings
+    from ..wan.stream import stream_video
+    from ..wan.video_writer import VideoWriter
+
+    device = torch.device("cpu")
+    model, vae = _models(size_px, vae_dim, 0, device)
+    inputs = _inputs(latent_frames, size_px, 0)
+    settings = CausalSettings(frames_per_block=3, sink_size=3, local_window=9)
+    t0 = time.perf_counter()
+    with VideoWriter(out_path, fps=16) as writer:
+        for block in stream_video(model, inputs["latent"], inputs["text"], vae=vae, seed=0, settings=settings,
+                                  clip_fea=inputs["clip_fea"]):
+            writer.write(block.frames[0])
+    return {"latent_frames": latent_frames, "video_frames": writer.frames_written,
+            "seconds": time.perf_counter() - t0, "file_bytes": os.path.getsize(out_path)}
+
+
+def _memory_case(latent_frames: int, args) -> dict:
+    env = dict(os.environ)
+    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the package folder
+    env["PYTHONPATH"] = os.pathsep.join(p for p in [os.path.dirname(here), env.get("PYTHONPATH", "")] if p)
+    with tempfile.TemporaryDirectory() as tmp:
+        out = subprocess.run([sys.executable, "-c", MEMORY_SCRIPT, str(latent_frames), str(args.memory_size),
+                              str(args.vae_dim), str(args.threads), os.path.join(tmp, "long.mp4")],
+                             capture_output=True, text=True, env=env)
+    if out.returncode:
+        raise RuntimeError(f"memory run at {latent_frames} latent frames failed: {out.stderr[-2000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def run(args) -> int:
+    threads_before = torch.get_num_threads()
+    try:
+        if args.quick and not args.threads:
+            args.threads = 1
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        results = _run(args)
+    finally:
+        torch.set_num_threads(threads_before)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=2)
+    return 0
+
+
+def _run(args) -> dict:
+    from ..wan import CausalSettings
+    from ..wan.latent import pixel_length_to_latent_frames
+
+    if args.quick:
+        args.frames, args.size, args.vae_dim = 33, 32, 8
+        args.short, args.long, args.memory_size = 6, 30, 32
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    latent_frames = pixel_length_to_latent_frames(args.frames)
+    model, vae = _models(args.size, args.vae_dim, args.seed, device)
+    settings = CausalSettings(frames_per_block=3)
+    print(f"bench stream: DiT {model.config.describe()} + Wan 2.1 VAE architecture at dim {args.vae_dim} (both "
+          f"seeded random init), {device}, {torch.get_num_threads()} threads; {args.frames} frames "
+          f"({latent_frames} latent, blocks of 3) at {args.size}x{args.size} px")
+    inputs = _inputs(latent_frames, args.size, args.seed)
+    warm = _inputs(3, args.size, args.seed)  # warm-up: allocator, kernels
+    streaming(model, vae, warm, settings, args.seed, device)
+    two = two_stage(model, vae, inputs, settings, args.seed, device)
+    st = streaming(model, vae, inputs, settings, args.seed, device)
+    diff = float((two["frames"] - st["frames"]).abs().max())
+    results = {
+        "device": str(device), "threads": torch.get_num_threads(), "frames": args.frames,
+        "latent_frames": latent_frames, "size": args.size, "vae_dim": args.vae_dim,
+        "two_stage": {k: v for k, v in two.items() if k != "frames"},
+        "streaming": {k: v for k, v in st.items() if k != "frames"},
+        "first_frame_speedup": two["first_frame_s"] / st["first_frame_s"],
+        "total_ratio": st["total_s"] / two["total_s"],
+        "max_frame_difference": diff,
+    }
+    print(f"  two-stage (sample all {latent_frames} latent frames, then decode): first frame after "
+          f"{two['first_frame_s']:.2f} s (sampling {two['sampling_s']:.2f} s + decode), total {two['total_s']:.2f} s")
+    print(f"  streaming (decode each block when final):  first frame after {st['first_frame_s']:.2f} s, "
+          f"total {st['total_s']:.2f} s, {st['blocks']} blocks")
+    print(f"  first decoded frame {results['first_frame_speedup']:.1f}x sooner; total wall time streaming / "
+          f"two-stage = {results['total_ratio']:.3f}; largest frame difference {diff:.2e}")
+    if not args.skip_memory:
+        short = _memory_case(args.short, args)
+        long = _memory_case(args.long, args)
+        results["memory"] = {"short": short, "long": long,
+                             "peak_rss_ratio": long["peak_rss_bytes"] / short["peak_rss_bytes"]}
+        print(f"  peak RSS streaming into an H.264 file ({args.memory_size}x{args.memory_size} px, sink 3 + window "
+              f"9): {args.short} latent frames ({short['video_frames']} video frames) "
+              f"{short['peak_rss_bytes'] / 2 ** 20:.0f} MiB, {args.long} latent frames ({long['video_frames']} video "
+              f"frames, {long['seconds']:.0f} s) {long['peak_rss_bytes'] / 2 ** 20:.0f} MiB -> ratio "
+              f"{results['memory']['peak_rss_ratio']:.3f}")
+    return results

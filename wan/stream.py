@@ -1,0 +1,111 @@
+"""Decoded video, block after block: ``for block in stream_video(...)`` yields the RGB frames of each
+causal block as soon as that block is final.
+
+Built on the sampler's block generator (``iter_causal_blocks``): each finished latent block is decoded by a
+*streaming* decoder (``wan.vae.StreamingDecoder`` — the real Wan 2.1 VAE with its causal feature cache —
+or the tiny TAEHV decoder in ``wan.taehv``), so the frames equal a decode of the whole latent at the end,
+but arrive one block after the first one's sampling instead of after the whole video. Nothing grows with
+the video's length: neither the decoded frames (handed out and forgotten) nor the latent (kept only with
+``keep_latent=True``).
+
+An app drives it directly::
+
+    for block in stream_video(model, latent, text, vae=vae, seed=0, settings=settings):
+        show(block.frames)  # [B, F, H, W, 3] float 0..1
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable, Iterator, Optional
+
+import torch
+
+from .latent import denormalize
+from .sampler import iter_causal_blocks
+
+
+@dataclasses.dataclass
+class VideoBlock:
+    """One decoded block: ``frames [B, F, H, W, 3]`` float32 in 0..1 (CPU) are pixel frames
+    ``frame_start .. frame_start + F - 1`` of the video; ``latent`` is the block's clean latent in the
+    model's (normalised) space, ``latent_start`` its first latent frame; block ``index`` of ``total``."""
+
+    index: int
+    total: int
+    latent_start: int
+    frame_start: int
+    frames: torch.Tensor
+    latent: torch.Tensor
+
+    @property
+    def num_frames(self) -> int:
+        return self.frames.shape[1]
+
+
+def _pixels_to_frames(pixels: torch.Tensor) -> torch.Tensor:
+    """``[B, 3, F, H, W]`` in [-1, 1] -> ``[B, F, H, W, 3]`` in [0, 1] on the CPU."""
+    return ((pixels.float().clamp(-1, 1) + 1) / 2).permute(0, 2, 3, 4, 1).cpu()
+
+
+class VideoStream:
+    """Iterable of ``VideoBlock``; set up (and validated) at construction, run by iterating once.
+
+    ``decoder``: an object with ``decode(raw_latent_block) -> pixels [B, 3, F, H, W] in [-1, 1]`` that
+    keeps its own causal state (``WanVAE.stream_decoder()``, ``TAEHV.stream_decoder()``). ``to_raw`` maps
+    the model-space latent to the decoder's raw VAE latent (Wan 2.1's statistics by default; inside ComfyUI
+    the MODEL's ``process_latent_out``). ``on_frames(block)`` is called for every block before it is yielded
+    (progress bars, live players, file writers). With ``keep_latent`` the whole clean latent is collected in
+    ``self.latent`` (memory then grows with length)."""
+
+    def __init__(self, model, latent: torch.Tensor, text: torch.Tensor, *, decoder, keep_latent: bool = False,
+                 to_raw: Callable[[torch.Tensor], torch.Tensor] = denormalize,
+                 on_frames: Optional[Callable[[VideoBlock], None]] = None, **loop_kwargs):
+        if not hasattr(decoder, "decode"):
+            raise TypeError(f"decoder ({type(decoder).__name__}) has no decode(); pass vae.stream_decoder() of a "
+                            f"WanVAE or a TAEHV.")
+        self.loop = iter_causal_blocks(model, latent, text, **loop_kwargs)
+        self.decoder = decoder
+        self.to_raw = to_raw
+        self.on_frames = on_frames
+        self.keep_latent = keep_latent
+        self.latent: Optional[torch.Tensor] = None
+        self.frames_done = 0
+        self.blocks_done = 0
+
+    def __len__(self) -> int:
+        return len(self.loop)
+
+    def __iter__(self) -> Iterator[VideoBlock]:
+        for result in self.loop:
+            pixels = self.decoder.decode(self.to_raw(result.x0))
+            block = VideoBlock(result.index, result.total, result.start_frame, self.frames_done,
+                               _pixels_to_frames(pixels), result.x0)
+            del pixels
+            if self.keep_latent:
+                if self.latent is None:
+                    shape = list(result.x0.shape)
+                    shape[2] = self.loop.latent.shape[2]
+                    self.latent = torch.zeros(shape, dtype=torch.float32)
+                self.latent[:, :, result.start_frame:result.start_frame + result.num_frames] = result.x0.cpu()
+            self.frames_done += block.num_frames
+            self.blocks_done += 1
+            if self.on_frames is not None:
+                self.on_frames(block)
+            yield block
+
+
+def stream_video(model, latent: torch.Tensor, text: torch.Tensor, *, vae=None, decoder=None,
+                 keep_latent: bool = False, to_raw: Callable = denormalize,
+                 on_frames: Optional[Callable[[VideoBlock], None]] = None, **loop_kwargs) -> VideoStream:
+    """Sample and decode block by block. ``vae``: a ``WanVAE`` (or TAEHV) whose ``stream_decoder()`` is used;
+    or pass a ready ``decoder``. Other keyword arguments go to the causal loop (``seed``, ``settings``,
+    ``negative_text``, ``clip_fea``, ``concat``, ``first_frames``, ``prompt_switches``, ``hooks``,
+    ``check_interrupt`` ...). Errors in the inputs raise here, before any work."""
+    if decoder is None:
+        if vae is None:
+            raise ValueError("stream_video needs a decoder: pass vae=WanVAE.from_file('wan_2.1_vae.safetensors') "
+                             "(or a TAEHV), or decoder=vae.stream_decoder().")
+        decoder = vae.stream_decoder()
+    return VideoStream(model, latent, text, decoder=decoder, keep_latent=keep_latent, to_raw=to_raw,
+                       on_frames=on_frames, **loop_kwargs)
