@@ -6,7 +6,7 @@
 2. total wall time of both paths for the same video (and the largest difference between their frames:
    the streamed frames must be the two-stage frames);
 3. peak RSS (``VmHWM``, each run in a fresh subprocess) of a streaming run that writes an H.264 file, at
-   100 and at 2,000 latent frames (sink + local window, so nothing grows with length).
+   100 and at 2,000 latent frames (blocks of 4, sink 4 + local window 12, so nothing grows with length).
 
 The DiT is the embedded default (the real Wan 2.1 i2v architecture at dim 256 / 4 layers) and the VAE is
 the real Wan 2.1 VAE architecture at reduced width (``--vae-dim``), both seeded random init.
@@ -34,9 +34,10 @@ def add_arguments(parser) -> None:
     parser.add_argument("--short", type=int, default=100, help="latent frames of the short memory run")
     parser.add_argument("--long", type=int, default=2000, help="latent frames of the long memory run")
     parser.add_argument("--memory-size", type=int, default=32, help="video size in pixels of the memory runs")
+    parser.add_argument("--memory-vae-dim", type=int, default=8, help="VAE base width of the memory runs")
     parser.add_argument("--skip-memory", action="store_true", help="only the latency/throughput part")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = leave as is)")
-    parser.add_argument("--quick", action="store_true", help="tiny run (for tests): 33 frames, 32 px, 6/30 latent frames")
+    parser.add_argument("--quick", action="store_true", help="tiny run (for tests): 33 frames, 32 px, 8/32 latent frames")
     parser.add_argument("--json", help="also write the figures to this JSON file")
     parser.add_argument("--seed", type=int, default=0)
 
@@ -112,7 +113,7 @@ MEMORY_SCRIPT = textwrap.dedent("""
 
 
 def memory_run(latent_frames: int, size_px: int, vae_dim: int, out_path: str) -> dict:
-    """Stream ``latent_frames`` latent frames (sink 3 + window 9, blocks of 3) into an H.264 file."""
+    """Stream ``latent_frames`` latent frames (blocks of 4, sink 4 + window 12) into an H.264 file."""
     from ..wan import CausalSettings
     from ..wan.stream import stream_video
     from ..wan.video_writer import VideoWriter
@@ -120,7 +121,7 @@ def memory_run(latent_frames: int, size_px: int, vae_dim: int, out_path: str) ->
     device = torch.device("cpu")
     model, vae = _models(size_px, vae_dim, 0, device)
     inputs = _inputs(latent_frames, size_px, 0)
-    settings = CausalSettings(frames_per_block=3, sink_size=3, local_window=9)
+    settings = CausalSettings(frames_per_block=4, sink_size=4, local_window=12)
     t0 = time.perf_counter()
     with VideoWriter(out_path, fps=16) as writer:
         for block in stream_video(model, inputs["latent"], inputs["text"], vae=vae, seed=0, settings=settings,
@@ -136,7 +137,7 @@ def _memory_case(latent_frames: int, args) -> dict:
     env["PYTHONPATH"] = os.pathsep.join(p for p in [os.path.dirname(here), env.get("PYTHONPATH", "")] if p)
     with tempfile.TemporaryDirectory() as tmp:
         out = subprocess.run([sys.executable, "-c", MEMORY_SCRIPT, str(latent_frames), str(args.memory_size),
-                              str(args.vae_dim), str(args.threads), os.path.join(tmp, "long.mp4")],
+                              str(args.memory_vae_dim), str(args.threads), os.path.join(tmp, "long.mp4")],
                              capture_output=True, text=True, env=env)
     if out.returncode:
         raise RuntimeError(f"memory run at {latent_frames} latent frames failed: {out.stderr[-2000:]}")
@@ -165,7 +166,7 @@ def _run(args) -> dict:
 
     if args.quick:
         args.frames, args.size, args.vae_dim = 33, 32, 8
-        args.short, args.long, args.memory_size = 6, 30, 32
+        args.short, args.long, args.memory_size = 8, 32, 32
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     latent_frames = pixel_length_to_latent_frames(args.frames)
     model, vae = _models(args.size, args.vae_dim, args.seed, device)
@@ -197,10 +198,10 @@ def _run(args) -> dict:
     if not args.skip_memory:
         short = _memory_case(args.short, args)
         long = _memory_case(args.long, args)
-        results["memory"] = {"short": short, "long": long,
+        results["memory"] = {"short": short, "long": long, "size": args.memory_size, "vae_dim": args.memory_vae_dim,
                              "peak_rss_ratio": long["peak_rss_bytes"] / short["peak_rss_bytes"]}
-        print(f"  peak RSS streaming into an H.264 file ({args.memory_size}x{args.memory_size} px, sink 3 + window "
-              f"9): {args.short} latent frames ({short['video_frames']} video frames) "
+        print(f"  peak RSS streaming into an H.264 file ({args.memory_size}x{args.memory_size} px, VAE dim "
+              f"{args.memory_vae_dim}, blocks of 4, sink 4 + window 12): {args.short} latent frames ({short['video_frames']} video frames) "
               f"{short['peak_rss_bytes'] / 2 ** 20:.0f} MiB, {args.long} latent frames ({long['video_frames']} video "
               f"frames, {long['seconds']:.0f} s) {long['peak_rss_bytes'] / 2 ** 20:.0f} MiB -> ratio "
               f"{results['memory']['peak_rss_ratio']:.3f}")

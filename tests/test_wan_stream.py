@@ -93,5 +93,5 @@ def test_bench_stream_quick(tmp_path):
     assert figures["max_frame_difference"] <= 1e-4
     assert figures["streaming"]["first_frame_s"] < figures["two_stage"]["first_frame_s"]
     mem = figures["memory"]
-    assert mem["short"]["video_frames"] == 4 * 6 - 3 and mem["long"]["video_frames"] == 4 * 30 - 3
+    assert mem["short"]["video_frames"] == 4 * 8 - 3 and mem["long"]["video_frames"] == 4 * 32 - 3
     assert mem["peak_rss_ratio"] < 1.5
