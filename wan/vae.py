@@ -391,6 +391,15 @@ class WanVAE:
     to the DiT's space. Pixels are ``[B, 3, T, H, W]`` in [-1, 1].
     """
 
+    # what a subclass for another Wan VAE generation replaces (wan/vae22.py): its config reader, module tree,
+    # default size, the files to name in errors, and the decoder/encoder functions over the tree
+    read_config = staticmethod(config_from_shapes)
+    tree_class = WanVAETree
+    default_config = REAL_CONFIG
+    name = "Wan 2.1 VAE"
+    files_hint = "Wan2.1_VAE.pth or ComfyUI's wan_2.1_vae.safetensors"
+    run_decoder = staticmethod(run_decoder)
+
     def __init__(self, tree: nn.Module, config: WanVAEConfig, source: str = "", device=None, dtype=None):
         self.tree = tree
         self.config = config
@@ -405,9 +414,9 @@ class WanVAE:
                         source: str = "state dict") -> "WanVAE":
         """Build on the meta device and *assign* the tensors (no copy unless dtype/device change)."""
         sd = strip_prefix(sd, source)
-        config = config_from_shapes({k: tuple(v.shape) for k, v in sd.items()}, source)
+        config = cls.read_config({k: tuple(v.shape) for k, v in sd.items()}, source)
         with torch.device("meta"):
-            tree = WanVAETree(config)
+            tree = cls.tree_class(config)
         expected = tree.state_dict()
         missing = sorted(set(expected) - set(sd))
         unexpected = sorted(set(sd) - set(expected))
@@ -415,8 +424,8 @@ class WanVAE:
                  if k in sd and tuple(sd[k].shape) != tuple(expected[k].shape)]
         if missing or unexpected or wrong:
             raise ValueError(f"{source} does not match {config.describe()}: missing keys {missing[:4]}, "
-                             f"unexpected keys {unexpected[:4]}, wrong shapes {wrong[:3]}. Use Wan2.1_VAE.pth or "
-                             f"ComfyUI's wan_2.1_vae.safetensors, unmodified.")
+                             f"unexpected keys {unexpected[:4]}, wrong shapes {wrong[:3]}. Use {cls.files_hint}, "
+                             f"unmodified.")
         tensors = {k: v.to(device=device, dtype=dtype if (dtype and v.is_floating_point()) else None)
                    for k, v in sd.items()}
         tree.load_state_dict(tensors, strict=True, assign=True)
@@ -436,16 +445,17 @@ class WanVAE:
         return cls.from_state_dict(raw, dtype=dtype, device=device, source=name)
 
     @classmethod
-    def random(cls, config: WanVAEConfig = REAL_CONFIG, seed: int = 0, dtype=torch.float32,
+    def random(cls, config: Optional[WanVAEConfig] = None, seed: int = 0, dtype=torch.float32,
                device="cpu") -> "WanVAE":
-        tree = init_random(WanVAETree(config), seed).to(device=device, dtype=dtype)
+        config = config or cls.default_config
+        tree = init_random(cls.tree_class(config), seed).to(device=device, dtype=dtype)
         return cls(tree.eval().requires_grad_(False), config, f"random-init seed {seed} (not trained)")
 
     @classmethod
     def adopt(cls, first_stage_model: nn.Module, device=None, dtype=None, source: str = "ComfyUI VAE") -> "WanVAE":
         """Wrap ComfyUI's loaded Wan 2.1 VAE module tree *without copying* its weights."""
         shapes = {k: tuple(v.shape) for k, v in first_stage_model.state_dict(keep_vars=True).items()}
-        return cls(first_stage_model, config_from_shapes(shapes, source), source, device=device, dtype=dtype)
+        return cls(first_stage_model, cls.read_config(shapes, source), source, device=device, dtype=dtype)
 
     # --- use ----------------------------------------------------------------------------------------------
     def _prepare(self, x: torch.Tensor) -> torch.Tensor:
@@ -455,7 +465,7 @@ class WanVAE:
         """Reference path: all latent frames through every layer at once (memory grows with length)."""
         with torch.no_grad():
             x = self.tree.conv2(self._prepare(z))
-            return run_decoder(self.tree.decoder, x, None).float()
+            return self.run_decoder(self.tree.decoder, x, None).float()
 
     def stream_decoder(self) -> "StreamingDecoder":
         return StreamingDecoder(self)
@@ -500,13 +510,13 @@ class StreamingDecoder:
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         if z.dim() != 5 or z.shape[1] != self.vae.config.z_dim:
             raise ValueError(f"latent block has shape {list(z.shape)}; expected [B, {self.vae.config.z_dim}, "
-                             f"frames, h, w] (raw Wan 2.1 VAE latents).")
+                             f"frames, h, w] (raw {self.vae.name} latents).")
         tree = self.vae.tree
         outs = []
         with torch.no_grad():
             for i in range(z.shape[2]):  # one latent frame at a time, as Wan decodes: memory of one frame
                 x = tree.conv2(self.vae._prepare(z[:, :, i:i + 1]))
-                outs.append(run_decoder(tree.decoder, x, self.cache).float())
+                outs.append(self.vae.run_decoder(tree.decoder, x, self.cache).float())
                 self.latent_frames += 1
         return torch.cat(outs, dim=2)
 
