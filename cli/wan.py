@@ -88,10 +88,10 @@ def _load_tensor(path: str, what: str, dims: int) -> torch.Tensor:
 
 def run_pipeline(args, out_dir: str, log=print) -> dict:
     from ..clip_vision import default_clip_vision, load_clip_vision
-    from ..wan import CausalSettings, LatentPreviewer, denormalize, normalize, sample_causal
+    from ..wan import CausalSettings, LatentPreviewer, denormalize, sample_causal
     from ..wan.causal_model import CausalWanModel, default_causal_wan
     from ..wan.checkpoint import resolve_dtype
-    from ..wan.conditioning import concat_condition, known_prefix_frames
+    from ..wan.inputs import build_sampler_inputs, conditioning
     from ..wan.latent import latent_format, pixel_length_to_latent_frames, save_animation
     from ..wan.sampler import loop_rules_for
 
@@ -131,29 +131,33 @@ def run_pipeline(args, out_dir: str, log=print) -> dict:
                          f"{2 * fmt.spatial} for a {fmt.name} model.")
     frames = pixel_length_to_latent_frames(args.length)
     latent = torch.zeros(1, fmt.channels, frames, args.height // fmt.spatial, args.width // fmt.spatial)
-    concat = first = None
+    image_latent = mask = None
     if args.image_latent and not args.no_image:
-        img_lat = normalize(_load_tensor(args.image_latent, "image latent", 5))
-        if tuple(img_lat.shape[3:]) != tuple(latent.shape[3:]):
-            raise ValueError(f"--image-latent {list(img_lat.shape)} does not match the video latent grid "
+        given = _load_tensor(args.image_latent, "image latent", 5)
+        if tuple(given.shape[3:]) != tuple(latent.shape[3:]):
+            raise ValueError(f"--image-latent {list(given.shape)} does not match the video latent grid "
                              f"{list(latent.shape[3:])} (--width/--height / {fmt.spatial}).")
-        known = img_lat.shape[2]
-        full = torch.zeros(1, fmt.channels, frames, *latent.shape[3:])
-        full[:, :, :known] = img_lat[:, :, :frames]
+        known = min(given.shape[2], frames)
+        # frames after the given ones: the latent mean (0 once normalised), marked "to generate" by the mask
+        image_latent = denormalize(torch.zeros(1, fmt.channels, frames, *latent.shape[3:]))
+        image_latent[:, :, :known] = given[:, :, :known]
         mask = torch.ones(1, 1, frames, *latent.shape[3:])
         mask[:, :, :known] = 0.0
-        if model.config.concat_channels:
-            concat = concat_condition(full, mask)
-            log(f"wan: route 2 — image latent ({known} frame(s)) concatenated to the noise")
-        else:
-            first = full[:, :, :known_prefix_frames(mask, *full.shape[2:])]
-            if model.config.generation == "Wan 2.2":
-                log(f"wan: route 3 — image latent ({known} frame(s)) clamped as the clean first frame(s) of the "
-                    f"first block")
-            else:
-                log(f"wan: route 3 — image latent written into the KV cache as the first {known} frame(s)")
     elif not args.no_image:
         log("wan: route 1 only (CLIP features); routes 2/3 need the image's VAE latent (--image-latent)")
+    # The same mapping as the sampler node: a ComfyUI-style CONDITIONING through wan.inputs
+    positive = conditioning(text, clip_vision_output=clip_fea, concat_latent_image=image_latent, concat_mask=mask)
+    inputs = build_sampler_inputs(model.config, latent, positive, conditioning(negative) if negative is not None
+                                  else None, image_conditioning=not args.no_image, report=log)
+    if inputs.concat is not None:
+        log("wan: route 2 — image latent concatenated to the noise")
+    if inputs.first_frames is not None:
+        known = inputs.first_frames.shape[2]
+        if model.config.generation == "Wan 2.2":
+            log(f"wan: route 3 — image latent ({known} frame(s)) clamped as the clean first frame(s) of the "
+                f"first block")
+        else:
+            log(f"wan: route 3 — image latent written into the KV cache as the first {known} frame(s)")
 
     steps = args.steps or ("4" if model.config.generation == "Wan 2.2" else "1000,750,500,250")
     settings = CausalSettings(steps=steps, shift=args.shift, warp=getattr(args, "warp", True),
@@ -170,9 +174,10 @@ def run_pipeline(args, out_dir: str, log=print) -> dict:
         log(f"wan: block {i + 1}/{n} (latent frames {start}..{start + x0.shape[2] - 1}) at "
             f"{block_times[-1]:.2f} s")
 
-    z = sample_causal(model, latent, text, seed=args.seed, settings=settings, negative_text=negative,
-                      clip_fea=clip_fea, concat=concat, first_frames=first, on_block=on_block)
-    raw = denormalize(z)
+    z = sample_causal(model, inputs.latent, inputs.text, seed=args.seed, settings=settings,
+                      negative_text=inputs.negative_text, clip_fea=inputs.clip_fea, concat=inputs.concat,
+                      first_frames=inputs.first_frames, on_block=on_block)
+    raw = inputs.to_raw(z)
     from safetensors.torch import save_file
 
     latent_path = os.path.join(out_dir, "wan_latent.safetensors")
@@ -186,9 +191,7 @@ def run_pipeline(args, out_dir: str, log=print) -> dict:
         "model": model.source, "config": model.config.describe(), "latent": latent_path,
         "latent_shape": list(raw.shape), "preview": preview_path, "blocks": len(block_times),
         "first_block_s": round(block_times[0], 3), "sampling_s": round(block_times[-1], 3),
-        "total_s": round(time.perf_counter() - t0, 3), "image_routes": (
-            [] if args.no_image else (["clip"] if clip_fea is not None else []) + (["concat"] if concat is not None else [])
-            + (["first_frames"] if first is not None else [])),
+        "total_s": round(time.perf_counter() - t0, 3), "image_routes": inputs.image_routes,
         "latent_mean_abs": round(float(raw.abs().mean()), 4),
     }
     with open(os.path.join(out_dir, "wan_summary.json"), "w") as f:

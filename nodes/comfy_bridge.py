@@ -166,6 +166,76 @@ def load_models_gpu(models: list) -> bool:
     return True
 
 
+def load_model_gpu(patcher) -> bool:
+    """``load_models_gpu([patcher])`` for one managed model (e.g. CLIP vision before an encode)."""
+    return load_models_gpu([patcher])
+
+
+def is_model_patcher(model) -> bool:
+    """A ComfyUI MODEL (ModelPatcher) carrying a diffusion model, as UNETLoader / our loader return."""
+    return hasattr(getattr(model, "model", None), "diffusion_model") and hasattr(model, "load_device")
+
+
+def load_diffusion_model_state_dict(sd: dict, dtype=None, source: str = "weights"):
+    """ComfyUI's own diffusion-model loading (what UNETLoader does after reading the file) from a state dict
+    with Wan key names; returns a ModelPatcher, or None outside ComfyUI."""
+    try:
+        import comfy.sd
+    except Exception:
+        return None
+    options = {} if dtype is None else {"dtype": dtype}
+    patcher = comfy.sd.load_diffusion_model_state_dict(sd, model_options=options)
+    if patcher is None:
+        raise ValueError(f"ComfyUI did not recognise {source} as a diffusion model (model detection failed); "
+                         f"is it a Wan 2.1 DiT?")
+    return patcher
+
+
+def managed_module(module, load_device, offload_device):
+    """Wrap a torch module in ComfyUI's ModelPatcher so model management loads/offloads it like core's CLIP
+    vision; None outside ComfyUI."""
+    try:
+        import comfy.model_patcher
+    except Exception:
+        return None
+    return comfy.model_patcher.ModelPatcher(module, load_device=load_device, offload_device=offload_device)
+
+
+def text_encoder_offload_device():
+    mm = _model_management()
+    return mm.text_encoder_offload_device() if mm is not None else torch.device("cpu")
+
+
+class ComfyModelAdapter:
+    """``wan.inputs`` adapter for a ComfyUI MODEL: its latent format normalises, its ``extra_conds`` turn the
+    image entries into model inputs (the same tensors core samplers feed it)."""
+
+    def __init__(self, patcher, seed: int = 0):
+        self.patcher = patcher
+        self.base = patcher.model
+        self.seed = seed
+
+    def latent_in(self, raw):
+        return self.base.process_latent_in(raw.float())
+
+    def latent_out(self, z):
+        return self.base.process_latent_out(z)
+
+    def image_inputs(self, text, extra, latent):
+        device = self.patcher.load_device
+        out = self.base.extra_conds(noise=latent.to(device), device=device, cross_attn=text, latent_image=latent,
+                                    seed=self.seed, **extra)
+        out = {k: getattr(v, "cond", v) for k, v in out.items()}
+        return {"clip_fea": out.get("clip_fea"), "concat": out.get("c_concat")}
+
+
+def inference_dtype(patcher):
+    """The dtype ComfyUI computes this MODEL in (fp32/fp16/bf16; others, e.g. fp8 storage, compute in bf16)."""
+    bm = patcher.model
+    dtype = bm.get_dtype_inference() if hasattr(bm, "get_dtype_inference") else bm.get_dtype()
+    return dtype if dtype in (torch.float32, torch.float16, torch.bfloat16) else torch.bfloat16
+
+
 def intermediate_device():
     """Where ComfyUI keeps tensors between nodes (CPU unless --gpu-only); CPU outside ComfyUI."""
     mm = _model_management()
@@ -182,10 +252,11 @@ def comfy_resize_center(images_bchw, width: int, height: int):
     return comfy.utils.common_upscale(images_bchw, width, height, "bilinear", "center")
 
 
-def latent_preview_image(model_patcher, x0, latent_format: str = "Wan21"):
-    """A PIL preview of a normalised latent ``x0`` (5-D: the first frame is shown) made with ComfyUI's own
-    previewer (``--preview-method``) for the model's latent format, or for ``comfy.latent_formats.<latent_format>``
-    when ``model_patcher`` is None; None when previews are off or outside ComfyUI."""
+def latent_previewer(model_patcher=None, latent_format: str = "Wan21"):
+    """ComfyUI's previewer (``--preview-method``) for the MODEL's latent format, or for
+    ``comfy.latent_formats.<latent_format>`` when ``model_patcher`` is None. Build it once per run: with
+    ``taesd`` this loads the TAE decoder from disk. None when previews are off or outside ComfyUI; call
+    ``.decode_latent_to_preview(x0)`` on it (5-D latents: the first frame is shown)."""
     try:
         import comfy.latent_formats
         import latent_preview
@@ -194,10 +265,7 @@ def latent_preview_image(model_patcher, x0, latent_format: str = "Wan21"):
             device, fmt = model_patcher.load_device, model_patcher.model.latent_format
         else:
             device, fmt = torch_device(), getattr(comfy.latent_formats, latent_format)()
-        previewer = latent_preview.get_previewer(device, fmt)
-        if previewer is None:
-            return None
-        return previewer.decode_latent_to_preview(x0)
+        return latent_preview.get_previewer(device, fmt)
     except Exception:
         return None
 

@@ -8,15 +8,13 @@ from __future__ import annotations
 
 import base64
 import io
-from typing import Optional
-
-import torch
 
 from . import comfy_bridge as bridge
 from ..wan import conditioning as cond
 from ..wan.causal_model import CausalWanModel
-from ..wan.checkpoint import resolve_dtype
-from ..wan.latent import LatentPreviewer, check_latent, denormalize, normalize
+from ..wan.checkpoint import load_wan_state_dict, resolve_dtype
+from ..wan.inputs import WanLatentAdapter, build_sampler_inputs
+from ..wan.latent import LatentPreviewer
 from ..wan.sampler import CausalSettings, PromptSwitch, loop_rules_for, sample_causal
 
 UI_EVENT = "clipwan.causal_frames"
@@ -79,11 +77,14 @@ class LoadCausalWanModel:
     DESCRIPTION = ("Loads a Wan 2.1 or Wan 2.2 TI2V DiT for block-causal sampling: Self-Forcing / CausVid / LongLive "
                    "(1.0 and 2.0 model_bf16.pt) .pt checkpoints (generator_ema / generator / model entries, model. "
                    "prefixes) and Wan / ComfyUI .safetensors. Config (1.3B, 14B, TI2V-5B, t2v/i2v) is read from the "
-                   "weights. Output goes to "
-                   "Causal Wan Sampler (ClipWan).")
+                   "weights. Inside ComfyUI the output is an ordinary MODEL (ComfyUI loads it, manages its memory, "
+                   "and any node taking a MODEL accepts it); Causal Wan Sampler (ClipWan) samples it block by block.")
     CATEGORY = "ClipWan/loaders"
     RETURN_TYPES = ("MODEL",)
     RETURN_NAMES = ("causal_model",)
+    OUTPUT_TOOLTIPS = ("The Wan 2.1 diffusion model (a ComfyUI MODEL inside ComfyUI).",)
+    SEARCH_ALIASES = ["self forcing", "self-forcing", "causvid", "longlive", "causal wan", "autoregressive wan",
+                      "clipwan", "load wan"]
     FUNCTION = "load"
 
     @classmethod
@@ -93,7 +94,8 @@ class LoadCausalWanModel:
                 "model_name": (bridge.list_model_files("diffusion_models", "checkpoints"), {
                     "tooltip": "File in models/diffusion_models (or unet) or models/checkpoints."}),
                 "weight_dtype": (["default", "bf16", "fp16", "fp32"], {
-                    "default": "default", "tooltip": "Weight/compute dtype; default keeps the file's dtype."}),
+                    "default": "default", "tooltip": "Weight/compute dtype; default keeps the file's dtype "
+                                                     "(inside ComfyUI: ComfyUI's choice for the device)."}),
                 "checkpoint_entry": (["auto", "generator_ema", "generator", "model"], {
                     "default": "auto",
                     "tooltip": "Which entry of a training checkpoint to use; auto prefers generator_ema."}),
@@ -102,9 +104,11 @@ class LoadCausalWanModel:
 
     def load(self, model_name, weight_dtype="default", checkpoint_entry="auto"):
         path = bridge.resolve_model_path(model_name, "diffusion_models", "checkpoints")
-        device = bridge.torch_device()
-        return (CausalWanModel.from_file(path, dtype=resolve_dtype(weight_dtype), device=device,
-                                         entry=checkpoint_entry),)
+        sd, source = load_wan_state_dict(path, checkpoint_entry)
+        dtype = resolve_dtype(weight_dtype)
+        if bridge.in_comfyui():  # ComfyUI builds, places and offloads it like any UNETLoader model
+            return (bridge.load_diffusion_model_state_dict(sd, dtype=dtype, source=source),)
+        return (CausalWanModel.from_state_dict(sd, dtype=dtype, device=bridge.torch_device(), source=source),)
 
 
 class CausalWanSampler:
@@ -117,14 +121,17 @@ class CausalWanSampler:
     CATEGORY = "ClipWan/sampling"
     RETURN_TYPES = ("LATENT",)
     RETURN_NAMES = ("latent",)
+    OUTPUT_TOOLTIPS = ("The sampled video latent (raw Wan VAE space): decode it with VAE Decode.",)
+    SEARCH_ALIASES = ["self forcing", "self-forcing", "causvid", "longlive", "causal", "autoregressive video",
+                      "kv cache", "streaming video", "clipwan"]
     FUNCTION = "sample"
 
     @classmethod
     def INPUT_TYPES(cls):
         return {
             "required": {
-                "model": ("MODEL", {"tooltip": "Wan 2.1 DiT: a ComfyUI MODEL (weights shared, not copied) or "
-                                               "Load Causal Wan Model's output."}),
+                "model": ("MODEL", {"tooltip": "Wan 2.1 DiT: from Load Diffusion Model or Load Causal Wan Model "
+                                               "(weights shared, not copied)."}),
                 "positive": ("CONDITIONING", {"tooltip": "Text conditioning (with image conditioning from "
                                                          "Wan I2V Conditioning)."}),
                 "latent": ("LATENT", {"tooltip": "Wan video latent [B,16,T,H/8,W/8]; empty = from pure noise."}),
@@ -155,9 +162,11 @@ class CausalWanSampler:
             },
             "optional": {
                 "negative": ("CONDITIONING", {"tooltip": "Negative conditioning (used when guidance_scale > 1)."}),
-                "switch_positive": ("CONDITIONING", {"tooltip": "Prompt to switch to at switch_at_block."}),
+                "switch_positive": ("CONDITIONING", {"tooltip": "Prompt to switch to at switch_at_block "
+                                                                "(LongLive-style; needs switch_at_block >= 1)."}),
                 "switch_at_block": ("INT", {"default": 0, "min": 0, "max": 100000,
-                                            "tooltip": "Block index where switch_positive takes over."}),
+                                            "tooltip": "Block index (1 or more) from which switch_positive "
+                                                       "replaces positive; 0 = no switch."}),
             },
             "hidden": {"unique_id": "UNIQUE_ID"},
         }
@@ -171,154 +180,65 @@ class CausalWanSampler:
                                   sink_size=sink_size,
                                   local_window=local_window, cache_dtype=resolve_dtype(cache_dtype),
                                   independent_first_frame=independent_first_frame, guidance_scale=guidance_scale)
-        if not positive:
-            raise ValueError("positive conditioning is empty; connect a CLIP Text Encode (Wan umt5) output.")
-        samples = latent["samples"]
-        noise_mask = latent.get("noise_mask") if image_conditioning else None  # Wan22ImageToVideoLatent's start image
-        if getattr(model, "is_clipwan_causal_model", False):
-            job = _OwnModelJob(model, samples, positive, negative, switch_positive, image_conditioning, noise_mask)
-        elif hasattr(getattr(model, "model", None), "diffusion_model"):
-            job = _ComfyModelJob(model, samples, positive, negative, switch_positive, image_conditioning, seed,
-                                 noise_mask)
-        else:
-            raise ValueError(f"model ({type(model).__name__}) is not a Wan 2.1 model: connect Load Diffusion Model "
-                             f"(a Wan 2.1 file) or Load Causal Wan Model.")
-        settings = loop_rules_for(settings, job.causal.config)
+        causal, adapter, patcher = causal_model_of(model, seed)
+        settings = loop_rules_for(settings, causal.config)
+        noise_mask = latent.get("noise_mask")  # Wan22ImageToVideoLatent's start image
+        inputs = build_sampler_inputs(causal.config, latent["samples"], positive, negative, switch_positive,
+                                      image_conditioning, adapter, noise_mask=noise_mask,
+                                      switch_at_block=switch_at_block if switch_positive is not None else None)
         switches = []
-        if switch_positive is not None and switch_at_block > 0:
-            switches.append(PromptSwitch(int(switch_at_block), job.switch_text))
-        streamer = _BlockStreamer(job, unique_id, settings, samples.shape[2])
-        z = sample_causal(job.causal, job.z, job.text, seed=seed, settings=settings, negative_text=job.neg_text,
-                          clip_fea=job.clip, concat=job.concat, first_frames=job.first_frames,
-                          prompt_switches=switches, on_block=streamer, check_interrupt=bridge.check_interrupt)
-        out = job.to_raw(z)
-        return ({"samples": out.to(bridge.intermediate_device())},)
+        if inputs.switch_text is not None:
+            switches.append(PromptSwitch(int(switch_at_block), inputs.switch_text))
+        streamer = _BlockStreamer(patcher, unique_id, settings, inputs.latent.shape[2])
+        z = sample_causal(causal, inputs.latent, inputs.text, seed=seed, settings=settings,
+                          negative_text=inputs.negative_text, clip_fea=inputs.clip_fea, concat=inputs.concat,
+                          first_frames=inputs.first_frames, prompt_switches=switches, on_block=streamer,
+                          check_interrupt=bridge.check_interrupt)
+        return ({"samples": inputs.to_raw(z).to(bridge.intermediate_device())},)
 
 
-def _first_tensor(conditioning):
-    return conditioning[0][0] if conditioning else None
+def causal_model_of(model, seed: int = 0):
+    """``(CausalWanModel, conditioning adapter, ModelPatcher or None)`` for whatever sits on the MODEL socket.
 
-
-class _OwnModelJob:
-    """Inputs for our own CausalWanModel: conditioning dicts read directly, Wan 2.1 latent normalisation."""
-
-    def __init__(self, model, samples, positive, negative, switch_positive, image_conditioning, noise_mask=None):
-        self.causal = model
-        self.patcher = None
-        cfg = model.config
-        check_latent(samples, channels=cfg.out_dim)
-        self.z = normalize(samples.float()) if torch.count_nonzero(samples) else samples.float()
-        self.text = positive[0][0]
-        self.neg_text = _first_tensor(negative)
-        self.switch_text = _first_tensor(switch_positive)
-        self.clip = self.concat = self.first_frames = None
-        if image_conditioning:
-            extra = positive[0][1]
-            self.clip = cond.clip_features(extra.get("clip_vision_output"))
-            image = extra.get("concat_latent_image")
-            if image is not None:
-                _check_same_grid(image, samples)
-                image = normalize(image.float())
-                if cfg.concat_channels:
-                    self.concat = cond.concat_condition(image, extra.get("concat_mask"))
-                else:
-                    k = cond.known_prefix_frames(extra.get("concat_mask"), *image.shape[2:])
-                    self.first_frames = image[:, :, :k] if k else None
-        _start_from_noise_mask(self, samples, noise_mask, normalize)
-        self.to_raw = denormalize
-
-
-class _ComfyModelJob:
-    """Inputs for a ComfyUI ModelPatcher: ComfyUI loads it, its extra_conds build the conditioning (the same
-    tensors its own samplers feed the model) and its latent format normalises the latent."""
-
-    def __init__(self, patcher, samples, positive, negative, switch_positive, image_conditioning, seed,
-                 noise_mask=None):
-        bridge.load_models_gpu([patcher])
-        bm = patcher.model
-        device = patcher.load_device
-        dtype = bm.get_dtype_inference() if hasattr(bm, "get_dtype_inference") else bm.get_dtype()
-        if dtype not in (torch.float32, torch.float16, torch.bfloat16):
-            dtype = torch.bfloat16
-        self.patcher = patcher
-        self.causal = CausalWanModel.adopt(bm.diffusion_model, compute_dtype=dtype, device=device)
-        cfg = self.causal.config
-        check_latent(samples, channels=cfg.out_dim)
-        self.z = bm.process_latent_in(samples.float()) if torch.count_nonzero(samples) else samples.float()
-        image_keys = ("clip_vision_output", "concat_latent_image", "concat_mask")
-
-        def model_conds(conditioning):
-            text, extra = conditioning[0]
-            if not image_conditioning:
-                extra = {k: v for k, v in extra.items() if k not in image_keys}
-            out = bm.extra_conds(noise=self.z.to(device), device=device, cross_attn=text, latent_image=self.z,
-                                 seed=seed, **extra)
-            return {k: getattr(v, "cond", v) for k, v in out.items()}, extra
-
-        pos, extra = model_conds(positive)
-        self.text = pos["c_crossattn"]
-        self.clip = pos.get("clip_fea") if image_conditioning else None
-        self.concat = pos.get("c_concat") if cfg.concat_channels else None
-        self.first_frames = None
-        if image_conditioning and not cfg.concat_channels and extra.get("concat_latent_image") is not None:
-            image = extra["concat_latent_image"]
-            _check_same_grid(image, samples)
-            k = cond.known_prefix_frames(extra.get("concat_mask"), *image.shape[2:])
-            self.first_frames = bm.process_latent_in(image.float())[:, :, :k] if k else None
-        self.neg_text = model_conds(negative)[0]["c_crossattn"] if negative else None
-        self.switch_text = model_conds(switch_positive)[0]["c_crossattn"] if switch_positive else None
-        _start_from_noise_mask(self, samples, noise_mask, bm.process_latent_in)
-        self.to_raw = bm.process_latent_out
-
-
-def _start_from_noise_mask(job, samples: torch.Tensor, noise_mask, latent_in) -> None:
-    """Wan 2.2 TI2V's start image (core ``Wan22ImageToVideoLatent``): the LATENT's leading frames hold the
-    image's raw latent and its ``noise_mask`` is 0 there. Those frames become the clean first frames (the loop
-    clamps them, LongLive 2.0 / TI2V style); sampling starts from noise everywhere else."""
-    if noise_mask is None or job.first_frames is not None or job.causal.config.concat_channels:
-        return
-    k = cond.known_prefix_frames(noise_mask, *samples.shape[2:])
-    if k:
-        job.first_frames = latent_in(samples[:, :, :k].float())
-        job.z = torch.zeros_like(samples, dtype=torch.float32)
-
-
-def _check_same_grid(image: torch.Tensor, samples: torch.Tensor) -> None:
-    if tuple(image.shape[2:]) != tuple(samples.shape[2:]):
-        raise ValueError(f"concat_latent_image {list(image.shape)} does not match the latent "
-                         f"{list(samples.shape)}: use the latent from the same Wan I2V Conditioning node "
-                         f"(same width, height and length).")
+    A ComfyUI MODEL is loaded by its model management first, then its diffusion model is adopted (weights
+    shared) and its latent format / ``extra_conds`` map the conditioning; our own model (outside ComfyUI)
+    uses Wan 2.1's statistics."""
+    if getattr(model, "is_clipwan_causal_model", False):
+        return model, WanLatentAdapter(), None
+    if bridge.is_model_patcher(model):
+        bridge.load_models_gpu([model])
+        causal = CausalWanModel.adopt(model.model.diffusion_model, compute_dtype=bridge.inference_dtype(model),
+                                      device=model.load_device)
+        return causal, bridge.ComfyModelAdapter(model, seed), model
+    raise ValueError(f"model ({type(model).__name__}) is not a Wan 2.1 model: connect Load Diffusion Model "
+                     f"(a Wan 2.1 file) or Load Causal Wan Model.")
 
 
 class _BlockStreamer:
-    """After each block: progress bar with a preview on the node, and the block's frames to the web UI."""
+    """After each block: progress bar with a preview on the node, and the block's frames to the web UI.
+    The previewer is made once per run (ComfyUI's ``taesd`` previewer loads its decoder from disk)."""
 
-    def __init__(self, job, unique_id, settings, frames):
+    def __init__(self, patcher, unique_id, settings, frames):
         from ..wan.sampler import block_layout
 
-        self.job = job
         self.node = unique_id
         self.total = len(block_layout(frames, settings.frames_per_block, settings.independent_first_frame))
         self.progress = bridge.Progress(self.total, node_id=unique_id)
+        self.comfy_previewer = bridge.latent_previewer(patcher) if bridge.in_comfyui() else None
         self.previewer = LatentPreviewer()
         self.stream = bridge.prompt_server() is not None
-        self.in_comfy = bridge.in_comfyui()
 
     def _frames_rgb(self, x0):
         """PIL images of the block's frames (first video in the batch)."""
-        images = []
-        if self.in_comfy:  # inside ComfyUI: its own previewer (our model: the Wan21 latent format)
-            for f in range(x0.shape[2]):
-                img = bridge.latent_preview_image(self.job.patcher, x0[:1, :, f:f + 1])
-                if img is None:
-                    images = []
-                    break
-                images.append(img)
-        if not images:
-            from ..wan.latent import frames_to_pil
+        if self.comfy_previewer is not None:
+            try:
+                return [self.comfy_previewer.decode_latent_to_preview(x0[:1, :, f:f + 1])
+                        for f in range(x0.shape[2])]
+            except Exception:
+                self.comfy_previewer = None
+        from ..wan.latent import frames_to_pil
 
-            images = frames_to_pil(self.previewer.frames(x0[0]))
-        return images
+        return frames_to_pil(self.previewer.frames(x0[0]))
 
     def __call__(self, index, total, x0, start_frame):
         images = self._frames_rgb(x0)

@@ -93,11 +93,14 @@ def test_sampler_on_loaded_model_equals_core_call_and_reports_progress(i2v_file,
     assert (off["samples"] - out["samples"]).abs().max() > 1e-3
 
 
-def test_t2v_model_continues_from_start_image_route3(tmp_path):
+def test_t2v_model_continues_from_start_image_route3(caplog):
     (pos, neg, latent), _ = _i2v_inputs(length=13)
     m = CausalWanModel.random(T2V, seed=6)
-    with pytest.warns(UserWarning, match="CLIP vision features were given but the model has no image embedding"):
+    with caplog.at_level("WARNING", logger="comfyui_clipwan"):
         (out,) = CausalWanSampler().sample(m, pos, latent, seed=0, steps="1000", independent_first_frame=True)
+    assert caplog.messages == [
+        "CausalWanSampler ignores: positive: clip_vision_output (the model Wan 2.1 custom t2v (dim 256, ffn 320, "
+        "2 heads, 2 layers, in_dim 16) has no image embedding; use an i2v Wan model to condition on CLIP features)"]
     torch.testing.assert_close(out["samples"][:, :, :1], pos[0][1]["concat_latent_image"][:, :, :1],
                                atol=1e-6, rtol=0)
 
