@@ -62,6 +62,9 @@ class ExportCLIPToAxmodel:
     CATEGORY = CATEGORY
     FUNCTION = "export"
     OUTPUT_NODE = True
+    OUTPUT_TOOLTIPS = ("Folder of the export (ONNX graphs, calibration sets, Pulsar2 configs, build script).",
+                       "Text report of the export and its checks.")
+    SEARCH_ALIASES = ["onnx", "axera", "ax650", "axmodel", "pulsar2", "npu", "export clip", "clipwan"]
     RETURN_TYPES = ("STRING", "STRING")
     RETURN_NAMES = ("export_folder", "report")
     OUTPUT_TOOLTIPS = ("folder with the .onnx files, manifest.json, calibration tars, Pulsar2 configs",
@@ -169,6 +172,9 @@ class CLIPZeroShotAxera:
     CATEGORY = CATEGORY
     FUNCTION = "classify"
     OUTPUT_NODE = True
+    OUTPUT_TOOLTIPS = ("Label probabilities as JSON (per image).", "The most likely label (of the first image).")
+    SEARCH_ALIASES = ["onnx", "axera", "ax650", "axmodel", "zero-shot", "zero shot", "classify", "interrogate",
+                      "clipwan"]
     RETURN_TYPES = ("STRING", "STRING")
     RETURN_NAMES = ("scores_json", "best_label")
     OUTPUT_TOOLTIPS = ("JSON list per image of {label: probability}, best first", "top label of the first image")

@@ -34,12 +34,15 @@ def _resolve_device(choice: str):
 
 
 class LoadCLIPVisionH14:
-    DESCRIPTION = ("Loads a CLIP vision tower for Wan 2.1 image-to-video from any common file: ComfyUI's "
+    DESCRIPTION = ("Loads a CLIP vision tower of any size (ViT-H/14 for Wan 2.1 image-to-video, ViT-L/14, ViT-B, "
+                   "bigG, …) from any common file: ComfyUI's "
                    "clip_vision_h.safetensors, Wan's original models_clip_open-clip-xlm-roberta-large-vit-huge-14.pth "
                    "(text tower skipped), OpenCLIP or Hugging Face checkpoints. The size (ViT-H/14, ViT-L/14, …) is "
                    "detected from the weights. The output also works with ComfyUI's CLIP Vision Encode.")
     RETURN_TYPES = ("CLIP_VISION",)
     RETURN_NAMES = ("clip_vision",)
+    OUTPUT_TOOLTIPS = ("The CLIP vision model; also works with ComfyUI's CLIP Vision Encode.",)
+    SEARCH_ALIASES = ["clip vision", "vit-h", "vit-l", "open clip", "wan clip", "load clip vision", "clipwan"]
     FUNCTION = "load"
     CATEGORY = "ClipWan/loaders"
 
@@ -63,7 +66,35 @@ class LoadCLIPVisionH14:
     def load(self, clip_name, dtype="default", device="default"):
         path = comfy_bridge.resolve_model_path(clip_name, "clip_vision")
         torch_dtype = "fp16" if dtype == "default" else dtype
-        return (load_clip_vision(path, dtype=torch_dtype, device=_resolve_device(device)),)
+        load_device = _resolve_device(device)
+        if not comfy_bridge.in_comfyui():
+            return (load_clip_vision(path, dtype=torch_dtype, device=load_device),)
+        # Inside ComfyUI: weights wait on the offload device; model management moves them to load_device for
+        # each encode and may offload them again when the video model needs the memory (as core's CLIP vision)
+        offload = load_device if load_device.type == "cpu" else comfy_bridge.text_encoder_offload_device()
+        model = load_clip_vision(path, dtype=torch_dtype, device=offload)
+        return (ManagedClipVision(model, comfy_bridge.managed_module(model.model, load_device, offload)),)
+
+
+class ManagedClipVision:
+    """Our CLIP vision model plus the ComfyUI ModelPatcher that manages its memory (``patcher``, as core's
+    ``ClipVisionModel`` has); everything else is the wrapped model's."""
+
+    def __init__(self, model, patcher):
+        self.model_ref = model
+        self.patcher = patcher
+
+    def __getattr__(self, name):
+        if name in ("model_ref", "patcher"):  # not set yet (e.g. while unpickling)
+            raise AttributeError(name)
+        return getattr(self.model_ref, name)
+
+    def encode_image(self, image, crop=True, penultimate_only: bool = False):
+        comfy_bridge.load_model_gpu(self.patcher)
+        return self.model_ref.encode_image(image, crop=crop, penultimate_only=penultimate_only)
+
+    def __repr__(self):
+        return f"Managed{self.model_ref!r}"
 
 
 class FeatureCache:
@@ -167,6 +198,9 @@ class CLIPVisionEncodeWan:
                    "Vision. Checks the features fit Wan and caches them so re-queuing does not re-encode.")
     RETURN_TYPES = ("CLIP_VISION_OUTPUT",)
     RETURN_NAMES = ("clip_vision_output",)
+    OUTPUT_TOOLTIPS = ("CLIP features of the image(s) (penultimate hidden states for Wan i2v, image embeds, "
+                       "last hidden state).",)
+    SEARCH_ALIASES = ["clip vision encode", "image features", "wan i2v", "clipwan"]
     FUNCTION = "encode"
     CATEGORY = "ClipWan/conditioning"
 
@@ -209,6 +243,6 @@ NODE_CLASS_MAPPINGS = {
     "CLIPVisionEncodeWan": CLIPVisionEncodeWan,
 }
 NODE_DISPLAY_NAME_MAPPINGS = {
-    "LoadCLIPVisionH14": "Load CLIP Vision (Wan ViT-H/14)",
-    "CLIPVisionEncodeWan": "CLIP Vision Encode (Wan)",
+    "LoadCLIPVisionH14": "Load CLIP Vision, any size (ClipWan)",
+    "CLIPVisionEncodeWan": "CLIP Vision Encode for Wan (ClipWan)",
 }

@@ -30,6 +30,10 @@ class WanI2VConditioning:
     CATEGORY = "ClipWan/conditioning"
     RETURN_TYPES = ("CONDITIONING", "CONDITIONING", "LATENT")
     RETURN_NAMES = ("positive", "negative", "latent")
+    OUTPUT_TOOLTIPS = ("Positive conditioning with the image conditioning added.",
+                       "Negative conditioning with the image conditioning added.",
+                       "Empty video latent of the requested size (sample it).")
+    SEARCH_ALIASES = ["wan image to video", "i2v", "image to video", "causal", "clipwan"]
     FUNCTION = "encode"
 
     @classmethod
@@ -242,7 +246,9 @@ class _BlockStreamer:
 
     def __call__(self, index, total, x0, start_frame):
         images = self._frames_rgb(x0)
-        self.progress.update_absolute(index + 1, images[-1])
+        # With the page listening, the frames go to the sampler's frame player only: a progress preview too
+        # would stack ComfyUI's own preview image under the player.
+        self.progress.update_absolute(index + 1, None if self.stream else images[-1])
         if self.stream:
             payload = {"node": self.node, "block": index, "total_blocks": total, "frame_start": int(start_frame),
                        "frames": [_jpeg_base64(im) for im in images]}

@@ -37,8 +37,8 @@ def _empty_cache():
 
 def test_node_registration():
     assert set(NODE_CLASS_MAPPINGS) == {"LoadCLIPVisionH14", "CLIPVisionEncodeWan"}
-    assert NODE_DISPLAY_NAME_MAPPINGS == {"LoadCLIPVisionH14": "Load CLIP Vision (Wan ViT-H/14)",
-                                          "CLIPVisionEncodeWan": "CLIP Vision Encode (Wan)"}
+    assert NODE_DISPLAY_NAME_MAPPINGS == {"LoadCLIPVisionH14": "Load CLIP Vision, any size (ClipWan)",
+                                          "CLIPVisionEncodeWan": "CLIP Vision Encode for Wan (ClipWan)"}
     enc = CLIPVisionEncodeWan.INPUT_TYPES()["required"]
     assert enc["crop"][0] == ["center", "none"] and "WanImageToVideo" in enc["crop"][1]["tooltip"]
     assert enc["multi_image"][0] == ["per_image", "average", "concat"]

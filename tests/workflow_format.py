@@ -34,6 +34,14 @@ WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
 SEED_NAMES = {"seed", "noise_seed"}
 SEED_CONTROL_VALUES = {"fixed", "increment", "decrement", "randomize"}
 MODEL_EXTENSIONS = (".safetensors", ".sft", ".pt", ".pth", ".pt2", ".bin", ".ckpt", ".pkl")
+# Front-end-only nodes: shown on the canvas, never sent to the server (the page's graphToPrompt skips them).
+VIRTUAL_NODES = {"Note", "MarkdownNote"}
+# Room a node's body needs beyond its slots and widgets, as the page draws it: Load Image shows the picture,
+# the causal sampler its frame player (web/clipwan.js), the export/zero-shot nodes their report.
+EXTRA_HEIGHT = {"LoadImage": 300, "CausalWanSampler": 200, "ExportCLIPToAxmodel": 170, "CLIPZeroShotAxera": 170}
+TITLE_HEIGHT = 30  # drawn above a node's pos
+GAP = 50
+NOTE_WIDTH = 560
 
 
 # --------------------------------------------------------------------------------------------------
@@ -156,7 +164,7 @@ def ui_to_api(workflow: dict, defs: dict[str, dict]) -> dict:
     links = {link[0]: link for link in workflow["links"]}
     prompt = {}
     for node in sorted(workflow["nodes"], key=lambda n: n["id"]):
-        if node.get("mode", 0) in (2, 4):  # muted / bypassed nodes are not sent
+        if node.get("mode", 0) in (2, 4) or node["type"] in VIRTUAL_NODES:  # muted/bypassed/notes: not sent
             continue
         defn = defs[node["type"]]
         inputs: dict[str, Any] = {}
@@ -196,10 +204,14 @@ def _output_index(defn: dict, output: str | int) -> int:
 
 
 def build_ui(spec: dict, defs: dict[str, dict]) -> dict:
-    """UI-format workflow from ``{"nodes": [(key, class_type, {input: value | Link}, title?)], ...}``."""
+    """UI-format workflow from ``{"nodes": [(key, class_type, {input: value | Link}, title?)], "note": str,
+    "models": {file: (url, directory)}}``: a Markdown note first (column 0), then the graph left to right, each
+    node as tall as the page draws it so none overlaps another; loaders carry ``properties.models`` (name,
+    url, directory) for the files they name, which the page's Missing Models panel offers to download."""
     keys = [n[0] for n in spec["nodes"]]
     ids = {key: i + 1 for i, key in enumerate(keys)}
     node_specs = {n[0]: n for n in spec["nodes"]}
+    downloads = spec.get("models", {})
 
     # Column = longest path from a source, so the graph reads left to right.
     depth: dict[str, int] = {}
@@ -212,6 +224,10 @@ def build_ui(spec: dict, defs: dict[str, dict]) -> dict:
 
     for key in keys:
         node_depth(key)
+    note_height = 0
+    if spec.get("note"):
+        note_height = 60 + 20 * (spec["note"].count("\n") + 1 + len(spec["note"]) // 70)
+    x0 = 60 + (NOTE_WIDTH + GAP if spec.get("note") else 0)
     rows: dict[int, int] = {}
     links, nodes = [], []
     out_links: dict[tuple[str, int], list[int]] = {}
@@ -221,11 +237,13 @@ def build_ui(spec: dict, defs: dict[str, dict]) -> dict:
         unknown = set(given) - {name for name, _, _ in ordered_inputs(defn)}
         if unknown:
             raise KeyError(f"{class_type} has no input(s) {sorted(unknown)}")
-        inputs, widgets = [], []
+        inputs, widgets, files = [], [], []
         for name, ispec, required in ordered_inputs(defn):
             value = given.get(name)
             if is_widget(ispec) and not isinstance(value, Link):
                 widgets.append(default_value(ispec) if value is None else value)
+                if isinstance(value, str) and value in downloads:
+                    files.append(value)
                 if has_seed_control(name, ispec):
                     widgets.append("fixed")
                 if has_upload_widget(ispec):
@@ -251,11 +269,14 @@ def build_ui(spec: dict, defs: dict[str, dict]) -> dict:
             inputs.append(slot)
         col = depth[key]
         row = rows.get(col, 0)
-        height = 60 + 26 * (len(inputs) + max(len(widgets), len(defn["output"])))
-        rows[col] = row + height + 40
-        node = {"id": ids[key], "type": class_type, "pos": [60 + 380 * col, 60 + row], "size": [340, height],
-                "flags": {}, "order": order, "mode": 0, "inputs": inputs, "outputs": [],
-                "properties": {"Node name for S&R": class_type}, "widgets_values": widgets}
+        height = 40 + 26 * (len(inputs) + len(widgets) + len(defn["output"])) + EXTRA_HEIGHT.get(class_type, 0)
+        rows[col] = row + height + TITLE_HEIGHT + GAP
+        properties = {"Node name for S&R": class_type}
+        if files:
+            properties["models"] = [{"name": f, "url": downloads[f][0], "directory": downloads[f][1]} for f in files]
+        node = {"id": ids[key], "type": class_type, "pos": [x0 + 400 * col, 60 + TITLE_HEIGHT + row],
+                "size": [350, height], "flags": {}, "order": order, "mode": 0, "inputs": inputs, "outputs": [],
+                "properties": properties, "widgets_values": widgets}
         if rest and rest[0]:
             node["title"] = rest[0]
         nodes.append(node)
@@ -267,15 +288,68 @@ def build_ui(spec: dict, defs: dict[str, dict]) -> dict:
             node["outputs"].append({"name": oname, "type": otype,
                                     "links": out_links.get((by_key[node["id"]], i), []), "slot_index": i})
     nodes.sort(key=lambda n: n["id"])
+    if spec.get("note"):
+        nodes.append({"id": len(nodes) + 1, "type": "MarkdownNote", "pos": [60, 60 + TITLE_HEIGHT],
+                      "size": [NOTE_WIDTH, note_height], "flags": {}, "order": len(nodes), "mode": 0,
+                      "inputs": [], "outputs": [], "properties": {}, "widgets_values": [spec["note"]],
+                      "title": "Read me"})
     return {"last_node_id": len(nodes), "last_link_id": len(links), "nodes": nodes, "links": links,
             "groups": [], "config": {}, "extra": {"info": {"description": spec.get("description", "")}},
             "version": 0.4}
+
+
+def node_boxes(workflow: dict) -> dict[int, tuple[float, float, float, float]]:
+    """``{id: (x0, y0, x1, y1)}`` of every node as drawn, title bar included."""
+    return {n["id"]: (n["pos"][0], n["pos"][1] - TITLE_HEIGHT, n["pos"][0] + n["size"][0], n["pos"][1] + n["size"][1])
+            for n in workflow["nodes"]}
+
+
+def overlaps(boxes: dict) -> list[tuple[int, int]]:
+    ids = sorted(boxes)
+    return [(a, b) for i, a in enumerate(ids) for b in ids[i + 1:]
+            if boxes[a][0] < boxes[b][2] and boxes[b][0] < boxes[a][2]
+            and boxes[a][1] < boxes[b][3] and boxes[b][1] < boxes[a][3]]
+
+
+def thumbnail(workflow: dict, size=(400, 240)):
+    """A small picture of the graph (nodes as boxes, links as lines) for the template browser, which asks
+    for ``example_workflows/<name>.jpg``."""
+    from PIL import Image, ImageDraw
+
+    boxes = node_boxes(workflow)
+    x0 = min(b[0] for b in boxes.values()) - 20
+    y0 = min(b[1] for b in boxes.values()) - 20
+    x1 = max(b[2] for b in boxes.values()) + 20
+    y1 = max(b[3] for b in boxes.values()) + 20
+    scale = min(size[0] / (x1 - x0), size[1] / (y1 - y0))
+    ox = (size[0] - (x1 - x0) * scale) / 2
+    oy = (size[1] - (y1 - y0) * scale) / 2
+
+    def at(x, y):
+        return ox + (x - x0) * scale, oy + (y - y0) * scale
+
+    img = Image.new("RGB", size, (32, 32, 36))
+    draw = ImageDraw.Draw(img)
+    for link in workflow["links"]:
+        a, b = boxes[link[1]], boxes[link[3]]
+        draw.line([at(a[2], a[1] + 40), at(b[0], b[1] + 40)], fill=(120, 160, 220), width=1)
+    for node in workflow["nodes"]:
+        bx = boxes[node["id"]]
+        ours = node["type"] in PACK_NODE_TYPES
+        fill = (70, 60, 40) if node["type"] in VIRTUAL_NODES else (40, 70, 60) if ours else (58, 58, 64)
+        draw.rectangle([at(bx[0], bx[1]), at(bx[2], bx[3])], fill=fill, outline=(150, 150, 150))
+        draw.rectangle([at(bx[0], bx[1]), at(bx[2], bx[1] + TITLE_HEIGHT)], fill=(90, 90, 100))
+    return img
+
+
+PACK_NODE_TYPES: set = set()
 
 
 def write_examples() -> list[pathlib.Path]:
     from workflow_specs import WORKFLOWS  # noqa: E402  (sibling module; run from tests/)
 
     defs = all_definitions()
+    PACK_NODE_TYPES.update(pack_definitions())
     API_DIR.mkdir(parents=True, exist_ok=True)
     written = []
     for name, spec in WORKFLOWS.items():
@@ -284,6 +358,9 @@ def write_examples() -> list[pathlib.Path]:
         for path, data in ((WORKFLOW_DIR / f"{name}.json", ui), (API_DIR / f"{name}.json", api)):
             path.write_text(json.dumps(data, indent=2) + "\n")
             written.append(path)
+        thumb = WORKFLOW_DIR / f"{name}.jpg"
+        thumbnail(ui).save(thumb, quality=80)
+        written.append(thumb)
     return written
 
 

@@ -17,6 +17,8 @@ const SAMPLER = "CausalWanSampler";
 // Nodes that return their report as ui.text: shown on the node.
 const REPORTERS = ["ExportCLIPToAxmodel", "CLIPZeroShotAxera"];
 const MAX_PLAYER_FRAMES = 240; // ~30 s of preview at 8 fps
+const PLAYER_MIN_HEIGHT = 120;
+const PLAYER_MAX_HEIGHT = 360;
 
 function findNode(nodeId) {
   // `node` in the event is ComfyUI's unique id: a plain number, or "a:b" inside a subgraph.
@@ -28,10 +30,12 @@ function findNode(nodeId) {
 
 function addDisplayWidget(node, name, element, height) {
   if (typeof node.addDOMWidget !== "function") return null;
+  const minHeight = typeof height === "function" ? height : () => height;
   const widget = node.addDOMWidget(name, "clipwan_display", element, {
     serialize: false,
     hideOnZoom: false,
-    getMinHeight: () => height,
+    getMinHeight: minHeight,
+    ...(typeof height === "function" ? { getMaxHeight: minHeight } : {}),
   });
   widget.serialize = false; // keep widgets_values identical with and without this extension
   return widget;
@@ -48,10 +52,23 @@ function framePanel(node) {
   const label = document.createElement("div");
   label.textContent = "frames appear here as each block finishes";
   const img = document.createElement("img");
-  img.style.cssText = "width:100%;object-fit:contain;image-rendering:auto;background:#111;min-height:32px;";
+  img.style.cssText = "width:100%;height:calc(100% - 18px);object-fit:contain;image-rendering:auto;background:#111;";
   root.append(label, img);
-  const panel = { root, label, img, frames: [], timer: null, index: 0 };
-  panel.widget = addDisplayWidget(node, "clipwan_frames", root, 140);
+  const panel = { root, label, img, frames: [], timer: null, index: 0, height: PLAYER_MIN_HEIGHT };
+  panel.widget = addDisplayWidget(node, "clipwan_frames", root, () => panel.height);
+  // Size the player to the video's aspect ratio at the node's width (capped), once the first frame is in.
+  img.addEventListener("load", () => {
+    if (!img.naturalWidth) return;
+    const width = Math.max(120, (node.size?.[0] ?? 300) - 20);
+    const height = Math.round(Math.min(PLAYER_MAX_HEIGHT, Math.max(PLAYER_MIN_HEIGHT,
+      width * img.naturalHeight / img.naturalWidth + 22)));
+    if (height !== panel.height) {
+      panel.height = height;
+      const wanted = node.computeSize?.();
+      if (wanted && node.size && wanted[1] > node.size[1]) node.setSize?.([node.size[0], wanted[1]]);
+      node.setDirtyCanvas?.(true, true);
+    }
+  });
   node.__clipwanFrames = panel;
   return panel;
 }
@@ -70,7 +87,8 @@ function showFrames(node, payload) {
   // Unbounded-length sampling can stream thousands of frames: the player keeps the most recent ones only.
   if (panel.frames.length > MAX_PLAYER_FRAMES) panel.frames.splice(0, panel.frames.length - MAX_PLAYER_FRAMES);
   panel.label.textContent = `block ${block + 1} / ${totalBlocks} · ${panel.total} frames`;
-  // Play the frames so far as a loop; the node's own preview still shows the latest block.
+  // Play the frames so far as a loop. This player is the sampler's only preview: inside ComfyUI the node
+  // sends its progress without preview images (see nodes/wan_nodes.py), so no second picture stacks up.
   if (panel.timer) clearInterval(panel.timer);
   panel.index = Math.max(0, panel.frames.length - urls.length);
   panel.timer = setInterval(() => {
@@ -115,7 +133,9 @@ app.registerExtension({
     if (nodeData.name === SAMPLER) {
       const getExtraMenuOptions = nodeType.prototype.getExtraMenuOptions;
       nodeType.prototype.getExtraMenuOptions = function (canvas, options) {
-        getExtraMenuOptions?.apply(this, arguments);
+        // Keep whatever an earlier handler returns, and add ours to the list we are given. Returning that
+        // list itself would make the front end (which prepends a returned array) show every entry twice.
+        const returned = getExtraMenuOptions?.apply(this, arguments);
         const node = this;
         options.push(null, {
           content: "ClipWan presets",
@@ -131,7 +151,7 @@ app.registerExtension({
             })),
           },
         });
-        return options;
+        return returned;
       };
     }
     if (REPORTERS.includes(nodeData.name)) {

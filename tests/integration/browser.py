@@ -2,6 +2,10 @@
 
 Only what the integration suite needs: open a page, collect console errors and uncaught exceptions,
 evaluate JavaScript (awaiting promises), take a screenshot.
+
+The browser reaches loopback hosts only: every page request is intercepted (CDP ``Fetch``) and failed
+unless its host is 127.0.0.1 / localhost / ::1 (the attempts are kept in ``blocked``), and Chromium's own
+traffic goes to a dead proxy with DNS answering "not found", so nothing leaves the machine.
 """
 
 from __future__ import annotations
@@ -15,9 +19,23 @@ import socket
 import subprocess
 import tempfile
 import time
+import urllib.parse
 import urllib.request
 
 CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1", "[::1]")
+# Browser-level guard: non-loopback names resolve to nothing and non-loopback traffic goes to a closed port
+# (Chromium never proxies loopback), so even requests outside the page (updates, safe browsing) fail.
+NETWORK_FLAGS = ("--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE localhost, EXCLUDE 127.0.0.1",
+                 "--proxy-server=http://127.0.0.1:9", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-pings")
+
+
+def is_loopback_url(url: str) -> bool:
+    scheme = url.split(":", 1)[0].lower()
+    if scheme in ("data", "blob", "about", "chrome", "devtools"):
+        return True
+    return urllib.parse.urlsplit(url).hostname in LOOPBACK_HOSTS
 
 
 def find_chromium() -> str | None:
@@ -40,10 +58,11 @@ class Browser:
         self.profile = tempfile.mkdtemp(prefix="clipwan-chromium-")
         self.proc = subprocess.Popen(
             [executable, "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-             "--no-first-run", "--no-default-browser-check", f"--window-size={width},{height}",
+             "--no-first-run", "--no-default-browser-check", f"--window-size={width},{height}", *NETWORK_FLAGS,
              f"--remote-debugging-port={self.port}", f"--user-data-dir={self.profile}", "about:blank"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         self.console: list[dict] = []
+        self.blocked: list[str] = []  # URLs the page tried to reach outside loopback (all failed)
         self._id = 0
         self._pending: dict[int, asyncio.Future] = {}
         self._ws = self._session = self._reader = None
@@ -69,6 +88,16 @@ class Browser:
         self._reader = asyncio.ensure_future(self._read())
         for domain in ("Runtime", "Log", "Page"):
             await self.send(f"{domain}.enable")
+        await self.send("Fetch.enable", {"patterns": [{"urlPattern": "*"}]})
+
+    async def _gate(self, params: dict):
+        """Let a paused request through only when it goes to a loopback host."""
+        url = params.get("request", {}).get("url", "")
+        if is_loopback_url(url):
+            await self.send("Fetch.continueRequest", {"requestId": params["requestId"]})
+        else:
+            self.blocked.append(url)
+            await self.send("Fetch.failRequest", {"requestId": params["requestId"], "errorReason": "BlockedByClient"})
 
     async def _read(self):
         async for msg in self._ws:
@@ -78,7 +107,9 @@ class Browser:
                 continue
             method = data.get("method")
             params = data.get("params", {})
-            if method == "Runtime.consoleAPICalled":
+            if method == "Fetch.requestPaused":  # answered from a task: its reply comes through this loop
+                asyncio.ensure_future(self._gate(params))
+            elif method == "Runtime.consoleAPICalled":
                 text = " ".join(str(a.get("value", a.get("description", ""))) for a in params.get("args", []))
                 self.console.append({"level": params.get("type"), "text": text})
             elif method == "Runtime.exceptionThrown":

@@ -122,5 +122,33 @@ class ClipWanTestText:
         return ([[cond, {}]],)
 
 
-NODE_CLASS_MAPPINGS = {"ClipWanTestText": ClipWanTestText}
+class ClipWanTestLoadedModels:
+    """What ComfyUI's model management holds right now (class names of the loaded models), run after
+    ``after`` when connected; re-runs on every queue."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"nonce": ("INT", {"default": 0})}, "optional": {"after": ("LATENT",)}}
+
+    RETURN_TYPES = ()
+    OUTPUT_NODE = True
+    FUNCTION = "report"
+    CATEGORY = "testing"
+
+    @classmethod
+    def IS_CHANGED(cls, **kwargs):
+        return float("nan")
+
+    def report(self, nonce, after=None):
+        import comfy.model_management as mm
+
+        names = []
+        for loaded in mm.current_loaded_models:
+            patcher = loaded.model
+            inner = getattr(patcher, "model", None) if patcher is not None else None
+            names.append(type(inner).__name__)
+        return {"ui": {"loaded": names}}
+
+
+NODE_CLASS_MAPPINGS = {"ClipWanTestText": ClipWanTestText, "ClipWanTestLoadedModels": ClipWanTestLoadedModels}
 '''
