@@ -68,6 +68,8 @@ def validate_ui(workflow: dict, defs: dict) -> list[str]:
     links = {link[0]: link for link in workflow["links"]}
     for node in workflow["nodes"]:
         tag = f"node {node['id']} ({node['type']})"
+        if node["type"] in wf.VIRTUAL_NODES:
+            continue
         defn = defs.get(node["type"])
         if defn is None:
             errors.append(f"{tag}: unknown node type")
@@ -197,6 +199,45 @@ def test_api_twin_is_valid_and_equals_the_ui_workflow(path, defs):
     assert wf.ui_to_api(_load(wf.WORKFLOW_DIR / path.name), defs) == prompt
 
 
+@pytest.mark.parametrize("path", UI_FILES, ids=lambda p: p.stem)
+def test_workflow_reads_well_on_the_canvas(path):
+    """No node covers another (title bars and Load Image's picture included), a note says which checkpoints
+    the graph is for, and the template browser finds a thumbnail next to the file."""
+    workflow = _load(path)
+    assert wf.overlaps(wf.node_boxes(workflow)) == []
+    notes = [n for n in workflow["nodes"] if n["type"] == "MarkdownNote"]
+    assert len(notes) == 1 and "Checkpoint" in notes[0]["widgets_values"][0]
+    thumb = path.with_suffix(".jpg")
+    assert thumb.is_file(), f"{thumb.name} missing (python tests/workflow_format.py writes it)"
+    from PIL import Image
+
+    with Image.open(thumb) as im:
+        assert im.format == "JPEG" and im.size == (400, 240)
+
+
+@pytest.mark.parametrize("path", UI_FILES, ids=lambda p: p.stem)
+def test_loaders_carry_download_metadata_for_the_files_they_name(path, defs):
+    """Every model file a widget names that has a public download gets properties.models {name, url,
+    directory} on its node, as core templates do: the page's Missing Models panel then offers Download."""
+    from workflow_specs import MODELS
+
+    for node in _load(path)["nodes"]:
+        named = [v for v in node.get("widgets_values", []) if isinstance(v, str) and v in MODELS]
+        listed = node["properties"].get("models", [])
+        assert [m["name"] for m in listed] == named, (path.name, node["type"])
+        for m in listed:
+            url, directory = MODELS[m["name"]]
+            assert m == {"name": m["name"], "url": url, "directory": directory}
+            assert url.startswith("https://huggingface.co/") and url.endswith("/" + m["name"])
+
+
+def test_overlap_check_can_fail():
+    boxes = wf.node_boxes({"nodes": [{"id": 1, "pos": [0, 30], "size": [100, 100]},
+                                     {"id": 2, "pos": [50, 120], "size": [100, 100]},
+                                     {"id": 3, "pos": [200, 30], "size": [10, 10]}]})
+    assert wf.overlaps(boxes) == [(1, 2)]
+
+
 def test_validators_catch_a_renamed_input_and_a_retyped_link(defs):
     """The checks above can fail: rename one input of a pack node / change one link type, see it reported."""
     path = next(p for p in UI_FILES if any(n["type"] == "CausalWanSampler" for n in _load(p)["nodes"]))
@@ -225,6 +266,7 @@ def test_core_definitions_are_recorded_for_every_core_node_used():
     import comfyui_clipwan
 
     used = {n["type"] for p in UI_FILES for n in _load(p)["nodes"]} - set(comfyui_clipwan.NODE_CLASS_MAPPINGS)
+    used -= wf.VIRTUAL_NODES
     assert sorted(used - set(core)) == []
     assert sorted(set(core) - used) == [], "recorded core nodes no workflow uses (trim tests/data)"
 

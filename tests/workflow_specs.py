@@ -13,7 +13,27 @@ WAN_VAE = "wan_2.1_vae.safetensors"
 WAN_I2V = "wan2.1_i2v_480p_14B_fp16.safetensors"
 POSITIVE = "a red fox trotting through fresh snow, soft morning light, the camera follows it"
 NEGATIVE = "blurry, static, distorted, low quality"
-VIDEO = {"width": 832, "height": 480, "length": 81}
+# CPU-friendly sizes (21 frames = 6 latent frames = 2 blocks of 3); the notes give the GPU sizes.
+VIDEO = {"width": 320, "height": 192, "length": 21}
+REPACKAGED = "https://huggingface.co/Comfy-Org/Wan_2.1_ComfyUI_repackaged/resolve/main/split_files"
+# File -> (download URL, ComfyUI model folder): the loaders' properties.models, as core templates carry them.
+MODELS = {
+    CLIP_H: (f"{REPACKAGED}/clip_vision/{CLIP_H}", "clip_vision"),
+    UMT5: (f"{REPACKAGED}/text_encoders/{UMT5}", "text_encoders"),
+    WAN_VAE: (f"{REPACKAGED}/vae/{WAN_VAE}", "vae"),
+    WAN_I2V: (f"{REPACKAGED}/diffusion_models/{WAN_I2V}", "diffusion_models"),
+}
+SIZES_NOTE = ("**Sizes.** Set for a CPU: 320×192, 21 frames (2 blocks). On a GPU use Wan's 480p: "
+              "832×480, 81 frames (set `independent_first_frame` for 21 latent frames in blocks of 3), or "
+              "1280×720 with the 720p checkpoints.")
+CAUSAL_NOTE = ("## {title}\n\n{what}\n\n**Checkpoints.** Any Wan 2.1 DiT. The file named here is Wan 2.1 "
+               "I2V 14B (Comfy-Org repackaged; the Missing Models panel downloads it): it uses the CLIP features "
+               "and the start image's latent, but it is not distilled for few steps, so expect rough motion with "
+               "4 steps. For real few-step causal video pick a Self-Forcing (`self_forcing_dmd.pt`), CausVid or "
+               "LongLive checkpoint (Wan 2.1 T2V 1.3B) in models/diffusion_models: the start image then enters "
+               "as the first latent frame, and the sampler's log says that the CLIP features are not used "
+               "(those models have no image embedding). Right-click the sampler → ClipWan presets for their "
+               "settings.\n\n" + SIZES_NOTE)
 
 
 def _text_nodes():
@@ -37,6 +57,11 @@ def _sample_and_save(model_key: str, cond_key: str, prefix: str):
 
 WORKFLOWS = {
     "clipwan_i2v_causal": {
+        "note": CAUSAL_NOTE.format(title="Image to video, block-causal (all ClipWan nodes)",
+                                   what="The start image's CLIP ViT-H features and VAE latent condition a Wan "
+                                        "2.1 DiT sampled block by block with a KV cache; the frames appear on "
+                                        "the sampler as each block finishes."),
+        "models": MODELS,
         "description": "Image-to-video with block-causal sampling, all pack nodes: the start image's CLIP ViT-H "
                        "features go through Wan's img_emb and separate image K/V, blocks of latent frames are "
                        "sampled with a KV cache and streamed onto the sampler node as they finish.",
@@ -53,6 +78,10 @@ WORKFLOWS = {
         ],
     },
     "clipwan_i2v_causal_core_nodes": {
+        "note": CAUSAL_NOTE.format(title="Image to video, block-causal, from core nodes",
+                                   what="ComfyUI's own Load CLIP Vision, CLIP Vision Encode, WanImageToVideo "
+                                        "and Load Diffusion Model feed the ClipWan causal sampler."),
+        "models": MODELS,
         "description": "The same job with ComfyUI core nodes feeding the pack's sampler: CLIPVisionLoader + "
                        "CLIPVisionEncode, WanImageToVideo and UNETLoader's MODEL go straight into "
                        "CausalWanSampler.",
@@ -70,6 +99,11 @@ WORKFLOWS = {
         ],
     },
     "clipwan_i2v_causal_mixed": {
+        "note": CAUSAL_NOTE.format(title="Image to video, block-causal, mixed",
+                                   what="The ClipWan CLIP loader (also reads Wan's original .pth and OpenCLIP "
+                                        "files) feeds core CLIP Vision Encode; core WanImageToVideo feeds the "
+                                        "ClipWan sampler with Load Causal Wan Model."),
+        "models": MODELS,
         "description": "Mixing both ways: the pack's loader (which also reads Wan's original .pth and OpenCLIP "
                        "files) feeding core CLIPVisionEncode, core WanImageToVideo's output feeding the pack's "
                        "sampler with the pack's causal-model loader.",
@@ -87,6 +121,12 @@ WORKFLOWS = {
         ],
     },
     "clipwan_export_axera": {
+        "note": ("## Export Wan's CLIP to the Axera AX650N NPU\n\n**Checkpoint.** `clip_vision_h.safetensors` "
+                 "(ViT-H/14, the CLIP Wan 2.1 i2v uses; the Missing Models panel downloads it), or any CLIP vision "
+                 "file the ClipWan loader reads. The export (ONNX + Pulsar2 configs + calibration set) runs on a "
+                 "CPU in about a minute for ViT-H; the `.axmodel` build needs Axera's `pulsar2` (the report says "
+                 "when it is not installed)."),
+        "models": {CLIP_H: MODELS[CLIP_H]},
         "description": "Export Wan's CLIP ViT-H/14 vision tower to ONNX plus the Pulsar2 build inputs for the "
                        "Axera AX650N NPU, calibrated on your images; runs pulsar2 when it is installed and says "
                        "so plainly when not. The report (ops, parity, sizes, build status) shows on the node.",
@@ -99,6 +139,10 @@ WORKFLOWS = {
         ],
     },
     "clipwan_zero_shot": {
+        "note": ("## CLIP zero-shot on an exported model\n\n**Checkpoint.** None by default: the export node's "
+                 "embedded default is a seeded random-init ViT-B/32, so the scores are meaningless until you pick "
+                 "a real CLIP (OpenCLIP or Hugging Face CLIPModel file in models/clip) as its `source`. Runs on a "
+                 "CPU in seconds (ONNX Runtime), on the NPU through axengine when run on an Axera board."),
         "description": "CLIP zero-shot labels on an exported model, inside ComfyUI: export a full CLIP (vision + "
                        "text; the embedded default is a seeded random-init ViT-B/32, so the scores are not "
                        "meaningful until you pick a real checkpoint), then classify an image with it.",
