@@ -38,7 +38,7 @@ def _graph(sampler: str) -> dict:
     else:
         prompt["sample"] = {"class_type": "CausalWanSampler", "inputs": {
             "model": ["shift", 0], "positive": ["cond", 0], "negative": ["cond", 1], "latent": ["cond", 2],
-            "seed": 1, "steps": "1000,500", "shift": 5.0, "frames_per_block": 1, "sink_size": 0,
+            "seed": 1, "steps": "1000,500", "shift": 5.0, "warp_steps": True, "frames_per_block": 1, "sink_size": 0,
             "local_window": 0, "cache_dtype": "auto", "independent_first_frame": False, "guidance_scale": 1.0,
             "image_conditioning": True}}
     return prompt
