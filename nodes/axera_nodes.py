@@ -45,6 +45,7 @@ def _adopt_clip_vision(clip_vision):
     from ..axera_export.sources import clip_vision_from_state_dict
     from ..clip_vision import ClipVisionModel
 
+    clip_vision = getattr(clip_vision, "model_ref", clip_vision)  # the pack's loader inside ComfyUI (managed)
     if isinstance(clip_vision, ClipVisionModel):
         return clip_vision
     get_sd = getattr(clip_vision, "get_sd", None)
