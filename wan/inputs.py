@@ -144,7 +144,10 @@ def build_sampler_inputs(config: WanConfig, samples: torch.Tensor, positive: lis
     image = extra.get("concat_latent_image")
     if image is not None:
         _check_same_grid(image, samples)
-    routes = adapter.image_inputs(text, extra, z) if image_conditioning else {}
+    # a model without concat channels takes the image latent as first frames (below), not as a concat input
+    image_extra = extra if config.concat_channels else {k: v for k, v in extra.items()
+                                                         if k not in ("concat_latent_image", "concat_mask")}
+    routes = adapter.image_inputs(text, image_extra, z) if image_conditioning else {}
     clip_fea = routes.get("clip_fea")
     concat = first_frames = None
     if config.concat_channels:
