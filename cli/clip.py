@@ -8,8 +8,9 @@ import time
 
 import torch
 
-from ..clip_vision import (CROP_MODES, DTYPE_NAMES, MULTI_IMAGE_MODES, ClipVisionOutput, check_wan_features,
+from ..clip_vision import (CROP_MODES, DTYPE_NAMES, MULTI_IMAGE_MODES, ClipVisionOutput,
                            combine_images, default_clip_vision, load_clip_vision)
+from ..wan.features import check_clip_features
 
 DEFAULT_NOTE = "embedded default: seeded random-init ViT-H/14 of the real architecture (not pretrained)"
 
@@ -57,7 +58,7 @@ def encode_images(model, images, crop: str, multi_image: str, source: str) -> Cl
     cat = lambda name: None if getattr(outs[0], name) is None else torch.cat([getattr(o, name) for o in outs])  # noqa: E731
     joined = ClipVisionOutput(cat("last_hidden_state"), cat("penultimate_hidden_states"), cat("image_embeds"),
                               None, [s for o in outs for s in o.image_sizes])
-    check_wan_features(joined.penultimate_hidden_states, source)
+    check_clip_features(joined.penultimate_hidden_states, source)
     return combine_images(joined, multi_image)
 
 
@@ -121,7 +122,7 @@ def demo_step(args, out_dir: str) -> dict:
     out = model.encode_image(synthetic_image(seed), crop="center")
     encode_s = time.perf_counter() - t0
     source = f"{DEFAULT_NOTE}, seed {seed}"
-    check_wan_features(out.penultimate_hidden_states, source)
+    check_clip_features(out.penultimate_hidden_states, source)
     path = os.path.join(out_dir, "clip_features.safetensors")
     shapes = write_features(path, out, {"source": source, "model": model.config.name, "crop": "center",
                                         "images": "synthetic test image (cli.clip.synthetic_image)"})

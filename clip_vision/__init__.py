@@ -19,6 +19,6 @@ __all__ = [
     "CROP_MODES", "normalize_crop", "preprocess_images",
 ]
 
-from .wan_features import MULTI_IMAGE_MODES, WAN_TOKENS, WAN_WIDTH, check_wan_features, combine_images  # noqa: E402
+from .wan_features import MULTI_IMAGE_MODES, combine_images  # noqa: E402
 
-__all__ += ["MULTI_IMAGE_MODES", "WAN_TOKENS", "WAN_WIDTH", "check_wan_features", "combine_images"]
+__all__ += ["MULTI_IMAGE_MODES", "combine_images"]

@@ -1,6 +1,6 @@
-"""What Wan 2.1 i2v needs from a CLIP vision output, and how several images become one conditioning.
+"""How several encoded images become one Wan 2.1 i2v conditioning (shared by the node and the CLI).
 
-Shared by the ComfyUI node and the CLI so the rules exist once.
+What the features must look like is Wan's side of the contract: ``wan.features.check_clip_features``.
 """
 
 from __future__ import annotations
@@ -9,25 +9,7 @@ import torch
 
 from .loader import ClipVisionOutput
 
-WAN_TOKENS = 257  # 16×16 patches of a 224 px ViT-H/14 + CLS
-WAN_WIDTH = 1280  # ViT-H/14 hidden size; Wan's img_emb MLP takes 1280-wide tokens
 MULTI_IMAGE_MODES = ("per_image", "average", "concat")
-
-
-def check_wan_features(hidden: torch.Tensor, source: str) -> None:
-    """Raise ValueError unless ``hidden`` is [B, 257, 1280], naming the file, what was found and what is needed."""
-    if hidden is None or hidden.ndim != 3:
-        raise ValueError(f"'{source}' gave no penultimate hidden states [B,257,1280]; Wan 2.1 i2v needs them")
-    width, tokens = hidden.shape[-1], hidden.shape[1]
-    if width != WAN_WIDTH:
-        raise ValueError(
-            f"'{source}' gives {width}-wide features, but Wan 2.1 i2v needs {WAN_WIDTH}-wide ViT-H/14 features "
-            f"[B,{WAN_TOKENS},{WAN_WIDTH}] (a {width}-wide model is e.g. ViT-L/14 = 1024 or ViT-bigG = 1664). "
-            f"Load the ViT-H/14 file instead: clip_vision_h.safetensors or Wan's "
-            f"models_clip_open-clip-xlm-roberta-large-vit-huge-14.pth.")
-    if tokens != WAN_TOKENS:
-        raise ValueError(f"'{source}' gives {tokens} tokens per image, but Wan 2.1 i2v needs {WAN_TOKENS} "
-                         f"(224 px, patch 14). Use a 224 px ViT-H/14 model.")
 
 
 def combine_images(out: ClipVisionOutput, mode: str) -> ClipVisionOutput:

@@ -12,8 +12,9 @@ import threading
 
 import torch
 
-from ..clip_vision import (MULTI_IMAGE_MODES, ClipVisionOutput, check_wan_features, combine_images,
+from ..clip_vision import (MULTI_IMAGE_MODES, ClipVisionOutput, combine_images,
                            load_clip_vision)
+from ..wan.features import check_clip_features
 from . import comfy_bridge
 
 DTYPE_CHOICES = ("default", "fp32", "fp16", "bf16")
@@ -231,7 +232,7 @@ class CLIPVisionEncodeWan:
 
         def compute():
             out = _encode(clip_vision, image, crop)
-            check_wan_features(out.penultimate_hidden_states, _describe(clip_vision))
+            check_clip_features(out.penultimate_hidden_states, _describe(clip_vision))
             return combine_images(out, multi_image)
 
         key = (FeatureCache.model_key(clip_vision), FeatureCache.image_key(image), crop, multi_image)

@@ -100,7 +100,8 @@ def test_encode_node_refuses_vit_l_features(tmp_path):
     with pytest.raises(ValueError) as info:
         CLIPVisionEncodeWan().encode(vit_l, torch.rand(1, 32, 32, 3), "center", "per_image")
     assert str(info.value) == (
-        f"'{path}' gives 1024-wide features, but Wan 2.1 i2v needs 1280-wide ViT-H/14 features [B,257,1280] (a "
+        f"{path}: 1024-wide features [1, 257, 1024], but Wan 2.1 i2v needs 1280-wide ViT-H/14 features "
+        "[batch, 257, 1280] (a "
         "1024-wide model is e.g. ViT-L/14 = 1024 or ViT-bigG = 1664). Load the ViT-H/14 file instead: "
         "clip_vision_h.safetensors or Wan's models_clip_open-clip-xlm-roberta-large-vit-huge-14.pth.")
 

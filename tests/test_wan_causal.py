@@ -241,8 +241,8 @@ def test_bad_inputs_are_clear_errors(t2v, i2v):
                                    "conditioning; pass the start image as first-frame latents (route 3)")
     with pytest.raises(ValueError) as e:
         sample_causal(i2v, torch.zeros(1, 16, 6, H, W), text, clip_fea=torch.zeros(1, 257, 1024))
-    assert str(e.value).startswith("CLIP vision features have shape [1, 257, 1024], but Wan i2v expects "
-                                   "[batch, 257, 1280]")
+    assert str(e.value).startswith("CLIP vision features: 1024-wide features [1, 257, 1024], but Wan 2.1 i2v "
+                                   "needs 1280-wide ViT-H/14 features [batch, 257, 1280]")
     with pytest.raises(ValueError) as e:
         sample_causal(t2v, torch.zeros(1, 16, 6, H, W), text, first_frames=torch.zeros(1, 16, 1, H, W))
     assert str(e.value).startswith("the start image covers 1 latent frame(s) but block boundaries are at "
@@ -286,9 +286,10 @@ def test_concatenated_reference_images_condition_and_partial_groups_are_refused(
     assert torch.allclose(same_twice, one, atol=1e-5)
     with pytest.raises(ValueError) as e:
         sample_causal(i2v, latent, text, settings=s, clip_fea=torch.zeros(1, 300, 1280))
-    assert str(e.value).startswith("CLIP vision features have shape [1, 300, 1280], but Wan i2v expects "
-                                   "[batch, 257, 1280] (ViT-H/14 penultimate hidden states; k images concatenated "
-                                   "along tokens give [batch, k*257, 1280])")
+    assert str(e.value) == (
+        "CLIP vision features: 300 tokens [1, 300, 1280], but Wan 2.1 i2v needs 257 per image ([batch, 257, 1280], "
+        "or k images side by side: [batch, k*257, 1280]). Use a 224 px ViT-H/14 model (clip_vision_h.safetensors "
+        "or Wan's models_clip_open-clip-xlm-roberta-large-vit-huge-14.pth).")
 
 
 def test_block_generator_yields_the_same_blocks_and_keeps_no_video(t2v):

@@ -23,8 +23,6 @@ KNOWN_SIZES = {
 }
 WAN22_LATENT_CHANNELS = 48  # Wan 2.2 VAE (16x spatial, 4x temporal); Wan 2.1's has 16
 HEAD_DIM = 128  # every released Wan 2.1 model; ComfyUI derives num_heads = dim // 128 the same way
-CLIP_DIM = 1280  # ViT-H/14 width (clip_fea feature size)
-CLIP_TOKENS = 257  # 16x16 patches + CLS
 
 
 @dataclasses.dataclass(frozen=True)

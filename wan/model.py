@@ -20,7 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import CLIP_DIM, CLIP_TOKENS, WanConfig
+from .config import WanConfig
+from .features import CLIP_DIM, check_clip_features
 from .rope import apply_rope, rope_cos_sin
 
 KVHook = Callable[[int, torch.Tensor, torch.Tensor], "tuple[torch.Tensor, torch.Tensor]"]
@@ -190,19 +191,6 @@ class CrossContext:
 
 def _heads(x: torch.Tensor, heads: int) -> torch.Tensor:
     return x.unflatten(-1, (heads, -1))  # [B, L, H, d]
-
-
-def check_clip_features(clip_fea: torch.Tensor) -> None:
-    # Image tokens get their own K/V and softmax, so any whole number of 257-token images works: several
-    # reference images concatenated along tokens (CLIPVisionEncodeWan "concat", core's
-    # WanFirstLastFrameToVideo) are as valid as one.
-    if (clip_fea.dim() != 3 or clip_fea.shape[2] != CLIP_DIM or clip_fea.shape[1] == 0
-            or clip_fea.shape[1] % CLIP_TOKENS):
-        raise ValueError(
-            f"CLIP vision features have shape {list(clip_fea.shape)}, but Wan i2v expects "
-            f"[batch, {CLIP_TOKENS}, {CLIP_DIM}] (ViT-H/14 penultimate hidden states; k images concatenated "
-            f"along tokens give [batch, k*{CLIP_TOKENS}, {CLIP_DIM}]). Encode the image with a "
-            f"ViT-H/14 CLIP vision model (e.g. clip_vision_h.safetensors), not ViT-L or ViT-bigG.")
 
 
 def encode_context(tree: nn.Module, cfg: WanConfig, text: torch.Tensor, clip_fea: Optional[torch.Tensor],
