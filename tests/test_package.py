@@ -60,3 +60,15 @@ def test_routes_are_not_registered_outside_comfyui():
     from comfyui_clipwan.nodes import register_server_routes
 
     assert register_server_routes() is False
+
+
+def test_import_loads_no_heavy_optional_module():
+    """Start-up of ComfyUI imports the pack: ONNX, ONNX Runtime, open_clip and transformers load on first use."""
+    import subprocess
+    import sys
+
+    heavy = ("onnx", "onnxruntime", "open_clip", "transformers")
+    code = ("import sys, comfyui_clipwan; "
+            f"print(','.join(m for m in {heavy!r} if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == ""
