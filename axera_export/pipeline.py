@@ -26,7 +26,7 @@ from .runtime import MANIFEST, MANIFEST_FORMAT
 from .sources import ClipSource, fp32_cpu, parse_parts
 from .text_model import text_head
 from .tokenizer import tokenize
-from .vision_tower import vision_head, vision_tower_from_canonical
+from .vision_tower import ExportGraph, vision_head
 
 DEFAULT_LABELS = (
     "person", "man", "woman", "child", "dog", "cat", "bird", "horse", "car", "bicycle", "airplane", "boat",
@@ -108,25 +108,24 @@ def export_clip(source: ClipSource, folder: str, parts="vision,text", calib_imag
     if "vision" in parts:
         cv = source.vision
         config = cv.config
-        # CPU fp32 copies: a CLIP_VISION from ComfyUI may sit on the GPU in fp16
-        canonical = {k: v.detach().float().cpu() for k, v in cv.state_dict_hf().items()}
-        if "visual_projection.weight" not in canonical:
+        if config.proj_dim is None:
             raise ValueError(f"{source.description}: the vision tower has no visual_projection; image embeddings "
                              f"for zero-shot need it (use a CLIPVisionModelWithProjection / full CLIP file)")
+        # fp32 on the CPU (a CLIP_VISION from ComfyUI may sit on the GPU in fp16): exported and parity reference
+        reference = fp32_cpu(cv)
         say(f"exporting vision tower {config.name} ({config.layers} layers) to ONNX opset {opset}")
-        tower = vision_tower_from_canonical(config, canonical)
         size = config.image_size
-        onnx_v = export_onnx(tower, torch.zeros(1, 3, size, size), os.path.join(folder, "vision.onnx"),
-                             VISION_INPUT, VISION_OUTPUT, opset)
+        onnx_v = export_onnx(ExportGraph(reference.model, "pooled"), torch.zeros(1, 3, size, size),
+                             os.path.join(folder, "vision.onnx"), VISION_INPUT, VISION_OUTPUT, opset)
         check_export(onnx_v)
-        heads["visual_projection"] = canonical["visual_projection.weight"].float().numpy()
+        heads["visual_projection"] = reference.model.visual_projection.weight.detach().numpy()
         say("checking vision parity (ONNX Runtime vs torch)")
         pixels = torch.randn(parity_samples, 3, size, size, generator=gen)
         sess = ort_session(onnx_v.path)
         pooled = np.concatenate([sess.run(None, {VISION_INPUT: pixels[i:i + 1].numpy()})[0]
                                  for i in range(parity_samples)])
         # reference in fp32 on the CPU: an fp16/GPU CLIP_VISION would otherwise fail a 1e-4 check by itself
-        ref = fp32_cpu(cv).encode(pixels).image_embeds.numpy()
+        ref = reference.encode(pixels).image_embeds.numpy()
         par = parity(vision_head(pooled, heads["visual_projection"]), ref)
         images = list(calib_images) if calib_images else None
         if not images:
@@ -144,8 +143,7 @@ def export_clip(source: ClipSource, folder: str, parts="vision,text", calib_imag
     if "text" in parts:
         tw = source.text
         say(f"exporting text tower ({tw.config.layers} layers, width {tw.config.width}) to ONNX opset {opset}")
-        tower = tw.build()
-        onnx_t = export_onnx(tower, torch.from_numpy(tokenize(["a photo"], tw.config.context_length)),
+        onnx_t = export_onnx(ExportGraph(tw.build()), torch.from_numpy(tokenize(["a photo"], tw.config.context_length)),
                              os.path.join(folder, "text.onnx"), TEXT_INPUT, TEXT_OUTPUT, opset)
         check_export(onnx_t)
         heads["text_projection"] = tw.projection.numpy()

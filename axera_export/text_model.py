@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .blocks import ACTIVATIONS, EncoderLayer
+from ..clip_vision.model import ACTIVATIONS, Block, block_names, gather
 
 # Additive causal-mask value. exp(-100) ≈ 4e-44 is an exact zero weight in fp32, and unlike -inf/-1e4 it
 # keeps the value range of the masked scores small, which matters once Pulsar2 quantises that Add to U16.
@@ -68,13 +68,14 @@ class TextTower(nn.Module):
         c = self.config = config
         self.token_embedding = nn.Parameter(torch.empty(c.vocab_size, c.width))
         self.position_embedding = nn.Parameter(torch.empty(c.context_length, c.width))
-        self.layers = nn.ModuleList(EncoderLayer(c.width, c.heads, c.mlp_dim, c.act, c.eps) for _ in range(c.layers))
+        self.layers = nn.ModuleList(Block(c.width, c.heads, c.mlp_dim, c.act, c.eps) for _ in range(c.layers))
         self.final_layer_norm = nn.LayerNorm(c.width, eps=c.eps)
         causal = torch.full((c.context_length, c.context_length), MASK_VALUE).triu(1)
         # A constant in the graph (no Trilu/Range op for Pulsar2 to reject).
         self.register_buffer("causal_mask", causal, persistent=False)
 
-    def forward(self, input_ids: torch.Tensor, fast: bool = False) -> torch.Tensor:
+    def forward(self, input_ids: torch.Tensor, export: bool = False) -> torch.Tensor:
+        """``export=True``: the plain-op graph for ONNX (see ``Block``); else the eager SDPA path."""
         c = self.config
         if input_ids.ndim != 2 or input_ids.shape[1] != c.context_length:
             raise ValueError(f"input_ids must be [B,{c.context_length}], got {list(input_ids.shape)}")
@@ -82,7 +83,7 @@ class TextTower(nn.Module):
         # Gather with 1-D indices: the only Gather form the AX650 NPU supports.
         x = self.token_embedding[input_ids.reshape(b * t)].view(b, t, c.width) + self.position_embedding
         for layer in self.layers:
-            x = layer(x, self.causal_mask, fast)
+            x = layer(x, self.causal_mask, export)
         return self.final_layer_norm(x)
 
 
@@ -109,30 +110,25 @@ class TextWeights:
 
     def build(self) -> TextTower:
         tower = TextTower(self.config)
-        own = {k[len(_HF):]: v for k, v in self.state_dict.items()}
-        tower.load_state_dict(_to_module_names(own, self.config), strict=True)
+        tower.load_state_dict(gather(self.state_dict, text_names(self.config)), strict=True)
         return tower.eval()
 
-    def encode(self, input_ids: torch.Tensor, fast: bool = True) -> torch.Tensor:
-        """Reference torch path: ids → projected text embeddings (no normalisation)."""
+    def encode(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """Reference torch path (eager): ids → projected text embeddings (no normalisation)."""
         tower = self.build()
         with torch.inference_mode():
-            hidden = tower(input_ids, fast=fast)
+            hidden = tower(input_ids)
         return torch.from_numpy(text_head(hidden.numpy(), input_ids.numpy(), self.projection.numpy()))
 
 
-def _to_module_names(sd: Mapping[str, torch.Tensor], config: TextConfig) -> dict:
-    out = {}
-    for key, value in sd.items():
-        if key == "embeddings.token_embedding.weight":
-            out["token_embedding"] = value
-        elif key == "embeddings.position_embedding.weight":
-            out["position_embedding"] = value
-        elif key.startswith("encoder.layers."):
-            out[key[len("encoder."):]] = value
-        elif key.startswith("final_layer_norm."):
-            out[key] = value
-    return out
+def text_names(config: TextConfig):
+    """Yield ``(internal_name, [canonical names])`` for every parameter of a ``TextTower``."""
+    yield "token_embedding", [_HF_TOKEN]
+    yield "position_embedding", [_HF_POS]
+    for n in range(config.layers):
+        yield from block_names(f"layers.{n}.", f"{_HF_LAYER}{n}.")
+    for p in ("weight", "bias"):
+        yield f"final_layer_norm.{p}", [f"{_HF}final_layer_norm.{p}"]
 
 
 def _strip_prefix(sd: Mapping[str, torch.Tensor]) -> dict:

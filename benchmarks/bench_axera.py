@@ -76,7 +76,7 @@ def run(args) -> int:
 
         def torch_text():
             with torch.inference_mode():
-                return text_head(tower(ids_t, fast=True).numpy(), ids, tproj)
+                return text_head(tower(ids_t).numpy(), ids, tproj)
 
         tsess = ort_session(os.path.join(folder, parts["text"]["onnx"]), threads)
         torch_text_ms = _median_ms(torch_text, args.iters, args.warmup)

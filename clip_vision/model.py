@@ -1,14 +1,18 @@
-"""Our CLIP vision transformer: pre-LN ViT with fused q|k|v and PyTorch SDPA attention.
+"""The CLIP transformer: one pre-LN ``Block`` (vision and text towers) and the vision tower built from it.
+
+Each block runs eagerly with a fused q|k|v GEMM and PyTorch SDPA (the Wan path's speed), or with
+``export=True`` as the plain-op graph the Axera NPU compiler takes (ONNX export of both towers).
 
 Parameter names follow the canonical HF names except that each block holds ONE fused ``qkv`` Linear
-(one GEMM instead of three); ``canonical_to_internal`` / ``internal_to_canonical`` translate, and are the
+(one GEMM instead of three); ``block_names`` / ``gather`` / ``internal_to_canonical`` translate, and are the
 only place that knows about the fusion.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Mapping, Optional
+import math
+from typing import Iterable, Mapping, Optional
 
 import torch
 import torch.nn.functional as F
@@ -42,33 +46,74 @@ def _linear(x: torch.Tensor, layer: nn.Linear) -> torch.Tensor:
     return F.linear(x, _cast(layer.weight, x), _cast(layer.bias, x))
 
 
-class Block(nn.Module):
-    def __init__(self, config: VisionConfig):
-        super().__init__()
-        w = config.width
-        self.heads = config.heads
-        self.quick_gelu = config.act == "quick_gelu"
-        self.layer_norm1 = nn.LayerNorm(w, eps=config.eps)
-        self.qkv = nn.Linear(w, 3 * w)
-        self.out_proj = nn.Linear(w, w)
-        self.layer_norm2 = nn.LayerNorm(w, eps=config.eps)
-        self.fc1 = nn.Linear(w, config.mlp_dim)
-        self.fc2 = nn.Linear(config.mlp_dim, w)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, t, w = x.shape
-        qkv = _linear(_layer_norm(x, self.layer_norm1), self.qkv)
-        q, k, v = qkv.view(b, t, 3, self.heads, w // self.heads).permute(2, 0, 3, 1, 4).unbind(0)
-        attn = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b * t, w)
-        x = _residual_linear(x.reshape(b * t, w), attn, self.out_proj)
-        h = _linear(_layer_norm(x, self.layer_norm2), self.fc1)
-        h = h.mul_(torch.sigmoid(1.702 * h)) if self.quick_gelu else F.gelu(h)
-        return _residual_linear(x, h, self.fc2).view(b, t, w)
-
-
 def _residual_linear(residual: torch.Tensor, h: torch.Tensor, layer: nn.Linear) -> torch.Tensor:
     """``residual + layer(h)`` with the residual add folded into the GEMM (addmm's beta·C): one pass less."""
     return torch.addmm(residual, h, _cast(layer.weight, h).t()).add_(_cast(layer.bias, h))
+
+
+ACTIVATIONS = ("gelu", "quick_gelu")
+
+
+def _activation(h: torch.Tensor, act: str, export: bool) -> torch.Tensor:
+    # QuickGELU (OpenAI CLIP) exports as Mul+Sigmoid+Mul, exact GELU (LAION, Wan) as Div+Erf+Add+Mul: NPU ops.
+    if act == "quick_gelu":
+        return h * torch.sigmoid(1.702 * h) if export else h.mul_(torch.sigmoid(1.702 * h))
+    return F.gelu(h)
+
+
+class Block(nn.Module):
+    """``x + attn(ln1(x)); x + mlp(ln2(x))``: the pre-LN block of every CLIP tower, vision and text.
+
+    Two ways to run the same weights:
+
+    * eager (default): one fused q|k|v GEMM, PyTorch SDPA, the residual adds folded into the GEMMs;
+    * ``export=True``: the plain-op graph the Axera NPU compiler takes (Pulsar2 compiles plain ONNX ops only;
+      SDPA can export as fused or shape-dependent subgraphs): q|k|v as a Split, MatMul → Mul(scale) →
+      [Add(mask)] → Softmax → MatMul, every reshape size a Python int (static graph, no Shape/Range ops).
+
+    ``mask`` is additive ([T, T], the text tower's causal mask) or None.
+    """
+
+    def __init__(self, width: int, heads: int, mlp_dim: int, act: str, eps: float):
+        super().__init__()
+        if act not in ACTIVATIONS:
+            raise ValueError(f"activation must be one of {ACTIVATIONS}, got {act!r}")
+        if width % heads:
+            raise ValueError(f"attention width {width} is not divisible by {heads} heads")
+        self.heads, self.act = heads, act
+        self.layer_norm1 = nn.LayerNorm(width, eps=eps)
+        self.qkv = nn.Linear(width, 3 * width)
+        self.out_proj = nn.Linear(width, width)
+        self.layer_norm2 = nn.LayerNorm(width, eps=eps)
+        self.fc1 = nn.Linear(width, mlp_dim)
+        self.fc2 = nn.Linear(mlp_dim, width)
+
+    def forward(self, x: torch.Tensor, mask: Optional[torch.Tensor] = None, export: bool = False) -> torch.Tensor:
+        if export:
+            return self._plain_ops(x, mask)
+        b, t, w = x.shape
+        qkv = _linear(_layer_norm(x, self.layer_norm1), self.qkv)
+        q, k, v = qkv.view(b, t, 3, self.heads, w // self.heads).permute(2, 0, 3, 1, 4).unbind(0)
+        mask = None if mask is None else mask.to(q.dtype)
+        attn = F.scaled_dot_product_attention(q, k, v, attn_mask=mask).transpose(1, 2).reshape(b * t, w)
+        x = _residual_linear(x.reshape(b * t, w), attn, self.out_proj)
+        h = _activation(_linear(_layer_norm(x, self.layer_norm2), self.fc1), self.act, export=False)
+        return _residual_linear(x, h, self.fc2).view(b, t, w)
+
+    def _plain_ops(self, x: torch.Tensor, mask: Optional[torch.Tensor]) -> torch.Tensor:
+        b, t, w = x.shape  # traced as constants: the export input shape is static
+        d = w // self.heads
+
+        def heads(y):
+            return y.reshape(b, t, self.heads, d).transpose(1, 2)
+
+        q, k, v = (heads(y) for y in self.qkv(self.layer_norm1(x)).split(w, dim=-1))
+        scores = torch.matmul(q, k.transpose(-1, -2)) * (1.0 / math.sqrt(d))
+        if mask is not None:
+            scores = scores + mask
+        attn = torch.matmul(torch.softmax(scores, dim=-1), v).transpose(1, 2).reshape(b, t, w)
+        x = x + self.out_proj(attn)
+        return x + self.fc2(_activation(self.fc1(self.layer_norm2(x)), self.act, export=True))
 
 
 class VisionTransformer(nn.Module):
@@ -80,18 +125,23 @@ class VisionTransformer(nn.Module):
         self.patch_embedding = nn.Conv2d(3, w, config.patch_size, stride=config.patch_size, bias=False)
         self.position_embedding = nn.Parameter(torch.empty(config.num_tokens, w))
         self.pre_layrnorm = nn.LayerNorm(w, eps=config.eps)
-        self.layers = nn.ModuleList(Block(config) for _ in range(config.layers))
+        self.layers = nn.ModuleList(Block(w, config.heads, config.mlp_dim, config.act, config.eps)
+                                    for _ in range(config.layers))
         self.post_layernorm = nn.LayerNorm(w, eps=config.eps)
         self.visual_projection = nn.Linear(w, config.proj_dim, bias=False) if config.proj_dim else None
 
     def embed(self, pixel_values: torch.Tensor) -> torch.Tensor:
         c = self.config
-        if pixel_values.ndim != 4 or pixel_values.shape[1:] != (3, c.image_size, c.image_size):
+        if pixel_values.ndim != 4 or tuple(pixel_values.shape[1:]) != (3, c.image_size, c.image_size):
             raise ValueError(f"pixel_values must be [B,3,{c.image_size},{c.image_size}], "
                              f"got {list(pixel_values.shape)}; run preprocess_images first")
+        b, grid = pixel_values.shape[0], c.image_size // c.patch_size
         x = F.conv2d(pixel_values, _cast(self.patch_embedding.weight, pixel_values), stride=c.patch_size)
-        x = x.flatten(2).transpose(1, 2)  # [B, grid², W]
-        cls = _cast(self.class_embedding, x).expand(x.shape[0], 1, -1)
+        # explicit sizes and no Expand for batch 1: static ONNX graph (flatten() would trace a Shape op)
+        x = x.reshape(b, c.width, grid * grid).transpose(1, 2)  # [B, grid², W]
+        cls = _cast(self.class_embedding, x).view(1, 1, c.width)
+        if b != 1:
+            cls = cls.expand(b, 1, c.width)
         x = torch.cat([cls, x], dim=1) + _cast(self.position_embedding, x)
         return _layer_norm(x, self.pre_layrnorm)
 
@@ -106,8 +156,20 @@ class VisionTransformer(nn.Module):
         last = self.layers[-1](x)
         embeds = None
         if self.visual_projection is not None:
-            embeds = _linear(_layer_norm(last[:, 0], self.post_layernorm), self.visual_projection)
+            embeds = _linear(self.pool(last), self.visual_projection)
         return VisionHidden(last, penultimate, embeds)
+
+    def pool(self, hidden: torch.Tensor) -> torch.Tensor:
+        """post_layernorm of the CLS token; a Slice (``x[:, 0]`` would be a 0-D Gather, which the AX650 lacks)."""
+        b, _, w = hidden.shape
+        return _layer_norm(hidden[:, :1].reshape(b, w), self.post_layernorm)
+
+    def pooled(self, pixel_values: torch.Tensor, export: bool = False) -> torch.Tensor:
+        """Pixels → post-LN CLS [B, W]: the NPU part of the tower (the projection runs on the CPU)."""
+        x = self.embed(pixel_values)
+        for block in self.layers:
+            x = block(x, export=export)
+        return self.pool(x)
 
 
 _TOP_NAMES = {  # internal → canonical, outside blocks
@@ -120,38 +182,38 @@ _TOP_NAMES = {  # internal → canonical, outside blocks
     "post_layernorm.bias": "vision_model.post_layernorm.bias",
     "visual_projection.weight": "visual_projection.weight",
 }
-_BLOCK_NAMES = {"layer_norm1": "layer_norm1", "out_proj": "self_attn.out_proj", "layer_norm2": "layer_norm2",
-                "fc1": "mlp.fc1", "fc2": "mlp.fc2"}
+_BLOCK_NAMES = {"layer_norm1": ["layer_norm1"], "qkv": ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"],
+                "out_proj": ["self_attn.out_proj"], "layer_norm2": ["layer_norm2"], "fc1": ["mlp.fc1"],
+                "fc2": ["mlp.fc2"]}
+
+
+def block_names(internal: str, canonical: str):
+    """Yield ``(internal_name, [canonical names])`` of one ``Block`` under the two prefixes; the fused qkv has
+    three canonical sources (q, k, v). The HF encoder-layer names are the same for the vision and text towers."""
+    for module, sources in _BLOCK_NAMES.items():
+        for p in ("weight", "bias"):
+            yield f"{internal}{module}.{p}", [f"{canonical}{src}.{p}" for src in sources]
 
 
 def internal_names(config: VisionConfig):
-    """Yield ``(internal_name, [canonical names])``; the fused qkv has three canonical sources (q, k, v)."""
+    """Yield ``(internal_name, [canonical names])`` for every parameter of a ``VisionTransformer``."""
     for internal, canonical in _TOP_NAMES.items():
         if internal.startswith("visual_projection") and not config.proj_dim:
             continue
         yield internal, [canonical]
     for n in range(config.layers):
-        hf = f"vision_model.encoder.layers.{n}."
-        for p in ("weight", "bias"):
-            yield f"layers.{n}.layer_norm1.{p}", [f"{hf}layer_norm1.{p}"]
-            yield f"layers.{n}.qkv.{p}", [f"{hf}self_attn.{x}_proj.{p}" for x in "qkv"]
-        for internal, canonical in _BLOCK_NAMES.items():
-            if internal == "layer_norm1":
-                continue
-            for p in ("weight", "bias"):
-                yield f"layers.{n}.{internal}.{p}", [f"{hf}{canonical}.{p}"]
+        yield from block_names(f"layers.{n}.", f"vision_model.encoder.layers.{n}.")
 
 
-def canonical_to_internal(sd: Mapping[str, torch.Tensor], config: VisionConfig, dtype=None, device=None,
-                          release=None) -> dict:
-    """Map canonical tensors onto our parameter names, fusing q|k|v, casting as it goes.
+def gather(sd: Mapping[str, torch.Tensor], names: Iterable, dtype=None, device=None, release=None) -> dict:
+    """Map canonical tensors onto internal names (``names`` as ``internal_names`` yields them), fusing q|k|v.
 
     Every result is a fresh tensor (never an alias of ``sd``); each source is copied straight into its slot
     of the destination, so there is no transient copy even when casting or fusing. ``release(canonical_name)``
     is called once a source has been consumed, so loaders can drop file pages (peak ≈ one model).
     """
     out = {}
-    for internal, sources in internal_names(config):
+    for internal, sources in names:
         parts = [sd[name] for name in sources]
         rows = sum(p.shape[0] for p in parts) if parts[0].ndim else None
         shape = parts[0].shape if rows is None else (rows,) + tuple(parts[0].shape[1:])
@@ -168,6 +230,12 @@ def canonical_to_internal(sd: Mapping[str, torch.Tensor], config: VisionConfig, 
             for name in sources:
                 release(name)
     return out
+
+
+def canonical_to_internal(sd: Mapping[str, torch.Tensor], config: VisionConfig, dtype=None, device=None,
+                          release=None) -> dict:
+    """The vision tower's canonical tensors under our parameter names (see ``gather``)."""
+    return gather(sd, internal_names(config), dtype, device, release)
 
 
 def internal_to_canonical(module: VisionTransformer) -> dict:

@@ -14,7 +14,7 @@ from comfyui_clipwan.axera_export.sources import load_source, parse_parts
 from comfyui_clipwan.axera_export.text_model import (VIT_B32_TEXT, default_text_state_dict,
                                                      text_weights_from_state_dict)
 from comfyui_clipwan.axera_export.tokenizer import tokenize
-from comfyui_clipwan.axera_export.vision_tower import vision_head, vision_tower_from_canonical
+from comfyui_clipwan.axera_export.vision_tower import ExportGraph, vision_head
 
 PROMPTS = ["a photo of a cat", "a diagram", "two dogs playing in the snow at night"]
 
@@ -120,8 +120,7 @@ def test_reduced_depth_vit_h14_vision_export(tmp_path):
 
     cv = default_clip_vision("ViT-H/14", seed=2, layers=2)
     assert cv.config.act == "gelu" and cv.config.width == 1280
-    tower = vision_tower_from_canonical(cv.config, cv.state_dict_hf())
-    v = export_onnx(tower, torch.randn(1, 3, 224, 224), str(tmp_path / "h14.onnx"), VISION_INPUT, VISION_OUTPUT)
+    v = export_onnx(ExportGraph(cv.model, "pooled"), torch.randn(1, 3, 224, 224), str(tmp_path / "h14.onnx"), VISION_INPUT, VISION_OUTPUT)
     assert check_export(v) == [] and v.checker == "ok"
     assert "Erf" in v.ops and "Sigmoid" not in v.ops  # exact GELU, not QuickGELU
     pixels = torch.randn(1, 3, 224, 224)

@@ -207,12 +207,16 @@ def test_hf_round_trip_and_full_clipmodel_detection():
 
 
 def test_transformers5_bare_clipvisionmodel_state_dict(tmp_path):
+    """transformers 5 saves a CLIPVisionModel without the ``vision_model.`` root; built explicitly here so the
+    test covers that layout whichever transformers version runs it."""
     m = _hf_vision(proj=False)
-    sd = {k: t.contiguous() for k, t in m.state_dict().items() if "position_ids" not in k}
-    assert any(k.startswith("embeddings.") for k in sd) or any(k.startswith("vision_model.") for k in sd)
+    sd = {k.removeprefix("vision_model."): t.contiguous() for k, t in m.state_dict().items()
+          if "position_ids" not in k}
+    assert "embeddings.patch_embedding.weight" in sd and not any(k.startswith("vision_model.") for k in sd)
     path = tmp_path / "bare.safetensors"
     safetensors.torch.save_file(sd, str(path))
     model = load_clip_vision(path)
+    assert (model.layout, model.config.proj_dim) == ("hf", None)
     assert_close_outputs(_ours(model, model.config), _hf_reference(m, pixels_for(model.config)),
                          keys=("penultimate_hidden_states", "last_hidden_state"))
 
