@@ -174,3 +174,13 @@ def test_doc_snippet_runs(snippet, workspace):
         command = ["bash", "-e", "-o", "pipefail", "-c", snippet.code]
     out = subprocess.run(command, cwd=workspace, env=env, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, f"{snippet.id} failed:\n{snippet.code}\n--- output:\n{out.stdout[-3000:]}{out.stderr[-3000:]}"
+
+
+def test_docs_name_no_machine_paths():
+    """Docs are read on other machines: no absolute paths of the machine they were written on."""
+    machine = re.compile(r"(?<![\w.])/(?:work|tmp|root|home|Users)/[\w.-]+")
+    found = [f"{path.name}:{n}: {m.group(0)}"
+             for path in [CHECKOUT / "README.md", *sorted((CHECKOUT / "docs").glob("*.md"))]
+             for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1)
+             for m in machine.finditer(line)]
+    assert found == []
