@@ -9,13 +9,15 @@ from __future__ import annotations
 import base64
 import io
 
+import torch
+
 from . import comfy_bridge as bridge
 from ..wan import conditioning as cond
 from ..wan.causal_model import CausalWanModel
 from ..wan.checkpoint import load_wan_state_dict, resolve_dtype
 from ..wan.inputs import WanLatentAdapter, build_sampler_inputs
 from ..wan.latent import LatentPreviewer
-from ..wan.sampler import CausalSettings, PromptSwitch, loop_rules_for, sample_causal
+from ..wan.sampler import CausalLoop, CausalSettings, PromptSwitch, SamplerHooks, loop_rules_for
 
 UI_EVENT = "clipwan.causal_frames"
 PREVIEW_MAX_SIDE = 256
@@ -193,11 +195,14 @@ class CausalWanSampler:
         switches = []
         if inputs.switch_text is not None:
             switches.append(PromptSwitch(int(switch_at_block), inputs.switch_text))
-        streamer = _BlockStreamer(patcher, unique_id, settings, inputs.latent.shape[2])
-        z = sample_causal(causal, inputs.latent, inputs.text, seed=seed, settings=settings,
+        loop = CausalLoop(causal, inputs.latent, inputs.text, seed=seed, settings=settings,
                           negative_text=inputs.negative_text, clip_fea=inputs.clip_fea, concat=inputs.concat,
-                          first_frames=inputs.first_frames, prompt_switches=switches, on_block=streamer,
+                          first_frames=inputs.first_frames, prompt_switches=switches,
                           check_interrupt=bridge.check_interrupt)
+        loop.hooks = _RunReporter(patcher, unique_id, loop.total_steps)
+        z = torch.zeros(inputs.latent.shape, dtype=torch.float32, device=causal.device)
+        for block in loop:
+            z[:, :, block.start_frame:block.start_frame + block.num_frames] = block.x0
         return ({"samples": inputs.to_raw(z).to(bridge.intermediate_device())},)
 
 
@@ -218,17 +223,16 @@ def causal_model_of(model, seed: int = 0):
                      f"(a Wan 2.1 file) or Load Causal Wan Model.")
 
 
-class _BlockStreamer:
-    """After each block: progress bar with a preview on the node, and the block's frames to the web UI.
+class _RunReporter(SamplerHooks):
+    """The loop's observer for the node: the progress bar advances per denoising step; each finished block's
+    frames go to the page's frame player (or, with no page listening, onto the progress bar as a preview).
     The previewer is made once per run (ComfyUI's ``taesd`` previewer loads its decoder from disk)."""
 
-    def __init__(self, patcher, unique_id, settings, frames):
-        from ..wan.sampler import block_layout
-
+    def __init__(self, patcher, unique_id, total_steps: int):
         self.node = unique_id
-        self.total = len(block_layout(frames, settings.frames_per_block, settings.independent_first_frame))
-        self.progress = bridge.Progress(self.total, node_id=unique_id)
-        self.comfy_previewer = bridge.latent_previewer(patcher) if bridge.in_comfyui() else None
+        self.done = 0
+        self.progress = bridge.Progress(max(1, total_steps), node_id=unique_id)
+        self.comfy_previewer = bridge.latent_previewer(patcher) if patcher is not None else None
         self.previewer = LatentPreviewer()
         self.stream = bridge.prompt_server() is not None
 
@@ -244,15 +248,18 @@ class _BlockStreamer:
 
         return frames_to_pil(self.previewer.frames(x0[0]))
 
-    def __call__(self, index, total, x0, start_frame):
-        images = self._frames_rgb(x0)
-        # With the page listening, the frames go to the sampler's frame player only: a progress preview too
-        # would stack ComfyUI's own preview image under the player.
-        self.progress.update_absolute(index + 1, None if self.stream else images[-1])
-        if self.stream:
-            payload = {"node": self.node, "block": index, "total_blocks": total, "frame_start": int(start_frame),
-                       "frames": [_jpeg_base64(im) for im in images]}
+    def on_step(self, block, step, total_steps):
+        self.done += 1
+        self.progress.update_absolute(self.done)
+
+    def on_block(self, result):
+        images = self._frames_rgb(result.x0)
+        if self.stream:  # the frame player is the sampler's one preview: no second picture under it
+            payload = {"node": self.node, "block": result.index, "total_blocks": result.total,
+                       "frame_start": int(result.start_frame), "frames": [_jpeg_base64(im) for im in images]}
             bridge.send_ui_event(UI_EVENT, payload)
+        else:
+            self.progress.update_absolute(self.done, images[-1])
 
 
 def _jpeg_base64(image) -> str:

@@ -76,11 +76,12 @@ def test_sampler_on_loaded_model_equals_core_call_and_reports_progress(i2v_file,
     seen = []
     real_progress = bridge.Progress
     monkeypatch.setattr(bridge, "Progress", lambda total, node_id=None: real_progress(
-        total, node_id, callback=lambda v, t, img: seen.append((v, t, img.size))))
+        total, node_id, callback=lambda v, t, img: seen.append((v, t, img and img.size))))
     (out,) = CausalWanSampler().sample(model, pos, latent, seed=4, steps="1000,500", frames_per_block=3,
                                        independent_first_frame=True, negative=neg, unique_id="7")
     assert out["samples"].shape == (1, 16, 4, 8, 8)
-    assert seen == [(1, 2, (32, 32)), (2, 2, (32, 32))]  # one update per block, with a preview image
+    # one update per denoising step (2 blocks x 2 steps), and the block's preview when it is final
+    assert seen == [(1, 4, None), (2, 4, None), (2, 4, (32, 32)), (3, 4, None), (4, 4, None), (4, 4, (32, 32))]
     d = pos[0][1]
     y = concat_condition(normalize(d["concat_latent_image"]), d["concat_mask"])
     want = sample_causal(model, torch.zeros(1, 16, 4, 8, 8), pos[0][0], seed=4,
