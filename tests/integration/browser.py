@@ -151,6 +151,16 @@ class Browser:
             await asyncio.sleep(interval)
         raise TimeoutError(f"timed out waiting for {expression!r} (last: {last!r})")
 
+    async def press_escape(self):
+        """A real Escape key press (closes the page's dialogs and search box)."""
+        for kind in ("keyDown", "keyUp"):
+            await self.send("Input.dispatchKeyEvent", {"type": kind, "key": "Escape", "code": "Escape",
+                                                       "windowsVirtualKeyCode": 27, "nativeVirtualKeyCode": 27})
+
+    async def type_text(self, text: str):
+        """Type into the focused element as a user would (input events included)."""
+        await self.send("Input.insertText", {"text": text})
+
     async def navigate(self, url: str):
         await self.send("Page.navigate", {"url": url})
 

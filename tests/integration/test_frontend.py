@@ -19,16 +19,112 @@ pytestmark = [pytest.mark.integration,
 
 EXAMPLES = sorted((P.REPO_ROOT / "example_workflows").glob("*.json"))
 # Where the screenshot goes: a temp dir by default; CLIPWAN_SCREENSHOT=docs/comfyui_i2v_causal.jpg refreshes
-# the one in the docs.
+# the one in the docs. CLIPWAN_SCREENS=<folder> keeps every screenshot of the session (menu, search, ...).
 SCREENSHOT_ENV = "CLIPWAN_SCREENSHOT"
+SCREENS_ENV = "CLIPWAN_SCREENS"
+SEARCHES = {"self forcing": {"CausalWanSampler", "LoadCausalWanModel"},
+            "longlive": {"CausalWanSampler", "LoadCausalWanModel"},
+            "causal": {"CausalWanSampler", "LoadCausalWanModel"},
+            "onnx": {"ExportCLIPToAxmodel", "CLIPZeroShotAxera"},
+            "axera": {"ExportCLIPToAxmodel", "CLIPZeroShotAxera"},
+            "clipwan": {"CausalWanSampler", "LoadCausalWanModel", "WanI2VConditioning", "LoadCLIPVisionH14",
+                        "CLIPVisionEncodeWan", "ExportCLIPToAxmodel", "CLIPZeroShotAxera"}}
 
 APP = "(window.comfyAPI?.app?.app ?? window.app)"
 API = "(window.comfyAPI?.api?.api)"
 
 
 def _our_errors(console: list[dict]) -> list[dict]:
-    return [c for c in console if c["level"] in ("error", "exception")
+    return [c for c in console if c["level"] in ("error", "exception") and "clipwan-probe" not in c["text"]
             and ("clipwan" in c["text"].lower() or c["level"] == "exception" and "extensions/comfyui-clipwan" in c["text"])]
+
+
+async def _shot(browser, result, tmp_path: pathlib.Path, name: str):
+    folder = pathlib.Path(os.environ.get(SCREENS_ENV) or tmp_path)
+    folder.mkdir(parents=True, exist_ok=True)
+    result.setdefault("screens", {})[name] = await browser.screenshot(folder / f"{name}.png")
+
+
+async def _search(browser, query: str) -> list:
+    """Titles the page's node search box lists for ``query`` (its own search service, aliases included)."""
+    await browser.evaluate(f"""(async () => {{
+      await {APP}.extensionManager.command.execute('Workspace.SearchBox.Toggle');
+      await new Promise(r => setTimeout(r, 800));
+      const input = [...document.querySelectorAll('input')].filter(i => i.offsetParent
+        && i.closest('[role=dialog], .p-dialog, .p-autocomplete, .comfy-vue-node-search-container'))[0];
+      input.focus(); return true; }})()""")
+    await browser.type_text(query)
+    await asyncio.sleep(1.2)
+    return await browser.evaluate("[...document.querySelectorAll('[role=option], .p-autocomplete-option')]"
+                                  ".map(li => li.innerText.split('\\n')[0]).slice(0, 12)")
+
+
+async def _ui_checks(browser, result, tmp_path):
+    """Menu, search, network guard, thumbnails, Missing Models, canvas layout of every example."""
+    result["outside"] = await browser.evaluate(
+        "fetch('https://example.com/clipwan-probe').then(() => 'reached', () => 'failed')")
+    result["menus"] = await browser.evaluate(f"""(async () => {{
+      const app = {APP};
+      const wf = await (await fetch('/api/workflow_templates/comfyui-clipwan/clipwan_i2v_causal.json')).json();
+      await app.loadGraphData(wf, true, true, 'clipwan_i2v_causal');
+      const ours = app.graph.nodes.find(n => n.type === 'CausalWanSampler');
+      const core = LiteGraph.createNode('KSampler'); app.graph.add(core);
+      const labels = n => app.canvas.getNodeMenuOptions(n).filter(Boolean).map(o => o.content);
+      const out = {{ours: labels(ours), core: labels(core)}};
+      app.graph.remove(core);
+      const r = app.canvas.canvas.getBoundingClientRect();
+      const p = app.canvas.ds.convertOffsetToCanvas ? null : null;
+      app.canvas.processContextMenu(ours, new MouseEvent('contextmenu', {{clientX: r.left + 500, clientY: r.top + 200}}));
+      return out; }})()""")
+    await asyncio.sleep(0.5)
+    await _shot(browser, result, tmp_path, "sampler_context_menu")
+    await browser.evaluate("document.dispatchEvent(new KeyboardEvent('keydown', {key: 'Escape'})); "
+                           "document.querySelectorAll('.litecontextmenu').forEach(m => m.remove()); true")
+    result["search"] = {}
+    for query in SEARCHES:
+        result["search"][query] = await _search(browser, query)
+        await _shot(browser, result, tmp_path, "search_" + query.replace(" ", "_"))
+        await browser.press_escape()
+        await asyncio.sleep(0.3)
+    result["layout"], result["thumbs"] = {}, {}
+    for path in EXAMPLES:
+        name = path.stem
+        result["layout"][name] = await browser.evaluate(f"""(async () => {{
+          const app = {APP};
+          const wf = await (await fetch('/api/workflow_templates/comfyui-clipwan/{name}.json')).json();
+          await app.loadGraphData(wf, true, true, '{name}');
+          await new Promise(r => setTimeout(r, 1500));  // Load Image's picture arrives and may grow the node
+          const t = LiteGraph.NODE_TITLE_HEIGHT;
+          return app.graph.nodes.map(n => [n.id, n.type, n.pos[0], n.pos[1] - t, n.pos[0] + n.size[0], n.pos[1] + n.size[1]]);
+        }})()""")
+        result["thumbs"][name] = await browser.evaluate(f"""(async () => {{
+          const r = await fetch('/api/workflow_templates/comfyui-clipwan/{name}.jpg');
+          return [r.status, r.headers.get('content-type')]; }})()""")
+    # Missing models: the page lists the files the core-nodes example names and offers their download
+    await browser.evaluate(f"""(async () => {{
+      const app = {APP};
+      const wf = await (await fetch('/api/workflow_templates/comfyui-clipwan/clipwan_i2v_causal_core_nodes.json')).json();
+      await app.loadGraphData(wf, true, true, 'clipwan_i2v_causal_core_nodes');
+      await new Promise(r => setTimeout(r, 1500));
+      [...document.querySelectorAll('button')].find(b => /view details/i.test(b.innerText))?.click();
+      return true; }})()""")
+    await asyncio.sleep(1.5)
+    result["missing_text"] = await browser.evaluate("document.body.innerText")
+    await _shot(browser, result, tmp_path, "missing_models")
+    # the template browser, filtered to this pack
+    await browser.evaluate(f"""(async () => {{
+      await {APP}.extensionManager.command.execute('Comfy.BrowseTemplates');
+      await new Promise(r => setTimeout(r, 2000));
+      const inputs = [...document.querySelectorAll('[role=dialog] input')].filter(i => i.offsetParent);
+      inputs[inputs.length - 1]?.focus(); return true; }})()""")
+    await browser.type_text("clipwan")
+    await asyncio.sleep(2.0)
+    result["template_images"] = await browser.evaluate(
+        "[...document.querySelectorAll('img')].filter(i => i.src.includes('comfyui-clipwan'))"
+        ".map(i => [i.src.split('/').pop(), i.naturalWidth])")
+    await _shot(browser, result, tmp_path, "template_browser")
+    await browser.press_escape()
+    await asyncio.sleep(0.5)
 
 
 async def _session(server, tmp_path: pathlib.Path) -> dict:
@@ -57,6 +153,7 @@ async def _session(server, tmp_path: pathlib.Path) -> dict:
               return {{count: nodes.length, unresolved, prompt}};
             }})()"""
             result["workflows"][name] = await browser.evaluate(expr)
+        await _ui_checks(browser, result, tmp_path)
         # Queue the causal example (rewritten for the test models) from the page's client id so the
         # frame stream goes to this page, then photograph the graph.
         causal = "clipwan_i2v_causal"
@@ -79,6 +176,12 @@ async def _session(server, tmp_path: pathlib.Path) -> dict:
         sampler = P.node_ids(prompt, "CausalWanSampler")[0]
         result["frames_label"] = await browser.wait_for(
             f"{APP}.graph.getNodeById({sampler})?.__clipwanFrames?.label?.textContent", timeout=30)
+        # one preview on the sampler: the frame player, no ComfyUI preview image stacked under it
+        result["sampler_previews"] = await browser.evaluate(f"""(() => {{
+            const app = {APP}, n = app.graph.getNodeById({sampler});
+            return {{imgs: (n.imgs ?? []).length, core: (app.nodePreviewImages?.[String({sampler})] ?? []).length,
+                     players: (n.widgets ?? []).filter(w => w.name === 'clipwan_frames').length,
+                     height: n.__clipwanFrames.height, size: n.size}}; }})()""")
         await browser.evaluate(f"""(() => {{
             document.dispatchEvent(new KeyboardEvent('keydown', {{key: 'Escape'}}));
             const app = {APP}, c = app.canvas, el = c.canvas;
@@ -96,8 +199,10 @@ async def _session(server, tmp_path: pathlib.Path) -> dict:
         await asyncio.sleep(1.0)
         shot = pathlib.Path(os.environ.get(SCREENSHOT_ENV) or tmp_path / "comfyui_i2v_causal.jpg")
         result["screenshot"] = await browser.screenshot(shot, quality=60)
+        await _shot(browser, result, tmp_path, "sampler_after_run")
     finally:
         result["console"] = list(browser.console)
+        result["blocked"] = list(browser.blocked)
         await browser.close()
     return result
 
@@ -133,3 +238,54 @@ def test_sampler_node_shows_streamed_frames(page):
     assert page["frames_label"].startswith("block ")
     shot = page["screenshot"]
     assert shot.stat().st_size > 10_000
+
+
+def test_browser_reaches_loopback_only(page):
+    assert page["outside"] == "failed"
+    assert "https://example.com/clipwan-probe" in page["blocked"]
+
+
+def test_sampler_menu_lists_each_entry_once(page):
+    ours, core = page["menus"]["ours"], page["menus"]["core"]
+    assert len(ours) == len(set(ours)), ours
+    assert sorted(ours) == sorted(core + ["ClipWan presets"]), (ours, core)
+
+
+@pytest.mark.parametrize("query", sorted(SEARCHES))
+def test_node_search_finds_the_pack_nodes(page, query):
+    import comfyui_clipwan
+
+    titles = page["search"][query]
+    want = {comfyui_clipwan.NODE_DISPLAY_NAME_MAPPINGS[n] for n in SEARCHES[query]}
+    assert want <= set(titles), (query, titles)
+
+
+def test_every_pack_node_carries_the_suffix():
+    import comfyui_clipwan
+
+    assert all(name.endswith(" (ClipWan)") for name in comfyui_clipwan.NODE_DISPLAY_NAME_MAPPINGS.values())
+    for cls in comfyui_clipwan.NODE_CLASS_MAPPINGS.values():
+        assert len(cls.OUTPUT_TOOLTIPS) == len(cls.RETURN_TYPES), cls.__name__
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.stem)
+def test_examples_open_without_overlapping_nodes_and_with_a_thumbnail(page, path):
+    import sys
+
+    sys.path.insert(0, str(P.REPO_ROOT / "tests"))
+    import workflow_format as wf
+
+    boxes = {n[0]: tuple(n[2:]) for n in page["layout"][path.stem]}
+    assert wf.overlaps(boxes) == [], page["layout"][path.stem]
+    assert page["thumbs"][path.stem] == [200, "image/jpeg"]
+
+
+def test_missing_models_offer_the_download(page):
+    text = page["missing_text"]
+    assert "wan2.1_i2v_480p_14B_fp16.safetensors" in text and "Download" in text, text[-1500:]
+
+
+def test_sampler_shows_one_sized_preview(page):
+    previews = page["sampler_previews"]
+    assert previews["players"] == 1 and previews["imgs"] == 0 and previews["core"] == 0, previews
+    assert 120 <= previews["height"] <= 360
