@@ -47,3 +47,35 @@ def test_core_wan22_model_adopted_and_equal_with_per_frame_timesteps(comfy):
 
     raw = torch.randn(1, 48, 2, 3, 3, generator=g)
     torch.testing.assert_close(normalize(raw), base.process_latent_in(raw), atol=1e-6, rtol=0)
+
+
+def test_core_wan22_image_to_video_latent_feeds_the_sampler(comfy, tmp_path):
+    """Core's Wan22ImageToVideoLatent (its own resize, fill and noise_mask) into CausalWanSampler on a tiny
+    Wan 2.2 TI2V model: the start image's latent comes out as frame 0, the rest is sampled (LongLive 2.0's
+    loop); the image is encoded by the pack's Wan 2.2 VAE standing in for core's VAE object."""
+    from comfy_extras.nodes_wan import Wan22ImageToVideoLatent
+
+    from comfyui_clipwan.nodes.wan_nodes import CausalWanSampler
+    from comfyui_clipwan.wan import CausalWanModel, WanConfig
+    from comfyui_clipwan.wan.vae import images_to_pixels
+    from comfyui_clipwan.wan.vae22 import Wan22VAE, Wan22VAEConfig
+
+    vae = Wan22VAE.random(Wan22VAEConfig(dim=8, dec_dim=8), seed=4)
+
+    class CoreLikeVAE:  # core's VAE.encode surface: IMAGE [F, H, W, 3] in 0..1 -> raw latent
+        def encode(self, images):
+            return vae.encode(images_to_pixels(images))
+
+    image = torch.rand(1, 40, 72, 3, generator=torch.Generator().manual_seed(2))
+    out = Wan22ImageToVideoLatent.execute(CoreLikeVAE(), 64, 32, 29, 1, start_image=image)
+    latent = out.result[0] if hasattr(out, "result") else out[0]
+    assert latent["samples"].shape == (1, 48, 8, 2, 4) and latent["noise_mask"].shape == (1, 1, 8, 2, 4)
+    model = CausalWanModel.random(WanConfig(dim=256, ffn_dim=320, num_heads=2, num_layers=2, in_dim=48,
+                                            out_dim=48), seed=5)
+    text = torch.randn(1, 9, 4096, generator=torch.Generator().manual_seed(3))
+    (res,) = CausalWanSampler().sample(model, [[text, {}]], latent, seed=0, steps="4", frames_per_block=4,
+                                       sink_size=4, local_window=8)
+    z = res["samples"]
+    assert z.shape == (1, 48, 8, 2, 4) and torch.isfinite(z).all()
+    torch.testing.assert_close(z[:, :, :1], latent["samples"][:, :, :1].float(), atol=1e-5, rtol=0)
+    assert (z[:, :, 1:] - latent["samples"][:, :, 1:]).abs().mean() > 0.05
