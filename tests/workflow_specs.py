@@ -35,6 +35,29 @@ CAUSAL_NOTE = ("## {title}\n\n{what}\n\n**Checkpoints.** Any Wan 2.1 DiT. The fi
                "(those models have no image embedding). Right-click the sampler → ClipWan presets for their "
                "settings.\n\n" + SIZES_NOTE)
 
+# Wan 2.2 TI2V-5B / LongLive 2.0 (causal i2v on Wan 2.2): its VAE from Comfy-Org's Wan 2.2 repackage, the
+# distilled DiT from LongLive 2.0's release (loaded as is: {"generator": {"model.<Wan key>": ...}})
+WAN22_VAE = "wan2.2_vae.safetensors"
+LONGLIVE2 = "model_bf16.pt"
+WAN22_REPACKAGED = "https://huggingface.co/Comfy-Org/Wan_2.2_ComfyUI_Repackaged/resolve/main/split_files"
+MODELS.update({
+    WAN22_VAE: (f"{WAN22_REPACKAGED}/vae/{WAN22_VAE}", "vae"),
+    LONGLIVE2: ("https://huggingface.co/Efficient-Large-Model/LongLive-2.0-5B/resolve/main/model_bf16.pt",
+                "diffusion_models"),
+})
+LONGLIVE2_NOTE = (
+    "## Image to video with LongLive 2.0 (Wan 2.2 TI2V-5B), block-causal\n\nCore **Wan22ImageToVideoLatent** "
+    "encodes the start image with the Wan 2.2 VAE into the first latent frame; the ClipWan sampler runs "
+    "LongLive 2.0's own loop on it (a Wan 2.2 model switches it on): blocks of 8 latent frames from frame 0, "
+    "the image clamped as the clean first frame at timestep 0, 4 UniPC steps per block at shift 5, attention "
+    "sink 8 + window 32 (flat memory however long). `steps` is a step count here (4).\n\n**Checkpoints.** "
+    "LongLive 2.0's `model_bf16.pt` (Efficient-Large-Model/LongLive-2.0-5B, Apache-2.0) in "
+    "models/diffusion_models, `wan2.2_vae.safetensors` in models/vae, the umt5 text encoder; the Missing Models "
+    "panel downloads all three. No CLIP vision: TI2V takes the image as its first latent frame.\n\n**Sizes.** "
+    "Set small: 320×192, 61 frames (16 latent frames = 2 blocks). LongLive 2.0 runs 1280×704 (latent 80×44); "
+    "lengths 4·(8k−1)+1: 29, 61, 125, 253 … The 5B model needs a GPU (about 11 GB of weights in bf16).")
+
+
 
 def _text_nodes():
     return [
@@ -153,6 +176,28 @@ WORKFLOWS = {
                                                "calibration_prompts": "a photo of a cat\na photo of a dog"}),
             ("zero_shot", "CLIPZeroShotAxera", {"image": Link("image"), "export_folder": Link("export", 0),
                                                 "labels": "cat\ndog\ncar\nlandscape"}),
+        ],
+    },
+    "clipwan_wan22_longlive2_i2v": {
+        "note": LONGLIVE2_NOTE,
+        "models": MODELS,
+        "description": "Wan 2.2 TI2V-5B causal image-to-video with LongLive 2.0: core Wan22ImageToVideoLatent puts "
+                       "the start image's Wan 2.2 VAE latent in frame 0, the ClipWan sampler runs LongLive 2.0's "
+                       "loop (blocks of 8, UniPC 4 steps, the image clamped at t=0, sink 8 + window 32).",
+        "nodes": [
+            ("image", "LoadImage", {"image": "example.png"}, "Start image"),
+            ("text_encoder", "CLIPLoader", {"clip_name": UMT5, "type": "wan"}),
+            ("positive", "CLIPTextEncode", {"text": POSITIVE, "clip": Link("text_encoder")}, "Positive prompt"),
+            ("vae", "VAELoader", {"vae_name": WAN22_VAE}),
+            ("latent", "Wan22ImageToVideoLatent", {"vae": Link("vae"), "start_image": Link("image"), "width": 320,
+                                                   "height": 192, "length": 61, "batch_size": 1}),
+            ("model", "LoadCausalWanModel", {"model_name": LONGLIVE2, "checkpoint_entry": "generator"}),
+            ("sampler", "CausalWanSampler", {"model": Link("model"), "positive": Link("positive"),
+                                             "latent": Link("latent"), "steps": "4", "shift": 5.0,
+                                             "frames_per_block": 8, "sink_size": 8, "local_window": 32}),
+            ("decode", "VAEDecode", {"samples": Link("sampler"), "vae": Link("vae")}),
+            ("save", "SaveAnimatedWEBP", {"images": Link("decode"), "filename_prefix": "clipwan/longlive2_i2v",
+                                          "fps": 24.0, "lossless": False, "quality": 85}),
         ],
     },
 }

@@ -80,8 +80,15 @@ def _check_outputs(server, prompt: dict, entry: dict, length: int):
         assert outputs.get(nid), f"export node {nid} reported nothing: {outputs}"
 
 
+# Core builds the Wan 2.2 VAE at its real width only (704.7 M parameters), so that graph is not run at test
+# size here; tests/integration/test_wan22_core.py runs core's Wan22ImageToVideoLatent into the sampler instead.
+NOT_RUN = {"clipwan_wan22_longlive2_i2v": "needs core's real-size Wan 2.2 VAE"}
+
+
 @pytest.mark.parametrize("name", sorted(P.load_examples()))
 def test_api_example_runs(server, name):
+    if name in NOT_RUN:
+        pytest.skip(NOT_RUN[name])
     prompt = P.for_test_server(P.load_examples()[name])
     entry = server.run_prompt(prompt, timeout=600)
     _check_outputs(server, prompt, entry, P.TEST_SIZES["length"])
