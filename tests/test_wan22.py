@@ -181,7 +181,7 @@ class FakeWan22VAE:
         return torch.cat([x * (i + 1) - 0.1 * i for i in range(16)], 0).unsqueeze(0)
 
 
-def test_node_samples_ti2v_from_wan22_image_latent(tmp_path):
+def test_node_samples_ti2v_from_wan22_image_latent(tmp_path, monkeypatch):
     """CausalWanSampler on a LongLive 2.0-layout file with a Wan22ImageToVideoLatent-style LATENT
     (image latent in the leading frames + noise_mask): LongLive 2.0's loop, frame 0 = the image."""
     from comfyui_clipwan.nodes.wan_nodes import CausalWanSampler, LoadCausalWanModel
@@ -190,12 +190,9 @@ def test_node_samples_ti2v_from_wan22_image_latent(tmp_path):
     from comfyui_clipwan.wan.sampler import CausalSettings, sample_causal
 
     path = _tiny_ti2v_file(tmp_path)
-    bridge_resolve = bridge.resolve_model_path
-    try:
-        bridge.resolve_model_path = lambda name, *folders: path
-        (model,) = LoadCausalWanModel().load("model_bf16.pt", checkpoint_entry="generator")
-    finally:
-        bridge.resolve_model_path = bridge_resolve
+    monkeypatch.setattr(bridge, "resolve_model_path", lambda name, *folders: path)
+    monkeypatch.setattr(bridge, "in_comfyui", lambda: False)  # the pack's own model (ComfyUI may be imported)
+    (model,) = LoadCausalWanModel().load("model_bf16.pt", checkpoint_entry="generator")
     assert model.config.generation == "Wan 2.2"
     image = torch.rand(1, 80, 96, 3, generator=torch.Generator().manual_seed(1))
     samples, mask = ti2v_latents(64, 64, 25, 1, image, FakeWan22VAE().encode)
