@@ -105,6 +105,20 @@ def _self_forcing_pt(path: pathlib.Path) -> None:
     torch.save({"generator_ema": {"model." + k: v.contiguous() for k, v in sd.items()}}, path)
 
 
+def _longlive2_files(ws: pathlib.Path) -> None:
+    """LongLive 2.0's ``model_bf16.pt`` layout (``generator`` entry, ``model.`` prefixes) around a 1-layer
+    Wan 2.2 TI2V-shaped DiT (48 latent channels), a raw 48-channel start latent and two umt5 prompts."""
+    from comfyui_clipwan.wan import CausalWanModel, WanConfig
+
+    cfg = WanConfig(dim=128, ffn_dim=256, num_heads=1, num_layers=1, in_dim=48, out_dim=48)
+    sd = CausalWanModel.random(cfg, seed=0).state_dict()
+    torch.save({"generator": {"model." + k: v.contiguous() for k, v in sd.items()}}, ws / "model_bf16.pt")
+    g = torch.Generator().manual_seed(0)
+    torch.save(torch.randn(1, 48, 1, 4, 4, generator=g), ws / "start_latent.pt")
+    for name in ("prompt.pt", "prompt2.pt"):
+        torch.save(torch.randn(1, 7, 4096, generator=g), ws / name)
+
+
 def _open_clip_b32(path: pathlib.Path) -> None:
     """A full OpenCLIP CLIP (vision + text) of ViT-B/32's layout, 1 block and 64 wide per tower."""
     import open_clip
@@ -131,6 +145,7 @@ def workspace(tmp_path_factory) -> pathlib.Path:
     torch.save(_wan_clip_pth(hf), ws / "models_clip_open-clip-xlm-roberta-large-vit-huge-14.pth")
     _self_forcing_pt(ws / "self_forcing_dmd.pt")
     _open_clip_b32(ws / "open_clip_vit_b32.safetensors")
+    _longlive2_files(ws)
     for i, name in enumerate(("img.png", "a.png", "b.jpg")):
         _image(ws / name, i)
     (ws / "imgs").mkdir()
