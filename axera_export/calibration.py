@@ -18,24 +18,14 @@ import torch
 from ..clip_vision import preprocess_images
 from .tokenizer import tokenize
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 
 
-def load_image_folder(folder: str, limit: Optional[int] = None) -> list:
-    """Images of a folder (sorted by name) as ComfyUI IMAGE tensors [1,H,W,3] in [0,1]."""
-    from PIL import Image
+def load_image_folder(folder: str, limit: Optional[int] = None, note=None) -> list:
+    """Images of a folder (sorted by name) as ComfyUI IMAGE tensors [1,H,W,3] in [0,1] (the pack's one image
+    reader: 16-bit, palette, CMYK, EXIF orientation; a damaged file is an error naming it)."""
+    from ..images import read_image_folder
 
-    if not os.path.isdir(folder):
-        raise FileNotFoundError(f"calibration image folder not found: '{folder}'")
-    names = sorted(n for n in os.listdir(folder) if n.lower().endswith(IMAGE_EXTENSIONS))
-    if not names:
-        raise ValueError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) in '{folder}'")
-    images = []
-    for name in names[:limit]:
-        with Image.open(os.path.join(folder, name)) as im:
-            array = np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0
-        images.append(torch.from_numpy(array)[None])
-    return images
+    return read_image_folder(folder, limit, note=note, what="calibration image")
 
 
 def synthetic_images(count: int = 8, size: int = 256, seed: int = 0) -> list:

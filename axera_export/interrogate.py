@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import base64
 import binascii
-import io
+import collections
 import os
 import threading
 from typing import Optional, Sequence
 
-import numpy as np
 import torch
 
 from .pipeline import DEFAULT_LABELS
@@ -21,6 +20,7 @@ from .runtime import MANIFEST, ClipRuntime, read_manifest
 
 DEFAULT_THRESHOLD = 0.25
 MAX_BODY_BYTES = 16 * 1024 * 1024  # a 4K PNG in base64 fits; anything larger is refused with 413
+MAX_PIXELS = 4096 * 4096  # decoded size cap (16.8 MP, ~200 MB as float32): a 134 KiB PNG can declare 89 MP
 MODELS = ("clip",)
 EXPORT_ENV = "CLIPWAN_AXERA_EXPORT"  # a fixed export folder for the route (else: newest export in output/)
 
@@ -34,9 +34,13 @@ class RequestError(Exception):
         self.message = message
 
 
-def decode_image(data) -> torch.Tensor:
-    """Base64 (optionally a ``data:image/...;base64,`` URL) → IMAGE [1,H,W,3] float in [0,1]."""
-    from PIL import Image, UnidentifiedImageError
+def decode_image(data, max_pixels: int = MAX_PIXELS) -> torch.Tensor:
+    """Base64 (optionally a ``data:image/...;base64,`` URL) → IMAGE [1,H,W,3] float in [0,1].
+
+    The pixel count is checked from the image header before decoding (413 above ``max_pixels``), so a small
+    upload that declares a huge image costs nothing; decoding is the pack's one image reader (images.py).
+    """
+    from ..images import ImageReadError, read_image
 
     if not isinstance(data, str) or not data.strip():
         raise RequestError(400, "'image' must be a non-empty base64 string (optionally a data: URL)")
@@ -50,11 +54,12 @@ def decode_image(data) -> torch.Tensor:
     except (binascii.Error, ValueError):
         raise RequestError(400, "'image' is not valid base64") from None
     try:
-        with Image.open(io.BytesIO(raw)) as im:
-            array = np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0
-    except (UnidentifiedImageError, OSError, ValueError):
-        raise RequestError(400, "'image' is valid base64 but not an image PIL can read (PNG, JPEG, WebP…)") from None
-    return torch.from_numpy(array)[None]
+        return read_image(raw, name="'image'", max_pixels=max_pixels)
+    except ImageReadError as exc:
+        if exc.kind == "not_image":
+            raise RequestError(400, "'image' is valid base64 but not an image PIL can read (PNG, JPEG, WebP…)") \
+                from None
+        raise RequestError(413 if exc.kind == "too_large" else 400, str(exc)) from None
 
 
 def caption(runtime: ClipRuntime, image: torch.Tensor, labels: Sequence[str] = DEFAULT_LABELS,
@@ -88,11 +93,13 @@ def find_latest_export(root: str, need=("vision", "text")) -> Optional[str]:
 
 
 class RuntimeCache:
-    """One ClipRuntime per export folder, rebuilt when the folder's manifest changes (a re-export)."""
+    """ClipRuntimes per export folder, rebuilt when the folder's manifest changes (a re-export); the
+    ``max_folders`` most recently used are kept, so a stream of new exports does not pile up sessions."""
 
-    def __init__(self):
+    def __init__(self, max_folders: int = 2):
         self._lock = threading.Lock()
-        self._cache: dict = {}
+        self._cache: "collections.OrderedDict[str, tuple]" = collections.OrderedDict()
+        self.max_folders = max_folders
 
     def get(self, folder: str) -> ClipRuntime:
         key = os.path.abspath(folder)
@@ -102,6 +109,9 @@ class RuntimeCache:
             if entry is None or entry[0] != stamp:
                 entry = (stamp, ClipRuntime(key))
                 self._cache[key] = entry
+            self._cache.move_to_end(key)
+            while len(self._cache) > self.max_folders:
+                self._cache.popitem(last=False)
             return entry[1]
 
 

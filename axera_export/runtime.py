@@ -11,6 +11,7 @@ Same API either way: image/text embeddings, cosine similarity, zero-shot labels.
 
 from __future__ import annotations
 
+import collections
 import json
 import os
 import threading
@@ -77,6 +78,38 @@ class _Session:
                     _active -= 1
 
 
+class EmbeddingCache:
+    """Text embeddings by prompt, least recently used first out, bounded by entries AND bytes: a route fed ever
+    new labels keeps a fixed footprint. Thread-safe (the route calls from several executor threads)."""
+
+    def __init__(self, max_entries: int = 4096, max_bytes: int = 32 * 1024 * 1024):
+        self.max_entries, self.max_bytes = max_entries, max_bytes
+        self._items: "collections.OrderedDict[str, np.ndarray]" = collections.OrderedDict()
+        self.nbytes = 0
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def get(self, key: str):
+        with self._lock:
+            value = self._items.get(key)
+            if value is not None:
+                self._items.move_to_end(key)
+            return value
+
+    def put(self, key: str, value: np.ndarray) -> None:
+        with self._lock:
+            old = self._items.pop(key, None)
+            if old is not None:
+                self.nbytes -= old.nbytes
+            self._items[key] = value
+            self.nbytes += value.nbytes
+            while self._items and (len(self._items) > self.max_entries or self.nbytes > self.max_bytes):
+                _, dropped = self._items.popitem(last=False)
+                self.nbytes -= dropped.nbytes
+
+
 def read_manifest(folder: str) -> dict:
     path = os.path.join(folder, MANIFEST)
     if not os.path.isfile(path):
@@ -113,7 +146,7 @@ class ClipRuntime:
             c["mean"], c["std"] = tuple(c["mean"]), tuple(c["std"])
             self.vision_config = VisionConfig(**c)
             self.crop = vision.get("crop", "center")
-        self._text_cache: dict = {}
+        self._text_cache = EmbeddingCache()
 
     def _open(self, part: str, info: dict, backend: str) -> _Session:
         shape, dtype = info["input"]["shape"], info["input"]["dtype"]
@@ -167,11 +200,13 @@ class ClipRuntime:
         if "{}" not in template:
             raise ValueError(f"template must contain '{{}}' where the label goes, got {template!r}")
         prompts = [template.format(label) for label in labels]
-        missing = [p for p in prompts if p not in self._text_cache]
+        known = {p: self._text_cache.get(p) for p in dict.fromkeys(prompts)}
+        missing = [p for p, emb in known.items() if emb is None]
         if missing:
             for prompt, emb in zip(missing, self.text_embeddings(missing)):
-                self._text_cache[prompt] = emb
-        text = np.stack([self._text_cache[p] for p in prompts])
+                known[prompt] = emb
+                self._text_cache.put(prompt, emb)
+        text = np.stack([known[p] for p in prompts])
         logits = np.exp(self.logit_scale) * (self.image_embeddings(images) @ text.T)
         logits -= logits.max(axis=-1, keepdims=True)
         probs = np.exp(logits)

@@ -2,7 +2,7 @@
 
 Vision weights always go through the pack's ``clip_vision`` loader (the one place that knows vision
 layouts); text weights through ``text_model`` (the one place that knows text layouts). Files are read with
-``clip_vision.checkpoint.open_checkpoint`` (safetensors, or ``torch.load(weights_only=True, mmap=True)``).
+the pack's one weights reader (``weights.py``: safetensors, or ``torch.load(weights_only=True, mmap=True)``).
 """
 
 from __future__ import annotations
@@ -94,7 +94,7 @@ def load_source(path: str, parts=PARTS, text_act: Optional[str] = None) -> ClipS
     vision = load_clip_vision(path) if "vision" in parts else None
     text = None
     if "text" in parts:
-        reader = open_checkpoint(path)
+        reader = open_checkpoint(path, "CLIP")
         sd = {k: reader.get(k) for k in reader.keys if _is_text_key(k)}
         try:
             overrides = text_overrides(path)

@@ -69,14 +69,43 @@ def _run_demo(args) -> int:
     return 0
 
 
+def describe_error(exc: BaseException) -> str:
+    """One line for the user: what went wrong and what to do (never a traceback)."""
+    if isinstance(exc, OSError) and not isinstance(exc, FileNotFoundError) and exc.filename is not None:
+        path = exc.filename
+        if isinstance(exc, IsADirectoryError):
+            return f"'{path}' is a folder; give a file path there (e.g. '{os.path.join(path, 'out.safetensors')}')."
+        if isinstance(exc, (FileExistsError, NotADirectoryError)):
+            return (f"'{path}' is in the way: a file exists where a folder is needed. Give --out a folder path, or "
+                    f"remove that file.")
+        if isinstance(exc, PermissionError):
+            return f"no permission to write or read '{path}'; choose a folder you can write to (--out)."
+        return f"cannot use '{path}': {exc.strerror or exc}."
+    if isinstance(exc, (FileNotFoundError, ValueError, RuntimeError)):
+        return str(exc)  # our own errors already name the file/key/shape and the fix
+    if isinstance(exc, OSError):
+        return f"{exc.strerror or exc} ({type(exc).__name__})."
+    if isinstance(exc, MemoryError):
+        return "out of memory; use a smaller model (--dtype fp16/bf16), fewer frames or a smaller size."
+    return (f"unexpected {type(exc).__name__}: {exc}. This is a bug in comfyui-clipwan; set {TRACEBACK_ENV}=1 to "
+            f"see the traceback and report it.")
+
+
+TRACEBACK_ENV = "CLIPWAN_TRACEBACK"
+
+
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (FileNotFoundError, ValueError, RuntimeError) as exc:
-        # Users get the message, not a traceback; the message names the file/key/shape and the fix.
-        print(f"error: {exc}", file=sys.stderr)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # noqa: BLE001 — users get the message, not a traceback
+        if os.environ.get(TRACEBACK_ENV):
+            raise
+        print(f"error: {describe_error(exc)}", file=sys.stderr)
         return 2
 
 

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 
 import torch
 
 from ..clip_vision import (CROP_MODES, DTYPE_NAMES, MULTI_IMAGE_MODES, ClipVisionOutput,
                            combine_images, default_clip_vision, load_clip_vision)
+from ..images import read_image as _read_image
 from ..wan.features import check_clip_features
 
 DEFAULT_NOTE = "embedded default: seeded random-init ViT-H/14 of the real architecture (not pretrained)"
@@ -33,23 +35,8 @@ def register(sub) -> None:
 
 
 def read_image(path: str) -> torch.Tensor:
-    """An image file → ComfyUI IMAGE [1,H,W,C] float in [0,1] (alpha and grayscale kept for preprocessing)."""
-    from PIL import Image, UnidentifiedImageError
-    import numpy as np
-
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"image not found: '{path}'")
-    try:
-        with Image.open(path) as im:
-            im.load()
-            if im.mode not in ("RGB", "RGBA", "L"):
-                im = im.convert("RGBA" if "A" in im.getbands() else "RGB")
-            array = np.asarray(im, dtype=np.float32) / 255.0
-    except (UnidentifiedImageError, OSError) as exc:
-        raise ValueError(f"cannot read image '{path}': {exc}") from None
-    if array.ndim == 2:
-        array = array[:, :, None]
-    return torch.from_numpy(array.copy()).unsqueeze(0)
+    """An image file → ComfyUI IMAGE [1,H,W,3] in [0,1] through the pack's one image reader (images.py)."""
+    return _read_image(path, note=lambda msg: print(f"note: {msg}", file=sys.stderr))
 
 
 def encode_images(model, images, crop: str, multi_image: str, source: str) -> ClipVisionOutput:
@@ -62,20 +49,41 @@ def encode_images(model, images, crop: str, multi_image: str, source: str) -> Cl
     return combine_images(joined, multi_image)
 
 
+def check_output_file(path: str) -> None:
+    """Refuse an unusable output path before any work is done (not after minutes of encoding)."""
+    if os.path.isdir(path):
+        raise ValueError(f"--out '{path}' is a folder; give a file name such as "
+                         f"'{os.path.join(path, 'features.safetensors')}'")
+    folder = os.path.dirname(os.path.abspath(path))
+    parent = folder
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        raise ValueError(f"--out '{path}': '{parent}' is a file, so no folder can be made there; choose another path")
+    if not os.access(parent, os.W_OK | os.X_OK) or (os.path.exists(path) and not os.access(path, os.W_OK)):
+        raise ValueError(f"--out '{path}': no permission to write there; choose a folder you can write to")
+
+
 def write_features(path: str, out: ClipVisionOutput, metadata: dict) -> dict:
     import safetensors.torch
 
     tensors = {name: getattr(out, name).contiguous() for name in
                ("penultimate_hidden_states", "last_hidden_state", "image_embeds") if getattr(out, name) is not None}
+    check_output_file(path)
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     tmp = path + ".partial"
-    safetensors.torch.save_file(tensors, tmp, metadata={k: str(v) for k, v in metadata.items()})
-    os.replace(tmp, path)  # never leave a half-written file under the final name
+    try:
+        safetensors.torch.save_file(tensors, tmp, metadata={k: str(v) for k, v in metadata.items()})
+        os.replace(tmp, path)  # never leave a half-written file under the final name
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)  # nor a *.partial beside it
     return {k: list(v.shape) for k, v in tensors.items()}
 
 
 def run_encode(args) -> int:
+    check_output_file(args.out)
     images = [read_image(p) for p in args.images]
     t0 = time.perf_counter()
     if args.weights:

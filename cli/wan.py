@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 
-import numpy as np
 import torch
 
 CLIP_DEMO_LAYERS = 4  # the demo's CLIP ViT-H/14 is cut to 4 of 32 blocks to stay within seconds on a CPU
@@ -64,21 +64,16 @@ def synthetic_image(width: int = 128, height: int = 128) -> torch.Tensor:
 
 
 def _load_image(path: str) -> torch.Tensor:
-    from PIL import Image
+    from ..images import read_image
 
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"image '{path}' does not exist.")
-    img = Image.open(path).convert("RGB")
-    return torch.from_numpy(np.asarray(img, dtype=np.float32) / 255.0).unsqueeze(0)
+    return read_image(path, note=lambda msg: print(f"note: {msg}", file=sys.stderr))
 
 
 def _load_tensor(path: str, what: str, dims: int) -> torch.Tensor:
-    from safetensors.torch import load_file
+    from ..weights import read_weights
 
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"{what} file '{path}' does not exist.")
-    tensors = load_file(path)
-    if len(tensors) != 1:
+    tensors = read_weights(path, what)  # the one reader: clear errors, NaN/Inf refused naming the tensor
+    if len(tensors) != 1 or not all(isinstance(t, torch.Tensor) for t in tensors.values()):
         raise ValueError(f"{what} file '{path}' must hold exactly one tensor; it has {sorted(tensors)}.")
     t = next(iter(tensors.values())).float()
     while t.dim() < dims:

@@ -15,7 +15,7 @@ from typing import Mapping, Optional, Union
 import torch
 
 from .checkpoint import config_overrides, open_checkpoint
-from ..dtypes import DTYPE_BY_NAME
+from ..dtypes import resolve_dtype as _resolve_dtype
 from .config import CONFIGS, VisionConfig, config_from_shapes
 from .layouts import convert_state_dict, plan_conversion
 from .model import VisionTransformer, build_empty, canonical_to_internal, internal_names, internal_to_canonical
@@ -25,11 +25,8 @@ DTYPE_NAMES = ("fp32", "fp16", "bf16")
 
 
 def resolve_dtype(dtype: Union[str, torch.dtype]) -> torch.dtype:
-    if isinstance(dtype, torch.dtype) and dtype in DTYPE_BY_NAME.values():
-        return dtype
-    if isinstance(dtype, str) and dtype.lower() in DTYPE_BY_NAME:
-        return DTYPE_BY_NAME[dtype.lower()]
-    raise ValueError(f"dtype must be one of fp32, fp16, bf16 (or the torch dtype), got {dtype!r}")
+    """fp32 / fp16 / bf16 (or the torch dtype); the pack's one dtype vocabulary (dtypes.py)."""
+    return _resolve_dtype(dtype)
 
 
 class ClipVisionOutput:
@@ -104,6 +101,8 @@ class ClipVisionModel:
         pixels = preprocess_images(image, self.config, crop)
         hidden = self.encode(pixels, penultimate_only)
         out = lambda t: None if t is None else t.float().cpu()  # noqa: E731
+        for name in ("last_hidden_state", "penultimate_hidden_states", "image_embeds"):
+            _check_finite_output(getattr(hidden, name), name, self)
         size = torch.Size([3, self.config.image_size, self.config.image_size])
         return ClipVisionOutput(last_hidden_state=out(hidden.last_hidden_state),
                                 penultimate_hidden_states=out(hidden.penultimate_hidden_states),
@@ -137,6 +136,14 @@ class ClipVisionModel:
         self.layout = layout
         self.version += 1
         return [], [k for k in sd.keys() if k not in used]
+
+
+def _check_finite_output(tensor, name: str, model: "ClipVisionModel") -> None:
+    """A NaN feature would surface minutes later as a NaN video: refuse it here, naming the output."""
+    if tensor is not None and not torch.isfinite(tensor).all():
+        raise ValueError(f"CLIP vision ({model.source}): the output '{name}' contains NaN or Inf values; the "
+                         f"activations overflowed in {str(model.dtype).replace('torch.', '')} (load the model in "
+                         f"bf16 or fp32) or the weights are damaged")
 
 
 class _LazyCanonical(Mapping):

@@ -304,19 +304,46 @@ def service_from_env(environ=None) -> InterrogateService:
     env = os.environ if environ is None else environ
     labels = None
     if env.get(LABELS_ENV):
-        with open(env[LABELS_ENV]) as f:  # a wrong path fails loudly at ComfyUI start-up, naming the file
-            labels = [line.strip() for line in f if line.strip()]
+        try:
+            with open(env[LABELS_ENV]) as f:
+                labels = [line.strip() for line in f if line.strip()]
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ValueError(f"{LABELS_ENV}={env[LABELS_ENV]!r} cannot be read ({type(exc).__name__}: "
+                             f"{getattr(exc, 'strerror', None) or exc}); give a text file, one label per line") from None
         if not labels:
             raise ValueError(f"{LABELS_ENV}={env[LABELS_ENV]!r} holds no labels (one per line)")
     threshold = None
     if env.get(THRESHOLD_ENV):
-        threshold = float(env[THRESHOLD_ENV])
+        try:
+            threshold = float(env[THRESHOLD_ENV])
+        except ValueError:
+            raise ValueError(f"{THRESHOLD_ENV} must be a number in [0, 1], got {env[THRESHOLD_ENV]!r}") from None
         if not 0.0 <= threshold <= 1.0:
             raise ValueError(f"{THRESHOLD_ENV} must be in [0, 1], got {threshold}")
     return InterrogateService(_default_folder, labels=labels, threshold=threshold)
 
 
+class LazyInterrogateRoute:
+    """The route's handler; its service is built on the first request, not at ComfyUI start-up, so a bad
+    environment variable cannot make the pack fail to import and onnx is not imported at start-up. A failed
+    build is answered 503 with the reason and retried on the next request."""
+
+    def __init__(self, build: Callable[[], InterrogateService] = service_from_env):
+        self._build = build
+        self.service: Optional[InterrogateService] = None
+
+    async def handle(self, request):
+        from aiohttp import web
+
+        if self.service is None:
+            try:
+                self.service = self._build()
+            except (OSError, ValueError) as exc:
+                return web.json_response({"error": f"the interrogate route is misconfigured: {exc}. Fix the "
+                                                   f"environment variable and restart ComfyUI."}, status=503)
+        return await self.service.handle(request)
+
+
 def register_routes(server) -> None:
     """Called by nodes/__init__.py inside ComfyUI: adds POST /sdapi/v1/interrogate (also under /api)."""
-    service = service_from_env()
-    server.routes.post(INTERROGATE_PATH)(service.handle)
+    server.routes.post(INTERROGATE_PATH)(LazyInterrogateRoute().handle)

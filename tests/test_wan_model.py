@@ -200,7 +200,7 @@ def test_unknown_layout_and_bad_files_are_clear_errors(tmp_path):
         "vision_model.embeddings.class_embedding). This looks like a CLIP vision model; load it with the CLIP "
         "vision loader instead. Supported: Wan 2.1 / ComfyUI diffusion_models files and Self-Forcing / CausVid "
         "/ LongLive .pt checkpoints (generator, generator_ema, model).")
-    with pytest.raises(FileNotFoundError, match="Wan model file '/nope.pt' does not exist."):
+    with pytest.raises(FileNotFoundError, match="^Wan model file not found: '/nope.pt'$"):
         load_wan_state_dict("/nope.pt")
     lora = {"blocks.0.self_attn.q.lora_A.weight": torch.zeros(1), "head.modulation": torch.zeros(1, 2, 8)}
     with pytest.raises(ValueError, match="contains LoRA adapter weights"):

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from . import model as dit
+from ..weights import FilePages
 from .checkpoint import load_wan_state_dict, resolve_dtype
 from .config import WanConfig, config_from_shapes
 
@@ -44,12 +45,15 @@ class CausalWanModel:
                 f"{' ...' if len(missing) > 6 else ''}, unexpected keys {unexpected[:6]}"
                 f"{' ...' if len(unexpected) > 6 else ''}. Is it a plain Wan 2.1 / Wan 2.2 TI2V DiT (not VACE, S2V, Animate or a LoRA)?")
         tensors = {}
+        pages = FilePages()  # a cast copy replaces a mapped file tensor: give its pages back (one model, not two)
         for k, v in sd.items():
             target = dtype if (dtype is not None and v.is_floating_point()) else None
             # Wan keeps the patch Conv3d in fp32 (ComfyUI too); other float weights follow the requested dtype
             if k.startswith("patch_embedding.") and target is not None:
                 target = torch.float32 if v.dtype == torch.float32 else target
             tensors[k] = v.to(device=device, dtype=target) if (target or device) else v
+            if tensors[k].data_ptr() != v.data_ptr():
+                pages.release(v)
         tree.load_state_dict(tensors, strict=True, assign=True)
         if any(p.dtype not in (torch.float32, torch.float16, torch.bfloat16) for p in tree.parameters()):
             # e.g. fp8 files: store as is, compute in bf16 (weights are cast per layer by our Linear)

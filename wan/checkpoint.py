@@ -11,37 +11,17 @@ from typing import Mapping, Optional
 
 import torch
 
-from ..dtypes import DTYPE_BY_NAME
+from ..dtypes import resolve_dtype as _resolve_dtype
+from ..weights import WRAPPER_KEYS, read_weights
 
 ANCHOR = "head.modulation"  # present in every Wan 2.1 DiT, in no other model ComfyUI knows
-CONTAINER_KEYS = ("generator_ema", "generator", "model", "state_dict", "module", "net")
-SUPPORTED_EXTENSIONS = (".safetensors", ".sft", ".pt", ".pth", ".ckpt", ".bin")
+CONTAINER_KEYS = WRAPPER_KEYS  # the pack's one list of training-checkpoint wrappers (EMA first)
 
 
 def read_file(path: str) -> Mapping:
-    """Raw contents of a weights file (a flat tensor dict, or a dict of such dicts for .pt checkpoints)."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"Wan model file '{path}' does not exist.")
-    ext = os.path.splitext(path)[1].lower()
-    if ext not in SUPPORTED_EXTENSIONS:
-        raise ValueError(f"'{os.path.basename(path)}' has extension '{ext}'; Wan weights are read from "
-                         f"{', '.join(SUPPORTED_EXTENSIONS)} files.")
-    if ext in (".safetensors", ".sft"):
-        from safetensors.torch import load_file
-
-        return load_file(path, device="cpu")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except RuntimeError as exc:
-        if "mmap" not in str(exc):
-            raise
-        # legacy (non-zip) torch files cannot be memory-mapped; still no pickled code is run
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        if "weights_only" in str(exc) or "Unsupported global" in str(exc):
-            raise ValueError(f"'{os.path.basename(path)}' contains pickled Python objects besides tensors; it "
-                             f"is not loaded for safety. Convert it to .safetensors.") from exc
-        raise
+    """Raw contents of a weights file (a flat tensor dict, or a dict of such dicts for .pt checkpoints), read by
+    the pack's one weights reader: format told from the bytes, zero-copy maps, NaN/Inf refused, no pickled code."""
+    return read_weights(path, "Wan model")
 
 
 def _is_tensor_dict(obj) -> bool:
@@ -98,9 +78,5 @@ def load_wan_state_dict(path: str, entry: str = "auto") -> tuple[dict, str]:
 
 
 def resolve_dtype(dtype: Optional[object]) -> Optional[torch.dtype]:
-    if dtype is None or isinstance(dtype, torch.dtype):
-        return dtype
-    names = {"default": None, "auto": None, **DTYPE_BY_NAME}  # default/auto: keep the file's / model's dtype
-    if str(dtype) not in names:
-        raise ValueError(f"unknown dtype '{dtype}'; use one of {', '.join(names)}.")
-    return names[str(dtype)]
+    """A Wan weight / cache dtype: default/auto (None) keeps the file's or the model's dtype."""
+    return _resolve_dtype(dtype, allow_default=True)
