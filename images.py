@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import struct
 import warnings
 from typing import Callable, Optional, Union
@@ -73,7 +74,7 @@ def read_image(source: Union[str, os.PathLike, bytes], name: Optional[str] = Non
     if frames not in FRAME_MODES:
         raise ImageReadError(f"frames must be one of {FRAME_MODES}, got {frames!r}", "frames")
     if isinstance(source, (bytes, bytearray, memoryview)):
-        label = name or "the image"
+        label = name or "'<in memory>'"
         opener = lambda: io.BytesIO(bytes(source))  # noqa: E731
     else:
         path = os.fspath(source)
@@ -95,16 +96,17 @@ def read_image(source: Union[str, os.PathLike, bytes], name: Optional[str] = Non
                         f"{_megapixels(max_pixels)}; it was not decoded. Downscale it (CLIP sees 224-336 px).",
                         "too_large")
                 total = getattr(im, "n_frames", 1)
-                chosen = list(ImageSequence.Iterator(im)) if frames == "all" else [im]
-                arrays = []
-                for frame in chosen:
-                    frame = ImageOps.exif_transpose(frame) or frame
-                    arrays.append(_to_float_rgb(frame))
+                arrays = []  # the iterator seeks one image object: convert each frame before the next
+                for frame in (ImageSequence.Iterator(im) if frames == "all" else [im]):
+                    arrays.append(_to_float_rgb(ImageOps.exif_transpose(frame) or frame))
     except ImageReadError:
         raise
-    except Image.DecompressionBombError as exc:
-        raise ImageReadError(f"image {label} declares more pixels than PIL allows ({exc}); it was not decoded. "
-                             f"Downscale it.", "too_large") from None
+    except Image.DecompressionBombError as exc:  # raised by Image.open itself, before we see the size
+        counts = [int(n) for n in re.findall(r"\((\d+) pixels\)|of (\d+) pixels", str(exc)) for n in n if n]
+        declared = f"{_megapixels(counts[0])}, " if counts else ""
+        raise ImageReadError(f"image {label} declares {declared}more than PIL's safety limit"
+                             f"{' of ' + _megapixels(counts[1]) if len(counts) > 1 else ''}; it was not decoded. "
+                             f"Downscale it (CLIP sees 224-336 px).", "too_large") from None
     except UnidentifiedImageError:
         head = bytes(source[:12]) if isinstance(source, (bytes, bytearray, memoryview)) else _head(path)
         raise ImageReadError(f"{label} is not an image PIL can read (PNG, JPEG, WebP, GIF, BMP, TIFF); it starts "

@@ -77,6 +77,7 @@ def find_latest_export(root: str, need=("vision", "text")) -> Optional[str]:
         return None
     base_depth = root.rstrip(os.sep).count(os.sep)
     for folder, dirs, files in os.walk(root):
+        dirs[:] = [d for d in dirs if not d.startswith(".")]  # an export being built or being replaced
         if folder.count(os.sep) - base_depth >= 3:
             dirs[:] = []
         if MANIFEST not in files:

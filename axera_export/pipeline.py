@@ -9,9 +9,15 @@ Folder written (all paths in the manifest are relative to it, so it can be copie
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
+import gc
 import json
+import logging
 import os
+import shutil
+import sys
+import tempfile
 import time
 from typing import Callable, Optional, Sequence
 
@@ -76,6 +82,9 @@ def _check_npu_mode(npu_mode: str, target: str) -> None:
                          f"{list(pulsar2.TARGETS[target])}")
 
 
+RECOMMENDED_CALIBRATION_IMAGES = 32  # the node's tooltip and the CLI help say "32+ recommended"
+
+
 def export_clip(source: ClipSource, folder: str, parts="vision,text", calib_images: Optional[Sequence] = None,
                 prompts: Optional[Sequence[str]] = None, npu_mode: str = "NPU3", opset: int = 14,
                 crop: str = "center", precision: str = "u16", target: str = "AX650", run_build: bool = True,
@@ -84,6 +93,10 @@ def export_clip(source: ClipSource, folder: str, parts="vision,text", calib_imag
 
     ``calib_images``: IMAGE tensors [B,H,W,C]; none → synthetic colour fields (said so in the report).
     ``prompts``: calibration prompts for the text tower; none → the built-in label prompts.
+
+    Atomic: everything is built in a hidden folder beside ``folder`` (manifest last) and swapped in at the end,
+    so an interrupted or failed export leaves the previous export untouched, and a manifest always describes the
+    files next to it. A non-empty ``folder`` that is not a previous export is refused (nothing of yours is moved).
     """
     parts = parse_parts(parts)
     source.require(parts)
@@ -92,10 +105,71 @@ def export_clip(source: ClipSource, folder: str, parts="vision,text", calib_imag
         raise ValueError(f"precision must be one of {pulsar2.PRECISIONS}, got {precision!r}")
     say = progress or (lambda msg: None)
     folder = os.path.abspath(folder)
-    os.makedirs(folder, exist_ok=True)
-    for stale in ("vision.axmodel", "text.axmodel"):  # a re-export must never inherit an old build
-        if os.path.exists(os.path.join(folder, stale)):
-            os.remove(os.path.join(folder, stale))
+    check_export_target(folder)
+    os.makedirs(os.path.dirname(folder), exist_ok=True)
+    work = tempfile.mkdtemp(prefix=f".{os.path.basename(folder)}.partial-", dir=os.path.dirname(folder))
+    try:
+        manifest = _build(source, work, parts, calib_images, prompts, npu_mode, opset, crop, precision, target,
+                          run_build, parity_samples, say)
+        report = format_report(manifest, folder)
+        with open(os.path.join(work, "report.txt"), "w") as f:
+            f.write(report + "\n")
+        with open(os.path.join(work, MANIFEST), "w") as f:  # last: it claims the files above
+            json.dump(manifest, f, indent=2)
+        _publish(work, folder)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    finally:
+        release_memory()
+    return ExportResult(folder, manifest, report)
+
+
+def check_export_target(folder: str) -> None:
+    """An export goes to a new folder, an empty one, or over a previous export; never over other files."""
+    if os.path.lexists(folder) and not os.path.isdir(folder):
+        raise ValueError(f"export folder '{folder}' is a file; give a folder path (it is created if missing)")
+    if os.path.isdir(folder) and os.listdir(folder) and not os.path.isfile(os.path.join(folder, MANIFEST)):
+        raise ValueError(f"export folder '{folder}' already holds other files and no previous export "
+                         f"({MANIFEST}); give a new or empty folder (an export replaces its folder as a whole)")
+
+
+def _publish(work: str, folder: str) -> None:
+    """Swap the finished build in: modes as the user's umask says (mkdtemp/mkstemp make 0700/0600), then
+    rename the old export aside, the new one into place, and delete the old one."""
+    mask = os.umask(0)
+    os.umask(mask)
+    for root, dirs, files in os.walk(work):
+        for name in files:
+            path = os.path.join(root, name)
+            executable = os.stat(path).st_mode & 0o100
+            os.chmod(path, (0o777 if executable else 0o666) & ~mask)
+        for name in dirs:
+            os.chmod(os.path.join(root, name), 0o777 & ~mask)
+    os.chmod(work, 0o777 & ~mask)
+    old = None
+    if os.path.isdir(folder):
+        old = tempfile.mkdtemp(prefix=f".{os.path.basename(folder)}.old-", dir=os.path.dirname(folder))
+        os.rename(folder, os.path.join(old, "export"))
+    os.rename(work, folder)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def release_memory() -> None:
+    """Give freed memory back to the system: an export of a ViT-H frees several GB of tensors and protobuf
+    buffers that glibc would otherwise keep in its arenas for the life of the ComfyUI process."""
+    gc.collect()
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
+        except (OSError, AttributeError):
+            pass
+
+
+def _build(source: ClipSource, folder: str, parts, calib_images, prompts, npu_mode, opset, crop, precision,
+           target, run_build, parity_samples, say) -> dict:
+    """Every file of the export written into ``folder`` (the hidden work folder); returns the manifest."""
     t_start = time.perf_counter()
     manifest = {"format": MANIFEST_FORMAT, "version": 1, "source": source.description,
                 "random_init": source.random_init, "target_hardware": target, "npu_mode": npu_mode,
@@ -117,6 +191,7 @@ def export_clip(source: ClipSource, folder: str, parts="vision,text", calib_imag
         size = config.image_size
         onnx_v = export_onnx(ExportGraph(reference.model, "pooled"), torch.zeros(1, 3, size, size),
                              os.path.join(folder, "vision.onnx"), VISION_INPUT, VISION_OUTPUT, opset)
+        release_memory()  # the tracer's graph and protobuf buffers
         check_export(onnx_v)
         heads["visual_projection"] = reference.model.visual_projection.weight.detach().numpy()
         say("checking vision parity (ONNX Runtime vs torch)")
@@ -125,6 +200,8 @@ def export_clip(source: ClipSource, folder: str, parts="vision,text", calib_imag
         pooled = np.concatenate([sess.run(None, {VISION_INPUT: pixels[i:i + 1].numpy()})[0]
                                  for i in range(parity_samples)])
         # reference in fp32 on the CPU: an fp16/GPU CLIP_VISION would otherwise fail a 1e-4 check by itself
+        del sess
+        release_memory()
         ref = reference.encode(pixels).image_embeds.numpy()
         par = parity(vision_head(pooled, heads["visual_projection"]), ref)
         images = list(calib_images) if calib_images else None
@@ -132,6 +209,12 @@ def export_clip(source: ClipSource, folder: str, parts="vision,text", calib_imag
             images = synthetic_images()
             notes.append("vision calibration used SYNTHETIC colour fields (no images given): give 32+ real "
                          "images from your domain before a production build")
+        elif sum(int(batch.shape[0]) for batch in images) < RECOMMENDED_CALIBRATION_IMAGES:
+            count = sum(int(batch.shape[0]) for batch in images)
+            warning = (f"vision calibration used only {count} image(s); {RECOMMENDED_CALIBRATION_IMAGES}+ from your "
+                       f"domain are recommended, or the quantised model may lose accuracy")
+            notes.append(warning)
+            logging.getLogger(__name__).warning(warning)
         calib = image_calibration_tar(images, config, os.path.join(folder, "calib", "vision_calib.tar"), crop)
         cfg = pulsar2.vision_config(VISION_INPUT, "calib/vision_calib.tar", npu_mode, precision, target)
         pulsar2.write_config(cfg, os.path.join(folder, "pulsar2", "vision.json"))
@@ -151,6 +234,7 @@ def export_clip(source: ClipSource, folder: str, parts="vision,text", calib_imag
         ids = tokenize(list(DEFAULT_PROMPTS[:parity_samples]), tw.config.context_length)
         sess = ort_session(onnx_t.path)
         hidden = np.concatenate([sess.run(None, {TEXT_INPUT: ids[i:i + 1]})[0] for i in range(len(ids))])
+        del sess
         ref = tw.encode(torch.from_numpy(ids)).numpy()
         par = parity(text_head(hidden, ids, heads["text_projection"]), ref)
         calib = text_calibration_tar(list(prompts) if prompts else list(DEFAULT_PROMPTS),
@@ -184,12 +268,7 @@ def export_clip(source: ClipSource, folder: str, parts="vision,text", calib_imag
             manifest["parts"][b.part]["axmodel"] = b.axmodel
     manifest["notes"] = notes
     manifest["seconds"] = round(time.perf_counter() - t_start, 2)
-    with open(os.path.join(folder, MANIFEST), "w") as f:
-        json.dump(manifest, f, indent=2)
-    report = format_report(manifest, folder)
-    with open(os.path.join(folder, "report.txt"), "w") as f:
-        f.write(report + "\n")
-    return ExportResult(folder, manifest, report)
+    return manifest
 
 
 def _vision_config_json(config) -> dict:

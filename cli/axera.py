@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 
 DEFAULT = "default"
 
@@ -46,8 +47,12 @@ def run_export(args) -> int:
     from ..axera_export import export_clip, parse_parts
     from ..axera_export.calibration import load_image_folder
 
+    from ..axera_export.pipeline import check_export_target
+
     parts = parse_parts(args.parts)
-    images = load_image_folder(args.calib_images) if args.calib_images else None
+    check_export_target(os.path.abspath(args.out))  # before minutes of loading and exporting
+    images = load_image_folder(args.calib_images, note=lambda msg: print(f"note: {msg}", file=sys.stderr)) \
+        if args.calib_images else None
     prompts = None
     if args.calib_prompts:
         if not os.path.isfile(args.calib_prompts):

@@ -66,7 +66,7 @@ def resolve_model_path(name: str, *folders: str) -> str:
                 full = None
             if full:
                 return full
-    if os.path.isfile(name):
+    if os.path.isfile(name) or os.path.isdir(name):  # a folder: the loader says "a folder, not a file"
         return os.path.abspath(name)
     where = ", ".join(f"models/{f}" for f in folders) or "the model folders"
     raise FileNotFoundError(

@@ -36,6 +36,7 @@ import torch
 from . import model as dit
 from .cache import KVCache
 from .causal_model import CausalWanModel
+from .checks import check_finite_latent
 from .latent import check_latent
 from .scheduler import DEFAULT_SHIFT, DEFAULT_STEPS, denoising_schedule, renoise, x0_from_flow
 from .unipc import UniPCSolver, unipc_schedule
@@ -538,6 +539,7 @@ class CausalLoop:
             if bi in self.switches:
                 self._switch_prompt(bi, self.switches[bi])
             x0 = self._denoise(bi, start, n)
+            check_finite_latent(x0, bi, start, self.dtype)
             self._remember(start, x0)
             result = BlockResult(bi, total, start, x0)
             self.hooks.on_block(result)
