@@ -227,13 +227,20 @@ def read_weights(path, what: str = "weights"):
     path = check_file(path, what)
     fmt = sniff_format(path)
     if fmt == "safetensors":
-        return dict(SafetensorsReader(path).items())
+        reader = SafetensorsReader(path)
+        tensors = {}
+        for key in reader.keys:
+            tensors[key] = reader.get(key)  # checked finite ...
+            reader.release(key)  # ... and its pages handed back: reading ahead must not cost a model of RSS
+        return tensors
     obj = _torch_load(path, fmt)
     if not isinstance(obj, Mapping):
         raise WeightsFileError(f"'{path}' holds a {type(obj).__name__}, not a dict of tensors: it is not a "
                                f"state dict. Save model.state_dict(), not the model.")
     for key, tensor in _walk_tensors(obj):
         check_finite(tensor, key, f"'{path}'")
+        if fmt == "torch-zip":  # mapped from the file (clean pages); legacy files live in anonymous memory
+            _drop_pages(tensor)
     return obj
 
 

@@ -12,6 +12,7 @@ BENCHMARKS = {
     "clip": "CLIP vision encode vs open_clip and transformers (same weights, same dtype)",
     "wan": "causal Wan sampling: time and memory per block, time to first block",
     "axera": "ONNX Runtime vs torch eager latency for exported CLIP vision/text, export time",
+    "export-memory": "Axera export of a real-size random-init ViT-H vision tower: peak RSS per stage, RSS held after",
     "stream": "decode per block while sampling vs sample-then-decode: first frame, total time, peak RSS vs length",
 }
 
@@ -22,9 +23,9 @@ def register(sub) -> None:
     for name, text in BENCHMARKS.items():
         parser = which.add_parser(name, help=text, description=text)
         try:
-            module = importlib.import_module(f"..benchmarks.bench_{name}", __package__)
+            module = importlib.import_module(f"..benchmarks.bench_{name.replace('-', '_')}", __package__)
         except ModuleNotFoundError as exc:
-            if not exc.name.endswith(f"bench_{name}"):
+            if not exc.name.endswith(f"bench_{name.replace('-', '_')}"):
                 raise
             parser.set_defaults(func=lambda args, n=name: _missing(n))
             continue

@@ -277,6 +277,7 @@ def test_weights(kind, loader, tmp_path, clip_sd, wan_sd, monkeypatch):
     with pytest.raises(exc_type) as info:
         load(path)
     assert re.fullmatch(pattern, str(info.value), re.S), str(info.value)
+    assert isinstance(info.value, WeightsFileError) or kind == "missing"  # one error type for every loader
     assert not marker.exists()  # no pickled code ever ran
 
 
@@ -1000,7 +1001,7 @@ def test_route_bomb_does_not_grow_memory(previous_export):
     with pytest.raises(Exception) as info:
         decode_image(_b64(data))
     grown_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
-    assert info.value.status == 413 and grown_mb < 50
+    assert info.value.status == 413 and grown_mb < 50 and 9000 * 9900 > MAX_PIXELS
 
 
 @pytest.mark.parametrize("case", ["16bit", "palette", "exif-rotated"], ids=lambda c: f"route-{c}-decoded-correctly")
