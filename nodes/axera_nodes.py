@@ -37,6 +37,9 @@ def safe_output_folder(subfolder: str, root: Optional[str] = None) -> str:
     folder = os.path.realpath(os.path.join(root, sub))
     if os.path.commonpath([folder, os.path.realpath(root)]) != os.path.realpath(root):
         raise ValueError(f"output_subfolder {subfolder!r} resolves outside ComfyUI's output directory (a symlink?)")
+    if folder == os.path.realpath(root):  # an export replaces its folder as a whole: never the output directory
+        raise ValueError(f"output_subfolder {subfolder!r} is the output directory itself; give a folder name inside "
+                         f"it such as 'clipwan_axera'")
     return folder
 
 

@@ -1145,7 +1145,9 @@ def test_node_load_causal_wan_nan_weights(tmp_path, wan_sd):
     ("/etc", "output_subfolder '/etc' is an absolute path; give a folder name relative to ComfyUI's output "
              "directory ({root})"),
     ("  ", "output_subfolder is empty: give a folder name such as 'clipwan_axera'"),
-], ids=["node-export-dotdot", "node-export-absolute", "node-export-empty"])
+    ("./", "output_subfolder './' is the output directory itself; give a folder name inside it such as "
+           "'clipwan_axera'"),
+], ids=["node-export-dotdot", "node-export-absolute", "node-export-empty", "node-export-output-dir-itself"])
 def test_node_export_folder_rules(sub, want, tmp_path):
     with pytest.raises(ValueError) as info:
         axera_nodes.safe_output_folder(sub, str(tmp_path))
