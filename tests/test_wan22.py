@@ -208,7 +208,7 @@ def test_node_samples_ti2v_from_wan22_image_latent(tmp_path, monkeypatch):
     want = sample_causal(model, torch.zeros(1, 48, 7, 4, 4), text, seed=3, first_frames=normalize(samples[:, :, :1]),
                          settings=CausalSettings(steps="4", frames_per_block=2, sink_size=2, local_window=4,
                                                  independent_first_frame=True, solver="unipc", first_frame="clamp",
-                                                 recache_on_switch=False))
+                                                 recache="none"))
     torch.testing.assert_close(out["samples"], denormalize(want), atol=1e-6, rtol=0)
     # a Wan 2.1 latent into the Wan 2.2 model is refused with what to do
     with pytest.raises(ValueError, match=r"^latent has 16 channels; the model takes Wan 2.2 latents with 48"):

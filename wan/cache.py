@@ -3,7 +3,9 @@
 Attention rule (the same one the masked reference in the tests spells out): a query in the block of latent
 frames ``[s, e)`` sees key frame ``f`` iff ``f < e`` and, with a window of ``L`` frames, ``f < sink`` or
 ``f >= e - (L - sink)`` — the first ``sink`` frames forever plus the most recent frames, ``L`` frames in
-all including the block itself. ``L = 0`` means no window (every earlier frame).
+all including the block itself. ``L = 0`` means no window (every earlier frame). The sink is the first
+``sink`` frames *in the cache*: frames ``0..sink-1``, unless a prompt switch re-filled the cache (LongLive
+without ``global_sink``), after which the first re-encoded frames are the sink, as in LongLive's buffer.
 
 Layout per layer: one buffer ``[B, capacity·S, heads, head_dim]`` (S tokens per frame) holding the committed
 frames (sink first, then the recent ones, oldest first) followed by scratch room for the block being
@@ -57,7 +59,9 @@ class KVCache:
         end = start_frame + num_frames
         if self.window_frames:
             first_recent = end - (self.window_frames - self.sink_frames)
-            keep = [f for f in self.frames if f < self.sink_frames or f >= first_recent]
+            # the sink is the first `sink` cached frames (frames 0.. unless a re-cache refilled the cache)
+            sink = self.frames[:self.sink_frames]
+            keep = sink + [f for f in self.frames[self.sink_frames:] if f >= first_recent]
             if len(keep) != len(self.frames):
                 self._evict(keep)
         if len(self.frames) + num_frames > self.capacity_frames:
@@ -79,6 +83,11 @@ class KVCache:
                 if buf is not None:  # clone: source and destination ranges may overlap
                     buf[:, n_in_place * s:(n_in_place + run) * s] = buf[:, i0 * s:(i0 + run) * s].clone()
         self.frames = keep
+
+    def keep_first(self, num_frames: int) -> None:
+        """Drop every committed frame but the first ``num_frames`` (in buffer order: the sink)."""
+        self.frames = self.frames[:num_frames]
+        self._pending = 0
 
     def commit(self) -> None:
         """The clean pass wrote the block's K/V: keep it for the following blocks."""

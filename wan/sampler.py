@@ -62,13 +62,14 @@ class CausalSettings:
     # start-image frames (``first_frames``): "cache" = blocks of their own, only written into the KV cache;
     # "clamp" = inside the first block at timestep 0, clamped to the clean latent (LongLive 2.0, Wan 2.2 TI2V)
     first_frame: str = "cache"
-    recache_on_switch: bool = True  # LongLive 1 re-encodes the cache at a prompt switch; LongLive 2.0 does not
+    recache: str = "joint"  # prompt switch: "joint" (LongLive), "blockwise" or "none" (see RECACHE_MODES)
+    global_sink: bool = True  # joint re-cache: the sink keeps the old prompt's K/V (LongLive's shipped config)
 
 
 @dataclasses.dataclass
 class PromptSwitch:
     """From block ``start_block`` on, use ``text`` (LongLive 1: cached frames are re-encoded with it; LongLive 2.0
-    with ``recache_on_switch`` off: only the blocks from ``start_block`` on see it)."""
+    with ``recache="none"``: only the blocks from ``start_block`` on see it)."""
 
     start_block: int
     text: torch.Tensor
@@ -324,7 +325,7 @@ class _UniPCSteps(UniPCSolver):
 
 # Wan 2.2 TI2V-5B's causal distillation is LongLive 2.0; its loop rules (not its sizes: sink, window and block
 # stay settings) apply whenever a Wan 2.2 TI2V model is sampled causally.
-WAN22_LOOP_RULES = dict(solver="unipc", first_frame="clamp", recache_on_switch=False)
+WAN22_LOOP_RULES = dict(solver="unipc", first_frame="clamp", recache="none")
 
 
 def loop_rules_for(settings: CausalSettings, config) -> CausalSettings:
@@ -409,6 +410,8 @@ class CausalLoop:
         if self.guidance > 1.0 and negative_text is None:
             raise ValueError(f"guidance_scale {self.guidance} > 1 needs a negative conditioning; connect one, or "
                              f"use guidance_scale 1.0 (distilled causal models are run without CFG).")
+        if s.recache not in RECACHE_MODES:
+            raise ValueError(f"recache '{s.recache}' is not a re-cache mode; use one of {sorted(RECACHE_MODES)}.")
         for sw in prompt_switches:
             if not 0 < sw.start_block < len(self.layout):
                 raise ValueError(f"prompt switch at block {sw.start_block}: must be between 1 and "
@@ -511,22 +514,24 @@ class CausalLoop:
             br.cache.commit()
 
     def _remember(self, start: int, x0: torch.Tensor) -> None:
-        if not self.switches or not self.settings.recache_on_switch:
+        if not self.switches or self.settings.recache == "none":
             return
         for i in range(x0.shape[2]):
             self.recent[start + i] = x0[:, :, i:i + 1]
         window = int(self.settings.local_window)
-        if window:  # a re-cache never needs more than the last `window` frames and the sink
+        if window:  # a re-cache needs at most the last `window` frames and the frames still cached (the sink)
             newest = start + x0.shape[2]
-            sink = int(self.settings.sink_size)
-            for f in [f for f in self.recent if sink <= f < newest - window]:
+            cached = set(self.branches[0].cache.frames)
+            for f in [f for f in self.recent if f < newest - window and f not in cached]:
                 del self.recent[f]
+
+    def _clean(self, frames) -> torch.Tensor:
+        return torch.cat([self.recent[f] for f in frames], dim=2)
 
     @torch.no_grad()
     def _switch_prompt(self, bi: int, text) -> None:
         self.branches[0].ctx = self._encode(text, bi)
-        if self.settings.recache_on_switch:
-            _recache(self, bi, self.branches[0])
+        RECACHE_MODES[self.settings.recache](self, bi, self.branches[0])
 
     # --- iteration ----------------------------------------------------------------------------------
     def __iter__(self) -> Iterator[BlockResult]:
@@ -554,10 +559,43 @@ def iter_causal_blocks(model: CausalWanModel, latent: torch.Tensor, text: torch.
     return CausalLoop(model, latent, text, **kwargs)
 
 
-def _recache(loop: CausalLoop, bi: int, branch: _Branch) -> None:
-    """KV re-cache at a prompt switch: the frames still in the cache are re-encoded at t=0 with the new
-    prompt (same block boundaries, same absolute positions), so what follows is not pulled back to the old
-    prompt through the cached keys."""
+# --------------------------------------------------------------------------------------------------
+# Prompt switch: what happens to the cached frames (one function per rule)
+# --------------------------------------------------------------------------------------------------
+def recache_joint(loop: CausalLoop, bi: int, branch: _Branch) -> None:
+    """LongLive's KV re-cache (``InteractiveCausalInferencePipeline._recache_after_switch``, v1.0): the last
+    ``min(window, c)`` frames before the switch frame ``c`` (all ``c`` without a window) are re-encoded at
+    t=0 with the new prompt in ONE forward, attending to each other both ways (no causal mask inside).
+
+    With ``global_sink`` and a window that has already slid (``c > window``), LongLive protects the sink
+    slots: they keep the old prompt's K/V, the re-encoded frames attend to them, and only the cached frames
+    after the sink are rewritten. The ``sink`` oldest re-encoded frames are not in the cache there and their
+    K/V are discarded, so nothing attends to them: we skip them, which leaves every cached value identical.
+    Otherwise (no global sink, or the switch comes before the window slid) every re-encoded frame is written
+    and the first ``sink`` of them become the sink — LongLive's buffer after the switch, sink included."""
+    s = loop.settings
+    c = loop.layout[bi][0]
+    window, sink = int(s.local_window), int(s.sink_size)
+    count = min(window, c) if window else c
+    first = c - count
+    cache = branch.cache
+    if s.global_sink and sink and first > 0:
+        cache.keep_first(sink)
+        frames = list(range(max(first, c - (window - sink)), c))
+    else:
+        cache.reset()
+        frames = list(range(first, c))
+    if not frames:
+        return
+    cache.begin_block(frames[0], len(frames))
+    loop._forward("recache", bi, loop._clean(frames), 0.0, branch, frames[0], head=False)
+    cache.commit()
+
+
+def recache_blockwise(loop: CausalLoop, bi: int, branch: _Branch) -> None:
+    """The pack's earlier rule (no author uses it): every frame still cached, sink included, re-encoded
+    block by block and causally (same block boundaries and positions as when it was generated). Kept to
+    compare against; it costs the same forwards as the joint pass, split per block."""
     kept = set(branch.cache.frames)
     branch.cache.reset()
     for start, n in loop.layout[:bi]:
@@ -570,11 +608,17 @@ def _recache(loop: CausalLoop, bi: int, branch: _Branch) -> None:
             else:
                 runs.append([f])
         for r in runs:
-            a, m = r[0], len(r)
-            branch.cache.begin_block(a, m)
-            x = torch.cat([loop.recent[f] for f in r], dim=2)
-            loop._forward("recache", bi, x, 0.0, branch, a, head=False)
+            branch.cache.begin_block(r[0], len(r))
+            loop._forward("recache", bi, loop._clean(r), 0.0, branch, r[0], head=False)
             branch.cache.commit()
+
+
+def recache_none(loop: CausalLoop, bi: int, branch: _Branch) -> None:
+    """Only the cross-attention follows the new prompt; cached frames keep the old prompt's K/V (LongLive's
+    "without KV re-cache" ablation: the transition lags behind the prompt)."""
+
+
+RECACHE_MODES = {"joint": recache_joint, "blockwise": recache_blockwise, "none": recache_none}
 
 
 class _LegacyBlockCallback(SamplerHooks):

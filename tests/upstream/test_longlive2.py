@@ -137,7 +137,7 @@ def test_longlive2_loop_parity(upstream, tmp_path, frames, block, sink, window, 
     want = want.permute(0, 2, 1, 3, 4)  # -> [B, C, F, H, W]
 
     settings = CausalSettings(steps="4", shift=5.0, frames_per_block=block, sink_size=sink, local_window=window,
-                              solver="unipc", first_frame="clamp", recache_on_switch=False)
+                              solver="unipc", first_frame="clamp", recache="none")
     switches = [PromptSwitch(switch, texts["b"][None])] if switch else []
     got = sample_causal(ours, torch.zeros(1, 48, frames, H, W), texts["a"][None], settings=settings,
                         first_frames=None if image is None else image.permute(0, 2, 1, 3, 4),
