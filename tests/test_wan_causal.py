@@ -47,7 +47,7 @@ def masked_reference(model, latent, text, seed, s, clip=None, y=None, first=None
     b, _, frames, h, w = latent.shape
     layout = block_layout(frames, s.frames_per_block, s.independent_first_frame)
     schedule = denoising_schedule(s.steps, s.shift, s.warp)
-    sigmas, steps_t = schedule.sigmas, schedule.timesteps
+    first_schedule = schedule if s.first_block_steps is None else denoising_schedule(s.first_block_steps, s.shift, s.warp)
     tok = (h // 2) * (w // 2)
     end_of = {}
     for st, n in layout:
@@ -58,11 +58,15 @@ def masked_reference(model, latent, text, seed, s, clip=None, y=None, first=None
     out = torch.zeros(latent.shape)
     known = 0 if first is None else first.shape[2]
     ctx = dit.encode_context(model.tree, cfg, text, clip, torch.float32, b)
+    generated = 0
     for bi, (st, n) in enumerate(layout):
         e = st + n
         if e <= known:
             out[:, :, st:e] = first[:, :, st:e]
             continue
+        sched = first_schedule if generated == 0 else schedule  # Causal Forcing++: the first generated block
+        sigmas, steps_t = sched.sigmas, sched.timesteps
+        generated += 1
         qf = torch.arange(e).repeat_interleave(tok)
         mask = torch.tensor([[allowed(end_of[int(a)], int(k), s.sink_size, s.local_window) for k in qf]
                              for a in qf])
@@ -379,3 +383,35 @@ def test_noise_hook_replaces_every_draw(t2v):
     assert asked == [(0, 1, (1, 16, 2, H, W)), (0, 2, (1, 16, 2, H, W)), (1, 1, (1, 16, 2, H, W)),
                      (1, 2, (1, 16, 2, H, W))]
     assert (ours - sample_causal(t2v, latent, text, settings=s)).abs().max() > 1e-2
+
+
+@pytest.mark.parametrize("mode", ["frame_wise", "chunk_wise"])
+def test_causal_forcing_native_i2v_equals_masked_reference(mode, t2v):
+    """Causal Forcing: the start image's clean latent is frame 0 (written into the cache at t=0, copied to
+    the output); frame-wise = 1 latent frame per block, chunk-wise = 3 after the independent first frame;
+    the 1/2-step configs run a longer list on the first generated block."""
+    if mode == "frame_wise":
+        frames, s = 5, CausalSettings(frames_per_block=1, steps=[1000, 500], first_block_steps=[1000, 750, 500, 250])
+    else:
+        frames, s = 7, CausalSettings(frames_per_block=3, independent_first_frame=True, steps=[1000],
+                                      first_block_steps=[1000, 500])
+    latent, text, _ = _inputs(frames)
+    first = torch.randn(1, 16, 1, H, W, generator=torch.Generator().manual_seed(8))
+    steps = []
+
+    class Count(SamplerHooks):
+        def on_step(self, block, step, total):
+            steps.append((block, total))
+
+    loop = CausalLoop(t2v, latent, text, seed=3, settings=s, first_frames=first, hooks=Count())
+    ours = torch.cat([r.x0 for r in loop], 2)
+    ref = masked_reference(t2v, latent, text, 3, s, first=first)
+    assert torch.equal(ours[:, :, :1], first)
+    torch.testing.assert_close(ours, ref, atol=1e-5, rtol=0)
+    longer = len(s.first_block_steps)
+    assert steps[0] == (1, longer) and steps[longer] == (2, len(s.steps))  # block 0 is the image
+    assert loop.total_steps == longer + (len(loop) - 2) * len(s.steps)
+    # the first block's list matters
+    plain = sample_causal(t2v, latent, text, seed=3, first_frames=first,
+                          settings=CausalSettings(**{**s.__dict__, "first_block_steps": None}))
+    assert (plain[:, :, 1:] - ours[:, :, 1:]).abs().max() > 1e-3

@@ -62,6 +62,9 @@ class CausalSettings:
     # start-image frames (``first_frames``): "cache" = blocks of their own, only written into the KV cache;
     # "clamp" = inside the first block at timestep 0, clamped to the clean latent (LongLive 2.0, Wan 2.2 TI2V)
     first_frame: str = "cache"
+    # Causal Forcing++ 1/2-step configs (`denoising_step_list_first_chunk`): the first *generated* block (the
+    # one after a start image, if any) runs this longer list; None = `steps` for every block
+    first_block_steps: object = None
     recache: str = "joint"  # prompt switch: "joint" (LongLive), "blockwise" or "none" (see RECACHE_MODES)
     global_sink: bool = True  # joint re-cache: the sink keeps the old prompt's K/V (LongLive's shipped config)
 
@@ -395,10 +398,14 @@ class CausalLoop:
                              f"and a first_frame policy of {FIRST_FRAME_POLICIES}.")
         if s.solver == "unipc":
             self.unipc = unipc_schedule(_step_count(s.steps), s.shift)
-            self.sigmas = self.unipc[1][:-1]
+            self.sigmas, self.timesteps = self.unipc[1][:-1], None
+            self.first_schedule = (self.sigmas, None)
         else:
             schedule = denoising_schedule(s.steps, s.shift, s.warp)
             self.sigmas, self.timesteps = list(schedule.sigmas), list(schedule.timesteps)
+            first = schedule if s.first_block_steps is None else \
+                denoising_schedule(s.first_block_steps, s.shift, s.warp)
+            self.first_schedule = (list(first.sigmas), list(first.timesteps))
         clip_fea, concat, first_frames = _image_inputs(model, clip_fea, concat, first_frames)
         if concat is not None and (concat.shape[0] not in (1, b) or concat.shape[1] != cfg.concat_channels
                                    or tuple(concat.shape[2:]) != (frames, height, width)):
@@ -428,7 +435,9 @@ class CausalLoop:
         self.device = model.device
         self.dtype = model.compute_dtype
         self.tokens_per_frame = (height // 2) * (width // 2)
-        self.total_steps = sum(len(self.sigmas) for st, n in self.layout if self.clamp or st + n > self.known)
+        generated = [bi for bi, (st, n) in enumerate(self.layout) if self.clamp or st + n > self.known]
+        self.first_generated = generated[0] if generated else None
+        self.total_steps = sum(len(self._schedule(bi)[0]) for bi in generated)
         self.branches: list = []
         self._started = False
 
@@ -442,6 +451,10 @@ class CausalLoop:
     @property
     def cache_frames(self) -> list:
         return list(self.branches[0].cache.frames) if self.branches else []
+
+    def _schedule(self, bi: int):
+        """(sigmas, model timesteps) of block ``bi``: ``first_block_steps`` for the first generated block."""
+        return self.first_schedule if bi == self.first_generated else (self.sigmas, self.timesteps)
 
     # --- setup --------------------------------------------------------------------------------------
     def _new_cache(self) -> KVCache:
@@ -488,13 +501,14 @@ class CausalLoop:
         if not self.clamp and start + n <= self.known:  # route (3): known clean frames, only written into the cache
             return self.first_frames[:, :, start:start + n].float().to(self.device).expand(
                 self.batch, -1, -1, -1, -1)
+        sigmas, timesteps = self._schedule(bi)
         x = self.initial[:, :, start:start + n]
         if self.settings.solver == "unipc":
             steps = _UniPCSteps(self.unipc)  # starts from the noise itself (its first σ is 0.9998)
         else:
-            steps = _RenoiseSteps(self.sigmas, self.timesteps, self.noise, bi, self.device)
-            if self.sigmas[0] < 1.0:
-                x = renoise(self.latent[:, :, start:start + n].float().to(self.device), x, self.sigmas[0])
+            steps = _RenoiseSteps(sigmas, timesteps, self.noise, bi, self.device)
+            if sigmas[0] < 1.0:
+                x = renoise(self.latent[:, :, start:start + n].float().to(self.device), x, sigmas[0])
         clean = self.first_frames if self.clamp else None
         for j, t_step in enumerate(steps.timesteps):
             self.check_interrupt()
