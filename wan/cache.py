@@ -14,6 +14,15 @@ denoised. Denoising steps write the block's K/V into the scratch slots and atten
 interrupted block leaves the committed frames untouched. Keys are stored after RoPE at their absolute frame
 positions, so evicting frames never changes the positions of the ones kept. Capacity is fixed (``L`` frames
 with a window, the whole video without), so memory is flat however long the video runs.
+
+Two family rules change the cache, each one function/option here:
+  * ``positions="slots"`` (Reward Forcing): keys are stored without RoPE and rotated at read time to their
+    *slot* position in the buffer (sink at 0.., the recent frames after it, the block last), so a long video
+    always looks like the first ``L`` frames. The DiT ropes the queries at the absolute frame; attention
+    only depends on query-key distances, so the keys are placed at ``slot + (start_frame - slot of the
+    block)`` (the same distances as Reward Forcing's relative positions).
+  * ``sink_ema`` (Reward Forcing's "EMA sink", ``incremental_update``): when frames are evicted, see
+    ``ema_sink_update``.
 """
 
 from __future__ import annotations
@@ -22,11 +31,43 @@ from typing import List, Optional
 
 import torch
 
+from .rope import apply_rope, rope_cos_sin
+
+POSITION_MODES = ("absolute", "slots")
+
+
+def ema_sink_update(sink_k, sink_v, evicted_k, evicted_v, alpha: float):
+    """Reward Forcing's sink update at an eviction (its ``CausalWanSelfAttention``, ``compression_alpha``
+    0.999): when exactly as many tokens are evicted as the sink holds, ``sink <- α·sink + (1-α)·evicted``
+    (frame by frame, keys without RoPE); otherwise the first ``min(evicted, sink)`` sink tokens are replaced
+    by the first evicted ones. Returns the new sink K and V."""
+    if evicted_k.shape[1] == sink_k.shape[1]:
+        return alpha * sink_k + (1 - alpha) * evicted_k, alpha * sink_v + (1 - alpha) * evicted_v
+    m = min(evicted_k.shape[1], sink_k.shape[1])
+    sink_k, sink_v = sink_k.clone(), sink_v.clone()
+    sink_k[:, :m], sink_v[:, :m] = evicted_k[:, :m], evicted_v[:, :m]
+    return sink_k, sink_v
+
+
+def _frame_rotation(head_dim: int, first_position: int, frames: int, tokens_per_frame: int, device):
+    """cos/sin per token rotating only the frame axis of RoPE to positions ``first_position..`` (the height
+    and width pairs get angle 0): keys stored without RoPE are placed at a frame position with it."""
+    cos, sin = rope_cos_sin(head_dim, first_position, frames, 1, 1, device)
+    return cos.repeat_interleave(tokens_per_frame, 0), sin.repeat_interleave(tokens_per_frame, 0)
+
 
 class KVCache:
     def __init__(self, num_layers: int, batch: int, heads: int, head_dim: int, tokens_per_frame: int,
                  capacity_frames: int, sink_frames: int = 0, window_frames: int = 0,
-                 dtype: torch.dtype = torch.float32, device=None):
+                 dtype: torch.dtype = torch.float32, device=None, positions: str = "absolute",
+                 sink_ema: Optional[float] = None):
+        if positions not in POSITION_MODES:
+            raise ValueError(f"positions '{positions}' is not one of {POSITION_MODES}.")
+        if sink_ema is not None and positions != "slots":
+            raise ValueError("sink_ema (Reward Forcing's EMA sink) needs positions='slots': the sink mixes keys "
+                             "stored without RoPE.")
+        self.positions = positions
+        self.sink_ema = sink_ema
         self.num_layers = num_layers
         self.shape = (batch, capacity_frames * tokens_per_frame, heads, head_dim)
         self.tokens_per_frame = tokens_per_frame
@@ -74,6 +115,8 @@ class KVCache:
         s = self.tokens_per_frame
         pos = {f: i for i, f in enumerate(self.frames)}
         src = [pos[f] for f in keep]
+        if self.sink_ema is not None and self.sink_frames:
+            self._update_sink([pos[f] for f in self.frames[self.sink_frames:] if f not in set(keep)])
         # the sink frames are a prefix already in place; the recent frames are one contiguous run to move left
         n_in_place = next((j for j, i in enumerate(src) if i != j), len(src))
         if n_in_place < len(src):
@@ -83,6 +126,14 @@ class KVCache:
                 if buf is not None:  # clone: source and destination ranges may overlap
                     buf[:, n_in_place * s:(n_in_place + run) * s] = buf[:, i0 * s:(i0 + run) * s].clone()
         self.frames = keep
+
+    def _update_sink(self, evicted_slots: List[int]) -> None:
+        s, n = self.tokens_per_frame, self.sink_frames * self.tokens_per_frame
+        a, b = evicted_slots[0] * s, (evicted_slots[-1] + 1) * s  # the evicted frames are one run after the sink
+        for kb, vb in zip(self.k, self.v):
+            if kb is not None:
+                kb[:, :n], vb[:, :n] = ema_sink_update(kb[:, :n], vb[:, :n], kb[:, a:b].clone(), vb[:, a:b].clone(),
+                                                       float(self.sink_ema))
 
     def keep_first(self, num_frames: int) -> None:
         """Drop every committed frame but the first ``num_frames`` (in buffer order: the sink)."""
@@ -101,6 +152,14 @@ class KVCache:
         if start_frame != self._pending_start:
             raise RuntimeError(f"KV cache: block at frame {start_frame} was not announced by begin_block().")
         n_old = len(self.frames) * self.tokens_per_frame
+        slots = self.positions == "slots"
+        if slots:
+            head_dim, tok = self.shape[3], self.tokens_per_frame
+            dev = self.device if self.device is not None else "cpu"
+            # unrope the block (roped by the DiT at its absolute frames), rope the buffer at slot positions
+            un_cos, un_sin = _frame_rotation(head_dim, start_frame, self._pending, tok, dev)
+            in_slots = len(self.frames) + self._pending
+            cos, sin = _frame_rotation(head_dim, start_frame - len(self.frames), in_slots, tok, dev)
 
         def kv_hook(layer: int, k: torch.Tensor, v: torch.Tensor):
             if self.k[layer] is None:
@@ -110,8 +169,10 @@ class KVCache:
             if n_new != self._pending * self.tokens_per_frame:
                 raise RuntimeError("KV cache: block size does not match begin_block().")
             kb, vb = self.k[layer], self.v[layer]
-            kb[:, n_old:n_old + n_new] = k
+            kb[:, n_old:n_old + n_new] = apply_rope(k, un_cos, -un_sin) if slots else k
             vb[:, n_old:n_old + n_new] = v
+            if slots:
+                return apply_rope(kb[:, :n_old + n_new], cos, sin), vb[:, :n_old + n_new]
             return kb[:, :n_old + n_new], vb[:, :n_old + n_new]
 
         return kv_hook

@@ -34,7 +34,7 @@ from typing import Callable, Iterator, Optional, Sequence
 import torch
 
 from . import model as dit
-from .cache import KVCache
+from .cache import POSITION_MODES, KVCache
 from .causal_model import CausalWanModel
 from .checks import check_finite_latent
 from .latent import check_latent
@@ -65,6 +65,8 @@ class CausalSettings:
     # Causal Forcing++ 1/2-step configs (`denoising_step_list_first_chunk`): the first *generated* block (the
     # one after a start image, if any) runs this longer list; None = `steps` for every block
     first_block_steps: object = None
+    positions: str = "absolute"  # cached keys' RoPE positions: "absolute" frames, or "slots" (Reward Forcing)
+    sink_ema: Optional[float] = None  # Reward Forcing's EMA sink (0.999); None = the sink never changes
     recache: str = "joint"  # prompt switch: "joint" (LongLive), "blockwise" or "none" (see RECACHE_MODES)
     global_sink: bool = True  # joint re-cache: the sink keeps the old prompt's K/V (LongLive's shipped config)
 
@@ -417,6 +419,11 @@ class CausalLoop:
         if self.guidance > 1.0 and negative_text is None:
             raise ValueError(f"guidance_scale {self.guidance} > 1 needs a negative conditioning; connect one, or "
                              f"use guidance_scale 1.0 (distilled causal models are run without CFG).")
+        if s.positions not in POSITION_MODES:
+            raise ValueError(f"positions '{s.positions}' is not one of {list(POSITION_MODES)}.")
+        if s.sink_ema is not None and (s.positions != "slots" or not 0.0 <= float(s.sink_ema) <= 1.0):
+            raise ValueError(f"sink_ema {s.sink_ema} needs positions='slots' (Reward Forcing stores keys without "
+                             f"RoPE) and a value in [0, 1] (Reward Forcing uses 0.999).")
         if s.recache not in RECACHE_MODES:
             raise ValueError(f"recache '{s.recache}' is not a re-cache mode; use one of {sorted(RECACHE_MODES)}.")
         for sw in prompt_switches:
@@ -461,7 +468,8 @@ class CausalLoop:
         s, cfg = self.settings, self.cfg
         capacity = int(s.local_window) if s.local_window else self.latent.shape[2]
         return KVCache(cfg.num_layers, self.batch, cfg.num_heads, cfg.head_dim, self.tokens_per_frame, capacity,
-                       int(s.sink_size), int(s.local_window), s.cache_dtype or self.dtype, self.device)
+                       int(s.sink_size), int(s.local_window), s.cache_dtype or self.dtype, self.device,
+                       positions=s.positions, sink_ema=s.sink_ema)
 
     def _encode(self, text, block: int):
         self.hooks.on_forward_start("context", block)
