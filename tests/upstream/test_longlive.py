@@ -9,88 +9,36 @@ are set to the tiny model's values (attributes, not code)."""
 import pytest
 import torch
 
-from comfyui_clipwan.wan import CausalSettings, CausalWanModel, PromptSwitch, WanConfig, sample_causal
-from comfyui_clipwan.wan.sampler import NoiseSource
-
+from comfyui_clipwan.wan import CausalSettings, CausalWanModel, PromptSwitch, sample_causal
 from .conftest import fp32_attention
+from .harness import H, W, IdentityVAE, ReplayTorchGlobalNoise, Texts, fit_pipeline, random_state_dict, their_wrapper
 
-LAYERS, H, W = 2, 8, 8
-TOKENS = (H // 2) * (W // 2)
 STEPS = [1000, 750, 500, 250]
 
 
-class ReplayTorchGlobalNoise(NoiseSource):
-    """The draws of a Self-Forcing-style pipeline: initial noise given as ``[B, F, C, H, W]``; each re-noise
-    is ``randn_like`` of the ``[B·n, C, H, W]`` block from the global CPU generator, seeded once before the
-    run, in block/step order (the order our loop asks in)."""
-
-    def __init__(self, noise_bfchw, seed):
-        self.noise = noise_bfchw
-        self.gen = torch.Generator().manual_seed(seed)
-
-    def initial(self, shape, device):
-        return self.noise.permute(0, 2, 1, 3, 4).contiguous().to(device)
-
-    def step(self, block, step, shape, device):
-        b, c, n, h, w = shape
-        draw = torch.randn((b * n, c, h, w), generator=self.gen)
-        return draw.view(b, n, c, h, w).permute(0, 2, 1, 3, 4).to(device)
-
-
-def _their_pipeline(window, sink, global_sink, state_dict=None):
+def _their_pipeline(window, sink, global_sink):
     from omegaconf import OmegaConf
     from pipeline.interactive_causal_inference import InteractiveCausalInferencePipeline
-    from utils.scheduler import FlowMatchScheduler
-    from utils.wan_wrapper import WanDiffusionWrapper
     from wan.modules.causal_model import CausalWanModel as TheirModel
 
-    torch.manual_seed(1)
-    model = TheirModel(model_type="t2v", dim=1536, ffn_dim=256, num_heads=12, num_layers=LAYERS,
+    model = TheirModel(model_type="t2v", dim=1536, ffn_dim=256, num_heads=12, num_layers=2,
                        local_attn_size=window or -1, sink_size=sink).eval()
-    if state_dict is None:  # their init zeroes parts of the model (the output would be the noise): random
-        state_dict = CausalWanModel.random(
-            WanConfig(dim=1536, ffn_dim=256, num_heads=12, num_layers=LAYERS, in_dim=16), seed=1).state_dict()
-        for k in state_dict:  # sharper self-attention, so attention rules show in the output
-            if ".self_attn.norm_q." in k or ".self_attn.norm_k." in k:
-                state_dict[k] = state_dict[k] * 4.0
+    state_dict = random_state_dict()
     model.load_state_dict(state_dict, strict=True)
-    wrapper = WanDiffusionWrapper.__new__(WanDiffusionWrapper)  # its __init__ loads wan_models/ from disk
-    torch.nn.Module.__init__(wrapper)
-    wrapper.model = model
-    wrapper.uniform_timestep = False
-    wrapper.scheduler = FlowMatchScheduler(shift=5.0, sigma_min=0.0, extra_one_step=True)
-    wrapper.scheduler.set_timesteps(1000, training=True)
-    wrapper.seq_len = 32760
-    wrapper.post_init()
     args = OmegaConf.create({
         "denoising_step_list": STEPS, "warp_denoising_step": True, "num_frame_per_block": 3,
         "model_kwargs": {"local_attn_size": window or -1, "sink_size": sink, "timestep_shift": 5.0},
         "context_noise": 0, "global_sink": global_sink})
-    pipe = InteractiveCausalInferencePipeline(args, torch.device("cpu"), generator=wrapper,
-                                              text_encoder=_Texts(), vae=_IdentityVAE())
-    pipe.num_transformer_blocks = LAYERS
-    pipe.frame_seq_length = TOKENS
-    return pipe, state_dict
-
-
-class _Texts(torch.nn.Module):
-    """Prompt string -> fixed random umt5-sized states (the text encoder is not under test)."""
-
-    def forward(self, text_prompts):
-        seed = sum(map(ord, text_prompts[0]))
-        return {"prompt_embeds": torch.randn(1, 512, 4096, generator=torch.Generator().manual_seed(seed)) * 0.3}
-
-
-class _IdentityVAE:
-    def decode_to_pixel(self, latent, use_cache=False):
-        return latent
+    pipe = InteractiveCausalInferencePipeline(args, torch.device("cpu"), generator=their_wrapper(model),
+                                              text_encoder=Texts(), vae=IdentityVAE())
+    return fit_pipeline(pipe), state_dict
 
 
 CASES = {  # frames, switch frame, window, sink, global_sink
     "no_switch_window": (15, None, 6, 3, True),
     "switch_after_eviction_global_sink": (15, 9, 6, 3, True),
     "switch_after_eviction_no_global_sink": (15, 9, 6, 3, False),
-    "switch_before_eviction": (12, 3, 9, 3, True),
+    "switch_before_eviction": (12, 6, 9, 3, True),
     "switch_no_window": (12, 6, 0, 0, True),
 }
 
@@ -110,7 +58,7 @@ def test_longlive_interactive_pipeline_parity(case, upstream_tree, monkeypatch):
     theirs = theirs.permute(0, 2, 1, 3, 4)
 
     ours_model = CausalWanModel.from_state_dict(sd)
-    texts = [_Texts()(p)["prompt_embeds"] for p in prompts]
+    texts = [Texts()(p)["prompt_embeds"] for p in prompts]
     settings = CausalSettings(steps=STEPS, shift=5.0, frames_per_block=3, sink_size=sink, local_window=window,
                               global_sink=global_sink, recache="joint")
     switches = [PromptSwitch(switch // 3, texts[1])] if switch else []

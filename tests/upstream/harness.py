@@ -1,0 +1,77 @@
+"""Shared pieces of the upstream parity tests: the authors' noise order replayed through our noise hook, a
+fixed text table for their text encoder, an identity VAE, their diffusion wrapper around a tiny model."""
+
+import torch
+
+from comfyui_clipwan.wan import CausalWanModel, WanConfig
+from comfyui_clipwan.wan.sampler import NoiseSource
+
+LAYERS, H, W = 2, 8, 8
+TOKENS = (H // 2) * (W // 2)
+# their pipelines allocate caches as [.., 12 heads, 128]: the tiny model keeps that head layout
+TINY = WanConfig(dim=1536, ffn_dim=256, num_heads=12, num_layers=LAYERS, in_dim=16)
+
+
+def random_state_dict(seed=1):
+    """Random weights in Wan's layout (their own init zeroes parts of the model, whose output would then be
+    the noise), self-attention sharpened (q/k norm gains x4) so attention rules show in the output."""
+    sd = CausalWanModel.random(TINY, seed=seed).state_dict()
+    for k in sd:
+        if ".self_attn.norm_q." in k or ".self_attn.norm_k." in k:
+            sd[k] = sd[k] * 4.0
+    return sd
+
+
+class ReplayTorchGlobalNoise(NoiseSource):
+    """The draws of a Self-Forcing-style pipeline: initial noise given as ``[B, F, C, H, W]``; each re-noise
+    is ``randn_like`` of the ``[B·n, C, H, W]`` block from the global CPU generator, seeded once before the
+    run, in block/step order (the order our loop asks in)."""
+
+    def __init__(self, noise_bfchw, seed):
+        self.noise = noise_bfchw
+        self.gen = torch.Generator().manual_seed(seed)
+
+    def initial(self, shape, device):
+        return self.noise.permute(0, 2, 1, 3, 4).contiguous().to(device)
+
+    def step(self, block, step, shape, device):
+        b, c, n, h, w = shape
+        draw = torch.randn((b * n, c, h, w), generator=self.gen)
+        return draw.view(b, n, c, h, w).permute(0, 2, 1, 3, 4).to(device)
+
+
+class Texts(torch.nn.Module):
+    """Prompt string -> fixed random umt5-sized states (the text encoder is not under test)."""
+
+    def forward(self, text_prompts):
+        seed = sum(map(ord, text_prompts[0]))
+        return {"prompt_embeds": torch.randn(1, 512, 4096, generator=torch.Generator().manual_seed(seed)) * 0.3}
+
+
+class IdentityVAE:
+    def decode_to_pixel(self, latent, use_cache=False):
+        return latent
+
+
+
+def their_wrapper(model, shift=5.0):
+    """Their ``WanDiffusionWrapper`` around ``model`` (its ``__init__`` loads wan_models/ from disk)."""
+    from utils.scheduler import FlowMatchScheduler
+    from utils.wan_wrapper import WanDiffusionWrapper
+
+    wrapper = WanDiffusionWrapper.__new__(WanDiffusionWrapper)
+    torch.nn.Module.__init__(wrapper)
+    wrapper.model = model
+    wrapper.uniform_timestep = False
+    wrapper.scheduler = FlowMatchScheduler(shift=shift, sigma_min=0.0, extra_one_step=True)
+    wrapper.scheduler.set_timesteps(1000, training=True)
+    wrapper.seq_len = 32760
+    wrapper.post_init()
+    return wrapper
+
+
+def fit_pipeline(pipe):
+    """Their pipelines hard-code 30 blocks and 1560 tokens per frame (Wan 1.3B at 480x832): the tiny values."""
+    pipe.num_transformer_blocks = LAYERS
+    pipe.frame_seq_length = TOKENS
+    return pipe
