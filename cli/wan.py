@@ -26,6 +26,13 @@ def register(sub) -> None:
                        description=__doc__.split("\n\n")[0])
     p.add_argument("--model", help="Wan 2.1 DiT file (.safetensors or Self-Forcing/CausVid/LongLive .pt); "
                                    "default: the embedded random-init i2v model")
+    p.add_argument("--entry", default=None, help="checkpoint entry (auto / generator_ema / generator / model); "
+                                                "default: the preset's, else auto")
+    p.add_argument("--lora", help="LoRA file merged into --model (LongLive's lora.pt)")
+    p.add_argument("--lora-strength", type=float, default=1.0)
+    p.add_argument("--preset", choices=_preset_names(), help="a released family's settings (docs/wan.md table): "
+                   "sets --steps/--shift/warp/--frames-per-block/--sink/--window/--independent-first-frame/"
+                   "--guidance and the default --entry")
     p.add_argument("--clip", help="CLIP vision ViT-H/14 file (clip_vision_h.safetensors or Wan's .pth); "
                                   "default: the embedded random-init ViT-H/14 (4 blocks)")
     p.add_argument("--image", help="start image (PNG/JPEG...); default: a synthetic test image")
@@ -54,6 +61,26 @@ def register(sub) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="clipwan_out", help="output folder")
     p.set_defaults(func=run_sample)
+
+
+def _preset_names() -> list:
+    from ..wan.presets import preset_names
+
+    return preset_names()
+
+
+def apply_preset(args) -> None:
+    """Overwrite the sampling arguments with the preset's (the table in wan/presets.py)."""
+    if not getattr(args, "preset", None):
+        return
+    from ..wan.presets import get_preset
+
+    p = get_preset(args.preset)
+    args.steps, args.shift, args.warp = p.steps, p.shift, p.warp_steps
+    args.frames_per_block, args.sink, args.window = p.frames_per_block, p.sink_size, p.local_window
+    args.independent_first_frame, args.guidance = p.independent_first_frame, p.guidance_scale
+    if getattr(args, "entry", None) is None:
+        args.entry = p.checkpoint_entry
 
 
 def synthetic_image(width: int = 128, height: int = 128) -> torch.Tensor:
@@ -91,10 +118,16 @@ def run_pipeline(args, out_dir: str, log=print) -> dict:
     from ..wan.sampler import loop_rules_for
 
     os.makedirs(out_dir, exist_ok=True)
+    apply_preset(args)
+    if getattr(args, "lora", None) and not args.model:
+        raise ValueError("--lora is merged into --model: give the base weights with --model (for LongLive: "
+                         "longlive_base.pt).")
     dtype = resolve_dtype(args.dtype)
     t0 = time.perf_counter()
     if args.model:
-        model = CausalWanModel.from_file(args.model, dtype=dtype)
+        model = CausalWanModel.from_file(args.model, dtype=dtype, entry=getattr(args, "entry", None) or "auto",
+                                         lora=getattr(args, "lora", None),
+                                         lora_strength=getattr(args, "lora_strength", 1.0))
     else:
         model = default_causal_wan(seed=args.seed, dtype=dtype)
     log(f"wan: model {model.config.describe()} — {model.source}")

@@ -303,3 +303,14 @@ def new_clip_vision_output():
         return comfy.clip_vision.Output()
     except Exception:
         return None
+
+
+def lora_weight_patch(up, down, alpha: float):
+    """A ComfyUI weight patch adding ``strength · alpha/rank · up @ down`` (its LoRA adapter; the legacy
+    ``("lora", ...)`` tuple on ComfyUI versions before weight adapters). Outside ComfyUI: the raw tuple."""
+    weights = (up, down, alpha, None, None, None)
+    try:
+        from comfy.weight_adapter import LoRAAdapter
+    except Exception:
+        return ("lora", weights)
+    return LoRAAdapter(set(), weights)

@@ -17,6 +17,7 @@ from ..wan.causal_model import CausalWanModel
 from ..wan.checkpoint import load_wan_state_dict, resolve_dtype
 from ..wan.inputs import WanLatentAdapter, build_sampler_inputs
 from ..wan.latent import LatentPreviewer
+from ..wan.lora import merge_lora_file
 from ..wan.sampler import CausalLoop, CausalSettings, PromptSwitch, SamplerHooks, loop_rules_for
 
 UI_EVENT = "clipwan.causal_frames"
@@ -104,13 +105,24 @@ class LoadCausalWanModel:
                                                      "(inside ComfyUI: ComfyUI's choice for the device)."}),
                 "checkpoint_entry": (["auto", "generator_ema", "generator", "model"], {
                     "default": "auto",
-                    "tooltip": "Which entry of a training checkpoint to use; auto prefers generator_ema."}),
-            }
+                    "tooltip": "Which entry of a training checkpoint to use; auto prefers generator_ema. "
+                               "LongLive: generator (its configs' use_ema: false)."}),
+            },
+            "optional": {
+                "lora_name": (["none"] + bridge.list_model_files("loras"), {
+                    "default": "none", "tooltip": "LoRA merged into the weights, e.g. LongLive's lora.pt "
+                                                  "(models/loras), with longlive_base.pt as model_name."}),
+                "lora_strength": ("FLOAT", {"default": 1.0, "min": -10.0, "max": 10.0, "step": 0.05,
+                                            "tooltip": "LoRA scale (1.0 = as trained)."}),
+            },
         }
 
-    def load(self, model_name, weight_dtype="default", checkpoint_entry="auto"):
+    def load(self, model_name, weight_dtype="default", checkpoint_entry="auto", lora_name="none",
+             lora_strength=1.0):
         path = bridge.resolve_model_path(model_name, "diffusion_models", "checkpoints")
         sd, source = load_wan_state_dict(path, checkpoint_entry)
+        if lora_name not in (None, "", "none"):  # e.g. LongLive's lora.pt, merged before anything is placed
+            sd, source = merge_lora_file(sd, bridge.resolve_model_path(lora_name, "loras"), lora_strength, source)
         dtype = resolve_dtype(weight_dtype)
         if bridge.in_comfyui():  # ComfyUI builds, places and offloads it like any UNETLoader model
             return (bridge.load_diffusion_model_state_dict(sd, dtype=dtype, source=source),)

@@ -286,19 +286,47 @@ def _run_js(body: str):
     return json.loads(done.stdout)
 
 
-@pytest.mark.skipif(NODE is None, reason="node (JavaScript) is not installed")
-def test_web_presets_set_real_sampler_widgets(defs):
-    presets = _run_js("return L.CAUSAL_PRESETS;")
+def test_presets_table_sets_real_sampler_widgets(defs):
+    """The web menu's presets (GET /clipwan/presets = wan.presets.web_payload) name real widgets with valid
+    values, and they are the authors' numbers."""
+    from comfyui_clipwan.wan.presets import web_payload
+
+    presets = web_payload()
     sampler = {name: spec for name, spec, _ in wf.ordered_inputs(defs["CausalWanSampler"]) if wf.is_widget(spec)}
-    assert set(presets) == {"Self-Forcing", "CausVid", "LongLive"}
+    assert {"Self-Forcing", "CausVid", "LongLive 1.0", "Causal Forcing chunk-wise", "Causal Forcing frame-wise",
+            "Rolling Forcing", "Reward Forcing", "Krea Realtime 14B"} <= set(presets)
     for name, preset in presets.items():
         for widget, value in preset["values"].items():
             assert widget in sampler, f"preset {name}: CausalWanSampler has no widget {widget!r}"
             assert _check_value(f"preset {name} {widget}", sampler[widget], value) == []
-    assert presets["LongLive"]["values"]["sink_size"] == 3
-    assert presets["LongLive"]["values"]["local_window"] == 12
+    longlive = presets["LongLive 1.0"]
+    assert (longlive["values"]["sink_size"], longlive["values"]["local_window"]) == (3, 12)
+    assert (longlive["model_file"], longlive["lora_file"], longlive["checkpoint_entry"]) == (
+        "longlive_base.pt", "lora.pt", "generator")
     # CausVid's steps are fed unwarped, σ from its shift-8 grid
     assert (presets["CausVid"]["values"]["shift"], presets["CausVid"]["values"]["warp_steps"]) == (8.0, False)
+
+
+@pytest.mark.skipif(NODE is None, reason="node (JavaScript) is not installed")
+def test_web_menu_labels_and_applies_python_presets():
+    from comfyui_clipwan.wan.presets import web_payload
+
+    payload = json.dumps(web_payload(["LongLive 1.0", "CausVid"]))
+    out = _run_js(f"""
+      const presets = {payload};
+      const widgets = [{{name: "steps", value: "4"}}, {{name: "shift", value: 1}}, {{name: "warp_steps", value: true}}];
+      const missing = L.applyPreset(widgets, presets["CausVid"]);
+      return {{labels: Object.entries(presets).map(([n, p]) => L.presetLabel(n, p)), widgets, missing,
+               path: L.PRESETS_PATH}};""")
+    assert out["labels"] == [
+        "LongLive 1.0 — sink 3 + window 12 (flat memory), LoRA merged at load (length 481, longlive_base.pt, "
+        "+ LoRA lora.pt, entry generator)",
+        "CausVid — 3 unwarped steps at shift 8, blocks of 3 (length 85, model.pt, entry generator)"]
+    assert out["widgets"] == [{"name": "steps", "value": "1000,757,522"}, {"name": "shift", "value": 8.0},
+                              {"name": "warp_steps", "value": False}]
+    assert sorted(out["missing"]) == ["frames_per_block", "guidance_scale", "independent_first_frame",
+                                      "local_window", "sink_size"]
+    assert out["path"] == "/clipwan/presets"
 
 
 @pytest.mark.skipif(NODE is None, reason="node (JavaScript) is not installed")

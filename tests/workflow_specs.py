@@ -7,6 +7,8 @@ ones users download (see docs/comfyui.md, "Models").
 
 from workflow_format import Link
 
+from comfyui_clipwan.wan.presets import get_preset
+
 CLIP_H = "clip_vision_h.safetensors"
 UMT5 = "umt5_xxl_fp8_e4m3fn_scaled.safetensors"
 WAN_VAE = "wan_2.1_vae.safetensors"
@@ -15,6 +17,8 @@ POSITIVE = "a red fox trotting through fresh snow, soft morning light, the camer
 NEGATIVE = "blurry, static, distorted, low quality"
 # CPU-friendly sizes (21 frames = 6 latent frames = 2 blocks of 3); the notes give the GPU sizes.
 VIDEO = {"width": 320, "height": 192, "length": 21}
+LONGLIVE = get_preset("LongLive 1.0")
+LONGLIVE_HF = "https://huggingface.co/Efficient-Large-Model/LongLive-1.3B/resolve/main/models"
 REPACKAGED = "https://huggingface.co/Comfy-Org/Wan_2.1_ComfyUI_repackaged/resolve/main/split_files"
 # File -> (download URL, ComfyUI model folder): the loaders' properties.models, as core templates carry them.
 MODELS = {
@@ -68,10 +72,11 @@ def _text_nodes():
     ]
 
 
-def _sample_and_save(model_key: str, cond_key: str, prefix: str):
+def _sample_and_save(model_key: str, cond_key: str, prefix: str, sampler_values=None):
     return [
         ("sampler", "CausalWanSampler", {"model": Link(model_key), "positive": Link(cond_key, 0),
-                                         "negative": Link(cond_key, 1), "latent": Link(cond_key, 2)}),
+                                         "negative": Link(cond_key, 1), "latent": Link(cond_key, 2),
+                                         **(sampler_values or {})}),
         ("decode", "VAEDecode", {"samples": Link("sampler"), "vae": Link("vae")}),
         ("save", "SaveAnimatedWEBP", {"images": Link("decode"), "filename_prefix": prefix, "fps": 16.0,
                                       "lossless": False, "quality": 85}),
@@ -141,6 +146,32 @@ WORKFLOWS = {
                                                  "clip_vision_output": Link("clip_encode"), **VIDEO}),
             ("model", "LoadCausalWanModel", {"model_name": WAN_I2V}),
             *_sample_and_save("model", "conditioning", "clipwan/i2v_causal_mixed"),
+        ],
+    },
+    "clipwan_longlive_lora": {
+        "note": ("## LongLive 1.0 as shipped, from a start image\n\n**Checkpoints.** `longlive_base.pt` "
+                 "(models/diffusion_models) and its LoRA `lora.pt` (models/loras) from "
+                 "Efficient-Large-Model/LongLive-1.3B; Apply Causal Wan LoRA merges the LoRA like LongLive's "
+                 "PEFT setup (rank 256, alpha 256). The sampler carries the LongLive preset (sink 3 + window 12, "
+                 "the start image as its own first latent frame; LongLive is text-to-video, so no CLIP vision). "
+                 f"**Sizes.** Set for a CPU: 320×192, 25 frames (the image + 2 blocks of 3). LongLive's own "
+                 f"length is {LONGLIVE.recommended_length} frames at 832×480 (the preset menu sets it)."),
+        "models": {**{k: MODELS[k] for k in (UMT5, WAN_VAE)},
+                   LONGLIVE.model_file: (f"{LONGLIVE_HF}/{LONGLIVE.model_file}", "diffusion_models"),
+                   LONGLIVE.lora_file: (f"{LONGLIVE_HF}/{LONGLIVE.lora_file}", "loras")},
+        "description": "LongLive 1.0 as shipped, from a start image: longlive_base.pt through core Load "
+                       "Diffusion Model, its lora.pt applied by Apply Causal Wan LoRA, the sampler set to the "
+                       "LongLive preset (sink 3 + window 12, independent first frame = the image; a t2v model "
+                       "has no img_emb, so no CLIP vision) and a length that fits its blocks.",
+        "nodes": [
+            ("image", "LoadImage", {"image": "example.png"}, "Start image"),
+            *_text_nodes(),
+            ("conditioning", "WanImageToVideo", {"positive": Link("positive"), "negative": Link("negative"),
+                                                 "vae": Link("vae"), "start_image": Link("image"),
+                                                 **VIDEO, "length": 25}),
+            ("base", "UNETLoader", {"unet_name": LONGLIVE.model_file}),
+            ("model", "ApplyCausalWanLoRA", {"model": Link("base"), "lora_name": LONGLIVE.lora_file}),
+            *_sample_and_save("model", "conditioning", "clipwan/longlive", LONGLIVE.sampler_values()),
         ],
     },
     "clipwan_export_axera": {

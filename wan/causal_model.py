@@ -61,8 +61,14 @@ class CausalWanModel:
         return cls(tree.eval(), config, source)
 
     @classmethod
-    def from_file(cls, path: str, dtype=None, device="cpu", entry: str = "auto") -> "CausalWanModel":
+    def from_file(cls, path: str, dtype=None, device="cpu", entry: str = "auto", lora: Optional[str] = None,
+                  lora_strength: float = 1.0) -> "CausalWanModel":
+        """``lora``: a LoRA file (LongLive's lora.pt) merged into the weights before they are placed."""
         sd, source = load_wan_state_dict(path, entry)
+        if lora:
+            from .lora import merge_lora_file
+
+            sd, source = merge_lora_file(sd, lora, lora_strength, source)
         return cls.from_state_dict(sd, dtype=dtype, device=device, source=source)
 
     @classmethod

@@ -13,6 +13,7 @@ import torch
 
 from ..dtypes import resolve_dtype as _resolve_dtype
 from ..weights import WRAPPER_KEYS, read_weights
+from .lora import LORA_ENTRY
 
 ANCHOR = "head.modulation"  # present in every Wan 2.1 DiT, in no other model ComfyUI knows
 CONTAINER_KEYS = WRAPPER_KEYS  # the pack's one list of training-checkpoint wrappers (EMA first)
@@ -32,6 +33,10 @@ def select_state_dict(obj: Mapping, entry: str = "auto", source: str = "checkpoi
     """Pick the DiT tensor dict out of a checkpoint; returns (tensors, entry name or '')."""
     if not isinstance(obj, Mapping):
         raise ValueError(f"{source}: expected a dict of tensors, found {type(obj).__name__}.")
+    if LORA_ENTRY in obj:
+        raise ValueError(f"{source} is a LoRA adapter (LongLive's lora.pt: {{generator_lora, critic_lora, step}}), "
+                         f"not a model. Load the base weights (longlive_base.pt) as the model and pick this file "
+                         f"as lora_name (Load Causal Wan Model) or in Apply Causal Wan LoRA (ClipWan).")
     if entry not in ("auto", "", None):
         if entry not in obj or not _is_tensor_dict(obj[entry]):
             found = [k for k in obj if _is_tensor_dict(obj[k])]
@@ -68,13 +73,16 @@ def strip_to_wan_keys(sd: Mapping, source: str = "checkpoint") -> dict:
     return {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
 
 
-def load_wan_state_dict(path: str, entry: str = "auto") -> tuple[dict, str]:
-    """Wan-named tensors of a weights file and a short description of where they came from."""
-    name = os.path.basename(path)
-    raw = read_file(path)
+def wan_state_dict_from(raw: Mapping, entry: str = "auto", name: str = "checkpoint") -> tuple[dict, str]:
+    """Wan-named tensors of an already-read checkpoint (any reader) and where they came from."""
     sd, picked = select_state_dict(raw, entry, name)
     sd = strip_to_wan_keys(sd, name + (f"['{picked}']" if picked else ""))
     return sd, name + (f" [{picked}]" if picked else "")
+
+
+def load_wan_state_dict(path: str, entry: str = "auto") -> tuple[dict, str]:
+    """Wan-named tensors of a weights file and a short description of where they came from."""
+    return wan_state_dict_from(read_file(path), entry, os.path.basename(path))
 
 
 def resolve_dtype(dtype: Optional[object]) -> Optional[torch.dtype]:

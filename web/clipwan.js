@@ -10,7 +10,7 @@
 
 import { app } from "../../scripts/app.js";
 import { api } from "../../scripts/api.js";
-import { CAUSAL_PRESETS, applyPreset, decodeFramePayload, reportText } from "./clipwan_logic.js";
+import { PRESETS_PATH, applyPreset, decodeFramePayload, presetLabel, reportText } from "./clipwan_logic.js";
 
 const EXTENSION = "clipwan.ui";
 const SAMPLER = "CausalWanSampler";
@@ -19,6 +19,17 @@ const REPORTERS = ["ExportCLIPToAxmodel", "CLIPZeroShotAxera"];
 const MAX_PLAYER_FRAMES = 240; // ~30 s of preview at 8 fps
 const PLAYER_MIN_HEIGHT = 120;
 const PLAYER_MAX_HEIGHT = 360;
+let causalPresets = {}; // filled from the pack's Python preset table at setup
+
+async function loadPresets() {
+  try {
+    const response = await api.fetchApi(PRESETS_PATH);
+    if (response.ok) causalPresets = await response.json();
+    else console.warn(`[clipwan] ${PRESETS_PATH}: HTTP ${response.status}`);
+  } catch (error) {
+    console.warn(`[clipwan] could not load presets from ${PRESETS_PATH}`, error);
+  }
+}
 
 function findNode(nodeId) {
   // `node` in the event is ComfyUI's unique id: a plain number, or "a:b" inside a subgraph.
@@ -123,6 +134,7 @@ app.registerExtension({
   name: EXTENSION,
 
   async setup() {
+    await loadPresets();
     api.addEventListener("clipwan.causal_frames", (event) => {
       const node = findNode(event.detail?.node);
       if (node && node.type === SAMPLER) showFrames(node, event.detail);
@@ -141,8 +153,8 @@ app.registerExtension({
           content: "ClipWan presets",
           has_submenu: true,
           submenu: {
-            options: Object.entries(CAUSAL_PRESETS).map(([name, preset]) => ({
-              content: `${name} — ${preset.note}`,
+            options: Object.entries(causalPresets).map(([name, preset]) => ({
+              content: presetLabel(name, preset),
               callback: () => {
                 const missing = applyPreset(node.widgets ?? [], preset);
                 if (missing.length) console.warn(`[clipwan] preset ${name}: node has no widget ${missing.join(", ")}`);

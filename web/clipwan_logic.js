@@ -1,23 +1,18 @@
 // Pure helpers for clipwan.js: no DOM, no ComfyUI imports, so tests can run them under Node.
 //
-// CAUSAL_PRESETS hold the sampler settings the known causal Wan models were distilled and published with
-// (their inference configs; see docs/wan.md). Keys are CausalWanSampler widget names; the test
-// tests/test_workflows.py checks them against the node's INPUT_TYPES so a renamed input cannot slip by.
+// The causal-model presets come from the Python table (wan/presets.py) through GET /clipwan/presets:
+// {name: {note, values, model_file, lora_file, checkpoint_entry, recommended_length, image_route, license}}.
+// `values` are CausalWanSampler widget values; tests/test_workflows.py checks them against the node.
 
-export const CAUSAL_PRESETS = {
-  "Self-Forcing": {
-    note: "steps 1000/750/500/250 warped by shift 5, 3 frames/block, full attention",
-    values: { steps: "1000,750,500,250", shift: 5.0, warp_steps: true, frames_per_block: 3, sink_size: 0, local_window: 0, guidance_scale: 1.0 },
-  },
-  CausVid: {
-    note: "steps 1000/757/522 fed as typed (warp off), σ from the shift-8 grid, 3 frames/block",
-    values: { steps: "1000,757,522", shift: 8.0, warp_steps: false, frames_per_block: 3, sink_size: 0, local_window: 0, guidance_scale: 1.0 },
-  },
-  LongLive: {
-    note: "steps 1000/750/500/250 shift 5, 3 frames/block, sink 3 + window 12 (long videos, flat memory)",
-    values: { steps: "1000,750,500,250", shift: 5.0, warp_steps: true, frames_per_block: 3, sink_size: 3, local_window: 12, guidance_scale: 1.0 },
-  },
-};
+export const PRESETS_PATH = "/clipwan/presets";
+
+/** Context-menu label of a preset: what it sets and what else the user must choose to match it. */
+export function presetLabel(name, preset) {
+  const extra = [`length ${preset.recommended_length}`, preset.model_file];
+  if (preset.lora_file) extra.push(`+ LoRA ${preset.lora_file}`);
+  if (preset.checkpoint_entry && preset.checkpoint_entry !== "auto") extra.push(`entry ${preset.checkpoint_entry}`);
+  return `${name} — ${preset.note} (${extra.join(", ")})`;
+}
 
 /** Set the preset's values on matching widgets; returns the names the node lacks. */
 export function applyPreset(widgets, preset) {

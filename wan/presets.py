@@ -1,0 +1,162 @@
+"""One table of the released causal Wan 2.1 checkpoints and the settings their authors run them with.
+
+The sampler node's web presets menu (GET ``/clipwan/presets``), the CLI (``sample --preset``), the tests and
+the model table of docs/wan.md all read this table; nothing else holds these numbers. Sources: each family's
+own inference config and README (named in ``config``).
+
+Every preset is set up for the i2v templates: the start image enters a t2v-distilled causal model as its
+first latent frame (``independent_first_frame`` on, the image route ``first_frame``), so a length fits when
+the latent has ``1 + frames_per_block·k`` frames; ``recommended_length`` is such a length in pixel frames.
+None of these checkpoints has ``img_emb``: CLIP vision features need a Wan i2v model (Wan 2.1 I2V 14B,
+SkyReels-V2-I2V, Matrix-Game 2.0), which are not causal-distilled families.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Optional
+
+# CausalWanSampler widgets a preset sets (the web menu sets exactly these; a test checks the node has them)
+SAMPLER_WIDGETS = ("steps", "shift", "warp_steps", "frames_per_block", "sink_size", "local_window",
+                   "independent_first_frame", "guidance_scale")
+
+
+@dataclasses.dataclass(frozen=True)
+class FamilyPreset:
+    name: str
+    repo: str  # the authors' code
+    files: tuple  # what users download: "hf-owner/hf-repo/path/in/repo" (base first, then LoRA)
+    license: str
+    base: str  # the Wan model it was distilled from
+    config: str  # the authors' inference config the numbers come from
+    steps: str
+    shift: float
+    warp_steps: bool
+    frames_per_block: int
+    sink_size: int = 0
+    local_window: int = 0  # latent frames attended in all; 0 = everything so far
+    independent_first_frame: bool = True  # the start image is the first latent frame (its own block)
+    checkpoint_entry: str = "auto"
+    lora_rank: int = 0  # LoRA shipped separately (merged at load); alpha = rank in every released one
+    recache: str = "none"  # what a prompt switch re-encodes: "window" (LongLive) or "none"
+    loop: str = "block"  # loop shape: block | rolling (joint window) | ema_sink | kv_recompute
+    image_route: str = "first_frame"  # first_frame | clip | none
+    recommended_length: int = 85  # pixel frames; (L-1)//4+1 latent frames fit the blocks
+    guidance_scale: float = 1.0  # distilled: no CFG
+    note: str = ""
+
+    @property
+    def model_file(self) -> str:
+        return self.files[0].rsplit("/", 1)[-1]
+
+    @property
+    def lora_file(self) -> str:
+        return self.files[1].rsplit("/", 1)[-1] if len(self.files) > 1 else ""
+
+    @property
+    def latent_frames(self) -> int:
+        return (self.recommended_length - 1) // 4 + 1
+
+    def sampler_values(self) -> dict:
+        """The CausalWanSampler widget values of this preset."""
+        return {k: getattr(self, k) for k in SAMPLER_WIDGETS}
+
+
+def _len(latent_frames: int) -> int:
+    return 4 * (latent_frames - 1) + 1
+
+
+PRESETS = (
+    FamilyPreset(
+        "Self-Forcing", "guandeh17/Self-Forcing", ("gdhe17/Self-Forcing/checkpoints/self_forcing_dmd.pt",),
+        "Apache-2.0", "Wan2.1-T2V-1.3B", "configs/self_forcing_dmd.yaml + inference.py --use_ema",
+        steps="1000,750,500,250", shift=5.0, warp_steps=True, frames_per_block=3, checkpoint_entry="generator_ema",
+        recommended_length=_len(22), note="4 warped steps, blocks of 3, full attention"),
+    FamilyPreset(
+        "CausVid", "tianweiy/CausVid", ("tianweiy/CausVid/autoregressive_checkpoint/model.pt",),
+        "CC-BY-NC-SA-4.0", "Wan2.1-T2V-1.3B", "configs/wan_causal_dmd.yaml (warp_denoising_step: false)",
+        steps="1000,757,522", shift=8.0, warp_steps=False, frames_per_block=3, checkpoint_entry="generator",
+        recommended_length=_len(22), note="3 unwarped steps at shift 8, blocks of 3"),
+    FamilyPreset(
+        "LongLive 1.0", "NVlabs/LongLive (v1.0)",
+        ("Efficient-Large-Model/LongLive-1.3B/models/longlive_base.pt",
+         "Efficient-Large-Model/LongLive-1.3B/models/lora.pt"),
+        "Apache-2.0", "Wan2.1-T2V-1.3B", "configs/longlive_inference.yaml (use_ema: false, adapter rank 256 alpha 256)",
+        steps="1000,750,500,250", shift=5.0, warp_steps=True, frames_per_block=3, sink_size=3, local_window=12,
+        checkpoint_entry="generator", lora_rank=256, recache="window", recommended_length=_len(121),
+        note="sink 3 + window 12 (flat memory), LoRA merged at load"),
+    FamilyPreset(
+        "Causal Forcing chunk-wise", "thu-ml/Causal-Forcing", ("zhuhz22/Causal-Forcing/chunkwise/causal_forcing.pt",),
+        "Apache-2.0", "Wan2.1-T2V-1.3B", "configs/causal_forcing_dmd_chunkwise.yaml (README: no --use_ema)",
+        steps="1000,750,500,250", shift=5.0, warp_steps=True, frames_per_block=3, checkpoint_entry="generator",
+        recommended_length=_len(22), note="4 warped steps, blocks of 3"),
+    FamilyPreset(
+        "Causal Forcing frame-wise", "thu-ml/Causal-Forcing", ("zhuhz22/Causal-Forcing/framewise/causal_forcing.pt",),
+        "Apache-2.0", "Wan2.1-T2V-1.3B", "configs/causal_forcing_dmd_framewise.yaml + --use_ema (native i2v)",
+        steps="1000,750,500,250", shift=5.0, warp_steps=True, frames_per_block=1, checkpoint_entry="generator_ema",
+        recommended_length=_len(21), note="4 warped steps, one latent frame per block; the authors' i2v model"),
+    FamilyPreset(
+        "Causal Forcing++ frame-wise 2-step", "thu-ml/Causal-Forcing",
+        ("zhuhz22/Causal-Forcing/causal-forcing++/framewise-2step.pt",),
+        "Apache-2.0", "Wan2.1-T2V-1.3B", "configs/causal_forcing_dmd_framewise_2step.yaml + --use_ema",
+        steps="1000,500", shift=5.0, warp_steps=True, frames_per_block=1, checkpoint_entry="generator_ema",
+        recommended_length=_len(21),
+        note="2 warped steps per frame (the authors run their first frame with 4: 1000,750,500,250; with a "
+             "start image that frame is the image)"),
+    FamilyPreset(
+        "Rolling Forcing", "TencentARC/RollingForcing", ("TencentARC/RollingForcing/checkpoints/rolling_forcing_dmd.pt",),
+        "see repo LICENSE (academic use)", "Wan2.1-T2V-1.3B", "configs/rolling_forcing_dmd.yaml + --use_ema",
+        steps="1000,800,600,400,200", shift=5.0, warp_steps=True, frames_per_block=3,
+        checkpoint_entry="generator_ema", loop="rolling", recommended_length=_len(22),
+        note="5 warped steps; blocks at different noise levels are denoised jointly"),
+    FamilyPreset(
+        "Reward Forcing", "JaydenLyh/Reward-Forcing", ("JaydenLu666/Reward-Forcing-T2V-1.3B/rewardforcing.pt",),
+        "Apache-2.0", "Wan2.1-T2V-1.3B", "configs/reward_forcing.yaml (sink_size 3, local_attn_size 9)",
+        steps="1000,750,500,250", shift=5.0, warp_steps=True, frames_per_block=3, sink_size=3, local_window=9,
+        loop="ema_sink", recommended_length=_len(22), note="sink 3 + window 9, EMA-updated sink"),
+    FamilyPreset(
+        "Krea Realtime 14B", "krea-ai/realtime-video", ("krea/krea-realtime-video/krea-realtime-video-14b.safetensors",),
+        "CC-BY-NC-SA-4.0", "Wan2.1-T2V-14B", "configs/self_forcing_server_14b.yaml (warp_denoising_step: false)",
+        steps="1000,937,833,625", shift=5.0, warp_steps=False, frames_per_block=3, local_window=6,
+        loop="kv_recompute", recommended_length=_len(22),
+        note="4 unwarped steps, blocks of 3, 3 context frames recomputed per block (window 6)"),
+)
+
+_BY_NAME = {p.name: p for p in PRESETS}
+
+
+def get_preset(name: str) -> FamilyPreset:
+    if name not in _BY_NAME:
+        raise ValueError(f"unknown preset '{name}'; choose one of: {', '.join(_BY_NAME)}.")
+    return _BY_NAME[name]
+
+
+def preset_names() -> list[str]:
+    return list(_BY_NAME)
+
+
+def web_payload(names: Optional[list] = None) -> dict:
+    """``{name: {note, values, ...}}`` for the web presets menu (GET /clipwan/presets)."""
+    out = {}
+    for p in PRESETS if names is None else [get_preset(n) for n in names]:
+        out[p.name] = {"note": p.note, "values": p.sampler_values(), "model_file": p.model_file,
+                       "lora_file": p.lora_file, "checkpoint_entry": p.checkpoint_entry,
+                       "recommended_length": p.recommended_length, "image_route": p.image_route,
+                       "license": p.license}
+    return out
+
+
+def markdown_table() -> str:
+    """The model table of docs/wan.md (a test checks the docs hold exactly this)."""
+    rows = ["| preset | file(s) to download | entry | steps (shift, warp) | blocks / sink / window | image route "
+            "| length | license |", "|---|---|---|---|---|---|---|---|"]
+    for p in PRESETS:
+        files = " + ".join(f"`{f.rsplit('/', 1)[-1]}`" for f in p.files) + \
+            f" (HF `{'/'.join(p.files[0].split('/')[:2])}`)"
+        warp = "warped" if p.warp_steps else "unwarped"
+        route = {"first_frame": "start image = first latent frame", "clip": "CLIP features + concat",
+                 "none": "none"}[p.image_route]
+        rows.append(f"| {p.name} | {files} | {p.checkpoint_entry} | {p.steps} ({p.shift:g}, {warp}) | "
+                    f"{p.frames_per_block} / {p.sink_size} / {p.local_window or 'all'} | {route} | "
+                    f"{p.recommended_length} | {p.license} |")
+    return "\n".join(rows)
