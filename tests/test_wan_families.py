@@ -236,10 +236,9 @@ def test_each_preset_runs_with_a_start_image(name, sources, longlive, tmp_path):
     g = torch.Generator().manual_seed(0)
     text = [[torch.randn(1, 8, 4096, generator=g), {}]]
     image = torch.rand(1, 16, 16, 3, generator=g)
-    # the shortest length of the preset's shape: the image frame + 2 blocks (+ the window if larger)
-    latent_frames = 1 + preset.frames_per_block * max(2, -(-preset.local_window // preset.frames_per_block))
-    length = 4 * (latent_frames - 1) + 1
-    assert (preset.recommended_length - 1) // 4 % preset.frames_per_block == 0  # the preset's own length fits
+    # the length the web menu sets on the conditioning node (applyLength): the preset's own
+    length = preset.recommended_length
+    latent_frames = (length - 1) // 4 + 1
     pos, neg, latent = WanI2VConditioning().encode(text, text, PixelVAE(), 16, 16, length, 1, None, image)
     (out,) = CausalWanSampler().sample(model, pos, latent, seed=1, **preset.sampler_values())
     z = out["samples"]

@@ -316,7 +316,9 @@ def test_web_menu_labels_and_applies_python_presets():
       const presets = {payload};
       const widgets = [{{name: "steps", value: "4"}}, {{name: "shift", value: 1}}, {{name: "warp_steps", value: true}}];
       const missing = L.applyPreset(widgets, presets["CausVid"]);
-      return {{labels: Object.entries(presets).map(([n, p]) => L.presetLabel(n, p)), widgets, missing,
+      const cond = [{{name: "width", value: 832}}, {{name: "length", value: 81}}];
+      const lengths = [L.applyLength(cond, presets["CausVid"]), L.applyLength([{{name: "x", value: 1}}], presets["CausVid"])];
+      return {{cond, lengths, labels: Object.entries(presets).map(([n, p]) => L.presetLabel(n, p)), widgets, missing,
                path: L.PRESETS_PATH}};""")
     assert out["labels"] == [
         "LongLive 1.0 — sink 3 + window 12 (flat memory), LoRA merged at load (length 481, longlive_base.pt, "
@@ -327,6 +329,9 @@ def test_web_menu_labels_and_applies_python_presets():
     assert sorted(out["missing"]) == ["frames_per_block", "guidance_scale", "independent_first_frame",
                                       "local_window", "sink_size"]
     assert out["path"] == "/clipwan/presets"
+    # the template's 81 frames (21 latent) do not fit 1 + 3k: the conditioning node's length becomes 85
+    assert out["cond"] == [{"name": "width", "value": 832}, {"name": "length", "value": 85}]
+    assert out["lengths"] == [{"before": 81, "after": 85}, None]
 
 
 @pytest.mark.skipif(NODE is None, reason="node (JavaScript) is not installed")

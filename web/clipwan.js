@@ -10,7 +10,7 @@
 
 import { app } from "../../scripts/app.js";
 import { api } from "../../scripts/api.js";
-import { PRESETS_PATH, applyPreset, decodeFramePayload, presetLabel, reportText } from "./clipwan_logic.js";
+import { PRESETS_PATH, applyLength, applyPreset, decodeFramePayload, presetLabel, reportText } from "./clipwan_logic.js";
 
 const EXTENSION = "clipwan.ui";
 const SAMPLER = "CausalWanSampler";
@@ -158,6 +158,14 @@ app.registerExtension({
               callback: () => {
                 const missing = applyPreset(node.widgets ?? [], preset);
                 if (missing.length) console.warn(`[clipwan] preset ${name}: node has no widget ${missing.join(", ")}`);
+                // the latent's length must fit the preset's blocks: set it where the latent is made
+                const slot = node.findInputSlot?.("latent") ?? -1;
+                const source = slot >= 0 ? node.getInputNode?.(slot) : null;
+                const changed = source ? applyLength(source.widgets ?? [], preset) : null;
+                if (changed && changed.before !== changed.after) {
+                  console.info(`[clipwan] preset ${name}: length ${changed.before} -> ${changed.after} on node ${source.id}`);
+                  source.setDirtyCanvas?.(true, true);
+                }
                 node.setDirtyCanvas?.(true, true);
               },
             })),

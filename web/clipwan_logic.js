@@ -3,6 +3,7 @@
 // The causal-model presets come from the Python table (wan/presets.py) through GET /clipwan/presets:
 // {name: {note, values, model_file, lora_file, checkpoint_entry, recommended_length, image_route, license}}.
 // `values` are CausalWanSampler widget values; tests/test_workflows.py checks them against the node.
+// `recommended_length` goes to the `length` of the node feeding the sampler's latent (applyLength).
 
 export const PRESETS_PATH = "/clipwan/presets";
 
@@ -12,6 +13,20 @@ export function presetLabel(name, preset) {
   if (preset.lora_file) extra.push(`+ LoRA ${preset.lora_file}`);
   if (preset.checkpoint_entry && preset.checkpoint_entry !== "auto") extra.push(`entry ${preset.checkpoint_entry}`);
   return `${name} — ${preset.note} (${extra.join(", ")})`;
+}
+
+/**
+ * Fit the video length to the preset: set `length` on the node that makes the sampler's latent (Wan I2V
+ * Conditioning / WanImageToVideo) to the preset's recommended length, so pressing Run after choosing a preset
+ * gives a latent its blocks fit. Returns the old and new length, or null when that node has no length widget.
+ */
+export function applyLength(widgets, preset) {
+  const widget = widgets.find((w) => w.name === "length");
+  if (!widget || !Number.isFinite(preset.recommended_length)) return null;
+  const before = widget.value;
+  widget.value = preset.recommended_length;
+  widget.callback?.(widget.value);
+  return { before, after: widget.value };
 }
 
 /** Set the preset's values on matching widgets; returns the names the node lacks. */
