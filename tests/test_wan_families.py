@@ -18,7 +18,7 @@ from comfyui_clipwan.wan import model as dit
 from comfyui_clipwan.wan.presets import PRESETS, get_preset, preset_names
 
 TINY = WanConfig(dim=128, ffn_dim=64, num_heads=1, num_layers=2, in_dim=16)
-RANK = 4
+RANK = 256  # LongLive adapter.rank
 
 
 def _weights(seed):
@@ -287,3 +287,24 @@ def test_cli_longlive_as_shipped_with_preset(longlive, tmp_path, capsys):
     assert main(["sample", "--lora", longlive["lora"], "--out", str(out)]) == 2
     assert capsys.readouterr().err.strip() == (
         "error: --lora is merged into --model: give the base weights with --model (for LongLive: longlive_base.pt).")
+
+
+def test_longlive_lora_at_real_1_3b_size_on_meta():
+    """LongLive 1.3B: 30 blocks x 10 Linear layers adapted at rank 256 (its config) — names and shapes line up
+    with the real model (meta tensors, nothing allocated)."""
+    from comfyui_clipwan.wan.config import preset
+    from comfyui_clipwan.wan.lora import merge_lora
+
+    with torch.device("meta"):
+        tree = dit.WanDiT(preset("1.3B"))
+        base = tree.state_dict()
+        targets = _lora_targets(tree)
+        lora = {}
+        for t in targets:
+            out_f, in_f = base[t + ".weight"].shape
+            lora[f"base_model.model.{t}.lora_A.weight"] = torch.empty(256, in_f)
+            lora[f"base_model.model.{t}.lora_B.weight"] = torch.empty(out_f, 256)
+    assert len(targets) == 300
+    merged = merge_lora(base, lora)
+    assert merged["blocks.29.ffn.0.weight"].shape == (8960, 1536)
+    assert merged["blocks.0.self_attn.q.weight"].shape == (1536, 1536)
