@@ -27,6 +27,10 @@ MODELS = {
     WAN_VAE: (f"{REPACKAGED}/vae/{WAN_VAE}", "vae"),
     WAN_I2V: (f"{REPACKAGED}/diffusion_models/{WAN_I2V}", "diffusion_models"),
 }
+MODELS.update({  # LongLive 1.0 as its authors publish it
+    LONGLIVE.model_file: (f"{LONGLIVE_HF}/{LONGLIVE.model_file}", "diffusion_models"),
+    LONGLIVE.lora_file: (f"{LONGLIVE_HF}/{LONGLIVE.lora_file}", "loras"),
+})
 SIZES_NOTE = ("**Sizes.** Set for a CPU: 320×192, 21 frames (2 blocks). On a GPU use Wan's 480p: "
               "832×480, 81 frames (set `independent_first_frame` for 21 latent frames in blocks of 3), or "
               "1280×720 with the 720p checkpoints.")
@@ -156,9 +160,7 @@ WORKFLOWS = {
                  "the start image as its own first latent frame; LongLive is text-to-video, so no CLIP vision). "
                  f"**Sizes.** Set for a CPU: 320×192, 25 frames (the image + 2 blocks of 3). LongLive's own "
                  f"length is {LONGLIVE.recommended_length} frames at 832×480 (the preset menu sets it)."),
-        "models": {**{k: MODELS[k] for k in (UMT5, WAN_VAE)},
-                   LONGLIVE.model_file: (f"{LONGLIVE_HF}/{LONGLIVE.model_file}", "diffusion_models"),
-                   LONGLIVE.lora_file: (f"{LONGLIVE_HF}/{LONGLIVE.lora_file}", "loras")},
+        "models": {k: MODELS[k] for k in (UMT5, WAN_VAE, LONGLIVE.model_file, LONGLIVE.lora_file)},
         "description": "LongLive 1.0 as shipped, from a start image: longlive_base.pt through core Load "
                        "Diffusion Model, its lora.pt applied by Apply Causal Wan LoRA, the sampler set to the "
                        "LongLive preset (sink 3 + window 12, independent first frame = the image; a t2v model "
