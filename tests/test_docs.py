@@ -119,6 +119,26 @@ def _longlive2_files(ws: pathlib.Path) -> None:
         torch.save(torch.randn(1, 7, 4096, generator=g), ws / name)
 
 
+def _longlive(folder: pathlib.Path) -> None:
+    """LongLive 1.0 as shipped: ``longlive_base.pt`` {generator} with ``model.`` prefixes and ``lora.pt``
+    {generator_lora, critic_lora, step} with PEFT keys (rank 4 here, 256 in the real file); plus the VAE latent
+    of a start image at the CLI's default 128x128."""
+    from comfyui_clipwan.wan import CausalWanModel, WanConfig
+
+    sd = CausalWanModel.random(WanConfig(dim=128, ffn_dim=256, num_heads=1, num_layers=1), seed=1).state_dict()
+    torch.save({"generator": {"model." + k: v.contiguous() for k, v in sd.items()}}, folder / "longlive_base.pt")
+    g = torch.Generator().manual_seed(2)
+    lora = {}
+    for key, w in sd.items():
+        if key.startswith("blocks.") and key.endswith(".weight") and w.dim() == 2:
+            module = "base_model.model." + key[: -len(".weight")]
+            lora[module + ".lora_A.weight"] = torch.randn(4, w.shape[1], generator=g) * 0.02
+            lora[module + ".lora_B.weight"] = torch.randn(w.shape[0], 4, generator=g) * 0.02
+    torch.save({"generator_lora": lora, "critic_lora": {}, "step": 1}, folder / "lora.pt")
+    safetensors.torch.save_file({"latent": torch.randn(1, 16, 1, 16, 16, generator=g)},
+                                str(folder / "start_latent.safetensors"))
+
+
 def _open_clip_b32(path: pathlib.Path) -> None:
     """A full OpenCLIP CLIP (vision + text) of ViT-B/32's layout, 1 block and 64 wide per tower."""
     import open_clip
@@ -144,6 +164,7 @@ def workspace(tmp_path_factory) -> pathlib.Path:
     safetensors.torch.save_file(hf, str(ws / "models" / "clip_vision" / "clip_vision_h.safetensors"))
     torch.save(_wan_clip_pth(hf), ws / "models_clip_open-clip-xlm-roberta-large-vit-huge-14.pth")
     _self_forcing_pt(ws / "self_forcing_dmd.pt")
+    _longlive(ws)
     _open_clip_b32(ws / "open_clip_vit_b32.safetensors")
     _longlive2_files(ws)
     for i, name in enumerate(("img.png", "a.png", "b.jpg")):
