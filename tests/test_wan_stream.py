@@ -36,14 +36,21 @@ def test_streamed_frames_equal_sample_then_whole_decode(setup):
     stream = stream_video(model, inputs["latent"], inputs["text"], vae=vae, seed=7, settings=settings,
                           clip_fea=inputs["clip_fea"])
     blocks = list(stream)
-    assert [b.num_frames for b in blocks] == [1, 12, 12]  # 1 + 3 + 3 latent frames
-    assert [b.frame_start for b in blocks] == [0, 1, 13]
-    assert [b.latent_start for b in blocks] == [0, 1, 4]
+    # each latent frame handed out when decoded: blocks of 1 + 3 + 3 latent frames
+    assert [b.num_frames for b in blocks] == [1, 4, 4, 4, 4, 4, 4]
+    assert [b.frame_start for b in blocks] == [0, 1, 5, 9, 13, 17, 21]
+    assert [b.latent_start for b in blocks] == list(range(7))
+    assert [b.index for b in blocks] == [0, 1, 1, 1, 2, 2, 2]
+    assert [b.block_done for b in blocks] == [True, False, False, True, False, False, True]
     frames = torch.cat([b.frames for b in blocks], dim=1)
     assert frames.shape == reference.shape == (1, 25, 16, 32, 3)
     assert (frames - reference).abs().max() <= 1e-4
     assert stream.latent is None  # the whole-video latent is not kept unless asked for
-    assert stream.frames_done == 25
+    assert stream.frames_done == 25 and stream.blocks_done == 3
+    whole_blocks = list(stream_video(model, inputs["latent"], inputs["text"], vae=vae, seed=7, settings=settings,
+                                     clip_fea=inputs["clip_fea"], per_latent_frame=False))
+    assert [b.num_frames for b in whole_blocks] == [1, 12, 12]
+    assert (torch.cat([b.frames for b in whole_blocks], dim=1) - reference).abs().max() <= 1e-4
 
 
 def test_keep_latent_and_on_frames(setup):
@@ -55,7 +62,7 @@ def test_keep_latent_and_on_frames(setup):
                           clip_fea=inputs["clip_fea"], keep_latent=True, on_frames=lambda b: seen.append(b.index))
     for _ in stream:
         pass
-    assert seen == [0, 1, 2]
+    assert seen == [0, 1, 1, 1, 2, 2, 2]
     assert (stream.latent - z).abs().max() == 0
 
 

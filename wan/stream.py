@@ -11,7 +11,7 @@ the video's length: neither the decoded frames (handed out and forgotten) nor th
 An app drives it directly::
 
     for block in stream_video(model, latent, text, vae=vae, seed=0, settings=settings):
-        show(block.frames)  # [B, F, H, W, 3] float 0..1
+        show(block.frames)  # [B, F, H, W, 3] float 0..1, each latent frame's pixels as soon as decoded
 """
 
 from __future__ import annotations
@@ -27,9 +27,11 @@ from .sampler import iter_causal_blocks
 
 @dataclasses.dataclass
 class VideoBlock:
-    """One decoded block: ``frames [B, F, H, W, 3]`` float32 in 0..1 (CPU) are pixel frames
-    ``frame_start .. frame_start + F - 1`` of the video; ``latent`` is the block's clean latent in the
-    model's (normalised) space, ``latent_start`` its first latent frame; block ``index`` of ``total``."""
+    """Decoded frames: ``frames [B, F, H, W, 3]`` float32 in 0..1 (CPU) are pixel frames
+    ``frame_start .. frame_start + F - 1`` of the video, decoded from the clean latent frames ``latent``
+    (model space) starting at latent frame ``latent_start``; they belong to causal block ``index`` of
+    ``total``, and ``block_done`` says this is the block's last piece (by default each latent frame is handed
+    out as soon as it is decoded: the video's first latent frame gives 1 frame, every later one 4)."""
 
     index: int
     total: int
@@ -37,6 +39,7 @@ class VideoBlock:
     frame_start: int
     frames: torch.Tensor
     latent: torch.Tensor
+    block_done: bool = True
 
     @property
     def num_frames(self) -> int:
@@ -55,12 +58,14 @@ class VideoStream:
     keeps its own causal state (``WanVAE.stream_decoder()``, ``TAEHV.stream_decoder()``). ``to_raw`` maps
     the model-space latent to the decoder's raw VAE latent (Wan 2.1's statistics by default; inside ComfyUI
     the MODEL's ``process_latent_out``). ``on_frames(block)`` is called for every block before it is yielded
-    (progress bars, live players, file writers). With ``keep_latent`` the whole clean latent is collected in
-    ``self.latent`` (memory then grows with length)."""
+    (progress bars, live players, file writers). ``per_latent_frame`` (default) hands out each latent frame's
+    pixels as soon as they are decoded, off: one piece per causal block. With ``keep_latent`` the whole clean
+    latent is collected in ``self.latent`` (memory then grows with length)."""
 
     def __init__(self, model, latent: torch.Tensor, text: torch.Tensor, *, decoder, keep_latent: bool = False,
                  to_raw: Callable[[torch.Tensor], torch.Tensor] = denormalize,
-                 on_frames: Optional[Callable[[VideoBlock], None]] = None, **loop_kwargs):
+                 on_frames: Optional[Callable[[VideoBlock], None]] = None, per_latent_frame: bool = True,
+                 **loop_kwargs):
         if not hasattr(decoder, "decode"):
             raise TypeError(f"decoder ({type(decoder).__name__}) has no decode(); pass vae.stream_decoder() of a "
                             f"WanVAE or a TAEHV.")
@@ -69,6 +74,7 @@ class VideoStream:
         self.to_raw = to_raw
         self.on_frames = on_frames
         self.keep_latent = keep_latent
+        self.per_latent_frame = per_latent_frame
         self.latent: Optional[torch.Tensor] = None
         self.frames_done = 0
         self.blocks_done = 0
@@ -78,26 +84,31 @@ class VideoStream:
 
     def __iter__(self) -> Iterator[VideoBlock]:
         for result in self.loop:
-            pixels = self.decoder.decode(self.to_raw(result.x0))
-            block = VideoBlock(result.index, result.total, result.start_frame, self.frames_done,
-                               _pixels_to_frames(pixels), result.x0)
-            del pixels
             if self.keep_latent:
                 if self.latent is None:
                     shape = list(result.x0.shape)
                     shape[2] = self.loop.latent.shape[2]
                     self.latent = torch.zeros(shape, dtype=torch.float32)
                 self.latent[:, :, result.start_frame:result.start_frame + result.num_frames] = result.x0.cpu()
-            self.frames_done += block.num_frames
-            self.blocks_done += 1
-            if self.on_frames is not None:
-                self.on_frames(block)
-            yield block
+            raw = self.to_raw(result.x0)
+            step = 1 if self.per_latent_frame else result.num_frames
+            for i in range(0, result.num_frames, step):
+                pixels = self.decoder.decode(raw[:, :, i:i + step])
+                block = VideoBlock(result.index, result.total, result.start_frame + i, self.frames_done,
+                                   _pixels_to_frames(pixels), result.x0[:, :, i:i + step],
+                                   block_done=i + step >= result.num_frames)
+                del pixels
+                self.frames_done += block.num_frames
+                self.blocks_done += int(block.block_done)
+                if self.on_frames is not None:
+                    self.on_frames(block)
+                yield block
 
 
 def stream_video(model, latent: torch.Tensor, text: torch.Tensor, *, vae=None, decoder=None,
                  keep_latent: bool = False, to_raw: Callable = denormalize,
-                 on_frames: Optional[Callable[[VideoBlock], None]] = None, **loop_kwargs) -> VideoStream:
+                 on_frames: Optional[Callable[[VideoBlock], None]] = None, per_latent_frame: bool = True,
+                 **loop_kwargs) -> VideoStream:
     """Sample and decode block by block. ``vae``: a ``WanVAE`` (or TAEHV) whose ``stream_decoder()`` is used;
     or pass a ready ``decoder``. Other keyword arguments go to the causal loop (``seed``, ``settings``,
     ``negative_text``, ``clip_fea``, ``concat``, ``first_frames``, ``prompt_switches``, ``hooks``,
@@ -108,4 +119,4 @@ def stream_video(model, latent: torch.Tensor, text: torch.Tensor, *, vae=None, d
                              "(or a TAEHV), or decoder=vae.stream_decoder().")
         decoder = vae.stream_decoder()
     return VideoStream(model, latent, text, decoder=decoder, keep_latent=keep_latent, to_raw=to_raw,
-                       on_frames=on_frames, **loop_kwargs)
+                       on_frames=on_frames, per_latent_frame=per_latent_frame, **loop_kwargs)
