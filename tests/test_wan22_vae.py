@@ -135,7 +135,7 @@ def test_stream_video_ti2v_with_wan22_vae(tiny):
     settings = loop_rules_for(CausalSettings(steps="4", frames_per_block=2, sink_size=2, local_window=4), cfg)
     text = torch.randn(1, 7, 4096)
     stream = stream_video(model, torch.zeros(1, 48, 6, 2, 2), text, vae=vae, keep_latent=True, seed=0,
-                          settings=settings, first_frames=image)
+                          settings=settings, first_frames=image, per_latent_frame=False)
     blocks = list(stream)
     assert [b.num_frames for b in blocks] == [5, 8, 8]  # 1 + 4 for the first latent pair, then 4 per frame
     frames = torch.cat([b.frames for b in blocks], 1)
