@@ -1,12 +1,13 @@
-"""``comfyui-clipwan sample``: image -> CLIP features -> block-causal Wan sampling -> latent + animated preview.
+"""``comfyui-clipwan sample``: prompt + image -> block-causal Wan sampling -> a video file (or a latent).
 
 Without ``--model``/``--clip`` it runs on the embedded defaults (seeded random-init models of the real
-architectures). There is no Wan VAE and no umt5 text encoder in the pack, so:
-  * the text context is ``--text-embeds`` (a saved umt5 output) or zeros (an empty prompt stand-in);
-  * routes (2)/(3) need the start image's *VAE latent*: give it with ``--image-latent`` (e.g. saved from
-    ComfyUI); without it only route (1), CLIP features, conditions on the image (an i2v model then gets
-    zero concat channels, exactly what ComfyUI feeds it without a start image);
-  * the preview is a latent -> RGB approximation (PCA of the 16 latent channels), not decoded video.
+architectures). The text context is ``--prompt`` through the umt5-xxl encoder (``--text-encoder`` +
+``--tokenizer``), ``--text-embeds`` (a saved umt5 output) or zeros (an empty-prompt stand-in). Routes (2)/(3)
+take the start image's VAE latent: encoded by ``--vae`` (as WanImageToVideo does) or given with
+``--image-latent``; without either only route (1), CLIP features, conditions on the image. With ``--video``
+each block is decoded (``--vae``, or the tiny ``--tiny-vae``) and appended to the file as soon as it is final,
+and the whole latent is not kept (``--save-latent`` keeps it); without it the output is the latent and a
+latent -> RGB approximation (PCA of the latent channels), not decoded video.
 """
 
 from __future__ import annotations
@@ -39,6 +40,21 @@ def register(sub) -> None:
     p.add_argument("--text-embeds", help=".safetensors with a umt5 text embedding [L,4096] or [1,L,4096]; "
                                          "default: zeros (empty-prompt stand-in)")
     p.add_argument("--negative-embeds", help="negative umt5 embedding (.safetensors), used with --guidance > 1")
+    p.add_argument("--prompt", help="text prompt, encoded with --text-encoder (umt5-xxl) and --tokenizer")
+    p.add_argument("--negative-prompt", help="negative prompt (used with --guidance > 1)")
+    p.add_argument("--text-encoder", help="umt5-xxl encoder: Wan's models_t5_umt5-xxl-enc-bf16.pth or ComfyUI's "
+                                          "umt5_xxl_*.safetensors")
+    p.add_argument("--tokenizer", help="umt5-xxl tokenizer: a folder (Wan's google/umt5-xxl), tokenizer.json or "
+                                       "spiece.model")
+    p.add_argument("--vae", help="Wan 2.1 VAE (Wan2.1_VAE.pth or wan_2.1_vae.safetensors): encodes the start image "
+                                 "(routes 2/3) and decodes --video block by block")
+    p.add_argument("--tiny-vae", help="taew2_1 tiny decoder (.pth/.safetensors): decode --video with it instead "
+                                      "of --vae (much faster, approximate)")
+    p.add_argument("--video", help="write the decoded video here while sampling (.mp4 H.264 or .webm VP9); needs "
+                                   "--vae or --tiny-vae; the whole latent is then not kept")
+    p.add_argument("--fps", type=int, default=16, help="frames per second of --video (Wan: 16)")
+    p.add_argument("--save-latent", action="store_true",
+                   help="with --video: also keep and save the whole latent and its preview (memory grows with length)")
     p.add_argument("--image-latent", help=".safetensors with the raw Wan VAE latent [1,16,T,H/8,W/8] (Wan 2.2: "
                                           "[1,48,T,H/16,W/16]) of the "
                                           "start image (routes 2/3); default: none (CLIP route only)")
@@ -110,12 +126,14 @@ def _load_tensor(path: str, what: str, dims: int) -> torch.Tensor:
 
 def run_pipeline(args, out_dir: str, log=print) -> dict:
     from ..clip_vision import default_clip_vision, load_clip_vision
-    from ..wan import CausalSettings, LatentPreviewer, denormalize, sample_causal
+    from ..wan import CausalSettings, denormalize, sample_causal
     from ..wan.causal_model import CausalWanModel, default_causal_wan
     from ..wan.checkpoint import resolve_dtype
     from ..wan.inputs import build_sampler_inputs, conditioning
-    from ..wan.latent import latent_format, pixel_length_to_latent_frames, save_animation
+    from ..wan.latent import latent_format, pixel_length_to_latent_frames
+    from ..wan.conditioning import i2v_latents
     from ..wan.sampler import loop_rules_for
+    from ..wan.vae import images_to_pixels
 
     os.makedirs(out_dir, exist_ok=True)
     apply_preset(args)
@@ -145,13 +163,8 @@ def run_pipeline(args, out_dir: str, log=print) -> dict:
         clip_fea = clip.encode_image(image, crop="center").penultimate_hidden_states
         log(f"wan: CLIP features {list(clip_fea.shape)} — {clip.source if hasattr(clip, 'source') else args.clip}")
 
-    if args.text_embeds:
-        text = _load_tensor(args.text_embeds, "text embedding", 3)
-        log(f"wan: text context {list(text.shape)} from {args.text_embeds}")
-    else:
-        text = torch.zeros(1, 512, 4096)
-        log("wan: text context = zeros (no umt5 text encoder in the pack; pass --text-embeds for a real prompt)")
-    negative = _load_tensor(args.negative_embeds, "negative embedding", 3) if args.negative_embeds else None
+    text, negative = _text_contexts(args, model, log)
+    vae = _load_vae(args, model, dtype, log)
 
     fmt = latent_format(model.config.out_dim)  # Wan 2.1: 16 channels, 1/8; Wan 2.2: 48 channels, 1/16
     if args.width % (2 * fmt.spatial) or args.height % (2 * fmt.spatial):
@@ -171,8 +184,12 @@ def run_pipeline(args, out_dir: str, log=print) -> dict:
         image_latent[:, :, :known] = given[:, :, :known]
         mask = torch.ones(1, 1, frames, *latent.shape[3:])
         mask[:, :, :known] = 0.0
+    elif vae is not None and not args.no_image and fmt.channels == 16:
+        _, image_latent, mask = i2v_latents(args.width, args.height, args.length, 1, image,
+                                            lambda pixels: vae.encode(images_to_pixels(pixels)))
+        log(f"wan: start image encoded by the VAE into a latent {list(image_latent.shape)}")
     elif not args.no_image:
-        log("wan: route 1 only (CLIP features); routes 2/3 need the image's VAE latent (--image-latent)")
+        log("wan: route 1 only (CLIP features); routes 2/3 need the image's VAE latent (--vae or --image-latent)")
     # The same mapping as the sampler node: a ComfyUI-style CONDITIONING through wan.inputs
     positive = conditioning(text, clip_vision_output=clip_fea, concat_latent_image=image_latent, concat_mask=mask)
     inputs = build_sampler_inputs(model.config, latent, positive, conditioning(negative) if negative is not None
@@ -193,7 +210,8 @@ def run_pipeline(args, out_dir: str, log=print) -> dict:
                               sink_size=args.sink, local_window=args.window,
                               independent_first_frame=args.independent_first_frame, guidance_scale=args.guidance)
     settings = loop_rules_for(settings, model.config)  # Wan 2.2 TI2V: LongLive 2.0's UniPC + first-frame clamp
-    previewer = LatentPreviewer()
+    if getattr(args, "video", None):
+        return _stream_to_video(args, model, inputs, settings, vae, fmt, out_dir, t0, log)
     block_times = []
     t_start = time.perf_counter()
 
@@ -205,26 +223,124 @@ def run_pipeline(args, out_dir: str, log=print) -> dict:
     z = sample_causal(model, inputs.latent, inputs.text, seed=args.seed, settings=settings,
                       negative_text=inputs.negative_text, clip_fea=inputs.clip_fea, concat=inputs.concat,
                       first_frames=inputs.first_frames, on_block=on_block)
-    raw = inputs.to_raw(z)
+    summary = {"model": model.source, "config": model.config.describe(), "blocks": len(block_times),
+               "first_block_s": round(block_times[0], 3), "sampling_s": round(block_times[-1], 3)}
+    summary.update(_save_latent(z, inputs, model, fmt, out_dir, log))
+    return _finish(summary, inputs, t0, out_dir)
+
+
+def _save_latent(z, inputs, model, fmt, out_dir, log) -> dict:
+    """The raw latent (ComfyUI's Load Latent format) and its animated latent->RGB preview."""
     from safetensors.torch import save_file
 
+    from ..wan import LatentPreviewer
+    from ..wan.latent import save_animation
+
+    raw = inputs.to_raw(z)
     latent_path = os.path.join(out_dir, "wan_latent.safetensors")
     # ComfyUI's LoadLatent reads the key "latent_tensor"
     save_file({"latent_tensor": raw.contiguous()}, latent_path,
               metadata={"source": model.source, "format": f"raw {fmt.name} VAE latent "
                                                               f"[B,{fmt.channels},T,H/{fmt.spatial},W/{fmt.spatial}]"})
-    preview_path = save_animation(previewer.frames(z[0]), os.path.join(out_dir, "wan_preview.webp"))
+    preview_path = save_animation(LatentPreviewer().frames(z[0]), os.path.join(out_dir, "wan_preview.webp"))
     log(f"wan: wrote {latent_path} {list(raw.shape)} and {preview_path} (latent->RGB approximation, not decoded)")
-    summary = {
-        "model": model.source, "config": model.config.describe(), "latent": latent_path,
-        "latent_shape": list(raw.shape), "preview": preview_path, "blocks": len(block_times),
-        "first_block_s": round(block_times[0], 3), "sampling_s": round(block_times[-1], 3),
-        "total_s": round(time.perf_counter() - t0, 3), "image_routes": inputs.image_routes,
-        "latent_mean_abs": round(float(raw.abs().mean()), 4),
-    }
+    return {"latent": latent_path, "latent_shape": list(raw.shape), "preview": preview_path,
+            "latent_mean_abs": round(float(raw.abs().mean()), 4)}
+
+
+def _finish(summary: dict, inputs, t0: float, out_dir: str) -> dict:
+    summary.update({"total_s": round(time.perf_counter() - t0, 3), "image_routes": inputs.image_routes})
     with open(os.path.join(out_dir, "wan_summary.json"), "w") as f:
         json.dump(summary, f, indent=2)
     return summary
+
+
+def _text_contexts(args, model, log):
+    """Text (and negative) context: --prompt through the umt5 encoder, or saved embeddings, or zeros."""
+    if getattr(args, "prompt", None) is not None or getattr(args, "negative_prompt", None) is not None:
+        if args.text_embeds:
+            raise ValueError("give either --prompt (with --text-encoder) or --text-embeds, not both.")
+        if not args.text_encoder or not args.tokenizer:
+            raise ValueError("--prompt needs the umt5-xxl text encoder and its tokenizer: --text-encoder "
+                             "models_t5_umt5-xxl-enc-bf16.pth (or umt5_xxl_fp16.safetensors) --tokenizer PATH.")
+        from ..wan.text_encoder import UMT5TextEncoder
+
+        encoder = UMT5TextEncoder.from_file(args.text_encoder, args.tokenizer)
+        if encoder.model.config.d_model != model.config.text_dim:
+            raise ValueError(f"text encoder {encoder.source} gives {encoder.model.config.d_model}-d features but "
+                             f"the model takes {model.config.text_dim}-d text; use Wan's umt5-xxl (4096-d).")
+        text = encoder.encode(args.prompt or "")
+        negative = encoder.encode(args.negative_prompt) if args.negative_prompt is not None else None
+        log(f"wan: prompt encoded by {encoder.source}: {text.shape[1]} tokens")
+        del encoder  # 5.7B parameters at full size: freed before sampling
+        return text, negative
+    if args.text_embeds:
+        text = _load_tensor(args.text_embeds, "text embedding", 3)
+        log(f"wan: text context {list(text.shape)} from {args.text_embeds}")
+    else:
+        text = torch.zeros(1, 512, 4096)
+        log("wan: text context = zeros (no prompt; pass --prompt with --text-encoder, or --text-embeds)")
+    negative = _load_tensor(args.negative_embeds, "negative embedding", 3) if args.negative_embeds else None
+    return text, negative
+
+
+def _load_vae(args, model, dtype, log):
+    from ..wan.vae import WanVAE, WanVAEConfig
+    from ..wan.vae22 import load_vae
+
+    if getattr(args, "demo_vae_dim", None):
+        vae = WanVAE.random(WanVAEConfig(dim=args.demo_vae_dim), seed=args.seed)
+        vae.source = (f"random-init Wan 2.1 VAE architecture at dim {args.demo_vae_dim} (real: 96), seed "
+                      f"{args.seed}, NOT trained")
+        log(f"wan: VAE = {vae.source}; the decoded video is coloured noise by design")
+        return vae
+    if not getattr(args, "vae", None):
+        return None
+    vae = load_vae(args.vae, dtype=dtype)  # Wan 2.1 or Wan 2.2, whichever the file is
+    if vae.config.z_dim != model.config.out_dim:
+        raise ValueError(f"--vae {vae.source} is a {vae.name} ({vae.config.z_dim} latent channels) but the model "
+                         f"is {model.config.describe()} ({model.config.out_dim} channels): use the VAE of the "
+                         f"model's generation (Wan 2.1: wan_2.1_vae, Wan 2.2 TI2V: wan2.2_vae).")
+    log(f"wan: VAE {vae.config.describe()} from {vae.source}")
+    return vae
+
+
+def _stream_to_video(args, model, inputs, settings, vae, fmt, out_dir, t0, log) -> dict:
+    """Sample and decode block by block into the video file (nothing of the whole video kept)."""
+    from ..wan.stream import stream_video
+    from ..wan.taehv import TAEHV
+    from ..wan.video_writer import VideoWriter
+
+    if getattr(args, "tiny_vae", None):
+        decoder = TAEHV.from_file(args.tiny_vae)
+        log(f"wan: decoding with the tiny decoder {decoder.source}")
+    elif vae is not None:
+        decoder = vae
+    else:
+        raise ValueError("--video needs a decoder: --vae wan_2.1_vae.safetensors (or --tiny-vae taew2_1.safetensors).")
+    keep = bool(getattr(args, "save_latent", False))
+    run = stream_video(model, inputs.latent, inputs.text, vae=decoder, to_raw=inputs.to_raw, seed=args.seed,
+                       keep_latent=keep, settings=settings, negative_text=inputs.negative_text,
+                       clip_fea=inputs.clip_fea, concat=inputs.concat, first_frames=inputs.first_frames)
+    t_start = time.perf_counter()
+    first = None
+    with VideoWriter(args.video, fps=args.fps) as writer:
+        for piece in run:
+            writer.write(piece.frames[0])
+            now = time.perf_counter() - t_start
+            first = now if first is None else first
+            if piece.block_done:
+                log(f"wan: block {piece.index + 1}/{piece.total} decoded, {writer.frames_written} frames written "
+                    f"at {now:.2f} s")
+    log(f"wan: wrote {args.video} ({writer.frames_written} frames, {args.fps} fps, decoded block by block)")
+    summary = {
+        "model": model.source, "config": model.config.describe(), "video": os.path.abspath(args.video),
+        "video_frames": writer.frames_written, "decoder": getattr(decoder, "source", ""), "blocks": run.blocks_done,
+        "first_frames_s": round(first, 3), "sampling_and_decode_s": round(time.perf_counter() - t_start, 3),
+    }
+    if keep:
+        summary.update(_save_latent(run.latent, inputs, model, fmt, out_dir, log))
+    return _finish(summary, inputs, t0, out_dir)
 
 
 def run_sample(args) -> int:
@@ -248,12 +364,19 @@ class _DemoArgs:
     guidance = 1.0
     no_image = False
     dtype = "fp32"
+    prompt = negative_prompt = text_encoder = tokenizer = vae = tiny_vae = None
+    demo_vae_dim = 8  # a random-init Wan 2.1 VAE at 1/12 width: encode + decode stay within seconds on a CPU
+    fps = 16
+    save_latent = True
 
 
 def demo_step(args, out_dir: str) -> dict:
     demo = _DemoArgs()
     demo.seed = int(getattr(args, "seed", 0))
+    demo.video = os.path.join(out_dir, "wan_video.mp4")
     print("wan: demo on the EMBEDDED DEFAULTS — a seeded random-init Wan 2.1 i2v DiT (real architecture, "
           "small) and a seeded random-init CLIP ViT-H/14 cut to 4 blocks; no pretrained weights, so the video "
-          "is noise-like by design. Sink 1 + window 4 frames, first frame independent, 3 frames per block.")
+          "is noise-like by design. Sink 1 + window 4 frames, first frame independent, 3 frames per block. The "
+          "video (wan_video.mp4) is decoded block by block by a random-init Wan 2.1 VAE at dim 8 (real: 96), "
+          "untrained too.")
     return run_pipeline(demo, out_dir)

@@ -314,3 +314,70 @@ def lora_weight_patch(up, down, alpha: float):
     except Exception:
         return ("lora", weights)
     return LoRAAdapter(set(), weights)
+
+
+# --- streaming video (nodes/stream_nodes.py) ------------------------------------------------------------
+
+def video_save_path(filename_prefix: str, extension: str, width: int, height: int) -> tuple[str, str, str]:
+    """``(full path, file name, subfolder)`` of a new numbered video file in the output folder, ComfyUI's
+    naming (``prefix_00001_.mp4``); the prefix may not leave the output folder."""
+    fp = _folder_paths()
+    if fp is not None:
+        folder, name, counter, subfolder, _ = fp.get_save_image_path(filename_prefix, fp.get_output_directory(),
+                                                                      width, height)
+    else:
+        root = os.path.abspath(output_directory())
+        target = os.path.abspath(os.path.join(root, filename_prefix))
+        if os.path.commonpath([root, target]) != root:
+            raise ValueError(f"filename_prefix '{filename_prefix}' points outside the output folder; use a "
+                             f"relative name such as 'ClipWan/causal'.")
+        folder, name = os.path.split(target)
+        subfolder = os.path.relpath(folder, root)
+        subfolder = "" if subfolder == "." else subfolder
+        counter = 1
+        if os.path.isdir(folder):
+            taken = [f for f in os.listdir(folder) if f.startswith(name + "_") and f[len(name) + 1:][:5].isdigit()]
+            counter = 1 + max([int(f[len(name) + 1:][:5]) for f in taken], default=0)
+    os.makedirs(folder, exist_ok=True)
+    file = f"{name}_{counter:05}_.{extension}"
+    return os.path.join(folder, file), file, subfolder
+
+
+def video_output(path: str):
+    """ComfyUI's VIDEO object for a file (``VideoFromFile``), so core Save/Preview Video take it; None where
+    the host has no VIDEO type (older ComfyUI, plain Python)."""
+    try:
+        from comfy_api.latest import InputImpl
+    except Exception:
+        return None
+    return InputImpl.VideoFromFile(path)
+
+
+def progress_text(text: str, node_id) -> bool:
+    """Status text shown on the node (ComfyUI's ``send_progress_text``); False outside ComfyUI."""
+    server = prompt_server()
+    if server is None or node_id is None or not hasattr(server, "send_progress_text"):
+        return False
+    try:
+        server.send_progress_text(text, str(node_id))
+    except Exception:
+        return False
+    return True
+
+
+def vae_module(vae):
+    """``(module tree, device, dtype)`` of a ComfyUI VAE, loaded by its model management (weights not copied)."""
+    patcher = getattr(vae, "patcher", None)
+    if patcher is not None:
+        load_models_gpu([patcher])
+    device = getattr(vae, "device", None)
+    dtype = getattr(vae, "vae_dtype", None)
+    return vae.first_stage_model, device, dtype
+
+
+def tiny_decoder_file(prefixes: tuple) -> Optional[str]:
+    """Full path of the first ``models/vae_approx`` file whose name starts with one of ``prefixes``."""
+    for name in list_model_files("vae_approx"):
+        if os.path.basename(name).startswith(prefixes):
+            return resolve_model_path(name, "vae_approx")
+    return None

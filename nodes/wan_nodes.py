@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import io
+import logging
 
 import torch
 
@@ -20,6 +21,7 @@ from ..wan.latent import LatentPreviewer
 from ..wan.lora import merge_lora_file
 from ..wan.sampler import CausalLoop, CausalSettings, PromptSwitch, SamplerHooks, loop_rules_for
 
+log = logging.getLogger("comfyui_clipwan")
 UI_EVENT = "clipwan.causal_frames"
 PREVIEW_MAX_SIDE = 256
 
@@ -194,28 +196,41 @@ class CausalWanSampler:
                sink_size=0, local_window=0, cache_dtype="auto", independent_first_frame=False,
                guidance_scale=1.0, image_conditioning=True, negative=None, switch_positive=None,
                switch_at_block=0, unique_id=None):
-        settings = CausalSettings(steps=steps, shift=shift, warp=warp_steps, frames_per_block=frames_per_block,
-                                  sink_size=sink_size,
-                                  local_window=local_window, cache_dtype=resolve_dtype(cache_dtype),
-                                  independent_first_frame=independent_first_frame, guidance_scale=guidance_scale)
-        causal, adapter, patcher = causal_model_of(model, seed)
-        settings = loop_rules_for(settings, causal.config)
-        noise_mask = latent.get("noise_mask")  # Wan22ImageToVideoLatent's start image
-        inputs = build_sampler_inputs(causal.config, latent["samples"], positive, negative, switch_positive,
-                                      image_conditioning, adapter, noise_mask=noise_mask,
-                                      switch_at_block=switch_at_block if switch_positive is not None else None)
-        switches = []
-        if inputs.switch_text is not None:
-            switches.append(PromptSwitch(int(switch_at_block), inputs.switch_text))
+        causal, inputs, settings, switches, patcher = prepare_run(
+            model, positive, latent, seed, steps=steps, shift=shift, warp_steps=warp_steps,
+            frames_per_block=frames_per_block, sink_size=sink_size, local_window=local_window,
+            cache_dtype=cache_dtype, independent_first_frame=independent_first_frame, guidance_scale=guidance_scale,
+            image_conditioning=image_conditioning, negative=negative, switch_positive=switch_positive,
+            switch_at_block=switch_at_block)
         loop = CausalLoop(causal, inputs.latent, inputs.text, seed=seed, settings=settings,
                           negative_text=inputs.negative_text, clip_fea=inputs.clip_fea, concat=inputs.concat,
                           first_frames=inputs.first_frames, prompt_switches=switches,
                           check_interrupt=bridge.check_interrupt)
-        loop.hooks = _RunReporter(patcher, unique_id, loop.total_steps)
+        loop.hooks = _RunReporter(patcher, unique_id, loop.total_steps, inputs.to_raw)
         z = torch.zeros(inputs.latent.shape, dtype=torch.float32, device=causal.device)
         for block in loop:
             z[:, :, block.start_frame:block.start_frame + block.num_frames] = block.x0
         return ({"samples": inputs.to_raw(z).to(bridge.intermediate_device())},)
+
+
+def prepare_run(model, positive, latent, seed, steps="1000,750,500,250", shift=5.0, warp_steps=True,
+                frames_per_block=3, sink_size=0, local_window=0, cache_dtype="auto", independent_first_frame=False,
+                guidance_scale=1.0, image_conditioning=True, negative=None, switch_positive=None, switch_at_block=0):
+    """The sampler's widgets and sockets -> ``(CausalWanModel, SamplerInputs, CausalSettings, prompt switches,
+    ModelPatcher or None)``; shared by Causal Wan Sampler and Causal Wan Stream Video (nodes/stream_nodes.py)."""
+    settings = CausalSettings(steps=steps, shift=shift, warp=warp_steps, frames_per_block=frames_per_block,
+                              sink_size=sink_size, local_window=local_window, cache_dtype=resolve_dtype(cache_dtype),
+                              independent_first_frame=independent_first_frame, guidance_scale=guidance_scale)
+    causal, adapter, patcher = causal_model_of(model, seed)
+    settings = loop_rules_for(settings, causal.config)
+    noise_mask = latent.get("noise_mask")  # Wan22ImageToVideoLatent's start image
+    inputs = build_sampler_inputs(causal.config, latent["samples"], positive, negative, switch_positive,
+                                  image_conditioning, adapter, noise_mask=noise_mask,
+                                  switch_at_block=switch_at_block if switch_positive is not None else None)
+    switches = []
+    if inputs.switch_text is not None:
+        switches.append(PromptSwitch(int(switch_at_block), inputs.switch_text))
+    return causal, inputs, settings, switches, patcher
 
 
 def causal_model_of(model, seed: int = 0):
@@ -240,8 +255,10 @@ class _RunReporter(SamplerHooks):
     frames go to the page's frame player (or, with no page listening, onto the progress bar as a preview).
     The previewer is made once per run (ComfyUI's ``taesd`` previewer loads its decoder from disk)."""
 
-    def __init__(self, patcher, unique_id, total_steps: int):
+    def __init__(self, patcher, unique_id, total_steps: int, to_raw=None):
         self.node = unique_id
+        self.tiny = _tiny_live_decoder() if to_raw is not None else None
+        self.to_raw = to_raw
         self.done = 0
         self.progress = bridge.Progress(max(1, total_steps), node_id=unique_id)
         self.comfy_previewer = bridge.latent_previewer(patcher) if patcher is not None else None
@@ -250,6 +267,16 @@ class _RunReporter(SamplerHooks):
 
     def _frames_rgb(self, x0):
         """PIL images of the block's frames (first video in the batch)."""
+        if self.tiny is not None:  # taew2_1 in models/vae_approx: decoded frames (4 per latent frame)
+            try:
+                from ..wan.latent import frames_to_pil
+
+                pixels = self.tiny.decode(self.to_raw(x0[:1]))  # [1, 3, F, H, W] in [-1, 1]
+                frames = ((pixels[0].clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 3, 0)
+                return frames_to_pil(frames.cpu().numpy())
+            except Exception as exc:  # never fail a sampling run over its preview
+                log.warning("tiny decoder preview failed, using latent previews: %s", exc)
+                self.tiny = None
         if self.comfy_previewer is not None:
             try:
                 return [self.comfy_previewer.decode_latent_to_preview(x0[:1, :, f:f + 1])
@@ -272,6 +299,20 @@ class _RunReporter(SamplerHooks):
             bridge.send_ui_event(UI_EVENT, payload)
         else:
             self.progress.update_absolute(self.done, images[-1])
+
+
+def _tiny_live_decoder():
+    """The TAEHV streaming decoder when ``taew2_1`` (or ``lighttaew2_1``) is in models/vae_approx, else None."""
+    from ..wan.taehv import FILE_PREFIXES, TAEHV
+
+    path = bridge.tiny_decoder_file(FILE_PREFIXES)
+    if path is None:
+        return None
+    try:
+        return TAEHV.from_file(path, device=bridge.torch_device()).stream_decoder()
+    except (OSError, ValueError) as exc:
+        log.warning("models/vae_approx/%s is not usable for live frames: %s", path.rsplit("/", 1)[-1], exc)
+        return None
 
 
 def _jpeg_base64(image) -> str:

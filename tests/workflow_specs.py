@@ -109,6 +109,31 @@ WORKFLOWS = {
             *_sample_and_save("model", "conditioning", "clipwan/i2v_causal"),
         ],
     },
+    "clipwan_i2v_causal_stream": {
+        "note": CAUSAL_NOTE.format(title="Image to video, block-causal, streamed to a video file",
+                                   what="Causal Wan Stream Video decodes each block with the Wan VAE as soon as "
+                                        "it is final: the decoded frames play on the node while the next block "
+                                        "is sampled and are appended to an MP4 in the output folder (Cancel "
+                                        "leaves a valid, shorter file). Memory stays flat for any length."),
+        "models": MODELS,
+        "description": "Image-to-video, block-causal, with the VAE inside the loop: every block is decoded when "
+                       "it is final, shown on the node and appended to an H.264 MP4 (or VP9 WebM); the VIDEO "
+                       "output goes to core Save Video / Preview Video.",
+        "nodes": [
+            ("image", "LoadImage", {"image": "example.png"}, "Start image"),
+            ("clip_vision", "LoadCLIPVisionH14", {"clip_name": CLIP_H}),
+            ("clip_encode", "CLIPVisionEncodeWan", {"clip_vision": Link("clip_vision"), "image": Link("image")}),
+            *_text_nodes(),
+            ("conditioning", "WanI2VConditioning", {"positive": Link("positive"), "negative": Link("negative"),
+                                                    "vae": Link("vae"), "start_image": Link("image"),
+                                                    "clip_vision_output": Link("clip_encode"), **VIDEO}),
+            ("model", "LoadCausalWanModel", {"model_name": WAN_I2V}),
+            ("stream", "CausalWanStreamVideo", {"model": Link("model"), "positive": Link("conditioning", 0),
+                                                "negative": Link("conditioning", 1),
+                                                "latent": Link("conditioning", 2), "vae": Link("vae"),
+                                                "filename_prefix": "clipwan/i2v_causal_stream"}),
+        ],
+    },
     "clipwan_i2v_causal_core_nodes": {
         "note": CAUSAL_NOTE.format(title="Image to video, block-causal, from core nodes",
                                    what="ComfyUI's own Load CLIP Vision, CLIP Vision Encode, WanImageToVideo "

@@ -14,6 +14,9 @@ import { PRESETS_PATH, applyLength, applyPreset, decodeFramePayload, presetLabel
 
 const EXTENSION = "clipwan.ui";
 const SAMPLER = "CausalWanSampler";
+// Nodes whose live frames the player shows: the sampler (previews, or tiny-decoder frames) and
+// Causal Wan Stream Video (decoded frames, plus a status line when a run is stopped).
+const PLAYERS = [SAMPLER, "CausalWanStreamVideo"];
 // Nodes that return their report as ui.text: shown on the node.
 const REPORTERS = ["ExportCLIPToAxmodel", "CLIPZeroShotAxera"];
 const MAX_PLAYER_FRAMES = 240; // ~30 s of preview at 8 fps
@@ -85,10 +88,18 @@ function framePanel(node) {
 }
 
 function showFrames(node, payload) {
+  if (payload?.status) {
+    framePanel(node).label.textContent = payload.status; // e.g. "Stopped after 57 frames: ... saved to ..."
+    node.setDirtyCanvas?.(true, true);
+    return;
+  }
   const { urls, block, totalBlocks } = decodeFramePayload(payload);
   if (!urls.length) return;
   const panel = framePanel(node);
-  if (block === 0 || block < (panel.lastBlock ?? -1)) {
+  // A new run starts over: its first frames (frame_start 0), or an earlier block than the last one seen.
+  // (Causal Wan Stream Video sends several pieces per block, so block 0 alone is not a new run.)
+  const start = payload.frame_start ?? (block === 0 ? 0 : null);
+  if (start === 0 || block < (panel.lastBlock ?? -1)) {
     panel.frames = []; // a new run starts over
     panel.total = 0;
   }
@@ -137,12 +148,12 @@ app.registerExtension({
     await loadPresets();
     api.addEventListener("clipwan.causal_frames", (event) => {
       const node = findNode(event.detail?.node);
-      if (node && node.type === SAMPLER) showFrames(node, event.detail);
+      if (node && PLAYERS.includes(node.type)) showFrames(node, event.detail);
     });
   },
 
   async beforeRegisterNodeDef(nodeType, nodeData) {
-    if (nodeData.name === SAMPLER) {
+    if (PLAYERS.includes(nodeData.name)) { // both take the sampler's widgets: same presets
       const getExtraMenuOptions = nodeType.prototype.getExtraMenuOptions;
       nodeType.prototype.getExtraMenuOptions = function (canvas, options) {
         // Keep whatever an earlier handler returns, and add ours to the list we are given. Returning that

@@ -11,8 +11,8 @@
   width from ``decoder.head.0.gamma``), random init.
 - ``input/clipwan_test.png``: a 64×64 RGB gradient.
 
-The CLIP and Wan weights come from the pack's own seeded builders; the VAE from ComfyUI's class (there is
-no Wan VAE in the pack: workflows use ComfyUI's).
+The CLIP and Wan weights come from the pack's own seeded builders; the VAE from ComfyUI's class (what core's
+VAELoader loads; the pack's streaming decoder then adopts that loaded VAE).
 """
 
 from __future__ import annotations

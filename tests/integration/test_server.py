@@ -78,6 +78,12 @@ def _check_outputs(server, prompt: dict, entry: dict, length: int):
             assert getattr(im, "n_frames", 1) == length
     for nid in P.node_ids(prompt, "ExportCLIPToAxmodel"):
         assert outputs.get(nid), f"export node {nid} reported nothing: {outputs}"
+    for nid in P.node_ids(prompt, "CausalWanStreamVideo"):
+        from comfyui_clipwan.wan.video_writer import read_video_frames
+
+        videos = outputs[nid]["images"]
+        assert len(videos) == 1 and videos[0]["filename"].endswith(".mp4")
+        assert read_video_frames(str(server.output_path(videos[0]))).shape == (length, 64, 64, 3)
 
 
 # Core builds the Wan 2.2 VAE at its real width only (704.7 M parameters), so that graph is not run at test
