@@ -150,6 +150,44 @@ def _open_clip_b32(path: pathlib.Path) -> None:
     safetensors.torch.save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
 
 
+def _wan_vae(ws: pathlib.Path) -> None:
+    """The Wan 2.1 VAE at base width 8 (real: 96), Wan's key names: ComfyUI's .safetensors and Wan's .pth."""
+    from comfyui_clipwan.wan.vae import WanVAE, WanVAEConfig
+
+    sd = {k: v.contiguous() for k, v in WanVAE.random(WanVAEConfig(dim=8), seed=0).tree.state_dict().items()}
+    safetensors.torch.save_file(sd, str(ws / "wan_2.1_vae.safetensors"))
+    torch.save(sd, ws / "Wan2.1_VAE.pth")
+
+
+def _umt5(ws: pathlib.Path) -> None:
+    """Wan's umt5 encoder .pth (its key names, 4096-d like the real one, 1 layer, 1 head of 8) and a
+    tokenizer folder; plus prompt.pt, a saved umt5 context."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast, UMT5Config, UMT5EncoderModel
+
+    from comfyui_clipwan.wan.text_encoder import _WAN_TO_HF
+
+    words = "a red fox trotting through fresh snow in".split()
+    vocab = {"<pad>": 0, "</s>": 1, "<unk>": 2, **{w: i + 3 for i, w in enumerate(words)}}
+    torch.manual_seed(0)
+    hf = UMT5EncoderModel(UMT5Config(vocab_size=len(vocab), d_model=4096, d_kv=8, d_ff=8, num_layers=1,
+                                     num_heads=1, feed_forward_proj="gated-gelu", is_encoder_decoder=False))
+    hf_sd = hf.state_dict()
+    to_wan = {h: w for w, h in _WAN_TO_HF}
+    wan = {"token_embedding.weight": hf_sd["shared.weight"], "norm.weight": hf_sd["encoder.final_layer_norm.weight"]}
+    for key, value in hf_sd.items():
+        if key.startswith("encoder.block."):
+            _, _, i, rest = key.split(".", 3)
+            wan[f"blocks.{i}.{to_wan[rest]}"] = value.contiguous()
+    torch.save(wan, ws / "models_t5_umt5-xxl-enc-bf16.pth")
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
+    PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="</s>", pad_token="<pad>",
+                            unk_token="<unk>").save_pretrained(str(ws / "google" / "umt5-xxl"))
+    torch.save(torch.randn(1, 5, 4096, generator=torch.Generator().manual_seed(0)), ws / "prompt.pt")
+
+
 def _image(path: pathlib.Path, seed: int, size=(96, 64)) -> None:
     rng = np.random.default_rng(seed)
     Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)).save(path)
@@ -167,6 +205,8 @@ def workspace(tmp_path_factory) -> pathlib.Path:
     _longlive(ws)
     _open_clip_b32(ws / "open_clip_vit_b32.safetensors")
     _longlive2_files(ws)
+    _wan_vae(ws)
+    _umt5(ws)
     for i, name in enumerate(("img.png", "a.png", "b.jpg")):
         _image(ws / name, i)
     (ws / "imgs").mkdir()
