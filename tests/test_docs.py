@@ -185,7 +185,8 @@ def _umt5(ws: pathlib.Path) -> None:
     tok.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
     PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="</s>", pad_token="<pad>",
                             unk_token="<unk>").save_pretrained(str(ws / "google" / "umt5-xxl"))
-    torch.save(torch.randn(1, 5, 4096, generator=torch.Generator().manual_seed(0)), ws / "prompt.pt")
+    if not (ws / "prompt.pt").exists():  # the Wan 2.2 stand-ins may have written one already
+        torch.save(torch.randn(1, 5, 4096, generator=torch.Generator().manual_seed(0)), ws / "prompt.pt")
 
 
 def _image(path: pathlib.Path, seed: int, size=(96, 64)) -> None:
