@@ -51,6 +51,20 @@ class OnnxExport:
         return d
 
 
+class ExportGraph(torch.nn.Module):
+    """``getattr(tower, method)(x, export=True)`` as a module, what ``export_onnx`` traces: the plain-op graph
+    of the pack's CLIP block (``clip_vision.model.Block``). ``method``: the vision tower's ``pooled``
+    (pixels → post-LN CLS) or the text tower's ``forward`` (ids → final-LN hidden states)."""
+
+    def __init__(self, tower: torch.nn.Module, method: str = "forward"):
+        super().__init__()
+        self.tower = tower.eval()
+        self.method = method
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return getattr(self.tower, self.method)(x, export=True)
+
+
 def _param_bytes(module: torch.nn.Module) -> int:
     return sum(p.numel() * p.element_size() for p in module.parameters())
 

@@ -26,13 +26,12 @@ import torch
 
 from . import pulsar2
 from .calibration import image_calibration_tar, synthetic_images, text_calibration_tar
-from .onnx_export import (TEXT_INPUT, TEXT_OUTPUT, VISION_INPUT, VISION_OUTPUT, check_export,
+from .heads import text_head, vision_head
+from .onnx_export import (TEXT_INPUT, TEXT_OUTPUT, VISION_INPUT, VISION_OUTPUT, ExportGraph, check_export,
                           export_onnx, ort_session, parity)
 from .runtime import MANIFEST, MANIFEST_FORMAT
 from .sources import ClipSource, fp32_cpu, parse_parts
-from .text_model import text_head
 from .tokenizer import tokenize
-from .vision_tower import ExportGraph, vision_head
 
 DEFAULT_LABELS = (
     "person", "man", "woman", "child", "dog", "cat", "bird", "horse", "car", "bicycle", "airplane", "boat",

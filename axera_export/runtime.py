@@ -21,9 +21,8 @@ import numpy as np
 import torch
 
 from ..clip_vision import VisionConfig, preprocess_images
-from .text_model import text_head
+from .heads import text_head, vision_head
 from .tokenizer import tokenize
-from .vision_tower import vision_head
 
 MANIFEST = "manifest.json"
 MANIFEST_FORMAT = "comfyui-clipwan/axera-export"

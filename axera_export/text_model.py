@@ -1,4 +1,4 @@
-"""CLIP text tower: config, the export-friendly module, and the checkpoint-layout converters.
+"""CLIP text tower: config, the tower built from the shared CLIP block, and the checkpoint-layout converters.
 
 Layouts (the ONE place that knows them for the text side):
 
@@ -11,8 +11,7 @@ Layouts (the ONE place that knows them for the text side):
 
 Split for the NPU (recorded in the export manifest): the graph maps int32 token ids [1,77] to the final-LN
 hidden states [1,77,W]; EOT pooling (argmax of the ids — the end-of-text id is the largest in CLIP's
-vocabulary) and the text projection run on the CPU in fp32 (``text_head``): a data-dependent gather is
-what the NPU does worst, and keeping the last GEMM in fp32 keeps quantisation error out of the embedding.
+vocabulary) and the text projection run on the CPU in fp32 (``heads.text_head``).
 """
 
 from __future__ import annotations
@@ -22,11 +21,11 @@ import math
 import re
 from typing import Mapping, Optional
 
-import numpy as np
 import torch
 from torch import nn
 
 from ..clip_vision.model import ACTIVATIONS, Block, block_names, gather
+from .heads import text_head
 
 # Additive causal-mask value. exp(-100) ≈ 4e-44 is an exact zero weight in fp32, and unlike -inf/-1e4 it
 # keeps the value range of the masked scores small, which matters once Pulsar2 quantises that Add to U16.
@@ -85,17 +84,6 @@ class TextTower(nn.Module):
         for layer in self.layers:
             x = layer(x, self.causal_mask, export)
         return self.final_layer_norm(x)
-
-
-def eot_pool(hidden: np.ndarray, input_ids: np.ndarray) -> np.ndarray:
-    """Hidden state at the end-of-text token of each row ([B,T,W], [B,T] → [B,W])."""
-    index = np.asarray(input_ids).astype(np.int64).argmax(axis=-1)
-    return np.asarray(hidden)[np.arange(hidden.shape[0]), index]
-
-
-def text_head(hidden: np.ndarray, input_ids: np.ndarray, projection: np.ndarray) -> np.ndarray:
-    """CPU side of the text split: EOT pooling then ``pooled @ projection.T`` (HF Linear layout), fp32."""
-    return eot_pool(hidden, input_ids).astype(np.float32) @ np.asarray(projection, np.float32).T
 
 
 @dataclasses.dataclass

@@ -43,9 +43,8 @@ def _median_ms(fn, iters: int, warmup: int) -> float:
 def run(args) -> int:
     from ..axera_export import default_source, export_clip
     from ..axera_export.onnx_export import TEXT_INPUT, VISION_INPUT, ort_session
-    from ..axera_export.text_model import text_head
+    from ..axera_export.heads import text_head, vision_head
     from ..axera_export.tokenizer import tokenize
-    from ..axera_export.vision_tower import vision_head
 
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -8,13 +8,13 @@ import torch
 from onnx import TensorProto, helper
 
 from comfyui_clipwan.axera_export.allowlist import check_ax650_ops
-from comfyui_clipwan.axera_export.onnx_export import (VISION_INPUT, VISION_OUTPUT, check_export, export_onnx,
-                                                      ort_session, parity)
+from comfyui_clipwan.axera_export.onnx_export import (VISION_INPUT, VISION_OUTPUT, ExportGraph, check_export,
+                                                      export_onnx, ort_session, parity)
 from comfyui_clipwan.axera_export.sources import load_source, parse_parts
 from comfyui_clipwan.axera_export.text_model import (VIT_B32_TEXT, default_text_state_dict,
                                                      text_weights_from_state_dict)
 from comfyui_clipwan.axera_export.tokenizer import tokenize
-from comfyui_clipwan.axera_export.vision_tower import ExportGraph, vision_head
+from comfyui_clipwan.axera_export.heads import vision_head
 
 PROMPTS = ["a photo of a cat", "a diagram", "two dogs playing in the snow at night"]
 
