@@ -83,15 +83,6 @@ def output_directory() -> str:
     return os.path.abspath("output")
 
 
-def temp_directory() -> str:
-    fp = _folder_paths()
-    if fp is not None:
-        return fp.get_temp_directory()
-    import tempfile
-
-    return tempfile.gettempdir()
-
-
 def check_interrupt() -> None:
     """Raise ComfyUI's InterruptProcessingException if the user pressed Cancel (no-op outside ComfyUI)."""
     mm = _model_management()

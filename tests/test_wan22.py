@@ -215,6 +215,31 @@ def test_node_samples_ti2v_from_wan22_image_latent(tmp_path, monkeypatch):
         CausalWanSampler().sample(model, pos, {"samples": torch.zeros(1, 16, 7, 8, 8)}, seed=0, steps="4")
 
 
+def test_longlive2_preset_runs_through_the_node_on_defaults(tmp_path, monkeypatch):
+    """The LongLive 2.0 preset's widget values and recommended length, as the web menu sets them, sample a
+    start image through the node: 16 latent frames = 2 blocks of 8, frame 0 = the image's latent."""
+    from comfyui_clipwan.nodes.wan_nodes import CausalWanSampler, LoadCausalWanModel
+    from comfyui_clipwan.nodes import comfy_bridge as bridge
+    from comfyui_clipwan.wan.conditioning import ti2v_latents
+    from comfyui_clipwan.wan.presets import get_preset
+
+    preset = get_preset("LongLive 2.0")
+    path = _tiny_ti2v_file(tmp_path)
+    monkeypatch.setattr(bridge, "resolve_model_path", lambda name, *folders: path)
+    monkeypatch.setattr(bridge, "in_comfyui", lambda: False)
+    (model,) = LoadCausalWanModel().load("model_bf16.pt", checkpoint_entry=preset.checkpoint_entry)
+    image = torch.rand(1, 32, 32, 3, generator=torch.Generator().manual_seed(4))
+    samples, mask = ti2v_latents(32, 32, preset.recommended_length, 1, image, FakeWan22VAE().encode)
+    assert samples.shape == (1, 48, 16, 2, 2)
+    text = torch.randn(1, 16, 4096, generator=torch.Generator().manual_seed(5))
+    (out,) = CausalWanSampler().sample(model, [[text, {}]], {"samples": samples, "noise_mask": mask}, seed=6,
+                                       **preset.sampler_values())
+    z = out["samples"]
+    assert z.shape == (1, 48, 16, 2, 2) and torch.isfinite(z).all()
+    torch.testing.assert_close(z[:, :, :1], samples[:, :, :1], atol=1e-6, rtol=0)
+    assert (z[:, :, 1:] - samples[:, :, 1:]).abs().mean() > 0.05
+
+
 def test_cli_samples_ti2v_checkpoint_from_image_latent(tmp_path, capsys):
     import json
 

@@ -224,7 +224,10 @@ class PixelVAE:
         return torch.cat([x * (i + 1) for i in range(6)], 0)[:16].unsqueeze(0) - 0.3
 
 
-@pytest.mark.parametrize("name", preset_names())
+WAN21_PRESETS = [p.name for p in PRESETS if p.base.startswith("Wan2.1")]  # Wan 2.2: tests/test_wan22.py
+
+
+@pytest.mark.parametrize("name", WAN21_PRESETS)
 def test_each_preset_runs_with_a_start_image(name, sources, longlive, tmp_path):
     preset = get_preset(name)
     if preset.lora_file:
@@ -253,7 +256,12 @@ def test_presets_name_the_real_files_and_routes():
     assert table["LongLive 1.0"] == ("longlive_base.pt", "lora.pt", "generator", "first_frame")
     assert table["Self-Forcing"] == ("self_forcing_dmd.pt", "", "generator_ema", "first_frame")
     assert table["Krea Realtime 14B"][0] == "krea-realtime-video-14b.safetensors"
-    assert all(p.image_route == "first_frame" and p.independent_first_frame for p in PRESETS)
+    assert all(p.image_route == "first_frame" and p.independent_first_frame for p in PRESETS
+               if p.base.startswith("Wan2.1"))
+    # LongLive 2.0 clamps the image into its first block of 8 instead of a 1-frame block
+    ll2 = get_preset("LongLive 2.0")
+    assert (ll2.model_file, ll2.checkpoint_entry, ll2.independent_first_frame) == ("model_bf16.pt", "generator", False)
+    assert (ll2.frames_per_block, ll2.sink_size, ll2.local_window, ll2.latent_frames) == (8, 8, 32, 16)
     with pytest.raises(ValueError) as e:
         get_preset("LongLive")
     assert str(e.value).startswith("unknown preset 'LongLive'; choose one of: Self-Forcing, CausVid, LongLive 1.0")

@@ -120,6 +120,13 @@ PRESETS = (
         steps="1000,937,833,625", shift=5.0, warp_steps=False, frames_per_block=3, local_window=6,
         loop="kv_recompute", recommended_length=_len(22),
         note="4 unwarped steps, blocks of 3, 3 context frames recomputed per block (window 6)"),
+    FamilyPreset(
+        "LongLive 2.0", "NVlabs/LongLive (main)", ("Efficient-Large-Model/LongLive-2.0-5B/model_bf16.pt",),
+        "Apache-2.0", "Wan2.2-TI2V-5B", "configs/inference_i2v.yaml (use_ema: false, sampling_steps 4, i2v: true)",
+        steps="4", shift=5.0, warp_steps=True, frames_per_block=8, sink_size=8, local_window=32,
+        independent_first_frame=False, checkpoint_entry="generator", recommended_length=_len(16),
+        note="Wan 2.2 TI2V-5B: 4 UniPC steps per block, blocks of 8 from frame 0 with the start image clamped "
+             "into the first one, sink 8 + window 32 (the loop switches to these rules for any Wan 2.2 model)"),
 )
 
 _BY_NAME = {p.name: p for p in PRESETS}

@@ -122,14 +122,12 @@ def denoising_schedule(steps: Union[str, Sequence[float]], shift: float = DEFAUL
                        warp: bool = True) -> Schedule:
     """The upstream schedule of a step list (see the module docstring)."""
     values = parse_steps(steps, warp)
-    sigmas, timesteps = flow_grid(shift)
     if warp:  # timesteps[1000 - k]; k = 1000 -> the grid's first point
+        _, timesteps = flow_grid(shift)
         ts = [float(timesteps[GRID_POINTS - k]) for k in values]
     else:
         ts = [float(k) for k in values]
-    ref = timesteps.double()
-    sig = [float(sigmas[int(torch.argmin((ref - t).abs()))]) for t in ts]
-    return Schedule(tuple(ts), tuple(sig))
+    return Schedule(tuple(ts), tuple(nearest_sigma(t, shift) for t in ts))
 
 
 def denoising_sigmas(steps: Union[str, Sequence[float]], shift: float = DEFAULT_SHIFT,
