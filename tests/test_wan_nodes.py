@@ -13,7 +13,6 @@ from comfyui_clipwan.nodes import comfy_bridge as bridge
 from comfyui_clipwan.nodes import wan_nodes
 from comfyui_clipwan.nodes.wan_nodes import CausalWanSampler, LoadCausalWanModel, WanI2VConditioning
 from comfyui_clipwan.wan import CausalSettings, CausalWanModel, WanConfig, denormalize, normalize, sample_causal
-from comfyui_clipwan.wan.conditioning import concat_condition
 
 I2V = WanConfig(dim=256, ffn_dim=320, num_heads=2, num_layers=2, in_dim=36, has_img_emb=True)
 T2V = WanConfig(dim=256, ffn_dim=320, num_heads=2, num_layers=2, in_dim=16)
@@ -26,6 +25,14 @@ class FakeVAE:
         x = pixels.movedim(-1, 0)[:, ::4]  # [3, T, H, W]
         x = F.avg_pool3d(x.unsqueeze(0), (1, 8, 8))[0]
         return torch.cat([x * (i + 1) for i in range(6)], 0)[:16].unsqueeze(0) - 0.3
+
+
+def wan_y(image_latent_raw, concat_mask):
+    """Wan i2v's ``y`` written out here, independently of the pack: 4 copies of the known-frame mask (Wan: 1 =
+    known; ComfyUI's concat_mask: 0 = known) followed by the normalised image latent."""
+    b, _, frames, h, w = image_latent_raw.shape
+    known = (1.0 - concat_mask.float()).expand(b, 4, frames, h, w)
+    return torch.cat([known, normalize(image_latent_raw.float())], dim=1)
 
 
 class ClipOut:
@@ -83,7 +90,7 @@ def test_sampler_on_loaded_model_equals_core_call_and_reports_progress(i2v_file,
     # one update per denoising step (2 blocks x 2 steps), and the block's preview when it is final
     assert seen == [(1, 4, None), (2, 4, None), (2, 4, (32, 32)), (3, 4, None), (4, 4, None), (4, 4, (32, 32))]
     d = pos[0][1]
-    y = concat_condition(normalize(d["concat_latent_image"]), d["concat_mask"])
+    y = wan_y(d["concat_latent_image"], d["concat_mask"])
     want = sample_causal(model, torch.zeros(1, 16, 4, 8, 8), pos[0][0], seed=4,
                          settings=CausalSettings(steps=[1000, 500], independent_first_frame=True),
                          clip_fea=clip.penultimate_hidden_states, concat=y)
@@ -133,7 +140,7 @@ class FakeBaseModel:
         if "clip_vision_output" in kw:
             out["clip_fea"] = FakeCond(kw["clip_vision_output"].penultimate_hidden_states)
         if "concat_latent_image" in kw:
-            out["c_concat"] = FakeCond(concat_condition(normalize(kw["concat_latent_image"]), kw["concat_mask"]))
+            out["c_concat"] = FakeCond(wan_y(kw["concat_latent_image"], kw["concat_mask"]))
         return out
 
 
