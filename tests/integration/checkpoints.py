@@ -9,6 +9,8 @@
   names, dim 128 (ComfyUI derives 1 head), 2 layers; i2v has ``img_emb`` and in_dim 36.
 - ``vae/wan_2.1_vae_tiny.safetensors``: ComfyUI's own Wan 2.1 VAE class at base width 8 (ComfyUI reads the
   width from ``decoder.head.0.gamma``), random init.
+- ``loras/lora.pt``: a LongLive-format LoRA (``{generator_lora, critic_lora, step}``, PEFT keys, rank 4) for
+  every Linear inside the tiny i2v DiT's blocks.
 - ``input/clipwan_test.png``: a 64×64 RGB gradient.
 
 The CLIP and Wan weights come from the pack's own seeded builders; the VAE from ComfyUI's class (what core's
@@ -30,6 +32,7 @@ CLIP_SMALL = "clip_vision_h_4layers.safetensors"
 WAN_I2V = "wan_tiny_i2v.safetensors"
 WAN_T2V = "wan_tiny_t2v.safetensors"
 VAE = "wan_2.1_vae_tiny.safetensors"
+LORA = "lora.pt"
 IMAGE = "clipwan_test.png"
 TINY_WAN = dict(dim=128, ffn_dim=256, num_heads=1, num_layers=2)
 
@@ -74,6 +77,18 @@ def wan_vae_state_dict(comfy_dir: pathlib.Path, dim: int = 8) -> dict:
     return sd
 
 
+def longlive_lora(sd: dict, rank: int = 4, seed: int = 2) -> dict:
+    """LongLive's trainer format over every 2-D weight inside the blocks of a Wan state dict ``sd``."""
+    g = torch.Generator().manual_seed(seed)
+    lora = {}
+    for key in sorted(sd):
+        if key.startswith("blocks.") and key.endswith(".weight") and sd[key].dim() == 2:
+            module = key[: -len(".weight")]
+            lora[f"base_model.model.{module}.lora_A.weight"] = torch.randn(rank, sd[key].shape[1], generator=g) * 0.05
+            lora[f"base_model.model.{module}.lora_B.weight"] = torch.randn(sd[key].shape[0], rank, generator=g) * 0.05
+    return {"generator_lora": lora, "critic_lora": {}, "step": 1}
+
+
 def test_image(size: int = 64) -> Image.Image:
     y, x = np.mgrid[0:size, 0:size] / (size - 1)
     rgb = np.stack([x, y, 1 - x * y], axis=-1)
@@ -83,12 +98,13 @@ def test_image(size: int = 64) -> Image.Image:
 def populate(base: pathlib.Path) -> None:
     comfy_dir = pathlib.Path(os.environ["COMFYUI_DIR"]).resolve()
     models = base / "models"
-    for sub in ("clip_vision", "diffusion_models", "vae", "text_encoders"):
+    for sub in ("clip_vision", "diffusion_models", "vae", "text_encoders", "loras"):
         (models / sub).mkdir(parents=True, exist_ok=True)
     save_file(clip_vision_state_dict(layers=None), models / "clip_vision" / CLIP_FULL)
     save_file(clip_vision_state_dict(layers=4), models / "clip_vision" / CLIP_SMALL)
     save_file(wan_state_dict(i2v=True), models / "diffusion_models" / WAN_I2V)
     save_file(wan_state_dict(i2v=False), models / "diffusion_models" / WAN_T2V)
+    torch.save(longlive_lora(wan_state_dict(i2v=True)), str(models / "loras" / LORA))
     save_file(wan_vae_state_dict(comfy_dir), models / "vae" / VAE)
     test_image().save(base / "input" / IMAGE)
     test_image().save(base / "input" / "example.png")  # ComfyUI ships input/example.png; the examples name it

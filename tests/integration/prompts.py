@@ -27,8 +27,18 @@ FILE_FOR_NODE = {
     "LoadCausalWanModel": ck.WAN_I2V,
     "VAELoader": ck.VAE,
     "ExportCLIPToAxmodel": ck.CLIP_SMALL,
+    "ApplyCausalWanLoRA": ck.LORA,
 }
 TEST_SIZES = {"width": 64, "height": 64, "length": 21, "batch_size": 1}  # 6 latent frames = 2 blocks of 3
+# with independent_first_frame on, blocks of 3 follow a 1-frame block: 7 latent frames = 1 + 2 blocks of 3
+LENGTH_AFTER_FIRST_FRAME = 25
+
+
+def test_length(prompt: dict) -> int:
+    """The pixel length the test server runs ``prompt`` at: one that fits its samplers' block layout."""
+    first = any(node["inputs"].get("independent_first_frame") is True for node in prompt.values()
+                if node["class_type"] in ("CausalWanSampler", "CausalWanStreamVideo"))
+    return LENGTH_AFTER_FIRST_FRAME if first else TEST_SIZES["length"]
 
 
 def load_examples() -> dict[str, dict]:
@@ -37,7 +47,7 @@ def load_examples() -> dict[str, dict]:
 
 def for_test_server(prompt: dict, sizes: dict | None = None) -> dict:
     prompt = copy.deepcopy(prompt)
-    sizes = {**TEST_SIZES, **(sizes or {})}
+    sizes = {**TEST_SIZES, "length": test_length(prompt), **(sizes or {})}
     for node_id, node in list(prompt.items()):
         kind, inputs = node["class_type"], node["inputs"]
         if kind == "CLIPLoader":

@@ -20,15 +20,10 @@ def test_apply_lora_node_patches_equal_our_merge(comfy_dir, tmp_path):
     from comfyui_clipwan.wan.lora import merge_lora
 
     sd = ck.wan_state_dict(i2v=False, seed=4)
-    g = torch.Generator().manual_seed(2)
-    lora = {}
-    for key in sorted(sd):
-        if key.startswith("blocks.") and key.endswith(".weight") and sd[key].dim() == 2:
-            module = key[: -len(".weight")]
-            lora[f"base_model.model.{module}.lora_A.weight"] = torch.randn(4, sd[key].shape[1], generator=g) * 0.05
-            lora[f"base_model.model.{module}.lora_B.weight"] = torch.randn(sd[key].shape[0], 4, generator=g) * 0.05
+    checkpoint = ck.longlive_lora(sd)
+    lora = checkpoint["generator_lora"]
     path = tmp_path / "lora.pt"
-    torch.save({"generator_lora": lora, "critic_lora": {}, "step": 1}, str(path))
+    torch.save(checkpoint, str(path))
 
     patcher = comfy.sd.load_diffusion_model_state_dict({k: v.clone().float() for k, v in sd.items()})
     (patched,) = ApplyCausalWanLoRA().apply(patcher, str(path), 0.7)

@@ -97,7 +97,7 @@ def test_api_example_runs(server, name):
         pytest.skip(NOT_RUN[name])
     prompt = P.for_test_server(P.load_examples()[name])
     entry = server.run_prompt(prompt, timeout=600)
-    _check_outputs(server, prompt, entry, P.TEST_SIZES["length"])
+    _check_outputs(server, prompt, entry, P.test_length(prompt))
 
 
 def _causal_example(name: str = "clipwan_i2v_causal", sizes: dict | None = None) -> tuple[dict, str]:
