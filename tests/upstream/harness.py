@@ -3,7 +3,7 @@ fixed text table for their text encoder, an identity VAE, their diffusion wrappe
 
 import torch
 
-from comfyui_clipwan.wan import CausalWanModel, WanConfig
+from comfyui_clipwan.wan import CausalSettings, CausalWanModel, WanConfig, sample_causal
 from comfyui_clipwan.wan.sampler import NoiseSource
 
 LAYERS, H, W = 2, 8, 8
@@ -75,3 +75,36 @@ def fit_pipeline(pipe):
     pipe.num_transformer_blocks = LAYERS
     pipe.frame_seq_length = TOKENS
     return pipe
+
+
+def causal_inference_parity(cfg: dict, settings: CausalSettings, generated: int, image: bool, label: str) -> None:
+    """The authors' ``CausalInferencePipeline`` (Self-Forcing's, also shipped by Causal Forcing; imported from the
+    tree on sys.path) configured by ``cfg`` vs ``sample_causal`` with ``settings``: same tiny random weights,
+    their noise replayed through our hook, the image latent (``image``) as frame 0. Asserts ≤ 1e-4 fp32."""
+    from omegaconf import OmegaConf
+    from pipeline.causal_inference import CausalInferencePipeline
+    from wan.modules.causal_model import CausalWanModel as TheirModel
+
+    model = TheirModel(model_type="t2v", dim=1536, ffn_dim=256, num_heads=12, num_layers=2).eval()
+    sd = random_state_dict()
+    model.load_state_dict(sd, strict=True)
+    pipe = fit_pipeline(CausalInferencePipeline(OmegaConf.create(cfg), torch.device("cpu"),
+                                                generator=their_wrapper(model), text_encoder=Texts(),
+                                                vae=IdentityVAE()))
+    noise = torch.randn(1, generated, 16, H, W, generator=torch.Generator().manual_seed(7))
+    start = torch.randn(1, 1, 16, H, W, generator=torch.Generator().manual_seed(8)) if image else None
+    torch.manual_seed(42)
+    with torch.no_grad():
+        _, theirs = pipe.inference(noise, text_prompts=["a prompt"], initial_latent=start, return_latents=True)
+    theirs = theirs.permute(0, 2, 1, 3, 4)
+
+    frames = generated + (1 if image else 0)
+    full_noise = torch.cat([torch.zeros(1, 1, 16, H, W), noise], 1) if image else noise  # frame 0 is the image
+    ours = sample_causal(CausalWanModel.from_state_dict(sd), torch.zeros(1, 16, frames, H, W),
+                         Texts()(["a prompt"])["prompt_embeds"], settings=settings,
+                         first_frames=None if start is None else start.permute(0, 2, 1, 3, 4),
+                         noise=ReplayTorchGlobalNoise(full_noise, 42))
+    diff = (ours - theirs).abs().max().item()
+    print(f"\n{label}: max |ours - theirs| = {diff:.2e} (output scale {theirs.abs().max().item():.2f})")
+    assert theirs.abs().mean() > 0.1
+    assert diff <= 1e-4
