@@ -19,7 +19,7 @@ from ..wan.checkpoint import load_wan_state_dict, resolve_dtype
 from ..wan.inputs import WanLatentAdapter, build_sampler_inputs
 from ..wan.latent import LatentPreviewer
 from ..wan.lora import merge_lora_file
-from ..wan.sampler import CausalLoop, CausalSettings, PromptSwitch, SamplerHooks, loop_rules_for
+from ..wan.sampler import CausalSettings, PromptSwitch, SamplerHooks, iter_causal_blocks, loop_rules_for
 
 log = logging.getLogger("comfyui_clipwan")
 UI_EVENT = "clipwan.causal_frames"
@@ -202,10 +202,10 @@ class CausalWanSampler:
             cache_dtype=cache_dtype, independent_first_frame=independent_first_frame, guidance_scale=guidance_scale,
             image_conditioning=image_conditioning, negative=negative, switch_positive=switch_positive,
             switch_at_block=switch_at_block)
-        loop = CausalLoop(causal, inputs.latent, inputs.text, seed=seed, settings=settings,
-                          negative_text=inputs.negative_text, clip_fea=inputs.clip_fea, concat=inputs.concat,
-                          first_frames=inputs.first_frames, prompt_switches=switches,
-                          check_interrupt=bridge.check_interrupt)
+        loop = iter_causal_blocks(causal, inputs.latent, inputs.text, seed=seed, settings=settings,
+                                  negative_text=inputs.negative_text, clip_fea=inputs.clip_fea,
+                                  concat=inputs.concat, first_frames=inputs.first_frames, prompt_switches=switches,
+                                  check_interrupt=bridge.check_interrupt)
         loop.hooks = _RunReporter(patcher, unique_id, loop.total_steps, inputs.to_raw)
         z = torch.zeros(inputs.latent.shape, dtype=torch.float32, device=causal.device)
         for block in loop:

@@ -39,7 +39,9 @@ class FamilyPreset:
     checkpoint_entry: str = "auto"
     lora_rank: int = 0  # LoRA shipped separately (merged at load); alpha = rank in every released one
     recache: str = "none"  # what a prompt switch re-encodes: "window" (LongLive) or "none"
-    loop: str = "block"  # loop shape: block | rolling (joint window) | ema_sink | kv_recompute
+    # the authors' loop rules that are not sampler widgets: ``CausalSettings`` fields as (name, value) pairs,
+    # e.g. (("positions", "slots"), ("sink_ema", 0.999)); the node and the CLI apply them for the chosen family
+    rules: tuple = ()
     image_route: str = "first_frame"  # first_frame | clip | none
     recommended_length: int = 85  # pixel frames; (L-1)//4+1 latent frames fit the blocks
     guidance_scale: float = 1.0  # distilled: no CFG
@@ -56,6 +58,10 @@ class FamilyPreset:
     @property
     def latent_frames(self) -> int:
         return (self.recommended_length - 1) // 4 + 1
+
+    def loop_rules(self) -> dict:
+        """``CausalSettings`` fields this family's loop sets beyond the widgets (``dataclasses.replace`` them)."""
+        return dict(self.rules)
 
     def sampler_values(self) -> dict:
         """The CausalWanSampler widget values of this preset."""
@@ -100,25 +106,26 @@ PRESETS = (
         ("zhuhz22/Causal-Forcing/causal-forcing++/framewise-2step.pt",),
         "Apache-2.0", "Wan2.1-T2V-1.3B", "configs/causal_forcing_dmd_framewise_2step.yaml + --use_ema",
         steps="1000,500", shift=5.0, warp_steps=True, frames_per_block=1, checkpoint_entry="generator_ema",
-        recommended_length=_len(21),
+        rules=(("first_block_steps", "1000,750,500,250"),), recommended_length=_len(21),
         note="2 warped steps per frame (the authors run their first frame with 4: 1000,750,500,250; with a "
              "start image that frame is the image)"),
     FamilyPreset(
         "Rolling Forcing", "TencentARC/RollingForcing", ("TencentARC/RollingForcing/checkpoints/rolling_forcing_dmd.pt",),
         "see repo LICENSE (academic use)", "Wan2.1-T2V-1.3B", "configs/rolling_forcing_dmd.yaml + --use_ema",
         steps="1000,800,600,400,200", shift=5.0, warp_steps=True, frames_per_block=3,
-        checkpoint_entry="generator_ema", loop="rolling", recommended_length=_len(22),
+        checkpoint_entry="generator_ema", recommended_length=_len(22),
         note="5 warped steps; blocks at different noise levels are denoised jointly"),
     FamilyPreset(
         "Reward Forcing", "JaydenLyh/Reward-Forcing", ("JaydenLu666/Reward-Forcing-T2V-1.3B/rewardforcing.pt",),
         "Apache-2.0", "Wan2.1-T2V-1.3B", "configs/reward_forcing.yaml (sink_size 3, local_attn_size 9)",
         steps="1000,750,500,250", shift=5.0, warp_steps=True, frames_per_block=3, sink_size=3, local_window=9,
-        loop="ema_sink", recommended_length=_len(22), note="sink 3 + window 9, EMA-updated sink"),
+        rules=(("positions", "slots"), ("sink_ema", 0.999)), recommended_length=_len(22),
+        note="sink 3 + window 9, EMA-updated sink, keys at their slot positions"),
     FamilyPreset(
         "Krea Realtime 14B", "krea-ai/realtime-video", ("krea/krea-realtime-video/krea-realtime-video-14b.safetensors",),
         "CC-BY-NC-SA-4.0", "Wan2.1-T2V-14B", "configs/self_forcing_server_14b.yaml (warp_denoising_step: false)",
         steps="1000,937,833,625", shift=5.0, warp_steps=False, frames_per_block=3, local_window=6,
-        loop="kv_recompute", recommended_length=_len(22),
+        recommended_length=_len(22),
         note="4 unwarped steps, blocks of 3, 3 context frames recomputed per block (window 6)"),
     FamilyPreset(
         "LongLive 2.0", "NVlabs/LongLive (main)", ("Efficient-Large-Model/LongLive-2.0-5B/model_bf16.pt",),

@@ -69,6 +69,8 @@ class CausalSettings:
     sink_ema: Optional[float] = None  # Reward Forcing's EMA sink (0.999); None = the sink never changes
     recache: str = "joint"  # prompt switch: "joint" (LongLive), "blockwise" or "none" (see RECACHE_MODES)
     global_sink: bool = True  # joint re-cache: the sink keeps the old prompt's K/V (LongLive's shipped config)
+    # loop shape (LOOP_SHAPES): "block" = one block at a time, denoised then cached (every family but those below)
+    loop: str = "block"
 
 
 @dataclasses.dataclass
@@ -575,10 +577,22 @@ class CausalLoop:
             self._cache_pass(bi, start, x0)
 
 
+LOOP_SHAPES = ("block",)
+
+
+def loop_class(shape: str):
+    """The loop class of a loop shape (``CausalSettings.loop``). Each shape that is not the plain block loop
+    lives in a module of its own and subclasses ``CausalLoop`` (same arguments, hooks, noise and results)."""
+    if shape == "block":
+        return CausalLoop
+    raise ValueError(f"loop shape '{shape}' is not one of {list(LOOP_SHAPES)}.")
+
+
 def iter_causal_blocks(model: CausalWanModel, latent: torch.Tensor, text: torch.Tensor, **kwargs) -> CausalLoop:
     """Validate and set up a block-causal run (errors raise here), return it as an iterable of
-    ``BlockResult`` (see ``CausalLoop`` for the arguments)."""
-    return CausalLoop(model, latent, text, **kwargs)
+    ``BlockResult`` (see ``CausalLoop`` for the arguments); the loop shape comes from ``settings.loop``."""
+    settings = kwargs.get("settings") or CausalSettings()
+    return loop_class(settings.loop)(model, latent, text, **kwargs)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -667,10 +681,10 @@ def sample_causal(model: CausalWanModel, latent: torch.Tensor, text: torch.Tenso
     returned then)."""
     timing = TimingHooks(model.device) if stats is not None else None
     all_hooks = combine_hooks(hooks, timing, None if on_block is None else _LegacyBlockCallback(on_block))
-    loop = CausalLoop(model, latent, text, seed=seed, settings=settings, negative_text=negative_text,
-                      clip_fea=clip_fea, concat=concat, first_frames=first_frames, prompt_switches=prompt_switches,
-                      noise=noise, hooks=all_hooks,
-                      check_interrupt=check_interrupt)
+    loop = iter_causal_blocks(model, latent, text, seed=seed, settings=settings, negative_text=negative_text,
+                              clip_fea=clip_fea, concat=concat, first_frames=first_frames,
+                              prompt_switches=prompt_switches, noise=noise, hooks=all_hooks,
+                              check_interrupt=check_interrupt)
     out = torch.zeros(latent.shape, dtype=torch.float32, device=model.device)
     for r in loop:
         out[:, :, r.start_frame:r.start_frame + r.num_frames] = r.x0
