@@ -12,6 +12,7 @@ latent -> RGB approximation (PCA of the latent channels), not decoded video.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sys
@@ -33,7 +34,8 @@ def register(sub) -> None:
     p.add_argument("--lora-strength", type=float, default=1.0)
     p.add_argument("--preset", choices=_preset_names(), help="a released family's settings (docs/wan.md table): "
                    "sets --steps/--shift/warp/--frames-per-block/--sink/--window/--independent-first-frame/"
-                   "--guidance and the default --entry")
+                   "--guidance and the default --entry, and runs the family's loop rules (EMA sink, first-block "
+                   "steps, loop shape ...)")
     p.add_argument("--clip", help="CLIP vision ViT-H/14 file (clip_vision_h.safetensors or Wan's .pth); "
                                   "default: the embedded random-init ViT-H/14 (4 blocks)")
     p.add_argument("--image", help="start image (PNG/JPEG...); default: a synthetic test image")
@@ -209,6 +211,10 @@ def run_pipeline(args, out_dir: str, log=print) -> dict:
                               frames_per_block=args.frames_per_block,
                               sink_size=args.sink, local_window=args.window,
                               independent_first_frame=args.independent_first_frame, guidance_scale=args.guidance)
+    if getattr(args, "preset", None):  # the family's loop rules beyond the widgets (as the node's `family`)
+        from ..wan.presets import get_preset
+
+        settings = dataclasses.replace(settings, **get_preset(args.preset).loop_rules())
     settings = loop_rules_for(settings, model.config)  # Wan 2.2 TI2V: LongLive 2.0's UniPC + first-frame clamp
     if getattr(args, "video", None):
         return _stream_to_video(args, model, inputs, settings, vae, fmt, out_dir, t0, log)

@@ -82,7 +82,8 @@ class CausalWanStreamVideo:
                fps=16, decoder=DECODERS[0], return_frames=False, unique_id=None, **sampler):
         if format not in FORMATS:
             raise ValueError(f"format '{format}' is not one of {list(FORMATS)}.")
-        causal, inputs, settings, switches, _ = prepare_run(model, positive, latent, seed, **sampler)
+        causal, inputs, settings, switches, _ = prepare_run(model, positive, latent, seed, unique_id=unique_id,
+                                                            **sampler)
         dec = stream_decoder(vae, decoder)
         batch, _, _, h, w = inputs.latent.shape
         files = [bridge.video_save_path(filename_prefix if batch == 1 else f"{filename_prefix}_b{i}",

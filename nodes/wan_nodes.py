@@ -7,6 +7,7 @@ classes also run in plain Python (tests, the CLI).
 from __future__ import annotations
 
 import base64
+import dataclasses
 import io
 import logging
 
@@ -19,7 +20,9 @@ from ..wan.checkpoint import load_wan_state_dict, resolve_dtype
 from ..wan.inputs import WanLatentAdapter, build_sampler_inputs
 from ..wan.latent import LatentPreviewer
 from ..wan.lora import merge_lora_file
-from ..wan.sampler import CausalSettings, PromptSwitch, SamplerHooks, iter_causal_blocks, loop_rules_for
+from ..wan.presets import CUSTOM_FAMILY, family_choices, family_preset
+from ..wan.sampler import (CausalSettings, PromptSwitch, SamplerHooks, fit_block_layout, iter_causal_blocks,
+                           loop_rules_for)
 
 log = logging.getLogger("comfyui_clipwan")
 UI_EVENT = "clipwan.causal_frames"
@@ -131,6 +134,14 @@ class LoadCausalWanModel:
         return (CausalWanModel.from_state_dict(sd, dtype=dtype, device=bridge.torch_device(), source=source),)
 
 
+FAMILY_TOOLTIP = (
+    "The released family whose loop rules this run follows beyond the widgets (Reward Forcing's EMA sink, Causal "
+    "Forcing++'s 4-step first block, the loop shapes of Rolling Forcing / Krea / MemFlow ...; docs/wan.md lists "
+    "them). Choosing one in the browser also fills the widgets with the authors' values (and the conditioning "
+    "node's length). The widgets always run as set: where they differ from the family's values the log says "
+    "which. custom = the widgets alone.")
+
+
 class CausalWanSampler:
     DESCRIPTION = ("Block-causal, KV-cached Wan 2.1 sampling (Self-Forcing / CausVid / LongLive inference): "
                    "frames are generated block by block with an attention sink and a local window, conditioned "
@@ -187,6 +198,8 @@ class CausalWanSampler:
                 "switch_at_block": ("INT", {"default": 0, "min": 0, "max": 100000,
                                             "tooltip": "Block index (1 or more) from which switch_positive "
                                                        "replaces positive; 0 = no switch."}),
+                # last, so workflows saved before it keep their widgets_values (a missing value = "custom")
+                "family": (family_choices(), {"default": CUSTOM_FAMILY, "tooltip": FAMILY_TOOLTIP}),
             },
             "hidden": {"unique_id": "UNIQUE_ID"},
         }
@@ -195,13 +208,13 @@ class CausalWanSampler:
                frames_per_block=3,
                sink_size=0, local_window=0, cache_dtype="auto", independent_first_frame=False,
                guidance_scale=1.0, image_conditioning=True, negative=None, switch_positive=None,
-               switch_at_block=0, unique_id=None):
+               switch_at_block=0, family=CUSTOM_FAMILY, unique_id=None):
         causal, inputs, settings, switches, patcher = prepare_run(
             model, positive, latent, seed, steps=steps, shift=shift, warp_steps=warp_steps,
             frames_per_block=frames_per_block, sink_size=sink_size, local_window=local_window,
             cache_dtype=cache_dtype, independent_first_frame=independent_first_frame, guidance_scale=guidance_scale,
             image_conditioning=image_conditioning, negative=negative, switch_positive=switch_positive,
-            switch_at_block=switch_at_block)
+            switch_at_block=switch_at_block, family=family, unique_id=unique_id)
         loop = iter_causal_blocks(causal, inputs.latent, inputs.text, seed=seed, settings=settings,
                                   negative_text=inputs.negative_text, clip_fea=inputs.clip_fea,
                                   concat=inputs.concat, first_frames=inputs.first_frames, prompt_switches=switches,
@@ -215,18 +228,38 @@ class CausalWanSampler:
 
 def prepare_run(model, positive, latent, seed, steps="1000,750,500,250", shift=5.0, warp_steps=True,
                 frames_per_block=3, sink_size=0, local_window=0, cache_dtype="auto", independent_first_frame=False,
-                guidance_scale=1.0, image_conditioning=True, negative=None, switch_positive=None, switch_at_block=0):
+                guidance_scale=1.0, image_conditioning=True, negative=None, switch_positive=None, switch_at_block=0,
+                family=CUSTOM_FAMILY, unique_id=None):
     """The sampler's widgets and sockets -> ``(CausalWanModel, SamplerInputs, CausalSettings, prompt switches,
-    ModelPatcher or None)``; shared by Causal Wan Sampler and Causal Wan Stream Video (nodes/stream_nodes.py)."""
+    ModelPatcher or None)``; shared by Causal Wan Sampler and Causal Wan Stream Video (nodes/stream_nodes.py).
+
+    ``family`` (a preset name, or "custom") adds that family's loop rules (``FamilyPreset.loop_rules``) to the
+    widgets' settings; the widgets themselves are never overridden — where they differ from the family's
+    values one log line names them. A length that is not a whole number of blocks runs with a shorter last
+    block where the loop allows it (``fit_block_layout``), said in the log and on the node."""
+    preset = family_preset(family)
     settings = CausalSettings(steps=steps, shift=shift, warp=warp_steps, frames_per_block=frames_per_block,
                               sink_size=sink_size, local_window=local_window, cache_dtype=resolve_dtype(cache_dtype),
                               independent_first_frame=independent_first_frame, guidance_scale=guidance_scale)
+    if preset is not None:
+        differences = preset.widget_differences(dict(
+            steps=steps, shift=shift, warp_steps=warp_steps, frames_per_block=frames_per_block, sink_size=sink_size,
+            local_window=local_window, independent_first_frame=independent_first_frame,
+            guidance_scale=guidance_scale))
+        if differences:
+            log.warning("Causal Wan Sampler: family %s with the widgets as set, which differ from the family's "
+                        "values: %s", preset.name, "; ".join(differences))
+        settings = dataclasses.replace(settings, **preset.loop_rules())
     causal, adapter, patcher = causal_model_of(model, seed)
     settings = loop_rules_for(settings, causal.config)
     noise_mask = latent.get("noise_mask")  # Wan22ImageToVideoLatent's start image
     inputs = build_sampler_inputs(causal.config, latent["samples"], positive, negative, switch_positive,
                                   image_conditioning, adapter, noise_mask=noise_mask,
                                   switch_at_block=switch_at_block if switch_positive is not None else None)
+    settings, note = fit_block_layout(settings, inputs.latent.shape[2])
+    if note:
+        log.warning("Causal Wan Sampler: %s", note)
+        bridge.progress_text(note, unique_id)
     switches = []
     if inputs.switch_text is not None:
         switches.append(PromptSwitch(int(switch_at_block), inputs.switch_text))

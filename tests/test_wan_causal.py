@@ -1,6 +1,7 @@
 """Block-causal sampling: KV cache vs the full block-causal mask without cache, bidirectional equivalence,
 window/sink/RoPE offsets, image-conditioning routes, prompt switching, fallback and input errors."""
 
+import dataclasses
 import warnings
 
 import pytest
@@ -40,12 +41,13 @@ def allowed(q_end, key_frame, sink, window):
     return window == 0 or key_frame < sink or key_frame >= q_end - (window - sink)
 
 
-def masked_reference(model, latent, text, seed, s, clip=None, y=None, first=None, initial=None, renoise=None):
+def masked_reference(model, latent, text, seed, s, clip=None, y=None, first=None, initial=None, renoise=None,
+                     layout=None):
     """Recompute every block from scratch over all frames so far with the full block-causal mask (no cache):
     earlier frames clean at t=0, the current block at the step's t (Self-Forcing's training-time view)."""
     cfg = model.config
     b, _, frames, h, w = latent.shape
-    layout = block_layout(frames, s.frames_per_block, s.independent_first_frame)
+    layout = layout or block_layout(frames, s.frames_per_block, s.independent_first_frame)
     schedule = denoising_schedule(s.steps, s.shift, s.warp)
     first_schedule = schedule if s.first_block_steps is None else denoising_schedule(s.first_block_steps, s.shift, s.warp)
     tok = (h // 2) * (w // 2)
@@ -316,6 +318,44 @@ def test_block_generator_yields_the_same_blocks_and_keeps_no_video(t2v):
     loop = CausalLoop(t2v, latent, text, seed=4, settings=s, prompt_switches=[PromptSwitch(3, other)])
     for r in loop:
         assert sorted(loop.recent) == [f for f in range(r.start_frame + 2) if f < 1 or f >= r.start_frame + 2 - 5]
+
+
+def test_shorter_last_block_equals_the_masked_reference(t2v):
+    """A length that is not whole blocks (the node's i2v template default): the last block takes the frames
+    left, [1 | 3 | 3 | 2] here, and the run equals the full block-causal mask over that layout (written out)."""
+    latent, text, _ = _inputs(9)
+    s = CausalSettings(frames_per_block=3, sink_size=1, local_window=5, independent_first_frame=True,
+                       steps="1000,500", shorter_last_block=True)
+    first = torch.randn(1, 16, 1, H, W, generator=torch.Generator().manual_seed(8))
+    ours = sample_causal(t2v, latent, text, seed=2, settings=s, first_frames=first)
+    ref = masked_reference(t2v, latent, text, 2, s, first=first, layout=[(0, 1), (1, 3), (4, 3), (7, 2)])
+    assert ours[:, :, 7:].abs().mean() > 0.1
+    torch.testing.assert_close(ours, ref, atol=1e-5, rtol=0)
+    assert block_layout(9, 3, True, shorter_last_block=True) == [(0, 1), (1, 3), (4, 3), (7, 2)]
+    assert block_layout(5, 4, False, shorter_last_block=True) == [(0, 4), (4, 1)]
+    assert block_layout(6, 3, True, shorter_last_block=True) == [(0, 1), (1, 3), (4, 2)]
+
+
+def test_fit_block_layout_says_what_it_does_and_keeps_the_error_for_whole_block_loops():
+    from comfyui_clipwan.wan.sampler import fit_block_layout
+
+    s = CausalSettings(frames_per_block=3, independent_first_frame=True)
+    assert fit_block_layout(s, 22) == (s, None)
+    fitted, note = fit_block_layout(s, 21)
+    assert fitted.shorter_last_block and not s.shorter_last_block
+    assert note == ("video length 81 = 21 latent frames is not a whole number of blocks of 3 after the independent "
+                    "first frame, so the last block has 2 frame(s) instead of 3 (the authors' loop runs whole blocks "
+                    "only); lengths that fit exactly: 73 (19 latent frames) or 85 (22 latent frames).")
+    _, note = fit_block_layout(CausalSettings(frames_per_block=8), 13)  # Wan22ImageToVideoLatent's 49 frames
+    assert note == ("video length 49 = 13 latent frames is not a whole number of blocks of 8, so the last block "
+                    "has 5 frame(s) instead of 8 (the authors' loop runs whole blocks only); lengths that fit "
+                    "exactly: 29 (8 latent frames) or 61 (16 latent frames).")
+    with pytest.raises(ValueError) as e:  # a loop shape that runs a joint window of whole blocks
+        fit_block_layout(dataclasses.replace(s, loop="joint-window"), 21)
+    assert str(e.value) == (
+        "the latent has 21 frames, which does not fit blocks of 3 frame(s) after an independent first frame: use "
+        "[19, 22, 25] latent frames (video length [73, 85, 97] in WanI2VConditioning), with independent_first_frame "
+        "off, multiples of 3, or change frames_per_block; the 'joint-window' loop runs whole blocks only.")
 
 
 def test_validation_errors_raise_when_the_loop_is_built(t2v):

@@ -12,6 +12,7 @@ from safetensors.torch import save_file
 
 from comfyui_clipwan.nodes import comfy_bridge as bridge
 from comfyui_clipwan.nodes.family_nodes import ApplyCausalWanLoRA, comfy_lora_patches
+from comfyui_clipwan.nodes.stream_nodes import CausalWanStreamVideo
 from comfyui_clipwan.nodes.wan_nodes import CausalWanSampler, LoadCausalWanModel, WanI2VConditioning
 from comfyui_clipwan.wan import CausalWanModel, WanConfig
 from comfyui_clipwan.wan import model as dit
@@ -224,31 +225,144 @@ class PixelVAE:
         return torch.cat([x * (i + 1) for i in range(6)], 0)[:16].unsqueeze(0) - 0.3
 
 
-WAN21_PRESETS = [p.name for p in PRESETS if p.base.startswith("Wan2.1")]  # Wan 2.2: tests/test_wan22.py
-
-
-@pytest.mark.parametrize("name", WAN21_PRESETS)
-def test_each_preset_runs_with_a_start_image(name, sources, longlive, tmp_path):
-    preset = get_preset(name)
+def _checkpoint(preset, sources, longlive, tmp_path):
+    """(model file, LoRA) of a preset in its authors' layout; a row without a LAYOUTS entry (added later) gets
+    the layout its checkpoint entry implies."""
     if preset.lora_file:
-        base, lora = longlive["base"], longlive["lora"]
-    else:
-        fname, build, _ = LAYOUTS[name]
-        base, lora = _write(tmp_path / fname, build(sources["gen"], sources["ema"], sources["critic"])), "none"
-    (model,) = LoadCausalWanModel().load(base, "fp32", preset.checkpoint_entry, lora_name=lora)
-    g = torch.Generator().manual_seed(0)
-    text = [[torch.randn(1, 8, 4096, generator=g), {}]]
+        return longlive["base"], longlive["lora"]
+    if preset.base.startswith("Wan2.2"):
+        from test_wan22 import _tiny_ti2v_file
+
+        return _tiny_ti2v_file(tmp_path), "none"
+    fname, build, _ = LAYOUTS.get(preset.name, (preset.model_file, LAYOUTS["Self-Forcing"][1], None))
+    if fname.endswith(".safetensors"):
+        build = LAYOUTS["Krea Realtime 14B"][1]
+    return _write(tmp_path / fname, build(sources["gen"], sources["ema"], sources["critic"])), "none"
+
+
+def _template_default_length(preset) -> int:
+    """The length the i2v template's conditioning node starts with: Wan I2V Conditioning / core WanImageToVideo
+    (81) for Wan 2.1, core Wan22ImageToVideoLatent (49, recorded from a real ComfyUI) for Wan 2.2."""
+    if preset.base.startswith("Wan2.2"):
+        import workflow_format as wf
+
+        return wf.core_definitions()["Wan22ImageToVideoLatent"]["input"]["required"]["length"][1]["default"]
+    return WanI2VConditioning.INPUT_TYPES()["required"]["length"][1]["default"]
+
+
+def _start_image_latent(preset, length, seed=0):
+    """(LATENT, positive, the start image's raw latent frame) as the template's conditioning node makes them."""
+    g = torch.Generator().manual_seed(seed)
+    text = torch.randn(1, 8, 4096, generator=g)
+    if preset.base.startswith("Wan2.2"):
+        from test_wan22 import FakeWan22VAE
+
+        from comfyui_clipwan.wan.conditioning import ti2v_latents
+
+        samples, mask = ti2v_latents(32, 32, length, 1, torch.rand(1, 32, 32, 3, generator=g), FakeWan22VAE().encode)
+        return {"samples": samples, "noise_mask": mask}, [[text, {}]], samples[:, :, :1]
     image = torch.rand(1, 16, 16, 3, generator=g)
-    # the length the web menu sets on the conditioning node (applyLength): the preset's own
-    length = preset.recommended_length
-    latent_frames = (length - 1) // 4 + 1
-    pos, neg, latent = WanI2VConditioning().encode(text, text, PixelVAE(), 16, 16, length, 1, None, image)
-    (out,) = CausalWanSampler().sample(model, pos, latent, seed=1, **preset.sampler_values())
+    pos, _, latent = WanI2VConditioning().encode([[text, {}]], [[text, {}]], PixelVAE(), 16, 16, length, 1, None,
+                                                 image)
+    return latent, pos, pos[0][1]["concat_latent_image"][:, :, :1]
+
+
+@pytest.mark.parametrize("length", ["template default", "recommended"])
+@pytest.mark.parametrize("name", preset_names())
+def test_each_preset_runs_with_a_start_image(name, length, sources, longlive, tmp_path, caplog):
+    """Every row of the table (rows added later included), as the web menu / family combo sets it, samples a
+    start image through the node on the template's default length (which need not be whole blocks: a shorter
+    last block, said in the log) and on the preset's recommended length (whole blocks, nothing said)."""
+    preset = get_preset(name)
+    base, lora = _checkpoint(preset, sources, longlive, tmp_path)
+    (model,) = LoadCausalWanModel().load(base, "fp32", preset.checkpoint_entry, lora_name=lora)
+    frames = _template_default_length(preset) if length == "template default" else preset.recommended_length
+    latent_frames = (frames - 1) // 4 + 1
+    latent, pos, image_latent = _start_image_latent(preset, frames)
+    with caplog.at_level("WARNING", logger="comfyui_clipwan"):
+        (out,) = CausalWanSampler().sample(model, pos, latent, seed=1, **preset.sampler_values())
     z = out["samples"]
-    assert z.shape == (1, 16, latent_frames, 2, 2) and torch.isfinite(z).all()
-    # the first latent frame is the start image's (route 3: first-frame latent, copied to the output)
-    torch.testing.assert_close(z[:, :, :1], pos[0][1]["concat_latent_image"][:, :, :1], atol=1e-5, rtol=0)
-    assert z[:, :, 1:].abs().mean() > 0.05
+    assert z.shape[2] == latent_frames and torch.isfinite(z).all()
+    # the first latent frame is the start image's (first-frame latent, cached or clamped, copied to the output)
+    torch.testing.assert_close(z[:, :, :1], image_latent, atol=1e-5, rtol=0)
+    assert (z[:, :, 1:] - latent["samples"][:, :, 1:]).abs().mean() > 0.05
+    first = 1 if preset.independent_first_frame else 0
+    left = (latent_frames - first) % preset.frames_per_block
+    notes = [r.getMessage() for r in caplog.records]
+    assert not [m for m in notes if "differ from the family's values" in m]  # the widgets are the family's
+    if left:
+        assert length == "template default"
+        assert [m for m in notes if "the last block has" in m] == [
+            f"Causal Wan Sampler: video length {frames} = {latent_frames} latent frames is not a whole number of "
+            f"blocks of {preset.frames_per_block}{' after the independent first frame' if first else ''}, so the "
+            f"last block has {left} frame(s) instead of {preset.frames_per_block} (the authors' loop runs whole "
+            f"blocks only); lengths that fit exactly: " + " or ".join(
+                f"{4 * (f - 1) + 1} ({f} latent frames)" for f in
+                (latent_frames - left, latent_frames - left + preset.frames_per_block) if f > first) + "."]
+    else:
+        assert not [m for m in notes if "the last block has" in m]
+
+
+def test_i2v_template_default_length_is_not_whole_blocks_of_3():
+    """Why the shorter last block exists: 81 frames = 21 latent frames; after the image's own frame 20 are left,
+    not a multiple of 3 (Self-Forcing, LongLive, Causal Forcing chunk-wise, Reward Forcing, Krea ...)."""
+    assert _template_default_length(get_preset("Self-Forcing")) == 81
+    assert (21 - 1) % 3 == 2 and (22 - 1) % 3 == 0 and get_preset("Self-Forcing").recommended_length == 85
+
+
+@pytest.mark.parametrize("name", [p.name for p in PRESETS if p.rules])
+def test_family_loop_rules_reach_the_node(name, sources, longlive, tmp_path):
+    """``family`` adds the row's loop rules to the widgets: the node's run equals the Python API run with the
+    widgets' settings plus those rules spelled out, and differs from the same widgets without them."""
+    from comfyui_clipwan.wan import CausalSettings, denormalize, normalize, sample_causal
+
+    preset = get_preset(name)
+    base, lora = _checkpoint(preset, sources, longlive, tmp_path)
+    (model,) = LoadCausalWanModel().load(base, "fp32", preset.checkpoint_entry, lora_name=lora)
+    latent, pos, image_latent = _start_image_latent(preset, preset.recommended_length, seed=2)
+    values = preset.sampler_values()
+    (with_rules,) = CausalWanSampler().sample(model, pos, latent, seed=3, **values)
+    (custom,) = CausalWanSampler().sample(model, pos, latent, seed=3, **{**values, "family": "custom"})
+    settings = CausalSettings(steps=preset.steps, shift=preset.shift, warp=preset.warp_steps,
+                              frames_per_block=preset.frames_per_block, sink_size=preset.sink_size,
+                              local_window=preset.local_window, independent_first_frame=preset.independent_first_frame,
+                              guidance_scale=preset.guidance_scale, **dict(preset.rules))
+    want = sample_causal(model, torch.zeros_like(latent["samples"]), pos[0][0], seed=3, settings=settings,
+                         first_frames=normalize(image_latent))
+    torch.testing.assert_close(with_rules["samples"], denormalize(want), atol=1e-5, rtol=0)
+    assert (with_rules["samples"] - custom["samples"]).abs().max() > 1e-3
+
+
+def test_family_with_other_widget_values_runs_the_widgets_and_says_so(sources, tmp_path, caplog):
+    """Widgets are never overridden by the family: a run with family Reward Forcing and shift 3 / sink 2 runs
+    shift 3 / sink 2 with Reward Forcing's loop rules, and one log line names the differences."""
+    from comfyui_clipwan.wan import CausalSettings, denormalize, normalize, sample_causal
+
+    preset = get_preset("Reward Forcing")
+    base, lora = _checkpoint(preset, sources, None, tmp_path)
+    (model,) = LoadCausalWanModel().load(base, "fp32", preset.checkpoint_entry)
+    latent, pos, image_latent = _start_image_latent(preset, 37, seed=4)
+    values = {**preset.sampler_values(), "shift": 3.0, "sink_size": 2, "steps": "1000, 750, 500, 250"}
+    with caplog.at_level("WARNING", logger="comfyui_clipwan"):
+        (out,) = CausalWanSampler().sample(model, pos, latent, seed=5, **values)
+    assert [r.getMessage() for r in caplog.records] == [
+        "Causal Wan Sampler: family Reward Forcing with the widgets as set, which differ from the family's values: "
+        "shift 3.0 (family: 5.0); sink_size 2 (family: 3)"]
+    settings = CausalSettings(steps=preset.steps, shift=3.0, frames_per_block=3, sink_size=2, local_window=9,
+                              independent_first_frame=True, positions="slots", sink_ema=0.999)
+    want = sample_causal(model, torch.zeros_like(latent["samples"]), pos[0][0], seed=5, settings=settings,
+                         first_frames=normalize(image_latent))
+    torch.testing.assert_close(out["samples"], denormalize(want), atol=1e-5, rtol=0)
+
+
+def test_family_combo_is_the_last_input_and_lists_every_preset():
+    """Appended after every earlier input, so workflows saved before it keep their widgets_values (the value
+    it lacks is the default, "custom": the widgets alone, as before)."""
+    for node in (CausalWanSampler, CausalWanStreamVideo):
+        spec = node.INPUT_TYPES()
+        assert list(spec["optional"])[-1] == "family"
+        choices, opts = spec["optional"]["family"]
+        assert choices == ["custom"] + preset_names() and opts["default"] == "custom"
 
 
 def test_presets_name_the_real_files_and_routes():
@@ -295,6 +409,36 @@ def test_cli_longlive_as_shipped_with_preset(longlive, tmp_path, capsys):
     assert main(["sample", "--lora", longlive["lora"], "--out", str(out)]) == 2
     assert capsys.readouterr().err.strip() == (
         "error: --lora is merged into --model: give the base weights with --model (for LongLive: longlive_base.pt).")
+
+
+@pytest.mark.parametrize("name", [p.name for p in PRESETS if p.rules and p.base.startswith("Wan2.1")])
+def test_cli_preset_runs_the_family_loop_rules(name, sources, longlive, tmp_path):
+    """``sample --preset`` runs the row's loop rules too: its latent equals the Python API run with the preset's
+    values and rules spelled out (same model, image latent as frame 0, zero text)."""
+    from safetensors.torch import load_file
+
+    from comfyui_clipwan.cli import main
+    from comfyui_clipwan.wan import CausalSettings, normalize, sample_causal
+
+    preset = get_preset(name)
+    base, lora = _checkpoint(preset, sources, longlive, tmp_path)
+    image_latent = torch.randn(1, 16, 1, 2, 2, generator=torch.Generator().manual_seed(6))
+    save_file({"latent": image_latent}, str(tmp_path / "start.safetensors"))
+    args = ["sample", "--model", base, "--preset", name, "--image-latent", str(tmp_path / "start.safetensors"),
+            "--length", str(preset.recommended_length), "--width", "16", "--height", "16", "--seed", "4",
+            "--out", str(tmp_path / "out")]
+    assert main(args + (["--lora", lora] if lora != "none" else [])) == 0
+    got = load_file(str(tmp_path / "out" / "wan_latent.safetensors"))["latent_tensor"]
+    (model,) = LoadCausalWanModel().load(base, "fp32", preset.checkpoint_entry, lora_name=lora)
+    settings = CausalSettings(steps=preset.steps, shift=preset.shift, warp=preset.warp_steps,
+                              frames_per_block=preset.frames_per_block, sink_size=preset.sink_size,
+                              local_window=preset.local_window, independent_first_frame=preset.independent_first_frame,
+                              **dict(preset.rules))
+    want = sample_causal(model, torch.zeros(1, 16, preset.latent_frames, 2, 2), torch.zeros(1, 512, 4096), seed=4,
+                         settings=settings, first_frames=normalize(image_latent))
+    from comfyui_clipwan.wan import denormalize
+
+    torch.testing.assert_close(got, denormalize(want), atol=1e-5, rtol=0)
 
 
 def test_longlive_lora_at_real_1_3b_size_on_meta():

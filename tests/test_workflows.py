@@ -314,21 +314,31 @@ def test_web_menu_labels_and_applies_python_presets():
     payload = json.dumps(web_payload(["LongLive 1.0", "CausVid"]))
     out = _run_js(f"""
       const presets = {payload};
-      const widgets = [{{name: "steps", value: "4"}}, {{name: "shift", value: 1}}, {{name: "warp_steps", value: true}}];
+      const fired = [];
+      const widgets = [{{name: "steps", value: "4", callback: (v) => fired.push(["steps", v])}},
+                       {{name: "shift", value: 1}}, {{name: "warp_steps", value: true}},
+                       {{name: "family", value: "custom", callback: (v) => fired.push(["family", v])}}];
       const missing = L.applyPreset(widgets, presets["CausVid"]);
+      for (const w of widgets) delete w.callback;
       const cond = [{{name: "width", value: 832}}, {{name: "length", value: 81}}];
       const lengths = [L.applyLength(cond, presets["CausVid"]), L.applyLength([{{name: "x", value: 1}}], presets["CausVid"])];
+      const chosen = [L.familyChosen(presets, "CausVid") === presets["CausVid"], L.familyChosen(presets, "custom"),
+                      L.familyChosen(presets, "toString"), L.familyChosen(null, "CausVid")];
       return {{cond, lengths, labels: Object.entries(presets).map(([n, p]) => L.presetLabel(n, p)), widgets, missing,
-               path: L.PRESETS_PATH}};""")
+               fired, chosen, path: L.PRESETS_PATH, family: L.FAMILY_WIDGET}};""")
     assert out["labels"] == [
         "LongLive 1.0 — sink 3 + window 12 (flat memory), LoRA merged at load (length 481, longlive_base.pt, "
         "+ LoRA lora.pt, entry generator)",
         "CausVid — 3 unwarped steps at shift 8, blocks of 3 (length 85, model.pt, entry generator)"]
     assert out["widgets"] == [{"name": "steps", "value": "1000,757,522"}, {"name": "shift", "value": 8.0},
-                              {"name": "warp_steps", "value": False}]
+                              {"name": "warp_steps", "value": False}, {"name": "family", "value": "CausVid"}]
     assert sorted(out["missing"]) == ["frames_per_block", "guidance_scale", "independent_first_frame",
                                       "local_window", "sink_size"]
-    assert out["path"] == "/clipwan/presets"
+    # the family combo is set with the other widgets, but its own callback (which applies a preset) is not fired
+    assert out["fired"] == [["steps", "1000,757,522"]]
+    # picking a family in the combo applies its entry; "custom" (or an unknown name) leaves the widgets alone
+    assert out["chosen"] == [True, None, None, None]
+    assert (out["path"], out["family"]) == ("/clipwan/presets", "family")
     # the template's 81 frames (21 latent) do not fit 1 + 3k: the conditioning node's length becomes 85
     assert out["cond"] == [{"name": "width", "value": 832}, {"name": "length", "value": 85}]
     assert out["lengths"] == [{"before": 81, "after": 85}, None]

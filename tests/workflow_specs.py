@@ -32,16 +32,18 @@ MODELS.update({  # LongLive 1.0 as its authors publish it
     LONGLIVE.lora_file: (f"{LONGLIVE_HF}/{LONGLIVE.lora_file}", "loras"),
 })
 SIZES_NOTE = ("**Sizes.** Set for a CPU: 320×192, 21 frames (2 blocks). On a GPU use Wan's 480p: "
-              "832×480, 81 frames (set `independent_first_frame` for 21 latent frames in blocks of 3), or "
-              "1280×720 with the 720p checkpoints.")
+              "832×480, 81 frames (21 latent frames = 7 blocks of 3), or 1280×720 with the 720p checkpoints. "
+              "A length that is not whole blocks runs with a shorter last block; the sampler says so and names "
+              "the lengths that fit.")
 CAUSAL_NOTE = ("## {title}\n\n{what}\n\n**Checkpoints.** Any Wan 2.1 DiT. The file named here is Wan 2.1 "
                "I2V 14B (Comfy-Org repackaged; the Missing Models panel downloads it): it uses the CLIP features "
                "and the start image's latent, but it is not distilled for few steps, so expect rough motion with "
                "4 steps. For real few-step causal video pick a Self-Forcing (`self_forcing_dmd.pt`), CausVid or "
                "LongLive checkpoint (Wan 2.1 T2V 1.3B) in models/diffusion_models: the start image then enters "
                "as the first latent frame, and the sampler's log says that the CLIP features are not used "
-               "(those models have no image embedding). Right-click the sampler → ClipWan presets for their "
-               "settings.\n\n" + SIZES_NOTE)
+               "(those models have no image embedding). Pick the family in the sampler's `family` combo (or "
+               "right-click the sampler → ClipWan presets): it fills the authors' settings, sets the length and "
+               "runs their loop rules.\n\n" + SIZES_NOTE)
 
 # Wan 2.2 TI2V-5B / LongLive 2.0 (causal i2v on Wan 2.2): its VAE from Comfy-Org's Wan 2.2 repackage, the
 # distilled DiT from LongLive 2.0's release (loaded as is: {"generator": {"model.<Wan key>": ...}})
@@ -251,8 +253,8 @@ WORKFLOWS = {
                                                    "height": 192, "length": 61, "batch_size": 1}),
             ("model", "LoadCausalWanModel", {"model_name": LONGLIVE2, "checkpoint_entry": "generator"}),
             ("sampler", "CausalWanSampler", {"model": Link("model"), "positive": Link("positive"),
-                                             "latent": Link("latent"), "steps": "4", "shift": 5.0,
-                                             "frames_per_block": 8, "sink_size": 8, "local_window": 32}),
+                                             "latent": Link("latent"),
+                                             **get_preset("LongLive 2.0").sampler_values()}),
             ("decode", "VAEDecode", {"samples": Link("sampler"), "vae": Link("vae")}),
             ("save", "SaveAnimatedWEBP", {"images": Link("decode"), "filename_prefix": "clipwan/longlive2_i2v",
                                           "fps": 24.0, "lossless": False, "quality": 85}),

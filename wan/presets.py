@@ -64,8 +64,36 @@ class FamilyPreset:
         return dict(self.rules)
 
     def sampler_values(self) -> dict:
-        """The CausalWanSampler widget values of this preset."""
-        return {k: getattr(self, k) for k in SAMPLER_WIDGETS}
+        """The CausalWanSampler widget values of this preset, its ``family`` (whose loop rules apply) included."""
+        return {**{k: getattr(self, k) for k in SAMPLER_WIDGETS}, "family": self.name}
+
+    def widget_differences(self, values: dict) -> list:
+        """``["shift 3 (family: 8)", ...]``: the widgets in ``values`` that differ from this family's values
+        (steps compared as timestep lists, numbers with a tolerance)."""
+        out = []
+        for name in SAMPLER_WIDGETS:
+            if name not in values:
+                continue
+            mine, theirs = getattr(self, name), values[name]
+            if not _same_value(name, theirs, mine, values.get("warp_steps", self.warp_steps), self.warp_steps):
+                out.append(f"{name} {theirs} (family: {mine})")
+        return out
+
+
+def _same_value(name, given, wanted, given_warp, wanted_warp) -> bool:
+    if name == "steps":
+        from .scheduler import parse_steps
+
+        try:
+            return parse_steps(given, bool(given_warp)) == parse_steps(wanted, bool(wanted_warp))
+        except ValueError:
+            return str(given).strip() == str(wanted).strip()
+    if isinstance(wanted, bool) or isinstance(given, bool):
+        return bool(given) == bool(wanted)
+    try:
+        return abs(float(given) - float(wanted)) <= 1e-6 * max(1.0, abs(float(wanted)))
+    except (TypeError, ValueError):
+        return given == wanted
 
 
 def _len(latent_frames: int) -> int:
@@ -147,6 +175,19 @@ def get_preset(name: str) -> FamilyPreset:
 
 def preset_names() -> list[str]:
     return list(_BY_NAME)
+
+
+CUSTOM_FAMILY = "custom"  # the sampler's `family` when no family's loop rules apply (the widgets alone)
+
+
+def family_choices() -> list[str]:
+    """The sampler's ``family`` combo: "custom", then every preset (new rows appear by themselves)."""
+    return [CUSTOM_FAMILY] + preset_names()
+
+
+def family_preset(family) -> Optional[FamilyPreset]:
+    """The preset of a ``family`` value; None for "custom" (or nothing)."""
+    return None if family in (None, "", CUSTOM_FAMILY) else get_preset(family)
 
 
 def web_payload(names: Optional[list] = None) -> dict:

@@ -71,6 +71,10 @@ class CausalSettings:
     global_sink: bool = True  # joint re-cache: the sink keeps the old prompt's K/V (LongLive's shipped config)
     # loop shape (LOOP_SHAPES): "block" = one block at a time, denoised then cached (every family but those below)
     loop: str = "block"
+    # a length that is not a whole number of blocks: False = refuse it (block_layout's error); True = the last
+    # block is shorter (no author's loop does this: they all assert whole blocks; the node turns it on visibly,
+    # see ``fit_block_layout``, for loop shapes in SHORTER_LAST_BLOCK_SHAPES only)
+    shorter_last_block: bool = False
 
 
 @dataclasses.dataclass
@@ -231,26 +235,67 @@ class CoreARNoise(SeededNoise):
 # --------------------------------------------------------------------------------------------------
 # Validation
 # --------------------------------------------------------------------------------------------------
-def block_layout(num_frames: int, frames_per_block: int, independent_first_frame: bool = False) -> list:
-    """``[(start_frame, num_frames), ...]`` of the blocks; a clear error if the length does not fit."""
+def block_layout(num_frames: int, frames_per_block: int, independent_first_frame: bool = False,
+                 shorter_last_block: bool = False) -> list:
+    """``[(start_frame, num_frames), ...]`` of the blocks; a clear error if the length does not fit, unless
+    ``shorter_last_block`` lets the last block take the frames that are left."""
     n = int(frames_per_block)
     if n < 1:
         raise ValueError(f"frames_per_block must be >= 1 (got {n}).")
     first = 1 if independent_first_frame else 0
     rest = num_frames - first
-    if num_frames < 1 or rest % n or rest < 0:
-        fit = [first + n * k for k in range(1, 64) if first + n * k > 0]
-        near = sorted(fit, key=lambda f: abs(f - num_frames))[:3]
-        pixel = [4 * (f - 1) + 1 for f in sorted(near)]
+    if num_frames < 1 or rest < 0 or (rest % n and not shorter_last_block):
+        near = exact_fits(num_frames, n, independent_first_frame)
+        pixel = [4 * (f - 1) + 1 for f in near]
         alt = ("with independent_first_frame off, multiples of %d" % n) if first else \
               ("or enable independent_first_frame for 1 + %d·k frames" % n)
         raise ValueError(
             f"the latent has {num_frames} frames, which does not fit blocks of {n} frame(s)"
-            f"{' after an independent first frame' if first else ''}: use {sorted(near)} latent frames "
+            f"{' after an independent first frame' if first else ''}: use {near} latent frames "
             f"(video length {pixel} in WanI2VConditioning), {alt}, or change frames_per_block.")
     layout = [(0, 1)] if first else []
-    layout += [(s, n) for s in range(first, num_frames, n)]
+    layout += [(s, min(n, num_frames - s)) for s in range(first, num_frames, n)]
     return layout
+
+
+def exact_fits(num_frames: int, frames_per_block: int, independent_first_frame: bool = False) -> list:
+    """The (up to) three latent lengths nearest ``num_frames`` that are whole blocks, ascending."""
+    first = 1 if independent_first_frame else 0
+    fit = [first + frames_per_block * k for k in range(1, 64 + num_frames // frames_per_block)]
+    return sorted(sorted(fit, key=lambda f: abs(f - num_frames))[:3])
+
+
+# loop shapes whose last block may be shorter (their rule is per block; a joint window of blocks is not)
+SHORTER_LAST_BLOCK_SHAPES = ("block",)
+
+
+def fit_block_layout(settings: "CausalSettings", num_frames: int):
+    """The node's rule for a length that is not a whole number of blocks: ``(settings, note)``.
+
+    Where the loop shape allows it, the last block gets the frames that are left (``shorter_last_block``) and
+    ``note`` says so in one line, naming the lengths that fit exactly (for the log and the node's progress
+    text); ``note`` is None when the length fits. Other loop shapes keep ``block_layout``'s error, with the
+    reason appended. No author runs a partial block (Self-Forcing, CausVid, LongLive, Causal Forcing, Rolling
+    Forcing and MemFlow assert whole blocks; CausVid drops the frames left over), so an exact length is the
+    authors' run and a shorter last block is the pack's extension for lengths they would refuse."""
+    n, iff = int(settings.frames_per_block), bool(settings.independent_first_frame)
+    try:
+        block_layout(num_frames, n, iff)
+        return settings, None
+    except ValueError as exc:
+        if settings.loop not in SHORTER_LAST_BLOCK_SHAPES or num_frames < 1 or n < 1:
+            raise ValueError(f"{str(exc).rstrip('.')}; the '{settings.loop}' loop runs whole blocks only."
+                             if n >= 1 and num_frames >= 1 else str(exc)) from None
+    layout = block_layout(num_frames, n, iff, shorter_last_block=True)
+    near = [f for f in exact_fits(num_frames, n, iff) if f != num_frames]
+    lower = max([f for f in near if f < num_frames], default=None)
+    upper = min(f for f in near if f > num_frames)
+    fits = " or ".join(f"{4 * (f - 1) + 1} ({f} latent frames)" for f in (lower, upper) if f)
+    note = (f"video length {4 * (num_frames - 1) + 1} = {num_frames} latent frames is not a whole number of "
+            f"blocks of {n}"
+            f"{' after the independent first frame' if iff else ''}, so the last block has {layout[-1][1]} "
+            f"frame(s) instead of {n} (the authors' loop runs whole blocks only); lengths that fit exactly: {fits}.")
+    return dataclasses.replace(settings, shorter_last_block=True), note
 
 
 def check_window(settings: CausalSettings, layout: Sequence) -> None:
@@ -395,7 +440,10 @@ class CausalLoop:
         cfg = model.config
         check_latent(latent, channels=cfg.out_dim)
         b, _, frames, height, width = latent.shape
-        self.layout = block_layout(frames, s.frames_per_block, s.independent_first_frame)
+        if s.shorter_last_block and s.loop not in SHORTER_LAST_BLOCK_SHAPES:
+            raise ValueError(f"shorter_last_block: the '{s.loop}' loop runs whole blocks only; use a length from "
+                             f"block_layout's message.")
+        self.layout = block_layout(frames, s.frames_per_block, s.independent_first_frame, s.shorter_last_block)
         check_window(s, self.layout)
         if s.solver not in SOLVERS or s.first_frame not in FIRST_FRAME_POLICIES:
             raise ValueError(f"solver '{s.solver}' / first_frame '{s.first_frame}': use a solver of {SOLVERS} "

@@ -2,7 +2,8 @@
 //
 // - CausalWanSampler: shows the frames generated so far while sampling (the `clipwan.causal_frames`
 //   websocket event, one per finished block) and offers presets for the known causal models in the
-//   node's context menu (right click → "ClipWan presets").
+//   node's context menu (right click → "ClipWan presets"); picking a family in its `family` combo fills
+//   the widgets the same way.
 // - ExportCLIPToAxmodel / CLIPZeroShotAxera: show their report (export summary, label scores) on the node.
 //
 // Everything added here is display only (never serialized), so workflows saved with or without this
@@ -10,7 +11,9 @@
 
 import { app } from "../../scripts/app.js";
 import { api } from "../../scripts/api.js";
-import { PRESETS_PATH, applyLength, applyPreset, decodeFramePayload, presetLabel, reportText } from "./clipwan_logic.js";
+import {
+  FAMILY_WIDGET, PRESETS_PATH, applyLength, applyPreset, decodeFramePayload, familyChosen, presetLabel, reportText,
+} from "./clipwan_logic.js";
 
 const EXTENSION = "clipwan.ui";
 const SAMPLER = "CausalWanSampler";
@@ -126,6 +129,38 @@ function showFrames(node, payload) {
 }
 
 // ------------------------------------------------------------------------------------------------
+// Causal sampler: presets (context menu) and the family combo fill the widgets from the Python table
+// ------------------------------------------------------------------------------------------------
+function applyFamily(node, name, preset) {
+  const missing = applyPreset(node.widgets ?? [], preset);
+  if (missing.length) console.warn(`[clipwan] preset ${name}: node has no widget ${missing.join(", ")}`);
+  // the latent's length must fit the preset's blocks: set it where the latent is made
+  const slot = node.findInputSlot?.("latent") ?? -1;
+  const source = slot >= 0 ? node.getInputNode?.(slot) : null;
+  const changed = source ? applyLength(source.widgets ?? [], preset) : null;
+  if (changed && changed.before !== changed.after) {
+    console.info(`[clipwan] preset ${name}: length ${changed.before} -> ${changed.after} on node ${source.id}`);
+    source.setDirtyCanvas?.(true, true);
+  }
+  node.setDirtyCanvas?.(true, true);
+}
+
+// Picking a family in the combo fills the other widgets with that family's values (only when the user picks
+// it: loading a saved workflow sets widget values without callbacks, so what was saved stays as saved).
+function watchFamilyCombo(node) {
+  const widget = node.widgets?.find((w) => w.name === FAMILY_WIDGET);
+  if (!widget || widget.__clipwanFamily) return;
+  widget.__clipwanFamily = true;
+  const callback = widget.callback;
+  widget.callback = function (value) {
+    const result = callback?.apply(this, arguments);
+    const preset = familyChosen(causalPresets, value);
+    if (preset) applyFamily(node, value, preset);
+    return result;
+  };
+}
+
+// ------------------------------------------------------------------------------------------------
 // Export report
 // ------------------------------------------------------------------------------------------------
 function showReport(node, text) {
@@ -154,6 +189,12 @@ app.registerExtension({
 
   async beforeRegisterNodeDef(nodeType, nodeData) {
     if (PLAYERS.includes(nodeData.name)) { // both take the sampler's widgets: same presets
+      const onNodeCreated = nodeType.prototype.onNodeCreated;
+      nodeType.prototype.onNodeCreated = function () {
+        const result = onNodeCreated?.apply(this, arguments);
+        watchFamilyCombo(this);
+        return result;
+      };
       const getExtraMenuOptions = nodeType.prototype.getExtraMenuOptions;
       nodeType.prototype.getExtraMenuOptions = function (canvas, options) {
         // Keep whatever an earlier handler returns, and add ours to the list we are given. Returning that
@@ -166,19 +207,7 @@ app.registerExtension({
           submenu: {
             options: Object.entries(causalPresets).map(([name, preset]) => ({
               content: presetLabel(name, preset),
-              callback: () => {
-                const missing = applyPreset(node.widgets ?? [], preset);
-                if (missing.length) console.warn(`[clipwan] preset ${name}: node has no widget ${missing.join(", ")}`);
-                // the latent's length must fit the preset's blocks: set it where the latent is made
-                const slot = node.findInputSlot?.("latent") ?? -1;
-                const source = slot >= 0 ? node.getInputNode?.(slot) : null;
-                const changed = source ? applyLength(source.widgets ?? [], preset) : null;
-                if (changed && changed.before !== changed.after) {
-                  console.info(`[clipwan] preset ${name}: length ${changed.before} -> ${changed.after} on node ${source.id}`);
-                  source.setDirtyCanvas?.(true, true);
-                }
-                node.setDirtyCanvas?.(true, true);
-              },
+              callback: () => applyFamily(node, name, preset), // sets the family combo too
             })),
           },
         });

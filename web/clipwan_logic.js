@@ -2,10 +2,12 @@
 //
 // The causal-model presets come from the Python table (wan/presets.py) through GET /clipwan/presets:
 // {name: {note, values, model_file, lora_file, checkpoint_entry, recommended_length, image_route, license}}.
-// `values` are CausalWanSampler widget values; tests/test_workflows.py checks them against the node.
+// `values` are CausalWanSampler widget values, `family` (the combo whose loop rules the run follows) included;
+// tests/test_workflows.py checks them against the node.
 // `recommended_length` goes to the `length` of the node feeding the sampler's latent (applyLength).
 
 export const PRESETS_PATH = "/clipwan/presets";
+export const FAMILY_WIDGET = "family";
 
 /** Context-menu label of a preset: what it sets and what else the user must choose to match it. */
 export function presetLabel(name, preset) {
@@ -29,7 +31,10 @@ export function applyLength(widgets, preset) {
   return { before, after: widget.value };
 }
 
-/** Set the preset's values on matching widgets; returns the names the node lacks. */
+/**
+ * Set the preset's values on matching widgets; returns the names the node lacks. The `family` combo is set
+ * without firing its callback (choosing a family is what calls applyPreset: see familyChosen).
+ */
 export function applyPreset(widgets, preset) {
   const missing = [];
   for (const [name, value] of Object.entries(preset.values)) {
@@ -39,9 +44,17 @@ export function applyPreset(widgets, preset) {
       continue;
     }
     widget.value = value;
-    widget.callback?.(value);
+    if (name !== FAMILY_WIDGET) widget.callback?.(value);
   }
   return missing;
+}
+
+/**
+ * The preset to apply when the user picks `value` in the family combo: that family's entry, or null for
+ * "custom" (the widgets stay as they are) and for names the menu does not know.
+ */
+export function familyChosen(presets, value) {
+  return Object.prototype.hasOwnProperty.call(presets ?? {}, value) ? presets[value] : null;
 }
 
 const MAGIC = [
