@@ -75,6 +75,12 @@ class CausalSettings:
     # block is shorter (no author's loop does this: they all assert whole blocks; the node turns it on visibly,
     # see ``fit_block_layout``, for loop shapes in SHORTER_LAST_BLOCK_SHAPES only)
     shorter_last_block: bool = False
+    # loop "memory" (MemFlow, wan/memflow.py): frames in the memory bank, blocks between two recorded ones, and
+    # which of the authors' entry points it follows ("auto": inference.py, or interactive_inference.py with
+    # prompt switches; "single" / "interactive" force one)
+    memory_bank: int = 3
+    memory_interval: int = 3
+    memory_pipeline: str = "auto"
 
 
 @dataclasses.dataclass
@@ -547,9 +553,13 @@ class CausalLoop:
         t = t_value.to(self.device) if torch.is_tensor(t_value) else \
             torch.full((self.batch,), float(t_value), dtype=torch.float64, device=self.device)
         out = dit.transformer(self.model.tree, self.cfg, x_in, t, branch.ctx, start_frame=start,
-                              kv_hook=branch.cache.hook(start), dtype=self.dtype, run_head=head)
+                              kv_hook=self._kv_hook(kind, block, branch, start), dtype=self.dtype, run_head=head)
         self.hooks.on_forward_end(kind, block)
         return out
+
+    def _kv_hook(self, kind: str, block: int, branch: _Branch, start: int):
+        """The self-attention K/V a forward sees: the branch's cache (a loop shape may add to it)."""
+        return branch.cache.hook(start)
 
     # --- the parts of one block ---------------------------------------------------------------------
     @torch.no_grad()
@@ -625,7 +635,7 @@ class CausalLoop:
             self._cache_pass(bi, start, x0)
 
 
-LOOP_SHAPES = ("block",)
+LOOP_SHAPES = ("block", "memory")
 
 
 def loop_class(shape: str):
@@ -633,6 +643,10 @@ def loop_class(shape: str):
     lives in a module of its own and subclasses ``CausalLoop`` (same arguments, hooks, noise and results)."""
     if shape == "block":
         return CausalLoop
+    if shape == "memory":  # MemFlow's memory bank
+        from .memflow import MemoryLoop
+
+        return MemoryLoop
     raise ValueError(f"loop shape '{shape}' is not one of {list(LOOP_SHAPES)}.")
 
 
