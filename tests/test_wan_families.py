@@ -54,6 +54,8 @@ LAYOUTS = {
         "generator": _prefixed(g, "model."), "generator_ema": _fsdp(e), "critic": _prefixed(c, "model.")}, "ema"),
     "Reward Forcing": ("rewardforcing.pt", lambda g, e, c: _prefixed(g, "model."), "gen"),
     "Krea Realtime 14B": ("krea-realtime-video-14b.safetensors", lambda g, e, c: _prefixed(g, "model."), "gen"),
+    # MemFlow's inference.py: state_dict["generator"] (use_ema: false) into its WanDiffusionWrapper (model.<key>)
+    "MemFlow": ("base.pt", lambda g, e, c: {"generator": _prefixed(g, "model.")}, "gen"),
 }
 
 

@@ -7,6 +7,10 @@ as a full text-query x frame-key product averaged, not as the module's product o
 import pytest
 import torch
 
+from comfyui_clipwan.wan.checkpoint import load_wan_state_dict
+from comfyui_clipwan.wan.lora import merge_lora_file
+from comfyui_clipwan.wan.presets import get_preset
+
 from comfyui_clipwan.wan import CausalSettings, CausalWanModel, WanConfig, sample_causal
 from comfyui_clipwan.wan import model as dit
 from comfyui_clipwan.wan.memflow import MemoryLoop, bank_scores
@@ -163,7 +167,7 @@ def test_prompt_switch_scores_with_zero_text_and_keeps_earlier_blocks(t2v):
     blocks, banks = [], []
     for r in loop:
         blocks.append(r.x0)
-        banks.append([loop.bank_frames(i)[0] for i in range(T2V.num_layers)])
+        banks.append([(loop.bank_frames(i) or [[]])[0] for i in range(T2V.num_layers)])
     switched = torch.cat(blocks, 2)
     torch.testing.assert_close(switched[:, :, :12], base[:, :, :12], atol=0, rtol=0)
     assert (switched[:, :, 12:] - base[:, :, 12:]).abs().max() > 1e-3
@@ -208,3 +212,64 @@ def test_prompt_switches_need_the_interactive_pipeline_and_joint_recache(t2v):
         iter_causal_blocks(t2v, torch.zeros(1, 16, 9, H, W), torch.zeros(1, 4, 4096),
                            settings=_settings(recache="blockwise"), prompt_switches=sw)
     assert str(e.value) == "MemFlow re-caches at a prompt switch like LongLive (recache='joint'), not 'blockwise'."
+
+
+# --- the released files and the preset --------------------------------------------------------------------------
+def _memflow_files(tmp_path, raw_lora=False):
+    """base.pt as MemFlow's inference.py reads it ({"generator": {"model.<Wan key>"}}), lora.pt in its trainer's
+    format ({generator_lora, critic_lora, step}, PEFT names, rank 256) or, as its loader also accepts, the bare
+    PEFT dict; LoRA on every Linear inside the attention blocks (utils/lora_utils.py)."""
+    sd = CausalWanModel.random(T2V, seed=11).state_dict()
+    base = tmp_path / "base.pt"
+    torch.save({"generator": {"model." + k: v.clone() for k, v in sd.items()}}, str(base))
+    tree = CausalWanModel.random(T2V, seed=11).tree
+    targets = sorted(n for n, m in tree.named_modules() if isinstance(m, torch.nn.Linear) and n.startswith("blocks."))
+    g = torch.Generator().manual_seed(12)
+    lora = {}
+    for t in targets:
+        w = sd[t + ".weight"]
+        lora[f"base_model.model.{t}.lora_A.weight"] = torch.randn(256, w.shape[1], generator=g) * 0.02
+        lora[f"base_model.model.{t}.lora_B.weight"] = torch.randn(w.shape[0], 256, generator=g) * 0.02
+    obj = lora if raw_lora else {"generator_lora": lora, "critic_lora": {}, "step": 1200}
+    torch.save(obj, str(tmp_path / "lora.pt"))
+    return sd, lora, targets, str(base), str(tmp_path / "lora.pt")
+
+
+@pytest.mark.parametrize("raw_lora", [False, True])
+def test_released_memflow_files_load_and_merge(raw_lora, tmp_path):
+    sd, lora, targets, base, lora_path = _memflow_files(tmp_path, raw_lora)
+    assert len(targets) == 10 * T2V.num_layers  # q k v o of both attentions, ffn.0, ffn.2
+    preset = get_preset("MemFlow")
+    got, source = load_wan_state_dict(base, preset.checkpoint_entry)
+    assert source == "base.pt [generator]" and set(got) == set(sd)
+    assert all(torch.equal(got[k], sd[k]) for k in sd)
+    merged, _ = merge_lora_file(got, lora_path)
+    for t in targets:  # PEFT's merge with MemFlow's alpha = rank = 256: W + B @ A
+        a, b = lora[f"base_model.model.{t}.lora_A.weight"], lora[f"base_model.model.{t}.lora_B.weight"]
+        torch.testing.assert_close(merged[t + ".weight"], sd[t + ".weight"] + b @ a, atol=1e-6, rtol=0)
+    assert torch.equal(merged["blocks.0.modulation"], sd["blocks.0.modulation"])
+
+
+def test_preset_is_memflows_config_and_runs_its_loop_with_a_start_image():
+    import dataclasses
+
+    p = get_preset("MemFlow")
+    assert (p.model_file, p.lora_file, p.checkpoint_entry, p.lora_rank) == ("base.pt", "lora.pt", "generator", 256)
+    assert (p.steps, p.shift, p.frames_per_block, p.sink_size, p.local_window) == ("1000,750,500,250", 5.0, 3, 3, 12)
+    assert p.loop_rules() == {"loop": "memory", "memory_bank": 3, "memory_interval": 3}
+    assert (p.latent_frames - 1) % p.frames_per_block == 0
+    # the preset's widgets + rules at tiny size (a shorter video of the same shape: image + 6 blocks)
+    v = p.sampler_values()
+    s = dataclasses.replace(CausalSettings(steps=v["steps"], shift=v["shift"], warp=v["warp_steps"],
+                                           frames_per_block=v["frames_per_block"], sink_size=v["sink_size"],
+                                           local_window=v["local_window"],
+                                           independent_first_frame=v["independent_first_frame"]), **p.loop_rules())
+    model = CausalWanModel.random(T2V, seed=5)
+    first = torch.randn(1, 16, 1, H, W, generator=torch.Generator().manual_seed(1))
+    text = torch.randn(1, 8, 4096, generator=torch.Generator().manual_seed(2))
+    loop = iter_causal_blocks(model, torch.zeros(1, 16, 1 + 3 * 12, H, W), text, settings=s, first_frames=first)
+    out = torch.cat([r.x0 for r in loop], 2)
+    assert isinstance(loop, MemoryLoop) and torch.isfinite(out).all()
+    torch.testing.assert_close(out[:, :, :1], first, atol=0, rtol=0)
+    # 13 blocks, recorded every 3rd: slots 0..2 filled from blocks 0, 3, 6, then compressed before blocks 10..12
+    assert all(len(loop.bank_frames(i)[0]) == 3 for i in range(T2V.num_layers))

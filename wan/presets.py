@@ -156,6 +156,16 @@ PRESETS = (
         recommended_length=_len(22),
         note="4 unwarped steps, blocks of 3, 3 context frames recomputed per block (window 6)"),
     FamilyPreset(
+        "MemFlow", "KlingTeam/MemFlow", ("KlingTeam/MemFlow/base.pt", "KlingTeam/MemFlow/lora.pt"),
+        "Apache-2.0", "Wan2.1-T2V-1.3B",
+        "configs/inference.yaml, interactive_inference.yaml (use_ema: false, bank_size 3, record_interval 3, "
+        "adapter rank 256 alpha 256)",
+        steps="1000,750,500,250", shift=5.0, warp_steps=True, frames_per_block=3, sink_size=3, local_window=12,
+        checkpoint_entry="generator", lora_rank=256, recache="window",
+        rules=(("loop", "memory"), ("memory_bank", 3), ("memory_interval", 3)), recommended_length=_len(121),
+        note="LongLive's sink 3 + window 12 plus a memory bank of 3 frames kept by relevance to the prompt "
+             "(loop 'memory'); LoRA merged at load"),
+    FamilyPreset(
         "LongLive 2.0", "NVlabs/LongLive (main)", ("Efficient-Large-Model/LongLive-2.0-5B/model_bf16.pt",),
         "Apache-2.0", "Wan2.2-TI2V-5B", "configs/inference_i2v.yaml (use_ema: false, sampling_steps 4, i2v: true)",
         steps="4", shift=5.0, warp_steps=True, frames_per_block=8, sink_size=8, local_window=32,

@@ -12,10 +12,10 @@ TOKENS = (H // 2) * (W // 2)
 TINY = WanConfig(dim=1536, ffn_dim=256, num_heads=12, num_layers=LAYERS, in_dim=16)
 
 
-def random_state_dict(seed=1):
+def random_state_dict(seed=1, config=TINY):
     """Random weights in Wan's layout (their own init zeroes parts of the model, whose output would then be
     the noise), self-attention sharpened (q/k norm gains x4) so attention rules show in the output."""
-    sd = CausalWanModel.random(TINY, seed=seed).state_dict()
+    sd = CausalWanModel.random(config, seed=seed).state_dict()
     for k in sd:
         if ".self_attn.norm_q." in k or ".self_attn.norm_k." in k:
             sd[k] = sd[k] * 4.0
