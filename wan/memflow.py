@@ -36,8 +36,9 @@ configs ``configs/inference.yaml`` / ``interactive_inference.yaml``), restated i
   3 -> 2). We use the same ``torch.topk``, so the outcome is the authors' on the same device. From the next
   block on the new prompt scores.
 * A 1-step list makes the interactive pipeline's clean pass run the bank step once more (their ``q_bank`` is
-  left at True); we do the same. ``SMA`` (their top-k chunk routing inside attention) is False in every
-  shipped config and not implemented; the sampler refuses nothing about it because no setting enables it.
+  left at True); we do the same. ``SMA`` (their per-query top-k routing over sink + bank chunks, the paper's
+  "sparse memory activation") is ``SMA: False`` in every shipped config; it is not implemented and no setting
+  here turns it on.
 
 Their code hard-codes 1560 tokens per frame and blocks of 3 frames in these formulas; written per block as
 above they hold for any size. With a start image (``first_frames``, not in the authors' code) the image is

@@ -90,4 +90,6 @@ def test_memflow_interactive_pipeline_parity_with_switch(upstream_tree, monkeypa
     plain = sample_causal(CausalWanModel.from_state_dict(sd), torch.zeros(1, 16, frames, H, W), texts[0],
                           settings=CausalSettings(steps=STEPS, shift=5.0, sink_size=SINK, local_window=WINDOW),
                           prompt_switches=[PromptSwitch(switch // 3, texts[1])], noise=ReplayTorchGlobalNoise(noise, 42))
-    assert (plain[:, :, :3] - theirs[:, :, :3]).abs().max() <= 1e-4 < (plain[:, :, 3:] - theirs[:, :, 3:]).abs().max()
+    first, rest = (plain[:, :, :3] - theirs[:, :, :3]).abs().max(), (plain[:, :, 3:] - theirs[:, :, 3:]).abs().max()
+    print(f"LongLive's loop without the bank vs MemFlow: {first:.2e} on block 0, {rest:.2e} after")
+    assert first <= 1e-4 < rest
