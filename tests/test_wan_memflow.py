@@ -41,7 +41,7 @@ def _score(text_k, frame_k):
 @torch.no_grad()
 def memflow_reference(model, frames, text, s, seed, first=None, pipeline="single"):
     cfg = model.config
-    layout = block_layout(frames, s.frames_per_block, s.independent_first_frame)
+    layout = block_layout(frames, s.frames_per_block, s.independent_first_frame, s.shorter_last_block)
     sched = denoising_schedule(s.steps, s.shift, s.warp)
     noise = initial_noise(seed, (1, 16, frames, H, W))
     ctx = dit.encode_context(model.tree, cfg, text, None, torch.float32, 1)
@@ -142,11 +142,14 @@ def test_bank_scores_is_the_mean_of_text_key_products():
     torch.testing.assert_close(bank_scores(text_k, bank_k).double(), want, atol=1e-6, rtol=0)
 
 
-def test_start_image_is_block_zero_and_the_first_pending_frame(t2v):
-    s = _settings(memory_bank=2, memory_interval=1, independent_first_frame=True)
+@pytest.mark.parametrize("shorter", [False, True])
+def test_start_image_is_block_zero_and_the_first_pending_frame(shorter, t2v):
+    """The image latent is block 0 (its frame the first pending one); with ``shorter_last_block`` (the node's
+    rule for lengths that are not whole blocks) the bank rule is per block and holds for a last block of 2."""
+    s = _settings(memory_bank=2, memory_interval=1, independent_first_frame=True, shorter_last_block=shorter)
     text = torch.randn(1, 12, 4096, generator=torch.Generator().manual_seed(3))
     first = torch.randn(1, 16, 1, H, W, generator=torch.Generator().manual_seed(9))
-    frames = 1 + 3 * 6
+    frames = 1 + 3 * 6 + (2 if shorter else 0)
     ours = sample_causal(t2v, torch.zeros(1, 16, frames, H, W), text, seed=2, settings=s, first_frames=first)
     ref, _ = memflow_reference(t2v, frames, text, s, 2, first=first)
     torch.testing.assert_close(ours[:, :, :1], first, atol=0, rtol=0)

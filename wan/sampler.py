@@ -272,7 +272,7 @@ def exact_fits(num_frames: int, frames_per_block: int, independent_first_frame: 
 
 
 # loop shapes whose last block may be shorter (their rule is per block; a joint window of blocks is not)
-SHORTER_LAST_BLOCK_SHAPES = ("block",)
+SHORTER_LAST_BLOCK_SHAPES = ("block", "memory")
 
 
 def fit_block_layout(settings: "CausalSettings", num_frames: int):
