@@ -105,6 +105,17 @@ def _self_forcing_pt(path: pathlib.Path) -> None:
     torch.save({"generator_ema": {"model." + k: v.contiguous() for k, v in sd.items()}}, path)
 
 
+def _rolling_forcing_pt(path: pathlib.Path) -> None:
+    """A 1-layer Wan 2.1 t2v DiT in Rolling Forcing's container: ``generator`` (``model.``) and the EMA copy
+    ``generator_ema`` with FSDP-wrapped keys (``model._fsdp_wrapped_module.``), as its authors save them."""
+    from comfyui_clipwan.wan import CausalWanModel, WanConfig
+
+    cfg = WanConfig(dim=128, ffn_dim=256, num_heads=1, num_layers=1, in_dim=16)
+    sd = CausalWanModel.random(cfg, seed=0).state_dict()
+    torch.save({"generator": {"model." + k: v.contiguous() for k, v in sd.items()},
+                "generator_ema": {"model._fsdp_wrapped_module." + k: v.contiguous() for k, v in sd.items()}}, path)
+
+
 def _longlive2_files(ws: pathlib.Path) -> None:
     """LongLive 2.0's ``model_bf16.pt`` layout (``generator`` entry, ``model.`` prefixes) around a 1-layer
     Wan 2.2 TI2V-shaped DiT (48 latent channels), a raw 48-channel start latent and two umt5 prompts."""
@@ -203,6 +214,7 @@ def workspace(tmp_path_factory) -> pathlib.Path:
     safetensors.torch.save_file(hf, str(ws / "models" / "clip_vision" / "clip_vision_h.safetensors"))
     torch.save(_wan_clip_pth(hf), ws / "models_clip_open-clip-xlm-roberta-large-vit-huge-14.pth")
     _self_forcing_pt(ws / "self_forcing_dmd.pt")
+    _rolling_forcing_pt(ws / "rolling_forcing_dmd.pt")
     _longlive(ws)
     _open_clip_b32(ws / "open_clip_vit_b32.safetensors")
     _longlive2_files(ws)

@@ -15,7 +15,7 @@ interrupted block leaves the committed frames untouched. Keys are stored after R
 positions, so evicting frames never changes the positions of the ones kept. Capacity is fixed (``L`` frames
 with a window, the whole video without), so memory is flat however long the video runs.
 
-Two family rules change the cache, each one function/option here:
+Three family rules change the cache, each one function/option here: Reward Forcing's two,
   * ``positions="slots"`` (Reward Forcing): keys are stored without RoPE and rotated at read time to their
     *slot* position in the buffer (sink at 0.., the recent frames after it, the block last), so a long video
     always looks like the first ``L`` frames. The DiT ropes the queries at the absolute frame; attention
@@ -23,6 +23,15 @@ Two family rules change the cache, each one function/option here:
     block)`` (the same distances as Reward Forcing's relative positions).
   * ``sink_ema`` (Reward Forcing's "EMA sink", ``incremental_update``): when frames are evicted, see
     ``ema_sink_update``.
+
+and Rolling Forcing's (``rolling=True``, used by ``wan/rolling.py``) changes what is read, not what is stored:
+  * a *window pass* (``begin_window``) denoises several blocks jointly; it is read like a block but never
+    committed and evicts nothing. It sees the sink and the recent frames ``f >= e - (L - sink)``, with the
+    sink's keys moved (a rotation of their RoPE frame angle) to sit right before the oldest recent frame it
+    sees (or before the window when it sees none): Rolling Forcing's anchor (its authors store it un-roped
+    and rope it "as the past frame" at each read; rotating the stored key by the frame offset is the same);
+  * a *commit pass* (``begin_block`` + ``commit``) reads a plain window of the last ``L`` frames including
+    its block, ``f >= e - L``, the sink only while it is among them; eviction keeps those ``L`` frames.
 """
 
 from __future__ import annotations
@@ -60,14 +69,19 @@ class KVCache:
     def __init__(self, num_layers: int, batch: int, heads: int, head_dim: int, tokens_per_frame: int,
                  capacity_frames: int, sink_frames: int = 0, window_frames: int = 0,
                  dtype: torch.dtype = torch.float32, device=None, positions: str = "absolute",
-                 sink_ema: Optional[float] = None):
+                 sink_ema: Optional[float] = None, rolling: bool = False):
         if positions not in POSITION_MODES:
             raise ValueError(f"positions '{positions}' is not one of {POSITION_MODES}.")
         if sink_ema is not None and positions != "slots":
             raise ValueError("sink_ema (Reward Forcing's EMA sink) needs positions='slots': the sink mixes keys "
                              "stored without RoPE.")
+        if rolling and (positions != "absolute" or sink_ema is not None):
+            raise ValueError("rolling (Rolling Forcing's reads) needs positions='absolute' and no sink_ema: it "
+                             "moves the sink's absolute-position keys next to the recent frames.")
         self.positions = positions
         self.sink_ema = sink_ema
+        self.rolling = rolling
+        self._window_pass = False
         self.num_layers = num_layers
         self.shape = (batch, capacity_frames * tokens_per_frame, heads, head_dim)
         self.tokens_per_frame = tokens_per_frame
@@ -98,8 +112,11 @@ class KVCache:
             raise RuntimeError(f"KV cache holds frames up to {self.frames[-1]} but the next block starts at "
                                f"frame {start_frame}; blocks must be committed in order.")
         end = start_frame + num_frames
+        self._window_pass = False
         if self.window_frames:
-            first_recent = end - (self.window_frames - self.sink_frames)
+            # rolling: the commit pass reads the last L frames, so those are kept (plus the sink)
+            first_recent = end - self.window_frames if self.rolling else \
+                end - (self.window_frames - self.sink_frames)
             # the sink is the first `sink` cached frames (frames 0.. unless a re-cache refilled the cache)
             sink = self.frames[:self.sink_frames]
             keep = sink + [f for f in self.frames[self.sink_frames:] if f >= first_recent]
@@ -110,6 +127,21 @@ class KVCache:
                                f"({len(self.frames)} cached + {num_frames} new).")
         self._pending = num_frames
         self._pending_start = start_frame
+
+    def begin_window(self, start_frame: int, num_frames: int) -> None:
+        """Rolling Forcing's joint pass over ``num_frames`` frames from ``start_frame`` (``rolling`` caches only):
+        read like a block, never committed, nothing evicted (the commit pass of its first block comes next)."""
+        if not self.rolling:
+            raise RuntimeError("begin_window is Rolling Forcing's joint pass: build the KVCache with rolling=True.")
+        if self.frames and start_frame <= self.frames[-1]:
+            raise RuntimeError(f"KV cache holds frames up to {self.frames[-1]} but the window starts at frame "
+                               f"{start_frame}.")
+        if len(self.frames) + num_frames > self.capacity_frames:
+            raise RuntimeError(f"KV cache capacity {self.capacity_frames} frames exceeded "
+                               f"({len(self.frames)} cached + a window of {num_frames}).")
+        self._pending = num_frames
+        self._pending_start = start_frame
+        self._window_pass = True
 
     def _evict(self, keep: List[int]) -> None:
         s = self.tokens_per_frame
@@ -142,6 +174,8 @@ class KVCache:
 
     def commit(self) -> None:
         """The clean pass wrote the block's K/V: keep it for the following blocks."""
+        if self._window_pass:
+            raise RuntimeError("a rolling window pass is never committed; begin_block() the block to commit.")
         self.frames.extend(range(self._pending_start, self._pending_start + self._pending))
         self._pending = 0
 
@@ -160,6 +194,7 @@ class KVCache:
             un_cos, un_sin = _frame_rotation(head_dim, start_frame, self._pending, tok, dev)
             in_slots = len(self.frames) + self._pending
             cos, sin = _frame_rotation(head_dim, start_frame - len(self.frames), in_slots, tok, dev)
+        first_read, sink_turn = self._rolling_view(start_frame) if self.rolling else (0, None)
 
         def kv_hook(layer: int, k: torch.Tensor, v: torch.Tensor):
             if self.k[layer] is None:
@@ -173,9 +208,33 @@ class KVCache:
             vb[:, n_old:n_old + n_new] = v
             if slots:
                 return apply_rope(kb[:, :n_old + n_new], cos, sin), vb[:, :n_old + n_new]
-            return kb[:, :n_old + n_new], vb[:, :n_old + n_new]
+            if sink_turn is not None:  # rolling window pass: the sink moved next to the frames read after it
+                cos_s, sin_s, ns = sink_turn
+                return (torch.cat([apply_rope(kb[:, :ns], cos_s, sin_s), kb[:, first_read:n_old + n_new]], 1),
+                        torch.cat([vb[:, :ns], vb[:, first_read:n_old + n_new]], 1))
+            return kb[:, first_read:n_old + n_new], vb[:, first_read:n_old + n_new]
 
         return kv_hook
+
+    def _rolling_view(self, start_frame: int):
+        """What a rolling pass reads: ``(first token read after the sink, None or (cos, sin, sink tokens))``
+        (module docstring: the window pass moves the sink, the commit pass reads the last L frames)."""
+        if not self.window_frames:
+            return 0, None  # no window: every frame at its own position (the sink is already next to frame `sink`)
+        end, s = start_frame + self._pending, self.tokens_per_frame
+        if not self._window_pass:
+            return s * sum(1 for f in self.frames if f < end - self.window_frames), None
+        sink = self.frames[:self.sink_frames]
+        recent = [f for f in self.frames[len(sink):] if f >= end - (self.window_frames - self.sink_frames)]
+        first = len(self.frames) - len(recent)
+        if not sink:
+            return s * first, None
+        # the anchor sits right before the oldest frame read after it (the window itself if none)
+        shift = (recent[0] if recent else start_frame) - len(sink) - sink[0]
+        if shift == 0 and first == len(sink):
+            return 0, None  # nothing skipped: the sink is already there
+        cos, sin = _frame_rotation(self.shape[3], shift, 1, 1, self.device if self.device is not None else "cpu")
+        return s * first, (cos, sin, s * len(sink))
 
 
 def attended_frames(block_start: int, block_end: int, sink: int, window: int) -> list[int]:

@@ -139,10 +139,12 @@ PRESETS = (
              "start image that frame is the image)"),
     FamilyPreset(
         "Rolling Forcing", "TencentARC/RollingForcing", ("TencentARC/RollingForcing/checkpoints/rolling_forcing_dmd.pt",),
-        "see repo LICENSE (academic use)", "Wan2.1-T2V-1.3B", "configs/rolling_forcing_dmd.yaml + --use_ema",
-        steps="1000,800,600,400,200", shift=5.0, warp_steps=True, frames_per_block=3,
-        checkpoint_entry="generator_ema", recommended_length=_len(22),
-        note="5 warped steps; blocks at different noise levels are denoised jointly"),
+        "see repo LICENSE (academic use)", "Wan2.1-T2V-1.3B",
+        "configs/rolling_forcing_dmd.yaml + inference.py --use_ema --num_output_frames 126",
+        steps="1000,800,600,400,200", shift=5.0, warp_steps=True, frames_per_block=3, sink_size=3, local_window=21,
+        checkpoint_entry="generator_ema", rules=(("loop", "rolling"),), recommended_length=_len(1 + 126),
+        note="5 warped steps; a rolling window of 5 blocks at staggered noise levels denoised jointly, the first "
+             "block as anchor + 21 attended frames (the README's 126 latent frames after the start image)"),
     FamilyPreset(
         "Reward Forcing", "JaydenLyh/Reward-Forcing", ("JaydenLu666/Reward-Forcing-T2V-1.3B/rewardforcing.pt",),
         "Apache-2.0", "Wan2.1-T2V-1.3B", "configs/reward_forcing.yaml (sink_size 3, local_attn_size 9)",

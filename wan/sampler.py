@@ -69,7 +69,8 @@ class CausalSettings:
     sink_ema: Optional[float] = None  # Reward Forcing's EMA sink (0.999); None = the sink never changes
     recache: str = "joint"  # prompt switch: "joint" (LongLive), "blockwise" or "none" (see RECACHE_MODES)
     global_sink: bool = True  # joint re-cache: the sink keeps the old prompt's K/V (LongLive's shipped config)
-    # loop shape (LOOP_SHAPES): "block" = one block at a time, denoised then cached (every family but those below)
+    # loop shape (LOOP_SHAPES): "block" = one block at a time, denoised then cached (every family but those below);
+    # "rolling" = Rolling Forcing's window of len(steps) blocks at staggered noise levels (wan/rolling.py)
     loop: str = "block"
     # a length that is not a whole number of blocks: False = refuse it (block_layout's error); True = the last
     # block is shorter (no author's loop does this: they all assert whole blocks; the node turns it on visibly,
@@ -192,13 +193,23 @@ class NoiseSource:
     * ``step(block, step, shape, device)`` before denoising step ``step`` (>= 1) of block ``block`` (index
       in the block layout), shape ``[B, 16, n, h, w]`` of that block: the fresh noise x0 is re-noised with.
 
-    Implement both to replay another sampler's draws (see ``tests/upstream`` for Self-Forcing's order)."""
+    Implement both to replay another sampler's draws (see ``tests/upstream`` for Self-Forcing's order).
+
+    The rolling loop (``wan/rolling.py``) re-noises each block of a jointly denoised window and asks
+    ``window_step(block, step, shape, window_shape, offset, device)`` instead: ``window_shape`` is the whole
+    window's ``[B, 16, frames, h, w]``, ``offset`` the block's first frame inside it. By default that is
+    ``step(block, step, shape, device)``, so every source works with every loop; Rolling Forcing's own
+    pipeline draws one window-sized tensor per block and keeps the block's slice, which a replaying source
+    reproduces by overriding it."""
 
     def initial(self, shape, device) -> torch.Tensor:
         raise NotImplementedError
 
     def step(self, block: int, step: int, shape, device) -> torch.Tensor:
         raise NotImplementedError
+
+    def window_step(self, block: int, step: int, shape, window_shape, offset: int, device) -> torch.Tensor:
+        return self.step(block, step, shape, device)
 
 
 def step_noise(seed: int, block: int, step: int, shape, device) -> torch.Tensor:
@@ -271,8 +282,9 @@ def exact_fits(num_frames: int, frames_per_block: int, independent_first_frame: 
     return sorted(sorted(fit, key=lambda f: abs(f - num_frames))[:3])
 
 
-# loop shapes whose last block may be shorter (their rule is per block; a joint window of blocks is not)
-SHORTER_LAST_BLOCK_SHAPES = ("block", "memory")
+# loop shapes whose last block may be shorter (their rule is per block; the rolling window is blocks of any
+# sizes, each at its own step, so a short last block only narrows the last windows)
+SHORTER_LAST_BLOCK_SHAPES = ("block", "memory", "rolling")
 
 
 def fit_block_layout(settings: "CausalSettings", num_frames: int):
@@ -616,11 +628,15 @@ class CausalLoop:
         RECACHE_MODES[self.settings.recache](self, bi, self.branches[0])
 
     # --- iteration ----------------------------------------------------------------------------------
-    def __iter__(self) -> Iterator[BlockResult]:
+    def _start_run(self) -> None:
+        """Once per loop object (every loop shape): the run's caches, context and initial noise."""
         if self._started:
             raise RuntimeError("a CausalLoop runs once; build a new one (same arguments) to sample again.")
         self._started = True
         self._setup()
+
+    def __iter__(self) -> Iterator[BlockResult]:
+        self._start_run()
         total = len(self.layout)
         for bi, (start, n) in enumerate(self.layout):
             if bi in self.switches:
@@ -635,7 +651,7 @@ class CausalLoop:
             self._cache_pass(bi, start, x0)
 
 
-LOOP_SHAPES = ("block", "memory")
+LOOP_SHAPES = ("block", "memory", "rolling")
 
 
 def loop_class(shape: str):
@@ -647,6 +663,10 @@ def loop_class(shape: str):
         from .memflow import MemoryLoop
 
         return MemoryLoop
+    if shape == "rolling":  # Rolling Forcing: blocks at staggered noise levels denoised jointly
+        from .rolling import RollingLoop
+
+        return RollingLoop
     raise ValueError(f"loop shape '{shape}' is not one of {list(LOOP_SHAPES)}.")
 
 
