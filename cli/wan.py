@@ -68,7 +68,7 @@ def register(sub) -> None:
                         "default 1000,750,500,250 (Wan 2.2 TI2V / LongLive 2.0: 4 UniPC steps)")
     p.add_argument("--shift", type=float, default=5.0)
     p.add_argument("--no-warp", dest="warp", action="store_false",
-                   help="feed the timesteps as typed (CausVid, Krea lists) instead of warping them by --shift")
+                   help="feed the timesteps as typed (CausVid's list) instead of warping them by --shift")
     p.add_argument("--frames-per-block", type=int, default=3)
     p.add_argument("--sink", type=int, default=0, help="attention sink frames")
     p.add_argument("--window", type=int, default=0, help="local attention window in latent frames (0 = none)")
@@ -326,7 +326,7 @@ def _stream_to_video(args, model, inputs, settings, vae, fmt, out_dir, t0, log) 
         raise ValueError("--video needs a decoder: --vae wan_2.1_vae.safetensors (or --tiny-vae taew2_1.safetensors).")
     keep = bool(getattr(args, "save_latent", False))
     run = stream_video(model, inputs.latent, inputs.text, vae=decoder, to_raw=inputs.to_raw, seed=args.seed,
-                       keep_latent=keep, settings=settings, negative_text=inputs.negative_text,
+                       encode=getattr(vae, "encode", None), from_raw=inputs.from_raw, keep_latent=keep, settings=settings, negative_text=inputs.negative_text,
                        clip_fea=inputs.clip_fea, concat=inputs.concat, first_frames=inputs.first_frames)
     t_start = time.perf_counter()
     first = None

@@ -36,12 +36,17 @@ def stream_decoder(vae, decoder: str = DECODERS[0]):
             raise FileNotFoundError("decoder 'tiny (taew2_1)' needs taew2_1.safetensors (or .pth) from "
                                     "madebyollin/taehv in models/vae_approx; put it there, or choose 'wan vae'.")
         return TAEHV.from_file(path, device=bridge.torch_device()).stream_decoder()
+    return wan_vae_of(vae).stream_decoder()
+
+
+def wan_vae_of(vae):
+    """The ``VAE`` socket as our ``WanVAE`` (ComfyUI's loaded weights adopted, not copied)."""
     if isinstance(vae, (WanVAE, TAEHV)):
-        return vae.stream_decoder()
+        return vae
     if vae is None or not hasattr(vae, "first_stage_model"):
         raise ValueError(f"vae ({type(vae).__name__}) is not a VAE: connect Load VAE with wan_2.1_vae.safetensors.")
     module, device, dtype = bridge.vae_module(vae)
-    return adopt_vae(module, device=device, dtype=dtype).stream_decoder()
+    return adopt_vae(module, device=device, dtype=dtype)
 
 
 class CausalWanStreamVideo:
@@ -89,7 +94,10 @@ class CausalWanStreamVideo:
         files = [bridge.video_save_path(filename_prefix if batch == 1 else f"{filename_prefix}_b{i}",
                                         FORMATS[format], 8 * w, 8 * h) for i in range(batch)]
         writers = [VideoWriter(path, fps=fps, fmt=FORMATS[format]) for path, _, _ in files]
-        run = stream_video(causal, inputs.latent, inputs.text, decoder=dec, to_raw=inputs.to_raw, seed=seed,
+        # the VAE's encoder too: Krea's loop re-encodes a decoded frame as its first context frame
+        encode = getattr(wan_vae_of(vae), "encode", None)
+        run = stream_video(causal, inputs.latent, inputs.text, decoder=dec, to_raw=inputs.to_raw,
+                           from_raw=inputs.from_raw, encode=encode, seed=seed,
                            settings=settings, negative_text=inputs.negative_text, clip_fea=inputs.clip_fea,
                            concat=inputs.concat, first_frames=inputs.first_frames, prompt_switches=switches,
                            check_interrupt=bridge.check_interrupt)

@@ -175,7 +175,7 @@ class CausalWanSampler:
                                     "tooltip": "Timestep shift (Self-Forcing/LongLive 5, CausVid 8)."}),
                 "warp_steps": ("BOOLEAN", {"default": True, "tooltip": (
                     "On: each step k becomes the shifted grid timestep (Self-Forcing, LongLive, Causal Forcing). "
-                    "Off: the timesteps are fed as typed, sigma from the nearest grid point (CausVid, Krea).")}),
+                    "Off: the timesteps are fed as typed, sigma from the nearest grid point (CausVid).")}),
                 "frames_per_block": ("INT", {"default": 3, "min": 1, "max": 64,
                                              "tooltip": "Latent frames generated per block."}),
                 "sink_size": ("INT", {"default": 0, "min": 0, "max": 1024,
@@ -220,6 +220,10 @@ class CausalWanSampler:
                                   concat=inputs.concat, first_frames=inputs.first_frames, prompt_switches=switches,
                                   check_interrupt=bridge.check_interrupt)
         loop.hooks = _RunReporter(patcher, unique_id, loop.total_steps, inputs.to_raw)
+        note = getattr(loop, "fallback_note", None)  # a family rule this node cannot run (no decoded pixels)
+        if note:
+            log.warning("Causal Wan Sampler: %s", note)
+            bridge.progress_text(note, unique_id)
         z = torch.zeros(inputs.latent.shape, dtype=torch.float32, device=causal.device)
         for block in loop:
             z[:, :, block.start_frame:block.start_frame + block.num_frames] = block.x0

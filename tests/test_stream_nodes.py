@@ -95,3 +95,34 @@ def test_tiny_decoder_missing_and_bad_inputs(parts, tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="points outside the output folder"):
         _run(CausalWanStreamVideo(), parts, filename_prefix="../../etc/x")
     assert not (tmp_path / "output" / "ClipWan").exists() or not list((tmp_path / "output").rglob("*.mp4"))
+
+
+def test_krea_family_reencodes_through_the_stream_node(parts, tmp_path, monkeypatch):
+    """Krea's loop in the stream node re-encodes its first context frame with the connected VAE (the run equals
+    stream_video with that VAE); the plain sampler node, which decodes nothing, keeps the first latent frame and
+    says so on the node."""
+    import warnings
+
+    from comfyui_clipwan.nodes.wan_nodes import CausalWanSampler
+    from comfyui_clipwan.wan.presets import get_preset
+    from comfyui_clipwan.wan.stream import stream_video
+
+    monkeypatch.chdir(tmp_path)
+    model, vae, positive, _ = parts
+    latent = {"samples": torch.zeros(1, 16, 12, 2, 4)}  # 4 blocks: the 3rd and 4th re-encode
+    values = get_preset("Krea Realtime 14B").sampler_values()
+    values.pop("independent_first_frame")  # t2v here (no start image)
+    texts = []
+    monkeypatch.setattr(bridge, "progress_text", lambda text, node: texts.append(text) or False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no fallback in the stream node
+        frames = _run(CausalWanStreamVideo(), parts, latent=latent, return_frames=True, **{**values, "seed": 5})
+    settings = CausalSettings(steps=values["steps"], shift=values["shift"], warp=values["warp_steps"],
+                              frames_per_block=3, sink_size=1, local_window=6, loop="recompute")
+    run = stream_video(model, latent["samples"], positive[0][0], vae=vae, seed=5, settings=settings)
+    ref = torch.cat([b.frames for b in run], 1)[0]
+    assert (frames["result"][1] - ref).abs().max() <= 1e-5
+    assert not any("keep_first_frame" in t for t in texts)
+    with pytest.warns(UserWarning, match="keep_first_frame"):
+        CausalWanSampler().sample(model, positive, latent, 5, **{k: v for k, v in values.items() if k != "seed"})
+    assert any("keep_first_frame" in t for t in texts)

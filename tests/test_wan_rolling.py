@@ -249,7 +249,7 @@ def test_blocks_stream_in_order_as_soon_as_final_and_progress_ends_at_total(t2v)
                                 "into the cache: use first_frame='cache')."),
     (dict(positions="slots", sink_ema=0.999), "loop 'rolling' does not support positions='slots' / sink_ema "
                                               "(Reward Forcing's cache; the rolling anchor uses absolute positions)."),
-    (dict(loop="sliding"), "loop shape 'sliding' is not one of ['block', 'memory', 'rolling']."),
+    (dict(loop="sliding"), "loop shape 'sliding' is not one of ['block', 'memory', 'rolling', 'recompute']."),
 ])
 def test_bad_settings_are_clear_errors(bad, message, t2v):
     base = CausalSettings(loop="rolling", steps=[1000, 700, 300], frames_per_block=2, sink_size=2, local_window=10)

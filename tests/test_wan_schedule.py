@@ -31,13 +31,14 @@ class UpstreamGrid:
 @pytest.mark.parametrize("steps,shift,warp", [
     ("1000,750,500,250", 5.0, True),  # Self-Forcing / LongLive / Causal Forcing chunk-wise
     ("1000,800,600,400,200", 5.0, True),  # Rolling Forcing
-    ("1000,757,522,0", 8.0, False),  # CausVid wan_causal_dmd.yaml
-    ("1000,937,833,625,0", 5.0, False),  # Krea self_forcing_server_14b.yaml
+    ("1000,757,522", 8.0, False),  # CausVid wan_causal_dmd.yaml (its pipeline drops the list's trailing 0)
+    ("1000,937,833,625,0", 5.0, False),  # Krea self_forcing_server_14b.yaml in Self-Forcing's pipeline (0 is run)
+    ("1000,750,500,250,0", 5.0, True),  # Krea's realtime server: linspace(1000, 0, 5) warped, the 0 run
     ("1000,750,500,250", 8.0, True),  # CausVid warp_4step
 ])
 def test_schedule_equals_upstream_rule(steps, shift, warp):
     ref = UpstreamGrid(shift)
-    ints = [int(v) for v in steps.split(",") if int(v)]
+    ints = [int(v) for v in steps.split(",")]
     want_t = ref.warp(ints) if warp else [float(v) for v in ints]
     got = denoising_schedule(steps, shift, warp)
     assert list(got.timesteps) == want_t
@@ -72,11 +73,14 @@ def test_step_counts_expand_or_are_refused():
     assert parse_steps("5") == [1000, 800, 600, 400, 200]
     assert parse_steps("20")[:3] == [1000, 950, 900] and len(parse_steps("20")) == 20
     assert parse_steps("1000") == [1000]  # a lone timestep above 50 is a one-step list
-    assert parse_steps("1000, 757,522,0") == [1000, 757, 522]  # CausVid's trailing 0 dropped
+    # a trailing 0 is a last step at t = 0 (Self-Forcing's pipeline, Krea's server); twice is not decreasing
+    assert parse_steps("1000,750,500,250,0") == [1000, 750, 500, 250, 0]
+    with pytest.raises(ValueError, match="only the last may be 0"):
+        parse_steps("1000,500,0,0")
     with pytest.raises(ValueError) as e:
         parse_steps("3", warp=False)
     assert str(e.value) == ("steps '3' is a step count; with warp off type the timesteps themselves, e.g. "
-                            "'1000,757,522' (CausVid) or '1000,937,833,625' (Krea).")
+                            "'1000,757,522' (CausVid).")
     with pytest.raises(ValueError) as e:
         parse_steps("0")
     assert str(e.value) == ("steps '0': give a step count from 1 to 50 such as '4', or timesteps such as "
@@ -84,7 +88,7 @@ def test_step_counts_expand_or_are_refused():
     with pytest.raises(ValueError) as e:
         parse_steps("1000,1000,500")
     assert str(e.value) == ("step list [1000, 1000, 500] must be strictly decreasing timesteps in (0, 1000], "
-                            "e.g. '1000,750,500,250'.")
+                            "only the last may be 0, e.g. '1000,750,500,250' or '1000,750,500,250,0'.")
     with pytest.raises(ValueError) as e:
         parse_steps("1000,937.5")
     assert str(e.value) == ("step list [1000.0, 937.5] must hold whole timesteps (the authors' lists are "

@@ -72,6 +72,7 @@ class SamplerInputs:
     first_frames: Optional[torch.Tensor] = None
     ignored: tuple = ()  # human-readable descriptions of what the conditioning held and the sampler skips
     to_raw: Callable[[torch.Tensor], torch.Tensor] = denormalize
+    from_raw: Callable[[torch.Tensor], torch.Tensor] = normalize  # the inverse of to_raw
 
     @property
     def image_routes(self) -> list:
@@ -171,4 +172,4 @@ def build_sampler_inputs(config: WanConfig, samples: torch.Tensor, positive: lis
     return SamplerInputs(latent=z, text=text, negative_text=_text_of("negative", negative),
                          switch_text=_text_of("switch_positive", switch_positive), clip_fea=clip_fea,
                          concat=concat, first_frames=first_frames, ignored=tuple(ignored),
-                         to_raw=adapter.latent_out)
+                         to_raw=adapter.latent_out, from_raw=adapter.latent_in)

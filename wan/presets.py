@@ -153,10 +153,13 @@ PRESETS = (
         note="sink 3 + window 9, EMA-updated sink, keys at their slot positions"),
     FamilyPreset(
         "Krea Realtime 14B", "krea-ai/realtime-video", ("krea/krea-realtime-video/krea-realtime-video-14b.safetensors",),
-        "CC-BY-NC-SA-4.0", "Wan2.1-T2V-14B", "configs/self_forcing_server_14b.yaml (warp_denoising_step: false)",
-        steps="1000,937,833,625", shift=5.0, warp_steps=False, frames_per_block=3, local_window=6,
-        recommended_length=_len(22),
-        note="4 unwarped steps, blocks of 3, 3 context frames recomputed per block (window 6)"),
+        "CC-BY-NC-SA-4.0", "Wan2.1-T2V-14B",
+        "release_server.py GenerateParams (num_denoising_steps 5, kv_cache_num_frames 3, keep_first_frame false, "
+        "num_blocks 9, timestep_shift 5)",
+        steps="1000,750,500,250,0", shift=5.0, warp_steps=True, frames_per_block=3, sink_size=1, local_window=6,
+        rules=(("loop", "recompute"),), recommended_length=_len(1 + 27),
+        note="5 warped steps (the last at t=0), blocks of 3; before each block the cache is recomputed from "
+             "3 clean context frames (the first one re-encoded from decoded pixels once it is old)"),
     FamilyPreset(
         "MemFlow", "KlingTeam/MemFlow", ("KlingTeam/MemFlow/base.pt", "KlingTeam/MemFlow/lora.pt"),
         "Apache-2.0", "Wan2.1-T2V-1.3B",

@@ -49,7 +49,7 @@ FIRST_FRAME_POLICIES = ("cache", "clamp")
 class CausalSettings:
     steps: object = DEFAULT_STEPS  # list of timesteps, "1000,750,500,250", or a count "4" (scheduler.parse_steps)
     shift: float = DEFAULT_SHIFT
-    warp: bool = True  # warp the list onto the shifted grid (Self-Forcing...); off: CausVid / Krea lists
+    warp: bool = True  # warp the list onto the shifted grid (Self-Forcing, Krea's server...); off: CausVid's list
     frames_per_block: int = 3
     sink_size: int = 0  # frames kept forever (attention sink); only meaningful with a window
     local_window: int = 0  # frames attended in all (sink + recent + the block); 0 = no window
@@ -70,7 +70,9 @@ class CausalSettings:
     recache: str = "joint"  # prompt switch: "joint" (LongLive), "blockwise" or "none" (see RECACHE_MODES)
     global_sink: bool = True  # joint re-cache: the sink keeps the old prompt's K/V (LongLive's shipped config)
     # loop shape (LOOP_SHAPES): "block" = one block at a time, denoised then cached (every family but those below);
-    # "rolling" = Rolling Forcing's window of len(steps) blocks at staggered noise levels (wan/rolling.py)
+    # "rolling" = Rolling Forcing's window of len(steps) blocks at staggered noise levels (wan/rolling.py);
+    # "memory" = MemFlow's memory bank (wan/memflow.py); "recompute" = Krea Realtime's cache rebuilt from a few
+    # clean context frames before every block (wan/recompute.py)
     loop: str = "block"
     # a length that is not a whole number of blocks: False = refuse it (block_layout's error); True = the last
     # block is shorter (no author's loop does this: they all assert whole blocks; the node turns it on visibly,
@@ -82,6 +84,11 @@ class CausalSettings:
     memory_bank: int = 3
     memory_interval: int = 3
     memory_pipeline: str = "auto"
+    # loop "recompute" (Krea Realtime, wan/recompute.py): keep the first latent frame as the first context frame
+    # for the whole run (Krea's keep_first_frame; off = re-encode it from decoded pixels, the authors' default),
+    # and Scope's kv_cache_attention_bias on the context frames after the first (1.0 = off, as Krea runs)
+    keep_first_frame: bool = False
+    context_bias: float = 1.0
 
 
 @dataclasses.dataclass
@@ -114,8 +121,9 @@ class BlockResult:
 # --------------------------------------------------------------------------------------------------
 class SamplerHooks:
     """Subclass and override what you need. ``kind`` of a forward is ``"context"`` (text/CLIP projection),
-    ``"denoise"`` (one denoising step of a block), ``"cache"`` (the clean pass that writes a block's K/V) or
-    ``"recache"`` (re-encoding cached frames at a prompt switch); ``block`` is the block index."""
+    ``"denoise"`` (one denoising step of a block), ``"cache"`` (the clean pass that writes a block's K/V),
+    ``"recache"`` (re-encoding cached frames at a prompt switch) or ``"recompute"`` (Krea's loop: the context
+    frames re-encoded before a block); ``block`` is the block index."""
 
     def on_forward_start(self, kind: str, block: int) -> None:
         pass
@@ -284,7 +292,7 @@ def exact_fits(num_frames: int, frames_per_block: int, independent_first_frame: 
 
 # loop shapes whose last block may be shorter (their rule is per block; the rolling window is blocks of any
 # sizes, each at its own step, so a short last block only narrows the last windows)
-SHORTER_LAST_BLOCK_SHAPES = ("block", "memory", "rolling")
+SHORTER_LAST_BLOCK_SHAPES = ("block", "memory", "rolling", "recompute")
 
 
 def fit_block_layout(settings: "CausalSettings", num_frames: int):
@@ -564,14 +572,24 @@ class CausalLoop:
         x_in = dit.join_concat(self.cfg, x.to(self.device), y)
         t = t_value.to(self.device) if torch.is_tensor(t_value) else \
             torch.full((self.batch,), float(t_value), dtype=torch.float64, device=self.device)
-        out = dit.transformer(self.model.tree, self.cfg, x_in, t, branch.ctx, start_frame=start,
-                              kv_hook=self._kv_hook(kind, block, branch, start), dtype=self.dtype, run_head=head)
+        out = dit.transformer(self.model.tree, self.cfg, x_in, t, branch.ctx,
+                              start_frame=self._rope_start(kind, start),
+                              kv_hook=self._kv_hook(kind, block, branch, start),
+                              attn_mask=self._attn_mask(kind, x.shape[2]), dtype=self.dtype, run_head=head)
         self.hooks.on_forward_end(kind, block)
         return out
 
     def _kv_hook(self, kind: str, block: int, branch: _Branch, start: int):
         """The self-attention K/V a forward sees: the branch's cache (a loop shape may add to it)."""
         return branch.cache.hook(start)
+
+    def _rope_start(self, kind: str, start: int) -> int:
+        """The RoPE frame position of a forward's first frame: its absolute frame (a loop shape may renumber)."""
+        return start
+
+    def _attn_mask(self, kind: str, frames: int) -> Optional[torch.Tensor]:
+        """A self-attention mask for a forward over ``frames`` frames: none (a loop shape may add one)."""
+        return None
 
     # --- the parts of one block ---------------------------------------------------------------------
     @torch.no_grad()
@@ -651,7 +669,7 @@ class CausalLoop:
             self._cache_pass(bi, start, x0)
 
 
-LOOP_SHAPES = ("block", "memory", "rolling")
+LOOP_SHAPES = ("block", "memory", "rolling", "recompute")
 
 
 def loop_class(shape: str):
@@ -667,6 +685,10 @@ def loop_class(shape: str):
         from .rolling import RollingLoop
 
         return RollingLoop
+    if shape == "recompute":  # Krea Realtime: the cache rebuilt from a few clean context frames per block
+        from .recompute import RecomputeLoop
+
+        return RecomputeLoop
     raise ValueError(f"loop shape '{shape}' is not one of {list(LOOP_SHAPES)}.")
 
 

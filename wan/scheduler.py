@@ -8,10 +8,11 @@ Upstream rule (their ``FlowMatchScheduler(shift, sigma_min=0, extra_one_step=Tru
 ``set_timesteps(1000)``): a float32 grid of 1000 points ``σ_i = shift·s_i / (1 + (shift-1)·s_i)``,
 ``s = linspace(1, 0, 1001)[:-1]``, timesteps ``1000·σ_i``. A step list of integers is used two ways:
 
-* **warped** (``warp_denoising_step: true``: Self-Forcing, LongLive, Causal Forcing, Rolling/Reward Forcing):
+* **warped** (``warp_denoising_step: true``: Self-Forcing, LongLive, Causal Forcing, Rolling/Reward Forcing;
+  Krea's realtime server warps its ``1000,750,500,250,0`` the same way):
   step ``k`` becomes the grid timestep ``timesteps[1000 - k]`` — [1000,750,500,250] at shift 5 gives
   t = [1000, 937.5, 833.3, 625];
-* **unwarped** (CausVid ``[1000,757,522]`` at shift 8, Krea ``[1000,937,833,625]`` at shift 5): the integer
+* **unwarped** (CausVid ``[1000,757,522]`` at shift 8; Krea's offline config ``[1000,937,833,625,0]``): the integer
   ``k`` itself is fed to the model as its timestep.
 
 In both cases σ (for ``x0 = x_t - σ·flow`` and for re-noising) is the σ of the grid point *nearest* to the
@@ -69,8 +70,11 @@ def _is_count(values: list[float], text: bool) -> bool:
 def parse_steps(steps: Union[str, Sequence[float]], warp: bool = True) -> list[int]:
     """The integer timestep list of a ``steps`` value.
 
-    * ``"1000,750,500,250"`` -> ``[1000, 750, 500, 250]``; a trailing 0 (CausVid/Krea lists end in 0) is
-      dropped: the clean pass at t=0 after each block is automatic.
+    * ``"1000,750,500,250"`` -> ``[1000, 750, 500, 250]``. A trailing 0 is a last step **at t = 0** (σ the
+      grid's smallest, ≈0.005 at shift 5, for the re-noise before it and x0 after it), as Self-Forcing's
+      ``CausalInferencePipeline`` and Krea's realtime server run a list that ends in 0 (Krea's default,
+      ``1000,750,500,250,0`` warped). CausVid's pipeline drops its list's trailing 0 instead, so the CausVid
+      preset leaves it out.
     * a lone whole number from 1 to 50 (``"4"``) is a step **count**, expanded by :func:`expand_step_count`;
       only with ``warp`` on (an evenly spaced unwarped list is no family's schedule).
     """
@@ -87,13 +91,11 @@ def parse_steps(steps: Union[str, Sequence[float]], warp: bool = True) -> list[i
     if _is_count(values, is_text):
         if not warp:
             raise ValueError(f"steps '{steps.strip()}' is a step count; with warp off type the timesteps "
-                             f"themselves, e.g. '1000,757,522' (CausVid) or '1000,937,833,625' (Krea).")
+                             f"themselves, e.g. '1000,757,522' (CausVid).")
         return expand_step_count(int(values[0]))
     if is_text and len(values) == 1 and values[0] == 0:
         raise ValueError("steps '0': give a step count from 1 to 50 such as '4', or timesteps such as "
                          "'1000,750,500,250'.")
-    while values and values[-1] == 0:
-        values.pop()
     if not values:
         raise ValueError("the step list is empty; give a step count such as '4' or timesteps such as "
                          "'1000,750,500,250'.")
@@ -101,9 +103,10 @@ def parse_steps(steps: Union[str, Sequence[float]], warp: bool = True) -> list[i
         raise ValueError(f"step list {values} must hold whole timesteps (the authors' lists are integers), "
                          f"e.g. '1000,750,500,250'.")
     values = [int(v) for v in values]
-    if any(not (0 < v <= 1000) for v in values) or any(a <= b for a, b in zip(values, values[1:])):
-        raise ValueError(f"step list {values} must be strictly decreasing timesteps in (0, 1000], "
-                         f"e.g. '1000,750,500,250'.")
+    if any(not (0 < v <= 1000) for v in values[:-1]) or not 0 <= values[-1] <= 1000 \
+            or any(a <= b for a, b in zip(values, values[1:])):
+        raise ValueError(f"step list {values} must be strictly decreasing timesteps in (0, 1000], only the last "
+                         f"may be 0, e.g. '1000,750,500,250' or '1000,750,500,250,0'.")
     return values
 
 
@@ -124,7 +127,7 @@ def denoising_schedule(steps: Union[str, Sequence[float]], shift: float = DEFAUL
     values = parse_steps(steps, warp)
     if warp:  # timesteps[1000 - k]; k = 1000 -> the grid's first point
         _, timesteps = flow_grid(shift)
-        ts = [float(timesteps[GRID_POINTS - k]) for k in values]
+        ts = [float(timesteps[GRID_POINTS - k]) if k else 0.0 for k in values]  # the grid padded with a 0
     else:
         ts = [float(k) for k in values]
     return Schedule(tuple(ts), tuple(nearest_sigma(t, shift) for t in ts))

@@ -21,7 +21,7 @@ from typing import Callable, Iterator, Optional
 
 import torch
 
-from .latent import denormalize
+from .latent import denormalize, normalize
 from .sampler import iter_causal_blocks
 
 
@@ -60,16 +60,27 @@ class VideoStream:
     the MODEL's ``process_latent_out``). ``on_frames(block)`` is called for every block before it is yielded
     (progress bars, live players, file writers). ``per_latent_frame`` (default) hands out each latent frame's
     pixels as soon as they are decoded, off: one piece per causal block. With ``keep_latent`` the whole clean
-    latent is collected in ``self.latent`` (memory then grows with length)."""
+    latent is collected in ``self.latent`` (memory then grows with length).
+
+    A loop that reads decoded pixels back (Krea's ``loop="recompute"``, ``needs_pixels``) gets them here, with
+    ``encode(pixels [B, 3, 1, H, W]) -> raw latent`` (default: the decoder's own Wan VAE, ``decoder.vae``) and
+    ``from_raw`` (the inverse of ``to_raw``: Wan 2.1's statistics by default, inside ComfyUI the MODEL's
+    ``process_latent_in``)."""
 
     def __init__(self, model, latent: torch.Tensor, text: torch.Tensor, *, decoder, keep_latent: bool = False,
                  to_raw: Callable[[torch.Tensor], torch.Tensor] = denormalize,
                  on_frames: Optional[Callable[[VideoBlock], None]] = None, per_latent_frame: bool = True,
-                 **loop_kwargs):
+                 encode: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
+                 from_raw: Callable[[torch.Tensor], torch.Tensor] = normalize, **loop_kwargs):
         if not hasattr(decoder, "decode"):
             raise TypeError(f"decoder ({type(decoder).__name__}) has no decode(); pass vae.stream_decoder() of a "
                             f"WanVAE or a TAEHV.")
         self.loop = iter_causal_blocks(model, latent, text, **loop_kwargs)
+        self.ring = None
+        if getattr(self.loop, "needs_pixels", False):
+            encode = encode or getattr(getattr(decoder, "vae", None), "encode", None)
+            if encode is not None:
+                self.ring = self.loop.attach_pixels(lambda pixels: from_raw(encode(pixels)))
         self.decoder = decoder
         self.to_raw = to_raw
         self.on_frames = on_frames
@@ -94,6 +105,8 @@ class VideoStream:
             step = 1 if self.per_latent_frame else result.num_frames
             for i in range(0, result.num_frames, step):
                 pixels = self.decoder.decode(raw[:, :, i:i + step])
+                if self.ring is not None:  # before the loop's next block reads them
+                    self.ring.push(pixels)
                 block = VideoBlock(result.index, result.total, result.start_frame + i, self.frames_done,
                                    _pixels_to_frames(pixels), result.x0[:, :, i:i + step],
                                    block_done=i + step >= result.num_frames)
@@ -108,7 +121,7 @@ class VideoStream:
 def stream_video(model, latent: torch.Tensor, text: torch.Tensor, *, vae=None, decoder=None,
                  keep_latent: bool = False, to_raw: Callable = denormalize,
                  on_frames: Optional[Callable[[VideoBlock], None]] = None, per_latent_frame: bool = True,
-                 **loop_kwargs) -> VideoStream:
+                 encode: Optional[Callable] = None, from_raw: Callable = normalize, **loop_kwargs) -> VideoStream:
     """Sample and decode block by block. ``vae``: a ``WanVAE`` (or TAEHV) whose ``stream_decoder()`` is used;
     or pass a ready ``decoder``. Other keyword arguments go to the causal loop (``seed``, ``settings``,
     ``negative_text``, ``clip_fea``, ``concat``, ``first_frames``, ``prompt_switches``, ``hooks``,
@@ -118,5 +131,8 @@ def stream_video(model, latent: torch.Tensor, text: torch.Tensor, *, vae=None, d
             raise ValueError("stream_video needs a decoder: pass vae=WanVAE.from_file('wan_2.1_vae.safetensors') "
                              "(or a TAEHV), or decoder=vae.stream_decoder().")
         decoder = vae.stream_decoder()
+    if encode is None and vae is not None and hasattr(vae, "encode"):
+        encode = vae.encode
     return VideoStream(model, latent, text, decoder=decoder, keep_latent=keep_latent, to_raw=to_raw,
-                       on_frames=on_frames, per_latent_frame=per_latent_frame, **loop_kwargs)
+                       on_frames=on_frames, per_latent_frame=per_latent_frame, encode=encode, from_raw=from_raw,
+                       **loop_kwargs)
