@@ -116,6 +116,15 @@ def _rolling_forcing_pt(path: pathlib.Path) -> None:
                 "generator_ema": {"model._fsdp_wrapped_module." + k: v.contiguous() for k, v in sd.items()}}, path)
 
 
+def _krea_safetensors(path: pathlib.Path) -> None:
+    """A 1-layer Wan 2.1 t2v DiT as Krea ships ``krea-realtime-video-14b.safetensors``: flat ``model.*`` keys."""
+    from comfyui_clipwan.wan import CausalWanModel, WanConfig
+
+    cfg = WanConfig(dim=128, ffn_dim=256, num_heads=1, num_layers=1, in_dim=16)
+    sd = CausalWanModel.random(cfg, seed=0).state_dict()
+    safetensors.torch.save_file({"model." + k: v.contiguous() for k, v in sd.items()}, str(path))
+
+
 def _longlive2_files(ws: pathlib.Path) -> None:
     """LongLive 2.0's ``model_bf16.pt`` layout (``generator`` entry, ``model.`` prefixes) around a 1-layer
     Wan 2.2 TI2V-shaped DiT (48 latent channels), a raw 48-channel start latent and two umt5 prompts."""
@@ -215,6 +224,7 @@ def workspace(tmp_path_factory) -> pathlib.Path:
     torch.save(_wan_clip_pth(hf), ws / "models_clip_open-clip-xlm-roberta-large-vit-huge-14.pth")
     _self_forcing_pt(ws / "self_forcing_dmd.pt")
     _rolling_forcing_pt(ws / "rolling_forcing_dmd.pt")
+    _krea_safetensors(ws / "krea-realtime-video-14b.safetensors")
     _longlive(ws)
     _open_clip_b32(ws / "open_clip_vit_b32.safetensors")
     _longlive2_files(ws)
