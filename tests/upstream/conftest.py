@@ -2,20 +2,24 @@
 
 Each family's test runs only when ``UPSTREAM_<FAMILY>_DIR`` points at a checkout of the authors' source tree
 (e.g. ``UPSTREAM_LONGLIVE_DIR`` = NVlabs/LongLive at branch ``v1.0``) and skips cleanly otherwise. The
-authors' trees are imported as they are (their top-level ``wan``, ``utils``, ``pipeline`` packages); nothing of
-theirs is copied here. They need their Python dependencies (diffusers, omegaconf, ...) but no flash-attn and
-no GPU: where a tree asks CUDA for a device at import time, a CPU-only run answers device 0.
+authors' trees are imported as they are (their top-level ``wan``, ``utils``, ``pipeline`` packages; CausVid's
+``causvid``); nothing of theirs is copied here. They need their Python dependencies (diffusers, omegaconf, ...)
+but no flash-attn and no GPU: where a tree asks CUDA for a device at import time, a CPU-only run answers device
+0, and where a pipeline hard-codes ``device="cuda"`` for a tensor, ``cuda_as_cpu()`` makes it a CPU tensor
+(the suite runs on the CPU).
 """
 
+import contextlib
 import importlib
 import os
 import sys
 
 import pytest
 import torch
+from torch.overrides import TorchFunctionMode
 
 # the authors' trees all use these top-level package names: one tree imported at a time
-_TOP_LEVEL = ("wan", "utils", "pipeline", "model", "trainer", "demo_utils")
+_TOP_LEVEL = ("wan", "utils", "pipeline", "model", "trainer", "demo_utils", "causvid")
 
 
 def _forget_upstream_modules():
@@ -26,15 +30,17 @@ def _forget_upstream_modules():
 
 @pytest.fixture
 def upstream_tree(request, monkeypatch):
-    """``upstream_tree("LONGLIVE")`` -> the tree's path, importable; skips when the env var is unset."""
+    """``upstream_tree("LONGLIVE")`` -> the tree's path, importable; skips when the env var is unset.
+    ``package`` is the tree's top-level package that proves it is the authors' tree (``wan`` for the Self-Forcing
+    lineage, ``causvid`` for CausVid)."""
 
-    def use(family: str) -> str:
+    def use(family: str, package: str = "wan") -> str:
         var = f"UPSTREAM_{family}_DIR"
         path = os.environ.get(var)
         if not path:
             pytest.skip(f"{var} is not set (point it at the authors' source tree to run this parity test)")
-        if not os.path.isdir(os.path.join(path, "wan")):
-            pytest.fail(f"{var}={path} does not look like the authors' tree (no wan/ package in it)")
+        if not os.path.isdir(os.path.join(path, package)):
+            pytest.fail(f"{var}={path} does not look like the authors' tree (no {package}/ package in it)")
         _forget_upstream_modules()
         monkeypatch.syspath_prepend(path)
         if not torch.cuda.is_available():  # import-time torch.cuda.current_device() in their memory helpers
@@ -61,3 +67,23 @@ def fp32_attention(monkeypatch, *module_names):
         for attr in ("attention", "flash_attention"):
             if hasattr(mod, attr):
                 monkeypatch.setattr(mod, attr, sdpa)
+
+
+class _CudaAsCpu(TorchFunctionMode):
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if func is torch.Tensor.cuda:
+            return args[0]
+        kwargs = kwargs or {}
+        device = kwargs.get("device")
+        if device is not None and torch.device(device).type == "cuda":
+            kwargs = {**kwargs, "device": "cpu"}
+        return func(*args, **kwargs)
+
+
+@contextlib.contextmanager
+def cuda_as_cpu():
+    """Inside: a torch call given ``device="cuda"`` (CausVid's re-noise builds its timestep tensor that way)
+    creates its tensor on the CPU, and ``tensor.cuda()`` (its step warp) leaves the tensor where it is: the
+    suite runs on the CPU, with or without a GPU. Their code is not touched."""
+    with _CudaAsCpu():
+        yield
