@@ -18,6 +18,7 @@ NEGATIVE = "blurry, static, distorted, low quality"
 # CPU-friendly sizes (21 frames = 6 latent frames = 2 blocks of 3); the notes give the GPU sizes.
 VIDEO = {"width": 320, "height": 192, "length": 21}
 LONGLIVE = get_preset("LongLive 1.0")
+KREA = get_preset("Krea Realtime 14B")
 LONGLIVE_HF = "https://huggingface.co/Efficient-Large-Model/LongLive-1.3B/resolve/main/models"
 REPACKAGED = "https://huggingface.co/Comfy-Org/Wan_2.1_ComfyUI_repackaged/resolve/main/split_files"
 # File -> (download URL, ComfyUI model folder): the loaders' properties.models, as core templates carry them.
@@ -31,6 +32,8 @@ MODELS.update({  # LongLive 1.0 as its authors publish it
     LONGLIVE.model_file: (f"{LONGLIVE_HF}/{LONGLIVE.model_file}", "diffusion_models"),
     LONGLIVE.lora_file: (f"{LONGLIVE_HF}/{LONGLIVE.lora_file}", "loras"),
 })
+MODELS[KREA.model_file] = ("https://huggingface.co/krea/krea-realtime-video/resolve/main/" + KREA.model_file,
+                           "diffusion_models")
 SIZES_NOTE = ("**Sizes.** Set for a CPU: 320×192, 21 frames (2 blocks). On a GPU use Wan's 480p: "
               "832×480, 81 frames (21 latent frames = 7 blocks of 3), or 1280×720 with the 720p checkpoints. "
               "A length that is not whole blocks runs with a shorter last block; the sampler says so and names "
@@ -201,6 +204,36 @@ WORKFLOWS = {
             ("base", "UNETLoader", {"unet_name": LONGLIVE.model_file}),
             ("model", "ApplyCausalWanLoRA", {"model": Link("base"), "lora_name": LONGLIVE.lora_file}),
             *_sample_and_save("model", "conditioning", "clipwan/longlive", LONGLIVE.sampler_values()),
+        ],
+    },
+    "clipwan_krea_realtime_stream": {
+        "note": ("## Krea Realtime 14B, streamed, from a start image\n\n**Checkpoints.** "
+                 f"`{KREA.model_file}` (krea/krea-realtime-video, {KREA.license}; flat `model.*` keys, loaded "
+                 "by Load Causal Wan Model) in models/diffusion_models, the Wan 2.1 VAE and the umt5 text "
+                 "encoder; the Missing Models panel downloads them. The stream node carries the Krea preset: "
+                 "5 warped steps (the last at t=0), blocks of 3, and before every block the KV cache is "
+                 "recomputed from 3 clean context frames, the first one re-encoded by the VAE from the decoded "
+                 "video once it is two blocks old — as Krea's realtime server runs it (that needs the VAE in the "
+                 "loop: use this node, not Causal Wan Sampler). Krea is text-to-video: the start image enters as "
+                 "the first latent frame, no CLIP vision.\n\n**Sizes.** Set for a CPU: 320×192, 37 frames (the "
+                 f"image + 3 blocks of 3). Krea runs 832×480; the preset's length is {KREA.recommended_length} "
+                 "frames (9 blocks). The 14B model needs a GPU (about 28 GB of weights in bf16)."),
+        "models": {k: MODELS[k] for k in (UMT5, WAN_VAE, KREA.model_file)},
+        "description": "Krea Realtime 14B as its authors run it: the VAE inside the loop re-encodes a decoded "
+                       "frame as the first of the 3 context frames whose K/V are recomputed before every block; "
+                       "each block is decoded, shown on the node and appended to an MP4 as soon as it is final.",
+        "nodes": [
+            ("image", "LoadImage", {"image": "example.png"}, "Start image"),
+            *_text_nodes(),
+            ("conditioning", "WanImageToVideo", {"positive": Link("positive"), "negative": Link("negative"),
+                                                 "vae": Link("vae"), "start_image": Link("image"),
+                                                 **VIDEO, "length": 37}),
+            ("model", "LoadCausalWanModel", {"model_name": KREA.model_file}),
+            ("stream", "CausalWanStreamVideo", {"model": Link("model"), "positive": Link("conditioning", 0),
+                                                "negative": Link("conditioning", 1),
+                                                "latent": Link("conditioning", 2), "vae": Link("vae"),
+                                                "filename_prefix": "clipwan/krea_realtime",
+                                                **KREA.sampler_values()}),
         ],
     },
     "clipwan_export_axera": {

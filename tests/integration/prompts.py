@@ -29,15 +29,22 @@ FILE_FOR_NODE = {
     "ExportCLIPToAxmodel": ck.CLIP_SMALL,
     "ApplyCausalWanLoRA": ck.LORA,
 }
+# t2v-distilled families whose loop takes no channel-concat image (Krea's recompute loop refuses it): the t2v file
+FILE_FOR_NAME = {"krea-realtime-video-14b.safetensors": ck.WAN_T2V}
 TEST_SIZES = {"width": 64, "height": 64, "length": 21, "batch_size": 1}  # 6 latent frames = 2 blocks of 3
 # with independent_first_frame on, blocks of 3 follow a 1-frame block: 7 latent frames = 1 + 2 blocks of 3
 LENGTH_AFTER_FIRST_FRAME = 25
+# Krea's loop re-encodes a decoded frame from its third generated block on: 10 latent frames = 1 + 3 blocks of 3
+LENGTH_KREA = 37
 
 
 def test_length(prompt: dict) -> int:
     """The pixel length the test server runs ``prompt`` at: one that fits its samplers' block layout."""
-    first = any(node["inputs"].get("independent_first_frame") is True for node in prompt.values()
-                if node["class_type"] in ("CausalWanSampler", "CausalWanStreamVideo"))
+    samplers = [node["inputs"] for node in prompt.values()
+                if node["class_type"] in ("CausalWanSampler", "CausalWanStreamVideo")]
+    if any(str(s.get("family", "")).startswith("Krea") for s in samplers):
+        return LENGTH_KREA
+    first = any(s.get("independent_first_frame") is True for s in samplers)
     return LENGTH_AFTER_FIRST_FRAME if first else TEST_SIZES["length"]
 
 
@@ -61,7 +68,7 @@ def for_test_server(prompt: dict, sizes: dict | None = None) -> dict:
             inputs["image"] = ck.IMAGE
         for name, value in inputs.items():
             if isinstance(value, str) and value.lower().endswith(MODEL_EXTENSIONS) and kind in FILE_FOR_NODE:
-                inputs[name] = FILE_FOR_NODE[kind]
+                inputs[name] = FILE_FOR_NAME.get(value, FILE_FOR_NODE[kind])
         if kind in ("WanImageToVideo", "WanI2VConditioning"):
             inputs.update({k: v for k, v in sizes.items() if k in inputs or k in ("width", "height", "length")})
     return prompt
