@@ -41,6 +41,32 @@ def test_per_block_decode_on_core_vae_equals_core_decode(comfy_dir):
     assert (ours - core).abs().max() <= 1e-4
 
 
+def test_krea_reencode_on_core_vae_equals_core_encode(comfy_dir):
+    """Krea's loop re-encodes a decoded frame with the VAE on the stream node's socket: our encoder over core's
+    loaded VAE (adopted, not copied) equals core's VAE Encode of that frame, and the MODEL-side normalisation
+    (``from_raw``) is core's ``process_latent_in`` of Wan 2.1."""
+    from . import checkpoints as ck
+    from .inprocess import import_comfy
+
+    import_comfy(comfy_dir)
+    import comfy.latent_formats
+    import comfy.sd
+
+    from comfyui_clipwan.nodes.stream_nodes import wan_vae_of
+    from comfyui_clipwan.wan.latent import normalize
+
+    vae = comfy.sd.VAE(sd=ck.wan_vae_state_dict(comfy_dir), dtype=torch.float32)
+    ours = wan_vae_of(vae)
+    assert ours.tree is vae.first_stage_model
+    pixels = torch.rand(1, 3, 1, 32, 48, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    core = vae.encode(((pixels + 1) / 2)[:, :, 0].permute(0, 2, 3, 1))  # IMAGE [1, H, W, 3] in 0..1
+    mine = ours.encode(pixels)
+    assert mine.shape == core.shape == (1, 16, 1, 4, 6)
+    assert (mine - core).abs().max() <= 1e-4
+    fmt = comfy.latent_formats.Wan21()
+    assert (normalize(mine) - fmt.process_in(mine)).abs().max() <= 1e-5
+
+
 def _stream_prompt(sizes=None, prefix="ClipWan/stream_test"):
     """The flagship causal example with its sampler replaced by Causal Wan Stream Video (same inputs + VAE)."""
     prompt, sampler = _causal_example(sizes=sizes)
