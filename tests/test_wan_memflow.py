@@ -17,6 +17,8 @@ from comfyui_clipwan.wan.memflow import MemoryLoop, bank_scores
 from comfyui_clipwan.wan.sampler import LOOP_SHAPES, PromptSwitch, block_layout, initial_noise, iter_causal_blocks, step_noise
 from comfyui_clipwan.wan.scheduler import denoising_schedule
 
+from tiny_models import sharpened
+
 T2V = WanConfig(dim=256, ffn_dim=320, num_heads=2, num_layers=2, in_dim=16)
 H = W = 8
 TOK = (H // 2) * (W // 2)
@@ -24,11 +26,7 @@ TOK = (H // 2) * (W // 2)
 
 @pytest.fixture(scope="module")
 def t2v():
-    sd = CausalWanModel.random(T2V, seed=5).state_dict()
-    for k in sd:  # sharper self-attention, so which frames are attended shows in the output
-        if ".self_attn.norm_q." in k or ".self_attn.norm_k." in k:
-            sd[k] = sd[k] * 4.0
-    return CausalWanModel.from_state_dict(sd)
+    return sharpened(T2V, seed=5)
 
 
 def _score(text_k, frame_k):

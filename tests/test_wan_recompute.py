@@ -12,7 +12,7 @@ import math
 import pytest
 import torch
 
-from comfyui_clipwan.wan import CausalSettings, CausalWanModel, WanConfig, sample_causal
+from comfyui_clipwan.wan import CausalSettings, WanConfig, sample_causal
 from comfyui_clipwan.wan import model as dit
 from comfyui_clipwan.wan.latent import denormalize, normalize
 from comfyui_clipwan.wan.presets import get_preset
@@ -20,6 +20,8 @@ from comfyui_clipwan.wan.sampler import block_layout, initial_noise, iter_causal
 from comfyui_clipwan.wan.scheduler import denoising_schedule
 from comfyui_clipwan.wan.stream import stream_video
 from comfyui_clipwan.wan.vae import WanVAE, WanVAEConfig
+
+from tiny_models import sharpened
 
 T2V = WanConfig(dim=256, ffn_dim=320, num_heads=2, num_layers=2, in_dim=16)
 H = W = 8
@@ -30,11 +32,7 @@ KREA = dict(loop="recompute", steps="1000,750,500,250,0", shift=5.0, frames_per_
 
 @pytest.fixture(scope="module")
 def t2v():
-    sd = CausalWanModel.random(T2V, seed=3).state_dict()
-    for k in sd:  # sharper self-attention, so which frames are attended shows in the output
-        if ".self_attn.norm_q." in k or ".self_attn.norm_k." in k:
-            sd[k] = sd[k] * 4.0
-    return CausalWanModel.from_state_dict(sd)
+    return sharpened(T2V, seed=3)
 
 
 @pytest.fixture(scope="module")
