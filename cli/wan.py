@@ -326,8 +326,9 @@ def _stream_to_video(args, model, inputs, settings, vae, fmt, out_dir, t0, log) 
         raise ValueError("--video needs a decoder: --vae wan_2.1_vae.safetensors (or --tiny-vae taew2_1.safetensors).")
     keep = bool(getattr(args, "save_latent", False))
     run = stream_video(model, inputs.latent, inputs.text, vae=decoder, to_raw=inputs.to_raw, seed=args.seed,
-                       encode=getattr(vae, "encode", None), from_raw=inputs.from_raw, keep_latent=keep, settings=settings, negative_text=inputs.negative_text,
-                       clip_fea=inputs.clip_fea, concat=inputs.concat, first_frames=inputs.first_frames)
+                       encode=getattr(vae, "encode", None), from_raw=inputs.from_raw, keep_latent=keep,
+                       settings=settings, negative_text=inputs.negative_text, clip_fea=inputs.clip_fea,
+                       concat=inputs.concat, first_frames=inputs.first_frames)
     t_start = time.perf_counter()
     first = None
     with VideoWriter(args.video, fps=args.fps) as writer:

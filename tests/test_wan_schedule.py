@@ -77,6 +77,8 @@ def test_step_counts_expand_or_are_refused():
     assert parse_steps("1000,750,500,250,0") == [1000, 750, 500, 250, 0]
     with pytest.raises(ValueError, match="only the last may be 0"):
         parse_steps("1000,500,0,0")
+    with pytest.raises(ValueError, match="steps '0'"):
+        parse_steps([0])  # a lone t = 0 step would return the noise
     with pytest.raises(ValueError) as e:
         parse_steps("3", warp=False)
     assert str(e.value) == ("steps '3' is a step count; with warp off type the timesteps themselves, e.g. "

@@ -93,7 +93,7 @@ def parse_steps(steps: Union[str, Sequence[float]], warp: bool = True) -> list[i
             raise ValueError(f"steps '{steps.strip()}' is a step count; with warp off type the timesteps "
                              f"themselves, e.g. '1000,757,522' (CausVid).")
         return expand_step_count(int(values[0]))
-    if is_text and len(values) == 1 and values[0] == 0:
+    if len(values) == 1 and values[0] == 0:
         raise ValueError("steps '0': give a step count from 1 to 50 such as '4', or timesteps such as "
                          "'1000,750,500,250'.")
     if not values:
