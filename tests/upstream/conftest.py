@@ -20,8 +20,8 @@ from torch.overrides import TorchFunctionMode
 
 # the authors' trees all use these top-level package / module names: one tree imported at a time (CausVid's
 # package, then Krea Realtime's server modules)
-_TOP_LEVEL = ("wan", "utils", "pipeline", "model", "trainer", "demo_utils", "causvid", "release_server", "v2v",
-              "settings")
+_TOP_LEVEL = ("wan", "wan_5b", "utils", "pipeline", "model", "trainer", "demo_utils", "causvid", "release_server",
+              "v2v", "settings")
 
 
 def _forget_upstream_modules():

@@ -22,6 +22,8 @@ import sys
 import pytest
 import torch
 
+from .conftest import _forget_upstream_modules
+
 LL_DIR = os.environ.get("UPSTREAM_LONGLIVE2_DIR")
 pytestmark = pytest.mark.skipif(not LL_DIR, reason="set UPSTREAM_LONGLIVE2_DIR to a NVlabs/LongLive (main) checkout")
 
@@ -33,6 +35,7 @@ TINY = dict(dim=256, ffn_dim=320, num_heads=2, num_layers=2)
 def upstream():
     os.environ["LLV2_TRITON_ROPE"] = "0"
     os.environ["LLV2_TRITON_ADALN"] = "0"
+    _forget_upstream_modules()  # another family's tree may have left its utils/ pipeline/ wan/ imported
     sys.path.insert(0, LL_DIR)
     import torchvision.io
     import transformers.models.x_clip.modeling_x_clip as xclip
@@ -64,6 +67,9 @@ def upstream():
     yield dict(Pipeline=CausalDiffusionInferencePipeline, Wrapper=WanDiffusionWrapper, Model=ll_causal.CausalWanModel,
                Scheduler=FlowMatchScheduler, OmegaConf=OmegaConf)
     ll_config.wan_default_config["Wan2.2-TI2V-5B"].update(saved)
+    # its utils/ is a regular package (an __init__.py), which would shadow the other trees' utils/ folders
+    sys.path.remove(LL_DIR)
+    _forget_upstream_modules()
 
 
 def _upstream_pipeline(up, sd, frames, block, sink, window, i2v, texts):
