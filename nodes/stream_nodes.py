@@ -89,13 +89,14 @@ class CausalWanStreamVideo:
             raise ValueError(f"format '{format}' is not one of {list(FORMATS)}.")
         causal, inputs, settings, switches, _ = prepare_run(model, positive, latent, seed, unique_id=unique_id,
                                                             **sampler)
-        dec = stream_decoder(vae, decoder)
+        wan = wan_vae_of(vae)  # ComfyUI's loaded VAE adopted once, for the decoder and the encoder
+        dec = stream_decoder(wan, decoder)
         batch, _, _, h, w = inputs.latent.shape
         files = [bridge.video_save_path(filename_prefix if batch == 1 else f"{filename_prefix}_b{i}",
                                         FORMATS[format], 8 * w, 8 * h) for i in range(batch)]
         writers = [VideoWriter(path, fps=fps, fmt=FORMATS[format]) for path, _, _ in files]
-        # the VAE's encoder too: Krea's loop re-encodes a decoded frame as its first context frame
-        encode = getattr(wan_vae_of(vae), "encode", None)
+        # its encoder too (whichever decoder): Krea's loop re-encodes a decoded frame as a context frame
+        encode = getattr(wan, "encode", None)
         run = stream_video(causal, inputs.latent, inputs.text, decoder=dec, to_raw=inputs.to_raw,
                            from_raw=inputs.from_raw, encode=encode, seed=seed,
                            settings=settings, negative_text=inputs.negative_text, clip_fea=inputs.clip_fea,

@@ -160,10 +160,7 @@ class RecomputeLoop(CausalLoop):
                 raise ValueError(f"loop 'recompute' does not support {what}.")
         self.context_frames = window - n  # Krea's kv_cache_num_frames
         self.known_blocks = sum(1 for st, m in self.layout if st + m <= self.known)
-        # the first generated block that re-encodes its first context frame (Krea: (block - 1)·n >= C)
-        reencoding = [bi for bi in range(self.known_blocks, len(self.layout))
-                      if not s.keep_first_frame and (bi - self.known_blocks - 1) * n >= self.context_frames]
-        self.needs_pixels = bool(reencoding)
+        self.needs_pixels = self._reencodes(len(self.layout) - 1)  # the last block re-encodes, if any does
         self.ring: Optional[PixelRing] = None
         self._fallback_warned = False
 
@@ -200,11 +197,15 @@ class RecomputeLoop(CausalLoop):
         return context_bias_mask(self._position, frames, float(s.context_bias), self.tokens_per_frame, self.dtype,
                                  self.device)
 
-    def _first_context_frame(self, bi: int) -> torch.Tensor:
+    def _reencodes(self, bi: int) -> bool:
+        """Whether block ``bi``'s first context frame is the re-encoded pixel frame (Krea: generated block ``g``
+        with ``(g - 1)·n >= C``, unless ``keep_first_frame``)."""
         generated = bi - self.known_blocks
-        keep = self.settings.keep_first_frame or (generated - 1) * int(self.settings.frames_per_block) < \
-            self.context_frames
-        if keep:
+        return not self.settings.keep_first_frame and generated >= 0 and \
+            (generated - 1) * int(self.settings.frames_per_block) >= self.context_frames
+
+    def _first_context_frame(self, bi: int) -> torch.Tensor:
+        if not self._reencodes(bi):
             return self._first
         if self.ring is None or not self.ring.frames:
             if not self._fallback_warned and self.fallback_note:

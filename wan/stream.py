@@ -131,8 +131,6 @@ def stream_video(model, latent: torch.Tensor, text: torch.Tensor, *, vae=None, d
             raise ValueError("stream_video needs a decoder: pass vae=WanVAE.from_file('wan_2.1_vae.safetensors') "
                              "(or a TAEHV), or decoder=vae.stream_decoder().")
         decoder = vae.stream_decoder()
-    if encode is None and vae is not None and hasattr(vae, "encode"):
-        encode = vae.encode
     return VideoStream(model, latent, text, decoder=decoder, keep_latent=keep_latent, to_raw=to_raw,
                        on_frames=on_frames, per_latent_frame=per_latent_frame, encode=encode, from_raw=from_raw,
                        **loop_kwargs)
