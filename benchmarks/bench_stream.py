@@ -46,8 +46,8 @@ def add_arguments(parser) -> None:
 
 
 def _models(size_px: int, vae_dim: int, seed: int, device):
-    from ..wan.causal_model import DEFAULT_CONFIG, CausalWanModel
-    from ..wan.vae import WanVAE, WanVAEConfig
+    from ..wan.model.causal import DEFAULT_CONFIG, CausalWanModel
+    from ..wan.vae.wan21 import WanVAE, WanVAEConfig
 
     model = CausalWanModel.random(DEFAULT_CONFIG, seed=seed, device=device)
     vae = WanVAE.random(WanVAEConfig(dim=vae_dim), seed=seed, device=device)
@@ -83,7 +83,7 @@ def two_stage(model, vae, inputs, settings, seed, device) -> dict:
 
 
 def streaming(model, vae, inputs, settings, seed, device) -> dict:
-    from ..wan.stream import stream_video
+    from ..wan.video.stream import stream_video
 
     t0 = time.perf_counter()
     first = None
@@ -119,8 +119,8 @@ MEMORY_SCRIPT = textwrap.dedent("""
 def memory_run(latent_frames: int, size_px: int, vae_dim: int, out_path: str) -> dict:
     """Stream ``latent_frames`` latent frames (blocks of 4, sink 4 + window 12) into an H.264 file."""
     from ..wan import CausalSettings
-    from ..wan.stream import stream_video
-    from ..wan.video_writer import VideoWriter
+    from ..wan.video.stream import stream_video
+    from ..wan.video.writer import VideoWriter
 
     device = torch.device("cpu")
     model, vae = _models(size_px, vae_dim, 0, device)
@@ -166,7 +166,7 @@ def run(args) -> int:
 
 def _run(args) -> dict:
     from ..wan import CausalSettings
-    from ..wan.latent import pixel_length_to_latent_frames
+    from ..wan.vae.latent import pixel_length_to_latent_frames
 
     if args.quick:
         args.frames, args.size, args.vae_dim, args.repeats = 33, 32, 8, 1

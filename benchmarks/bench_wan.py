@@ -19,11 +19,11 @@ import torch
 
 from ..dtypes import DTYPE_BY_NAME
 from ..wan import CausalSettings
-from ..wan import model as dit
-from ..wan.causal_model import DEFAULT_CONFIG, CausalWanModel
-from ..wan.config import preset
-from ..wan.sampler import CausalLoop, SamplerHooks, TimingHooks, combine_hooks, initial_noise
-from ..wan.scheduler import denoising_sigmas, x0_from_flow
+from ..wan.model import dit
+from ..wan.model.causal import DEFAULT_CONFIG, CausalWanModel
+from ..wan.model.config import preset
+from ..wan.sampling.loop import CausalLoop, SamplerHooks, TimingHooks, combine_hooks, initial_noise
+from ..wan.sampling.scheduler import denoising_sigmas, x0_from_flow
 
 
 def add_arguments(parser) -> None:

@@ -12,7 +12,7 @@ import torch
 from ..clip_vision import (CROP_MODES, DTYPE_NAMES, MULTI_IMAGE_MODES, ClipVisionOutput,
                            combine_images, default_clip_vision, load_clip_vision)
 from ..images import read_image as _read_image
-from ..wan.features import check_clip_features
+from ..wan.model.features import check_clip_features
 
 DEFAULT_NOTE = "embedded default: seeded random-init ViT-H/14 of the real architecture (not pretrained)"
 

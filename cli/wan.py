@@ -82,16 +82,16 @@ def register(sub) -> None:
 
 
 def _preset_names() -> list:
-    from ..wan.presets import preset_names
+    from ..wan.sampling.presets import preset_names
 
     return preset_names()
 
 
 def apply_preset(args) -> None:
-    """Overwrite the sampling arguments with the preset's (the table in wan/presets.py)."""
+    """Overwrite the sampling arguments with the preset's (the table in wan/sampling/presets.py)."""
     if not getattr(args, "preset", None):
         return
-    from ..wan.presets import get_preset
+    from ..wan.sampling.presets import get_preset
 
     p = get_preset(args.preset)
     args.steps, args.shift, args.warp = p.steps, p.shift, p.warp_steps
@@ -129,13 +129,13 @@ def _load_tensor(path: str, what: str, dims: int) -> torch.Tensor:
 def run_pipeline(args, out_dir: str, log=print) -> dict:
     from ..clip_vision import default_clip_vision, load_clip_vision
     from ..wan import CausalSettings, denormalize, sample_causal
-    from ..wan.causal_model import CausalWanModel, default_causal_wan
-    from ..wan.checkpoint import resolve_dtype
-    from ..wan.inputs import build_sampler_inputs, conditioning
-    from ..wan.latent import latent_format, pixel_length_to_latent_frames
-    from ..wan.conditioning import i2v_latents
-    from ..wan.sampler import loop_rules_for
-    from ..wan.vae import images_to_pixels
+    from ..wan.model.causal import CausalWanModel, default_causal_wan
+    from ..wan.model.checkpoint import resolve_dtype
+    from ..wan.conditioning.inputs import build_sampler_inputs, conditioning
+    from ..wan.vae.latent import latent_format, pixel_length_to_latent_frames
+    from ..wan.conditioning.image import i2v_latents
+    from ..wan.sampling.loop import loop_rules_for
+    from ..wan.vae.wan21 import images_to_pixels
 
     os.makedirs(out_dir, exist_ok=True)
     apply_preset(args)
@@ -212,7 +212,7 @@ def run_pipeline(args, out_dir: str, log=print) -> dict:
                               sink_size=args.sink, local_window=args.window,
                               independent_first_frame=args.independent_first_frame, guidance_scale=args.guidance)
     if getattr(args, "preset", None):  # the family's loop rules beyond the widgets (as the node's `family`)
-        from ..wan.presets import get_preset
+        from ..wan.sampling.presets import get_preset
 
         settings = dataclasses.replace(settings, **get_preset(args.preset).loop_rules())
     settings = loop_rules_for(settings, model.config)  # Wan 2.2 TI2V: LongLive 2.0's UniPC + first-frame clamp
@@ -240,7 +240,7 @@ def _save_latent(z, inputs, model, fmt, out_dir, log) -> dict:
     from safetensors.torch import save_file
 
     from ..wan import LatentPreviewer
-    from ..wan.latent import save_animation
+    from ..wan.vae.latent import save_animation
 
     raw = inputs.to_raw(z)
     latent_path = os.path.join(out_dir, "wan_latent.safetensors")
@@ -269,7 +269,7 @@ def _text_contexts(args, model, log):
         if not args.text_encoder or not args.tokenizer:
             raise ValueError("--prompt needs the umt5-xxl text encoder and its tokenizer: --text-encoder "
                              "models_t5_umt5-xxl-enc-bf16.pth (or umt5_xxl_fp16.safetensors) --tokenizer PATH.")
-        from ..wan.text_encoder import UMT5TextEncoder
+        from ..wan.text.umt5 import UMT5TextEncoder
 
         encoder = UMT5TextEncoder.from_file(args.text_encoder, args.tokenizer)
         if encoder.model.config.d_model != model.config.text_dim:
@@ -291,8 +291,8 @@ def _text_contexts(args, model, log):
 
 
 def _load_vae(args, model, dtype, log):
-    from ..wan.vae import WanVAE, WanVAEConfig
-    from ..wan.vae22 import load_vae
+    from ..wan.vae.wan21 import WanVAE, WanVAEConfig
+    from ..wan.vae.wan22 import load_vae
 
     if getattr(args, "demo_vae_dim", None):
         vae = WanVAE.random(WanVAEConfig(dim=args.demo_vae_dim), seed=args.seed)
@@ -313,9 +313,9 @@ def _load_vae(args, model, dtype, log):
 
 def _stream_to_video(args, model, inputs, settings, vae, fmt, out_dir, t0, log) -> dict:
     """Sample and decode block by block into the video file (nothing of the whole video kept)."""
-    from ..wan.stream import stream_video
-    from ..wan.taehv import TAEHV
-    from ..wan.video_writer import VideoWriter
+    from ..wan.video.stream import stream_video
+    from ..wan.vae.taehv import TAEHV
+    from ..wan.video.writer import VideoWriter
 
     if getattr(args, "tiny_vae", None):
         decoder = TAEHV.from_file(args.tiny_vae)

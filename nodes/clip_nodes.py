@@ -14,7 +14,7 @@ import torch
 
 from ..clip_vision import (MULTI_IMAGE_MODES, ClipVisionOutput, combine_images,
                            load_clip_vision)
-from ..wan.features import check_clip_features
+from ..wan.model.features import check_clip_features
 from . import comfy_bridge
 
 DTYPE_CHOICES = ("default", "fp32", "fp16", "bf16")

@@ -1,12 +1,12 @@
 """Causal Wan families: ApplyCausalWanLoRA (a LongLive-style LoRA file on a ComfyUI MODEL) and the
-GET /clipwan/presets route the sampler's web presets menu reads (the table is ``wan/presets.py``).
+GET /clipwan/presets route the sampler's web presets menu reads (the table is ``wan/sampling/presets.py``).
 """
 
 from __future__ import annotations
 
 from . import comfy_bridge as bridge
-from ..wan.lora import load_lora_file, lora_pairs
-from ..wan.presets import web_payload
+from ..wan.model.lora import load_lora_file, lora_pairs
+from ..wan.sampling.presets import web_payload
 
 PRESETS_PATH = "/clipwan/presets"
 COMFY_PREFIX = "diffusion_model."  # where ComfyUI's MODEL keeps the Wan DiT's weights

@@ -14,11 +14,11 @@ import logging
 import torch
 
 from . import comfy_bridge as bridge
-from ..wan.stream import stream_video
-from ..wan.taehv import FILE_PREFIXES, TAEHV
-from ..wan.vae import WanVAE
-from ..wan.vae22 import adopt_vae
-from ..wan.video_writer import VideoWriter
+from ..wan.video.stream import stream_video
+from ..wan.vae.taehv import FILE_PREFIXES, TAEHV
+from ..wan.vae.wan21 import WanVAE
+from ..wan.vae.wan22 import adopt_vae
+from ..wan.video.writer import VideoWriter
 from .wan_nodes import UI_EVENT, CausalWanSampler, _jpeg_base64, prepare_run
 
 log = logging.getLogger("comfyui_clipwan")

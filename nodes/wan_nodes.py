@@ -14,15 +14,15 @@ import logging
 import torch
 
 from . import comfy_bridge as bridge
-from ..wan import conditioning as cond
-from ..wan.causal_model import CausalWanModel
-from ..wan.checkpoint import load_wan_state_dict, resolve_dtype
-from ..wan.inputs import WanLatentAdapter, build_sampler_inputs
-from ..wan.latent import LatentPreviewer
-from ..wan.lora import merge_lora_file
-from ..wan.presets import CUSTOM_FAMILY, family_choices, family_preset
-from ..wan.sampler import (CausalSettings, PromptSwitch, SamplerHooks, fit_block_layout, iter_causal_blocks,
-                           loop_rules_for)
+from ..wan.conditioning import image as cond
+from ..wan.model.causal import CausalWanModel
+from ..wan.model.checkpoint import load_wan_state_dict, resolve_dtype
+from ..wan.conditioning.inputs import WanLatentAdapter, build_sampler_inputs
+from ..wan.vae.latent import LatentPreviewer
+from ..wan.model.lora import merge_lora_file
+from ..wan.sampling.presets import CUSTOM_FAMILY, family_choices, family_preset
+from ..wan.sampling.loop import CausalSettings, PromptSwitch, SamplerHooks, fit_block_layout, loop_rules_for
+from ..wan.sampling.run import iter_causal_blocks
 
 log = logging.getLogger("comfyui_clipwan")
 UI_EVENT = "clipwan.causal_frames"
@@ -306,7 +306,7 @@ class _RunReporter(SamplerHooks):
         """PIL images of the block's frames (first video in the batch)."""
         if self.tiny is not None:  # taew2_1 in models/vae_approx: decoded frames (4 per latent frame)
             try:
-                from ..wan.latent import frames_to_pil
+                from ..wan.vae.latent import frames_to_pil
 
                 pixels = self.tiny.decode(self.to_raw(x0[:1]))  # [1, 3, F, H, W] in [-1, 1]
                 frames = ((pixels[0].clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 3, 0)
@@ -320,7 +320,7 @@ class _RunReporter(SamplerHooks):
                         for f in range(x0.shape[2])]
             except Exception:
                 self.comfy_previewer = None
-        from ..wan.latent import frames_to_pil
+        from ..wan.vae.latent import frames_to_pil
 
         return frames_to_pil(self.previewer.frames(x0[0]))
 
@@ -340,7 +340,7 @@ class _RunReporter(SamplerHooks):
 
 def _tiny_live_decoder():
     """The TAEHV streaming decoder when ``taew2_1`` (or ``lighttaew2_1``) is in models/vae_approx, else None."""
-    from ..wan.taehv import FILE_PREFIXES, TAEHV
+    from ..wan.vae.taehv import FILE_PREFIXES, TAEHV
 
     path = bridge.tiny_decoder_file(FILE_PREFIXES)
     if path is None:

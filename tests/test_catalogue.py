@@ -41,9 +41,9 @@ from comfyui_clipwan.clip_vision.loader import resolve_dtype as clip_resolve_dty
 from comfyui_clipwan.images import ImageReadError, read_image, read_image_folder
 from comfyui_clipwan.nodes import axera_nodes
 from comfyui_clipwan.wan import CausalWanModel, WanConfig
-from comfyui_clipwan.wan.checkpoint import load_wan_state_dict
-from comfyui_clipwan.wan.checkpoint import resolve_dtype as wan_resolve_dtype
-from comfyui_clipwan.wan.checks import check_finite_latent
+from comfyui_clipwan.wan.model.checkpoint import load_wan_state_dict
+from comfyui_clipwan.wan.model.checkpoint import resolve_dtype as wan_resolve_dtype
+from comfyui_clipwan.wan.sampling.checks import check_finite_latent
 from comfyui_clipwan.weights import WeightsFileError, read_weights
 
 WAN_T2V = WanConfig(dim=128, ffn_dim=160, num_heads=1, num_layers=1, in_dim=16)

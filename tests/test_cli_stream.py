@@ -11,8 +11,8 @@ from safetensors.torch import save_file
 
 from comfyui_clipwan.cli import main
 from comfyui_clipwan.wan import CausalWanModel, WanConfig
-from comfyui_clipwan.wan.video_writer import read_video_frames
-from comfyui_clipwan.wan.vae import WanVAE, WanVAEConfig
+from comfyui_clipwan.wan.video.writer import read_video_frames
+from comfyui_clipwan.wan.vae.wan21 import WanVAE, WanVAEConfig
 
 I2V = WanConfig(dim=64, ffn_dim=128, num_heads=2, num_layers=2, in_dim=36, has_img_emb=True, text_dim=32)
 

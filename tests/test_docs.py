@@ -172,7 +172,7 @@ def _open_clip_b32(path: pathlib.Path) -> None:
 
 def _wan_vae(ws: pathlib.Path) -> None:
     """The Wan 2.1 VAE at base width 8 (real: 96), Wan's key names: ComfyUI's .safetensors and Wan's .pth."""
-    from comfyui_clipwan.wan.vae import WanVAE, WanVAEConfig
+    from comfyui_clipwan.wan.vae.wan21 import WanVAE, WanVAEConfig
 
     sd = {k: v.contiguous() for k, v in WanVAE.random(WanVAEConfig(dim=8), seed=0).tree.state_dict().items()}
     safetensors.torch.save_file(sd, str(ws / "wan_2.1_vae.safetensors"))
@@ -185,7 +185,7 @@ def _umt5(ws: pathlib.Path) -> None:
     from tokenizers import Tokenizer, models, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast, UMT5Config, UMT5EncoderModel
 
-    from comfyui_clipwan.wan.text_encoder import _WAN_TO_HF
+    from comfyui_clipwan.wan.text.umt5 import _WAN_TO_HF
 
     words = "a red fox trotting through fresh snow in".split()
     vocab = {"<pad>": 0, "</s>": 1, "<unk>": 2, **{w: i + 3 for i, w in enumerate(words)}}

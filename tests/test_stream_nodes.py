@@ -9,10 +9,10 @@ from comfyui_clipwan.nodes import comfy_bridge as bridge
 from comfyui_clipwan.nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS
 from comfyui_clipwan.nodes.stream_nodes import CausalWanStreamVideo
 from comfyui_clipwan.wan import CausalSettings, denormalize, sample_causal
-from comfyui_clipwan.wan.causal_model import CausalWanModel
-from comfyui_clipwan.wan.config import WanConfig
-from comfyui_clipwan.wan.vae import WanVAE, WanVAEConfig
-from comfyui_clipwan.wan.video_writer import read_video_frames
+from comfyui_clipwan.wan.model.causal import CausalWanModel
+from comfyui_clipwan.wan.model.config import WanConfig
+from comfyui_clipwan.wan.vae.wan21 import WanVAE, WanVAEConfig
+from comfyui_clipwan.wan.video.writer import read_video_frames
 
 CFG = WanConfig(dim=64, ffn_dim=128, num_heads=2, num_layers=2, in_dim=16, text_dim=32, text_len=8)
 
@@ -104,8 +104,8 @@ def test_krea_family_reencodes_through_the_stream_node(parts, tmp_path, monkeypa
     import warnings
 
     from comfyui_clipwan.nodes.wan_nodes import CausalWanSampler
-    from comfyui_clipwan.wan.presets import get_preset
-    from comfyui_clipwan.wan.stream import stream_video
+    from comfyui_clipwan.wan.sampling.presets import get_preset
+    from comfyui_clipwan.wan.video.stream import stream_video
 
     monkeypatch.chdir(tmp_path)
     model, vae, positive, _ = parts

@@ -10,8 +10,7 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 from transformers import UMT5Config, UMT5EncoderModel
 
-from comfyui_clipwan.wan import text_encoder as TE
-
+from comfyui_clipwan.wan.text import umt5 as TE
 TINY = dict(vocab_size=50, d_model=32, d_kv=8, d_ff=48, num_layers=2, num_heads=4,
             relative_attention_num_buckets=32, relative_attention_max_distance=128, feed_forward_proj="gated-gelu",
             dropout_rate=0.0, is_encoder_decoder=False)

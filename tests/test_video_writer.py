@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from comfyui_clipwan.wan.video_writer import VideoWriter, format_for_path, read_video_frames
+from comfyui_clipwan.wan.video.writer import VideoWriter, format_for_path, read_video_frames
 
 
 def _frames(n, h=32, w=48, seed=0):

@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from comfyui_clipwan.wan import CausalWanModel, WanConfig, config_from_shapes, normalize, denormalize, preset
-from comfyui_clipwan.wan import model as dit
-from comfyui_clipwan.wan.checkpoint import select_state_dict, strip_to_wan_keys
-from comfyui_clipwan.wan.latent import WAN22, check_latent, latent_format
+from comfyui_clipwan.wan.model import dit
+from comfyui_clipwan.wan.model.checkpoint import select_state_dict, strip_to_wan_keys
+from comfyui_clipwan.wan.vae.latent import WAN22, check_latent, latent_format
 
 from test_wan_model import ref_forward
 
@@ -86,7 +86,7 @@ def test_wan22_latent_format():
 
 
 def test_unipc_schedule_longlive2_numbers():
-    from comfyui_clipwan.wan.unipc import unipc_schedule
+    from comfyui_clipwan.wan.sampling.unipc import unipc_schedule
 
     ts, sig = unipc_schedule(4, 5.0)
     # shift 5 over linspace(0.999, 0, 5)[:-1]: t = floor(1000·σ)
@@ -100,7 +100,7 @@ def test_unipc_schedule_longlive2_numbers():
 @pytest.mark.parametrize("steps", [1, 2, 3, 4, 6])
 def test_unipc_solver_matches_diffusers(steps):
     diffusers = pytest.importorskip("diffusers")
-    from comfyui_clipwan.wan.unipc import UniPCSolver, unipc_schedule
+    from comfyui_clipwan.wan.sampling.unipc import UniPCSolver, unipc_schedule
 
     ts, sig = unipc_schedule(steps, 5.0)
     ref = diffusers.UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True,
@@ -133,8 +133,9 @@ def test_clamp_unipc_single_block_equals_reference_ti2v_solve():
     """One block covering the video has no cache: the loop must equal a plain TI2V solve written here from
     the reference forward and diffusers' UniPC: frame 0 clamped to the image and fed at t=0 every step."""
     diffusers = pytest.importorskip("diffusers")
-    from comfyui_clipwan.wan.sampler import CausalSettings, sample_causal
-    from comfyui_clipwan.wan.unipc import unipc_schedule
+    from comfyui_clipwan.wan.sampling.loop import CausalSettings
+    from comfyui_clipwan.wan.sampling.run import sample_causal
+    from comfyui_clipwan.wan.sampling.unipc import unipc_schedule
 
     m = CausalWanModel.random(TINY_TI2V, seed=4)
     g = torch.Generator().manual_seed(2)
@@ -186,8 +187,9 @@ def test_node_samples_ti2v_from_wan22_image_latent(tmp_path, monkeypatch):
     (image latent in the leading frames + noise_mask): LongLive 2.0's loop, frame 0 = the image."""
     from comfyui_clipwan.nodes.wan_nodes import CausalWanSampler, LoadCausalWanModel
     from comfyui_clipwan.nodes import comfy_bridge as bridge
-    from comfyui_clipwan.wan.conditioning import ti2v_latents
-    from comfyui_clipwan.wan.sampler import CausalSettings, sample_causal
+    from comfyui_clipwan.wan.conditioning.image import ti2v_latents
+    from comfyui_clipwan.wan.sampling.loop import CausalSettings
+    from comfyui_clipwan.wan.sampling.run import sample_causal
 
     path = _tiny_ti2v_file(tmp_path)
     monkeypatch.setattr(bridge, "resolve_model_path", lambda name, *folders: path)
@@ -220,8 +222,8 @@ def test_longlive2_preset_runs_through_the_node_on_defaults(tmp_path, monkeypatc
     start image through the node: 16 latent frames = 2 blocks of 8, frame 0 = the image's latent."""
     from comfyui_clipwan.nodes.wan_nodes import CausalWanSampler, LoadCausalWanModel
     from comfyui_clipwan.nodes import comfy_bridge as bridge
-    from comfyui_clipwan.wan.conditioning import ti2v_latents
-    from comfyui_clipwan.wan.presets import get_preset
+    from comfyui_clipwan.wan.conditioning.image import ti2v_latents
+    from comfyui_clipwan.wan.sampling.presets import get_preset
 
     preset = get_preset("LongLive 2.0")
     path = _tiny_ti2v_file(tmp_path)

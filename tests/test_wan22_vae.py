@@ -8,8 +8,8 @@ import pytest
 import torch
 from einops import rearrange
 
-from comfyui_clipwan.wan import vae22
-from comfyui_clipwan.wan.vae22 import Wan22VAE, Wan22VAEConfig, Wan22VAETree, config_from_shapes
+from comfyui_clipwan.wan.vae import wan22 as vae22
+from comfyui_clipwan.wan.vae.wan22 import Wan22VAE, Wan22VAEConfig, Wan22VAETree, config_from_shapes
 
 TINY = Wan22VAEConfig(dim=8, dec_dim=8, z_dim=4)
 
@@ -80,8 +80,7 @@ def test_encode_shapes_and_wan21_file_refused(tiny, tmp_path):
     assert tiny.encode(px).shape == (1, 4, 2, 2, 3)
     from safetensors.torch import save_file
 
-    from comfyui_clipwan.wan import vae as v21
-
+    from comfyui_clipwan.wan.vae import wan21 as v21
     save_file({k: v.contiguous() for k, v in v21.WanVAE.random(v21.WanVAEConfig(dim=8), seed=0).tree.state_dict()
                .items()}, str(tmp_path / "wan_2.1_vae.safetensors"))
     with pytest.raises(ValueError) as e:
@@ -123,9 +122,9 @@ def test_stream_video_ti2v_with_wan22_vae(tiny):
     """LongLive 2.0's loop on a tiny Wan 2.2 TI2V model streamed through the Wan 2.2 VAE block by block:
     the frames equal a whole decode of the sampled latent, and the first frame decodes the image latent."""
     from comfyui_clipwan.wan import CausalWanModel, WanConfig
-    from comfyui_clipwan.wan.latent import denormalize, normalize
-    from comfyui_clipwan.wan.sampler import CausalSettings, loop_rules_for
-    from comfyui_clipwan.wan.stream import stream_video
+    from comfyui_clipwan.wan.vae.latent import denormalize, normalize
+    from comfyui_clipwan.wan.sampling.loop import CausalSettings, loop_rules_for
+    from comfyui_clipwan.wan.video.stream import stream_video
 
     cfg = WanConfig(dim=256, ffn_dim=320, num_heads=2, num_layers=2, in_dim=48, out_dim=48)
     model = CausalWanModel.random(cfg, seed=2)
@@ -147,8 +146,7 @@ def test_stream_video_ti2v_with_wan22_vae(tiny):
 def test_load_vae_picks_the_generation(tiny, tmp_path):
     from safetensors.torch import save_file
 
-    from comfyui_clipwan.wan import vae as v21
-
+    from comfyui_clipwan.wan.vae import wan21 as v21
     save_file({"vae." + k: v.contiguous() for k, v in tiny.tree.state_dict().items()}, str(tmp_path / "a.safetensors"))
     small21 = v21.WanVAE.random(v21.WanVAEConfig(dim=8), seed=0)
     save_file({k: v.contiguous() for k, v in small21.tree.state_dict().items()}, str(tmp_path / "b.safetensors"))

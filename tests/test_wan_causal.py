@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from comfyui_clipwan.wan import CausalSettings, CausalWanModel, PromptSwitch, WanConfig, sample_causal
-from comfyui_clipwan.wan import model as dit
-from comfyui_clipwan.wan.sampler import (CausalLoop, NoiseSource, SamplerHooks, TimingHooks, block_layout,
-                                         initial_noise, iter_causal_blocks, step_noise)
-from comfyui_clipwan.wan.scheduler import denoising_schedule
+from comfyui_clipwan.wan.model import dit
+from comfyui_clipwan.wan.sampling.loop import CausalLoop, NoiseSource, SamplerHooks, TimingHooks, block_layout, initial_noise, step_noise
+from comfyui_clipwan.wan.sampling.run import iter_causal_blocks
+from comfyui_clipwan.wan.sampling.scheduler import denoising_schedule
 
 T2V = WanConfig(dim=256, ffn_dim=320, num_heads=2, num_layers=2, in_dim=16)
 I2V = WanConfig(dim=256, ffn_dim=320, num_heads=2, num_layers=2, in_dim=36, has_img_emb=True)
@@ -35,7 +35,7 @@ def _inputs(frames, batch=1, seed=0):
 
 
 def allowed(q_end, key_frame, sink, window):
-    """The attention rule, written independently of wan/cache.py."""
+    """The attention rule, written independently of wan/sampling/cache.py."""
     if key_frame >= q_end:
         return False
     return window == 0 or key_frame < sink or key_frame >= q_end - (window - sink)
@@ -337,7 +337,7 @@ def test_shorter_last_block_equals_the_masked_reference(t2v):
 
 
 def test_fit_block_layout_says_what_it_does_and_keeps_the_error_for_whole_block_loops():
-    from comfyui_clipwan.wan.sampler import fit_block_layout
+    from comfyui_clipwan.wan.sampling.loop import fit_block_layout
 
     s = CausalSettings(frames_per_block=3, independent_first_frame=True)
     assert fit_block_layout(s, 22) == (s, None)
@@ -384,7 +384,7 @@ def test_hooks_see_every_step_forward_and_block(t2v):
             events.append(("block", r.index))
 
     timing = TimingHooks()
-    from comfyui_clipwan.wan.sampler import combine_hooks
+    from comfyui_clipwan.wan.sampling.loop import combine_hooks
     sample_causal(t2v, latent, text, seed=0, settings=s, first_frames=first, hooks=combine_hooks(Record(), timing))
     steps = [e for e in events if e[0] == "step"]
     # block 0 is the known start frame: no denoising steps; blocks 1..5: 3 steps each

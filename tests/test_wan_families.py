@@ -15,8 +15,8 @@ from comfyui_clipwan.nodes.family_nodes import ApplyCausalWanLoRA, comfy_lora_pa
 from comfyui_clipwan.nodes.stream_nodes import CausalWanStreamVideo
 from comfyui_clipwan.nodes.wan_nodes import CausalWanSampler, LoadCausalWanModel, WanI2VConditioning
 from comfyui_clipwan.wan import CausalWanModel, WanConfig
-from comfyui_clipwan.wan import model as dit
-from comfyui_clipwan.wan.presets import PRESETS, get_preset, preset_names
+from comfyui_clipwan.wan.model import dit
+from comfyui_clipwan.wan.sampling.presets import PRESETS, get_preset, preset_names
 
 TINY = WanConfig(dim=128, ffn_dim=64, num_heads=1, num_layers=2, in_dim=16)
 RANK = 256  # LongLive adapter.rank
@@ -259,7 +259,7 @@ def _start_image_latent(preset, length, seed=0):
     if preset.base.startswith("Wan2.2"):
         from test_wan22 import FakeWan22VAE
 
-        from comfyui_clipwan.wan.conditioning import ti2v_latents
+        from comfyui_clipwan.wan.conditioning.image import ti2v_latents
 
         samples, mask = ti2v_latents(32, 32, length, 1, torch.rand(1, 32, 32, 3, generator=g), FakeWan22VAE().encode)
         return {"samples": samples, "noise_mask": mask}, [[text, {}]], samples[:, :, :1]
@@ -387,7 +387,7 @@ def test_presets_name_the_real_files_and_routes():
 def test_docs_model_table_is_the_preset_table():
     from pathlib import Path
 
-    from comfyui_clipwan.wan.presets import markdown_table
+    from comfyui_clipwan.wan.sampling.presets import markdown_table
 
     docs = (Path(__file__).resolve().parents[1] / "docs" / "wan.md").read_text()
     assert markdown_table() in docs
@@ -446,8 +446,8 @@ def test_cli_preset_runs_the_family_loop_rules(name, sources, longlive, tmp_path
 def test_longlive_lora_at_real_1_3b_size_on_meta():
     """LongLive 1.3B: 30 blocks x 10 Linear layers adapted at rank 256 (its config) — names and shapes line up
     with the real model (meta tensors, nothing allocated)."""
-    from comfyui_clipwan.wan.config import preset
-    from comfyui_clipwan.wan.lora import merge_lora
+    from comfyui_clipwan.wan.model.config import preset
+    from comfyui_clipwan.wan.model.lora import merge_lora
 
     with torch.device("meta"):
         tree = dit.WanDiT(preset("1.3B"))

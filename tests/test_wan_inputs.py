@@ -7,7 +7,7 @@ import torch
 
 from comfyui_clipwan.nodes.wan_nodes import CausalWanSampler
 from comfyui_clipwan.wan import CausalWanModel, WanConfig
-from comfyui_clipwan.wan.inputs import build_sampler_inputs, conditioning
+from comfyui_clipwan.wan.conditioning.inputs import build_sampler_inputs, conditioning
 
 I2V = WanConfig(dim=256, ffn_dim=320, num_heads=2, num_layers=2, in_dim=36, has_img_emb=True)
 T2V = WanConfig(dim=256, ffn_dim=320, num_heads=2, num_layers=2, in_dim=16)

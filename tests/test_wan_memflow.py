@@ -7,15 +7,16 @@ as a full text-query x frame-key product averaged, not as the module's product o
 import pytest
 import torch
 
-from comfyui_clipwan.wan.checkpoint import load_wan_state_dict
-from comfyui_clipwan.wan.lora import merge_lora_file
-from comfyui_clipwan.wan.presets import get_preset
+from comfyui_clipwan.wan.model.checkpoint import load_wan_state_dict
+from comfyui_clipwan.wan.model.lora import merge_lora_file
+from comfyui_clipwan.wan.sampling.presets import get_preset
 
 from comfyui_clipwan.wan import CausalSettings, CausalWanModel, WanConfig, sample_causal
-from comfyui_clipwan.wan import model as dit
-from comfyui_clipwan.wan.memflow import MemoryLoop, bank_scores
-from comfyui_clipwan.wan.sampler import LOOP_SHAPES, PromptSwitch, block_layout, initial_noise, iter_causal_blocks, step_noise
-from comfyui_clipwan.wan.scheduler import denoising_schedule
+from comfyui_clipwan.wan.model import dit
+from comfyui_clipwan.wan.sampling.memflow import MemoryLoop, bank_scores
+from comfyui_clipwan.wan.sampling.loop import LOOP_SHAPES, PromptSwitch, block_layout, initial_noise, step_noise
+from comfyui_clipwan.wan.sampling.run import iter_causal_blocks
+from comfyui_clipwan.wan.sampling.scheduler import denoising_schedule
 
 from tiny_models import sharpened
 

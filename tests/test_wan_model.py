@@ -11,9 +11,9 @@ import torch
 import torch.nn.functional as F
 
 from comfyui_clipwan.wan import CausalWanModel, WanConfig, config_from_shapes, preset
-from comfyui_clipwan.wan import model as dit
-from comfyui_clipwan.wan.checkpoint import load_wan_state_dict, strip_to_wan_keys
-from comfyui_clipwan.wan.rope import apply_rope, rope_cos_sin
+from comfyui_clipwan.wan.model import dit
+from comfyui_clipwan.wan.model.checkpoint import load_wan_state_dict, strip_to_wan_keys
+from comfyui_clipwan.wan.model.rope import apply_rope, rope_cos_sin
 
 TINY_I2V = WanConfig(dim=256, ffn_dim=320, num_heads=2, num_layers=2, in_dim=36, has_img_emb=True)
 TINY_T2V = WanConfig(dim=256, ffn_dim=320, num_heads=2, num_layers=2, in_dim=16)

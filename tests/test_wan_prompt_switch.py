@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from comfyui_clipwan.wan import CausalSettings, CausalWanModel, PromptSwitch, WanConfig, sample_causal
-from comfyui_clipwan.wan import model as dit
-from comfyui_clipwan.wan.sampler import block_layout, initial_noise, step_noise
-from comfyui_clipwan.wan.scheduler import denoising_schedule
+from comfyui_clipwan.wan.model import dit
+from comfyui_clipwan.wan.sampling.loop import block_layout, initial_noise, step_noise
+from comfyui_clipwan.wan.sampling.scheduler import denoising_schedule
 
 T2V = WanConfig(dim=256, ffn_dim=320, num_heads=2, num_layers=2, in_dim=16)
 H = W = 8

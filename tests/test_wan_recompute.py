@@ -13,13 +13,14 @@ import pytest
 import torch
 
 from comfyui_clipwan.wan import CausalSettings, WanConfig, sample_causal
-from comfyui_clipwan.wan import model as dit
-from comfyui_clipwan.wan.latent import denormalize, normalize
-from comfyui_clipwan.wan.presets import get_preset
-from comfyui_clipwan.wan.sampler import block_layout, initial_noise, iter_causal_blocks, step_noise
-from comfyui_clipwan.wan.scheduler import denoising_schedule
-from comfyui_clipwan.wan.stream import stream_video
-from comfyui_clipwan.wan.vae import WanVAE, WanVAEConfig
+from comfyui_clipwan.wan.model import dit
+from comfyui_clipwan.wan.vae.latent import denormalize, normalize
+from comfyui_clipwan.wan.sampling.presets import get_preset
+from comfyui_clipwan.wan.sampling.loop import block_layout, initial_noise, step_noise
+from comfyui_clipwan.wan.sampling.run import iter_causal_blocks
+from comfyui_clipwan.wan.sampling.scheduler import denoising_schedule
+from comfyui_clipwan.wan.video.stream import stream_video
+from comfyui_clipwan.wan.vae.wan21 import WanVAE, WanVAEConfig
 
 from tiny_models import sharpened
 

@@ -6,10 +6,10 @@ import pytest
 import torch
 
 from comfyui_clipwan.wan import CausalSettings, WanConfig, sample_causal
-from comfyui_clipwan.wan import model as dit
-from comfyui_clipwan.wan.rope import apply_rope, rope_cos_sin
-from comfyui_clipwan.wan.sampler import block_layout, initial_noise, step_noise
-from comfyui_clipwan.wan.scheduler import denoising_schedule
+from comfyui_clipwan.wan.model import dit
+from comfyui_clipwan.wan.model.rope import apply_rope, rope_cos_sin
+from comfyui_clipwan.wan.sampling.loop import block_layout, initial_noise, step_noise
+from comfyui_clipwan.wan.sampling.scheduler import denoising_schedule
 
 from tiny_models import sharpened
 

@@ -8,12 +8,12 @@ import pytest
 import torch
 
 from comfyui_clipwan.wan import CausalSettings, PromptSwitch, WanConfig, sample_causal
-from comfyui_clipwan.wan import model as dit
-from comfyui_clipwan.wan.presets import get_preset
-from comfyui_clipwan.wan.rope import apply_rope, rope_cos_sin
-from comfyui_clipwan.wan.sampler import (NoiseSource, SamplerHooks, SeededNoise, block_layout, initial_noise,
-                                         iter_causal_blocks, step_noise)
-from comfyui_clipwan.wan.scheduler import denoising_schedule
+from comfyui_clipwan.wan.model import dit
+from comfyui_clipwan.wan.sampling.presets import get_preset
+from comfyui_clipwan.wan.model.rope import apply_rope, rope_cos_sin
+from comfyui_clipwan.wan.sampling.loop import NoiseSource, SamplerHooks, SeededNoise, block_layout, initial_noise, step_noise
+from comfyui_clipwan.wan.sampling.run import iter_causal_blocks
+from comfyui_clipwan.wan.sampling.scheduler import denoising_schedule
 
 from tiny_models import sharpened
 
@@ -285,7 +285,7 @@ def test_rolling_forcing_preset_runs_the_rolling_loop(t2v):
 def test_stream_consumers_get_the_rolling_blocks(t2v):
     """``stream_video`` (the stream node's path) runs the rolling loop through ``iter_causal_blocks`` and hands
     out each block's frames in order; the latent equals ``sample_causal``'s."""
-    from comfyui_clipwan.wan.stream import stream_video
+    from comfyui_clipwan.wan.video.stream import stream_video
 
     class PixelsAreLatent:  # decode: the first 3 latent channels as pixels (the decoder is not under test)
         def decode(self, raw):

@@ -5,9 +5,9 @@ import pytest
 import torch
 
 from comfyui_clipwan.wan import CausalSettings, CausalWanModel, WanConfig, sample_causal
-from comfyui_clipwan.wan import model as dit
-from comfyui_clipwan.wan.sampler import initial_noise, step_noise
-from comfyui_clipwan.wan.scheduler import denoising_schedule, denoising_sigmas, parse_steps, shift_sigma
+from comfyui_clipwan.wan.model import dit
+from comfyui_clipwan.wan.sampling.loop import initial_noise, step_noise
+from comfyui_clipwan.wan.sampling.scheduler import denoising_schedule, denoising_sigmas, parse_steps, shift_sigma
 
 
 class UpstreamGrid:

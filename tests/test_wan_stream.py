@@ -7,11 +7,11 @@ import pytest
 import torch
 
 from comfyui_clipwan.wan import CausalSettings, denormalize, sample_causal
-from comfyui_clipwan.wan.causal_model import CausalWanModel
-from comfyui_clipwan.wan.config import WanConfig
-from comfyui_clipwan.wan.stream import stream_video
-from comfyui_clipwan.wan.taehv import TAEHV
-from comfyui_clipwan.wan.vae import WanVAE, WanVAEConfig
+from comfyui_clipwan.wan.model.causal import CausalWanModel
+from comfyui_clipwan.wan.model.config import WanConfig
+from comfyui_clipwan.wan.video.stream import stream_video
+from comfyui_clipwan.wan.vae.taehv import TAEHV
+from comfyui_clipwan.wan.vae.wan21 import WanVAE, WanVAEConfig
 
 CFG = WanConfig(dim=64, ffn_dim=128, num_heads=2, num_layers=2, in_dim=36, has_img_emb=True, text_dim=32,
                 text_len=8)

@@ -8,9 +8,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
 
-from comfyui_clipwan.wan import taehv as T
-
-
+from comfyui_clipwan.wan.vae import taehv as T
 @pytest.fixture(scope="module")
 def tae():
     return T.TAEHV.random(seed=5)

@@ -9,8 +9,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
 
-from comfyui_clipwan.wan import vae as V
-
+from comfyui_clipwan.wan.vae import wan21 as V
 TINY = V.WanVAEConfig(dim=8)
 
 

@@ -289,7 +289,7 @@ def _run_js(body: str):
 def test_presets_table_sets_real_sampler_widgets(defs):
     """The web menu's presets (GET /clipwan/presets = wan.presets.web_payload) name real widgets with valid
     values, and they are the authors' numbers."""
-    from comfyui_clipwan.wan.presets import web_payload
+    from comfyui_clipwan.wan.sampling.presets import web_payload
 
     presets = web_payload()
     sampler = {name: spec for name, spec, _ in wf.ordered_inputs(defs["CausalWanSampler"]) if wf.is_widget(spec)}
@@ -309,7 +309,7 @@ def test_presets_table_sets_real_sampler_widgets(defs):
 
 @pytest.mark.skipif(NODE is None, reason="node (JavaScript) is not installed")
 def test_web_menu_labels_and_applies_python_presets():
-    from comfyui_clipwan.wan.presets import web_payload
+    from comfyui_clipwan.wan.sampling.presets import web_payload
 
     payload = json.dumps(web_payload(["LongLive 1.0", "CausVid"]))
     out = _run_js(f"""

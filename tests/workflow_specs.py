@@ -7,7 +7,7 @@ ones users download (see docs/comfyui.md, "Models").
 
 from workflow_format import Link
 
-from comfyui_clipwan.wan.presets import get_preset
+from comfyui_clipwan.wan.sampling.presets import get_preset
 
 CLIP_H = "clip_vision_h.safetensors"
 UMT5 = "umt5_xxl_fp8_e4m3fn_scaled.safetensors"

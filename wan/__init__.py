@@ -3,16 +3,20 @@
 Pure PyTorch; no ComfyUI imports (the nodes in ``nodes/wan_nodes.py`` bridge to ComfyUI).
 """
 
-from .cache import KVCache, attended_frames
-from .causal_model import CausalWanModel
-from .checkpoint import load_wan_state_dict, strip_to_wan_keys
-from .config import WanConfig, config_from_shapes, detect_config, preset
-from .latent import LatentPreviewer, check_latent, denormalize, normalize, pixel_length_to_latent_frames
-from .sampler import (BlockResult, CausalLoop, CausalSettings, NoiseSource, PromptSwitch, SamplerHooks, SeededNoise,
-                      block_layout, iter_causal_blocks, sample_causal)
-from .scheduler import denoising_sigmas, parse_steps, shift_sigma
-from .stream import VideoBlock, stream_video
-from .vae import StreamingDecoder, WanVAE
+# The rooms: model/ (the DiT and its weights), sampling/ (the causal loop, its shapes, cache, schedules, presets),
+# conditioning/ (image routes, conditioning -> sampler inputs), vae/ (latent space, VAEs, tiny decoder),
+# video/ (streaming decode, file writers), text/ (umT5).
+from .model.causal import CausalWanModel
+from .model.checkpoint import load_wan_state_dict, strip_to_wan_keys
+from .model.config import WanConfig, config_from_shapes, detect_config, preset
+from .sampling.cache import KVCache, attended_frames
+from .sampling.loop import (BlockResult, CausalLoop, CausalSettings, NoiseSource, PromptSwitch, SamplerHooks, SeededNoise,
+                            block_layout)
+from .sampling.run import iter_causal_blocks, sample_causal
+from .sampling.scheduler import denoising_sigmas, parse_steps, shift_sigma
+from .vae.latent import LatentPreviewer, check_latent, denormalize, normalize, pixel_length_to_latent_frames
+from .vae.wan21 import StreamingDecoder, WanVAE
+from .video.stream import VideoBlock, stream_video
 
 __all__ = [
     "BlockResult", "CausalLoop", "CausalSettings", "CausalWanModel", "NoiseSource", "SamplerHooks", "SeededNoise",

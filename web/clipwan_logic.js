@@ -1,6 +1,6 @@
 // Pure helpers for clipwan.js: no DOM, no ComfyUI imports, so tests can run them under Node.
 //
-// The causal-model presets come from the Python table (wan/presets.py) through GET /clipwan/presets:
+// The causal-model presets come from the Python table (wan/sampling/presets.py) through GET /clipwan/presets:
 // {name: {note, values, model_file, lora_file, checkpoint_entry, recommended_length, image_route, license}}.
 // `values` are CausalWanSampler widget values, `family` (the combo whose loop rules the run follows) included;
 // tests/test_workflows.py checks them against the node.

@@ -46,8 +46,8 @@ def clip_vision_state_dict(layers=None, dtype=torch.float16) -> dict:
 
 
 def wan_state_dict(i2v: bool, seed: int = 0) -> dict:
-    from comfyui_clipwan.wan.config import WanConfig
-    from comfyui_clipwan.wan.model import WanDiT, init_random
+    from comfyui_clipwan.wan.model.config import WanConfig
+    from comfyui_clipwan.wan.model.dit import WanDiT, init_random
 
     cfg = WanConfig(**TINY_WAN, in_dim=36 if i2v else 16, has_img_emb=i2v)
     model = init_random(WanDiT(cfg), seed=seed)

@@ -102,7 +102,7 @@ def _text(seed=3):
 
 
 def _ours(sd):
-    from comfyui_clipwan.wan.causal_model import CausalWanModel
+    from comfyui_clipwan.wan.model.causal import CausalWanModel
 
     return CausalWanModel.from_state_dict(sd)
 
@@ -110,8 +110,10 @@ def _ours(sd):
 def test_sample_causal_equals_core_ar_video_on_t2v(comfy, t2v_sd):
     import comfy.latent_formats
 
-    from comfyui_clipwan.wan.sampler import CausalSettings, CoreARNoise, initial_noise, sample_causal
-    from comfyui_clipwan.wan.scheduler import denoising_sigmas
+    from comfyui_clipwan.wan.sampling.loop import CausalSettings, CoreARNoise, initial_noise
+
+    from comfyui_clipwan.wan.sampling.run import sample_causal
+    from comfyui_clipwan.wan.sampling.scheduler import denoising_sigmas
 
     frames, h, w = 7 * BLOCK, 8, 12
     latent = torch.zeros(1, 16, frames, h, w)
@@ -181,8 +183,9 @@ def _measure(run):
 
 
 def test_cost_per_block_core_growing_vs_ours_windowed(comfy, t2v_sd):
-    from comfyui_clipwan.wan.sampler import CausalSettings, initial_noise, sample_causal
-    from comfyui_clipwan.wan.scheduler import denoising_sigmas
+    from comfyui_clipwan.wan.sampling.loop import CausalSettings, initial_noise
+    from comfyui_clipwan.wan.sampling.run import sample_causal
+    from comfyui_clipwan.wan.sampling.scheduler import denoising_sigmas
 
     h, w = 16, 16  # 64 tokens per latent frame
     text = _text()

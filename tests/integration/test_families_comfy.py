@@ -17,7 +17,7 @@ def test_apply_lora_node_patches_equal_our_merge(comfy_dir, tmp_path):
     import comfy.sd
 
     from comfyui_clipwan.nodes.family_nodes import ApplyCausalWanLoRA
-    from comfyui_clipwan.wan.lora import merge_lora
+    from comfyui_clipwan.wan.model.lora import merge_lora
 
     sd = ck.wan_state_dict(i2v=False, seed=4)
     checkpoint = ck.longlive_lora(sd)

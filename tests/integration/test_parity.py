@@ -42,8 +42,9 @@ def _core_wan(comfy, sd):
 
 def test_causal_single_block_equals_core_wan_forward(comfy):
     """One block covering all frames, one step at t=1000: x0 = noise − flow, flow from core's WanModel."""
-    from comfyui_clipwan.wan.causal_model import CausalWanModel
-    from comfyui_clipwan.wan.sampler import CausalSettings, initial_noise, sample_causal
+    from comfyui_clipwan.wan.model.causal import CausalWanModel
+    from comfyui_clipwan.wan.sampling.loop import CausalSettings, initial_noise
+    from comfyui_clipwan.wan.sampling.run import sample_causal
 
     sd = ck.wan_state_dict(i2v=True, seed=3)
     ours = CausalWanModel.from_state_dict(sd)
@@ -68,8 +69,9 @@ def test_causal_single_block_equals_core_wan_forward(comfy):
 
 def test_causal_blocks_match_core_forward_on_the_first_block(comfy):
     """With 2-frame blocks, block 0 sees only itself: its x0 equals core's forward on those frames alone."""
-    from comfyui_clipwan.wan.causal_model import CausalWanModel
-    from comfyui_clipwan.wan.sampler import CausalSettings, initial_noise, sample_causal
+    from comfyui_clipwan.wan.model.causal import CausalWanModel
+    from comfyui_clipwan.wan.sampling.loop import CausalSettings, initial_noise
+    from comfyui_clipwan.wan.sampling.run import sample_causal
 
     sd = ck.wan_state_dict(i2v=True, seed=4)
     ours = CausalWanModel.from_state_dict(sd)

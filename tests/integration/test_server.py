@@ -79,7 +79,7 @@ def _check_outputs(server, prompt: dict, entry: dict, length: int):
     for nid in P.node_ids(prompt, "ExportCLIPToAxmodel"):
         assert outputs.get(nid), f"export node {nid} reported nothing: {outputs}"
     for nid in P.node_ids(prompt, "CausalWanStreamVideo"):
-        from comfyui_clipwan.wan.video_writer import read_video_frames
+        from comfyui_clipwan.wan.video.writer import read_video_frames
 
         videos = outputs[nid]["images"]
         assert len(videos) == 1 and videos[0]["filename"].endswith(".mp4")

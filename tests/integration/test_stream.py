@@ -27,7 +27,7 @@ def test_per_block_decode_on_core_vae_equals_core_decode(comfy_dir):
     import comfy.sd
 
     from comfyui_clipwan.nodes.stream_nodes import stream_decoder
-    from comfyui_clipwan.wan.vae import pixels_to_images
+    from comfyui_clipwan.wan.vae.wan21 import pixels_to_images
 
     vae = comfy.sd.VAE(sd=ck.wan_vae_state_dict(comfy_dir), dtype=torch.float32)
     latent = torch.randn(1, 16, 7, 4, 6, generator=torch.Generator().manual_seed(0))
@@ -53,7 +53,7 @@ def test_krea_reencode_on_core_vae_equals_core_encode(comfy_dir):
     import comfy.sd
 
     from comfyui_clipwan.nodes.stream_nodes import wan_vae_of
-    from comfyui_clipwan.wan.latent import normalize
+    from comfyui_clipwan.wan.vae.latent import normalize
 
     vae = comfy.sd.VAE(sd=ck.wan_vae_state_dict(comfy_dir), dtype=torch.float32)
     ours = wan_vae_of(vae)
@@ -89,7 +89,7 @@ def _stream_prompt(sizes=None, prefix="ClipWan/stream_test"):
 def test_stream_node_plays_decoded_frames_and_writes_the_video(server):
     from .test_server import _watch
 
-    from comfyui_clipwan.wan.video_writer import read_video_frames
+    from comfyui_clipwan.wan.video.writer import read_video_frames
 
     prompt, node = _stream_prompt()
     prompt_id, events = asyncio.run(_watch(server, prompt, node, interrupt_after_progress=False))
@@ -114,7 +114,7 @@ def test_stream_node_plays_decoded_frames_and_writes_the_video(server):
 def test_interrupted_stream_leaves_a_valid_shorter_file(server):
     from .test_server import _watch
 
-    from comfyui_clipwan.wan.video_writer import read_video_frames
+    from comfyui_clipwan.wan.video.writer import read_video_frames
 
     prompt, node = _stream_prompt(sizes={"length": 45}, prefix="ClipWan/stream_interrupted")  # 4 blocks
     prompt[node]["inputs"]["seed"] = 777

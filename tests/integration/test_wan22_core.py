@@ -21,8 +21,7 @@ def test_core_wan22_model_adopted_and_equal_with_per_frame_timesteps(comfy):
     import comfy.sd
 
     from comfyui_clipwan.wan import CausalWanModel, WanConfig, normalize
-    from comfyui_clipwan.wan import model as dit
-
+    from comfyui_clipwan.wan.model import dit
     cfg = WanConfig(dim=256, ffn_dim=320, num_heads=2, num_layers=2, in_dim=48, out_dim=48)
     sd = CausalWanModel.random(cfg, seed=9).state_dict()
     patcher = comfy.sd.load_diffusion_model_state_dict({k: v.clone() for k, v in sd.items()})
@@ -57,8 +56,8 @@ def test_core_wan22_image_to_video_latent_feeds_the_sampler(comfy, tmp_path):
 
     from comfyui_clipwan.nodes.wan_nodes import CausalWanSampler
     from comfyui_clipwan.wan import CausalWanModel, WanConfig
-    from comfyui_clipwan.wan.vae import images_to_pixels
-    from comfyui_clipwan.wan.vae22 import Wan22VAE, Wan22VAEConfig
+    from comfyui_clipwan.wan.vae.wan21 import images_to_pixels
+    from comfyui_clipwan.wan.vae.wan22 import Wan22VAE, Wan22VAEConfig
 
     vae = Wan22VAE.random(Wan22VAEConfig(dim=8, dec_dim=8), seed=4)
 

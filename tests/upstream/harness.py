@@ -4,7 +4,7 @@ fixed text table for their text encoder, an identity VAE, their diffusion wrappe
 import torch
 
 from comfyui_clipwan.wan import CausalSettings, CausalWanModel, WanConfig, sample_causal
-from comfyui_clipwan.wan.sampler import NoiseSource
+from comfyui_clipwan.wan.sampling.loop import NoiseSource
 
 LAYERS, H, W = 2, 8, 8
 TOKENS = (H // 2) * (W // 2)

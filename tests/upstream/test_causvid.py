@@ -25,7 +25,7 @@ import pytest
 import torch
 
 from comfyui_clipwan.wan import CausalSettings, CausalWanModel, sample_causal
-from comfyui_clipwan.wan.presets import get_preset
+from comfyui_clipwan.wan.sampling.presets import get_preset
 from .conftest import cuda_as_cpu, fp32_attention
 from .harness import H, LAYERS, W, ReplayTorchGlobalNoise, Texts, fit_pipeline, random_state_dict
 

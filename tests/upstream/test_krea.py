@@ -30,10 +30,10 @@ import pytest
 import torch
 
 from comfyui_clipwan.wan import CausalSettings, CausalWanModel, WanConfig, sample_causal
-from comfyui_clipwan.wan import recompute
-from comfyui_clipwan.wan.recompute import PixelRing
-from comfyui_clipwan.wan.sampler import NoiseSource
-from comfyui_clipwan.wan.stream import stream_video
+from comfyui_clipwan.wan.sampling import recompute
+from comfyui_clipwan.wan.sampling.recompute import PixelRing
+from comfyui_clipwan.wan.sampling.loop import NoiseSource
+from comfyui_clipwan.wan.video.stream import stream_video
 from .conftest import fp32_attention
 from .harness import Texts, random_state_dict, their_wrapper
 

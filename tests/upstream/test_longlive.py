@@ -176,8 +176,8 @@ def test_longlive_lora_pipeline_parity(case, upstream_tree, monkeypatch, tmp_pat
     assert diff <= 1e-4
 
     # sharp: the base alone, and the LoRA at PEFT's default lora_alpha 8 (scale 8/16) instead of their alpha = rank
-    from comfyui_clipwan.wan.checkpoint import load_wan_state_dict
-    from comfyui_clipwan.wan.lora import load_lora_file, merge_lora
+    from comfyui_clipwan.wan.model.checkpoint import load_wan_state_dict
+    from comfyui_clipwan.wan.model.lora import load_lora_file, merge_lora
 
     base_sd, _ = load_wan_state_dict(base_path, "generator")
     no_lora = (ours(CausalWanModel.from_state_dict(base_sd)) - theirs).abs().max().item()

@@ -117,7 +117,8 @@ class _FixedNoise:
 ])
 def test_longlive2_loop_parity(upstream, tmp_path, frames, block, sink, window, i2v, switch):
     from comfyui_clipwan.wan import CausalWanModel, WanConfig
-    from comfyui_clipwan.wan.sampler import CausalSettings, PromptSwitch, sample_causal
+    from comfyui_clipwan.wan.sampling.loop import CausalSettings, PromptSwitch
+    from comfyui_clipwan.wan.sampling.run import sample_causal
 
     cfg = WanConfig(in_dim=48, out_dim=48, **TINY)
     src = CausalWanModel.random(cfg, seed=5)

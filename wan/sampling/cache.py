@@ -24,7 +24,7 @@ Three family rules change the cache, each one function/option here: Reward Forci
   * ``sink_ema`` (Reward Forcing's "EMA sink", ``incremental_update``): when frames are evicted, see
     ``ema_sink_update``.
 
-and Rolling Forcing's (``rolling=True``, used by ``wan/rolling.py``) changes what is read, not what is stored:
+and Rolling Forcing's (``rolling=True``, used by ``wan/sampling/rolling.py``) changes what is read, not what is stored:
   * a *window pass* (``begin_window``) denoises several blocks jointly; it is read like a block but never
     committed and evicts nothing. It sees the sink and the recent frames ``f >= e - (L - sink)``, with the
     sink's keys moved (a rotation of their RoPE frame angle) to sit right before the oldest recent frame it
@@ -40,7 +40,7 @@ from typing import List, Optional
 
 import torch
 
-from .rope import apply_rope, rope_cos_sin
+from ..model.rope import apply_rope, rope_cos_sin
 
 POSITION_MODES = ("absolute", "slots")
 

@@ -52,7 +52,7 @@ from typing import Callable, Iterator, Optional
 import torch
 
 from .checks import check_finite_latent
-from .sampler import BlockResult, CausalLoop
+from .loop import BlockResult, CausalLoop
 
 
 def context_mask(frames: int, frames_per_block: int, tokens_per_frame: int, device) -> Optional[torch.Tensor]:

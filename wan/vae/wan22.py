@@ -1,7 +1,7 @@
 """Wan 2.2 video VAE (48 latent channels, 16x spatial and 4x temporal compression), the VAE of Wan 2.2
 TI2V-5B / LongLive 2.0, with Wan's key names; encoder for the start image, whole and streaming decoder.
 
-It is the Wan 2.1 VAE (``wan/vae.py``: causal convs, RMS norms, residual and attention blocks, causal time
+It is the Wan 2.1 VAE (``wan/vae/wan21.py``: causal convs, RMS norms, residual and attention blocks, causal time
 resampling, the feature cache that makes block-by-block decoding equal a whole decode) with four changes,
 which are all this module adds (Wan-Video/Wan2.2 ``wan/modules/vae2_2.py``, ComfyUI ``comfy/ldm/wan/vae2_2.py``):
 
@@ -24,9 +24,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import vae as v21
+from . import wan21 as v21
 from .latent import WAN22
-from .vae import AttentionBlock, CausalConv3d, Conv2d, FeatureCache, RMSNorm3d, ResidualBlock, causal_conv, run_layer
+from .wan21 import AttentionBlock, CausalConv3d, Conv2d, FeatureCache, RMSNorm3d, ResidualBlock, causal_conv, run_layer
 
 PATCH = 2  # pixels are folded 2x2 into channels around the VAE
 WAN22_ANCHOR = "decoder.upsamples.0.upsamples.0.residual.0.gamma"  # nested up blocks: only Wan 2.2
@@ -282,7 +282,7 @@ def vae_class(keys) -> type:
 
 def load_vae(path: str, dtype=None, device="cpu") -> v21.WanVAE:
     """A Wan 2.1 or Wan 2.2 VAE file, whichever it is (same interface)."""
-    from .checkpoint import read_file
+    from ..model.checkpoint import read_file
 
     raw = read_file(path)
     inner = next((raw[e] for e in ("state_dict", "model", "vae") if isinstance(raw.get(e), Mapping)), raw)

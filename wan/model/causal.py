@@ -11,8 +11,8 @@ from typing import Mapping, Optional
 import torch
 from torch import nn
 
-from . import model as dit
-from ..weights import FilePages
+from . import dit
+from ...weights import FilePages
 from .checkpoint import load_wan_state_dict, resolve_dtype
 from .config import WanConfig, config_from_shapes
 

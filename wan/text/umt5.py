@@ -169,7 +169,7 @@ class UMT5TextEncoder:
     @classmethod
     def from_file(cls, path: str, tokenizer_path: Optional[str] = None, dtype=None,
                   device="cpu") -> "UMT5TextEncoder":
-        from .checkpoint import read_file
+        from ..model.checkpoint import read_file
 
         tokenizer = load_tokenizer(tokenizer_path) if tokenizer_path else None
         return cls.from_state_dict(read_file(path), tokenizer, dtype=dtype, device=device,

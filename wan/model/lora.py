@@ -9,10 +9,13 @@ feed it; ``read_file`` of ``checkpoint.py`` is only used by the file-level helpe
 
 from __future__ import annotations
 
+import os
 import re
 from typing import Mapping, Optional
 
 import torch
+
+from ...weights import read_weights
 
 # LongLive's trainer saves {"generator_lora": ..., "critic_lora": ..., "step": n}; the critic adapts the
 # bidirectional teacher and is never used at inference.
@@ -110,18 +113,12 @@ def merge_lora(state_dict: Mapping[str, torch.Tensor], lora: Mapping[str, torch.
 
 def load_lora_file(path: str) -> dict:
     """The generator LoRA tensors of a file (safetensors or weights-only torch)."""
-    import os
-
-    from .checkpoint import read_file
-
-    return select_lora(read_file(path), os.path.basename(path))
+    return select_lora(read_weights(path, "LoRA"), os.path.basename(path))
 
 
 def merge_lora_file(state_dict: Mapping[str, torch.Tensor], path: str, strength: float = 1.0,
                     source: str = "") -> tuple[dict, str]:
     """``state_dict`` with the LoRA file at ``path`` merged, and ``source`` extended to say so."""
-    import os
-
     name = os.path.basename(path)
     merged = merge_lora(state_dict, load_lora_file(path), strength=strength, source=name)
     return merged, f"{source} + LoRA {name} x{strength:g}"

@@ -11,8 +11,8 @@ from typing import Mapping, Optional
 
 import torch
 
-from ..dtypes import resolve_dtype as _resolve_dtype
-from ..weights import WRAPPER_KEYS, read_weights
+from ...dtypes import resolve_dtype as _resolve_dtype
+from ...weights import WRAPPER_KEYS, read_weights
 from .lora import LORA_ENTRY
 
 ANCHOR = "head.modulation"  # present in every Wan 2.1 DiT, in no other model ComfyUI knows

@@ -51,7 +51,7 @@ from typing import List, Optional
 
 import torch
 
-from .sampler import RECACHE_MODES, CausalLoop
+from .loop import RECACHE_MODES, CausalLoop
 
 PIPELINES = ("auto", "single", "interactive")
 

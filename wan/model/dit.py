@@ -7,7 +7,7 @@ weights without copying them: Linear / Conv / embedding sub-modules are *called*
 handle its weight casting and offloading), parameter-free norms and attention are ours.
 
 Self-attention takes an optional ``kv_hook(layer, k, v) -> (k_all, v_all)``: the block-causal KV cache
-(``wan/cache.py``) plugs in there, and ``attn_mask`` gives the masked, cache-free reference used by tests.
+(``wan/sampling/cache.py``) plugs in there, and ``attn_mask`` gives the masked, cache-free reference used by tests.
 """
 
 from __future__ import annotations

@@ -33,11 +33,11 @@ from typing import Callable, Iterator, Optional, Sequence
 
 import torch
 
-from . import model as dit
+from ..model import dit
 from .cache import POSITION_MODES, KVCache
-from .causal_model import CausalWanModel
+from ..model.causal import CausalWanModel
 from .checks import check_finite_latent
-from .latent import check_latent
+from ..vae.latent import check_latent
 from .scheduler import DEFAULT_SHIFT, DEFAULT_STEPS, denoising_schedule, renoise, x0_from_flow
 from .unipc import UniPCSolver, unipc_schedule
 
@@ -70,21 +70,21 @@ class CausalSettings:
     recache: str = "joint"  # prompt switch: "joint" (LongLive), "blockwise" or "none" (see RECACHE_MODES)
     global_sink: bool = True  # joint re-cache: the sink keeps the old prompt's K/V (LongLive's shipped config)
     # loop shape (LOOP_SHAPES): "block" = one block at a time, denoised then cached (every family but those below);
-    # "rolling" = Rolling Forcing's window of len(steps) blocks at staggered noise levels (wan/rolling.py);
-    # "memory" = MemFlow's memory bank (wan/memflow.py); "recompute" = Krea Realtime's cache rebuilt from a few
-    # clean context frames before every block (wan/recompute.py)
+    # "rolling" = Rolling Forcing's window of len(steps) blocks at staggered noise levels (wan/sampling/rolling.py);
+    # "memory" = MemFlow's memory bank (wan/sampling/memflow.py); "recompute" = Krea Realtime's cache rebuilt from a few
+    # clean context frames before every block (wan/sampling/recompute.py)
     loop: str = "block"
     # a length that is not a whole number of blocks: False = refuse it (block_layout's error); True = the last
     # block is shorter (no author's loop does this: they all assert whole blocks; the node turns it on visibly,
     # see ``fit_block_layout``, for loop shapes in SHORTER_LAST_BLOCK_SHAPES only)
     shorter_last_block: bool = False
-    # loop "memory" (MemFlow, wan/memflow.py): frames in the memory bank, blocks between two recorded ones, and
+    # loop "memory" (MemFlow, wan/sampling/memflow.py): frames in the memory bank, blocks between two recorded ones, and
     # which of the authors' entry points it follows ("auto": inference.py, or interactive_inference.py with
     # prompt switches; "single" / "interactive" force one)
     memory_bank: int = 3
     memory_interval: int = 3
     memory_pipeline: str = "auto"
-    # loop "recompute" (Krea Realtime, wan/recompute.py): keep the first latent frame as the first context frame
+    # loop "recompute" (Krea Realtime, wan/sampling/recompute.py): keep the first latent frame as the first context frame
     # for the whole run (Krea's keep_first_frame; off = re-encode it from decoded pixels, the authors' default),
     # and Scope's kv_cache_attention_bias on the context frames after the first (1.0 = off, as Krea runs)
     keep_first_frame: bool = False
@@ -203,7 +203,7 @@ class NoiseSource:
 
     Implement both to replay another sampler's draws (see ``tests/upstream`` for Self-Forcing's order).
 
-    The rolling loop (``wan/rolling.py``) re-noises each block of a jointly denoised window and asks
+    The rolling loop (``wan/sampling/rolling.py``) re-noises each block of a jointly denoised window and asks
     ``window_step(block, step, shape, window_shape, offset, device)`` instead: ``window_shape`` is the whole
     window's ``[B, 16, frames, h, w]``, ``offset`` the block's first frame inside it. By default that is
     ``step(block, step, shape, device)``, so every source works with every loop; Rolling Forcing's own
@@ -672,33 +672,6 @@ class CausalLoop:
 LOOP_SHAPES = ("block", "memory", "rolling", "recompute")
 
 
-def loop_class(shape: str):
-    """The loop class of a loop shape (``CausalSettings.loop``). Each shape that is not the plain block loop
-    lives in a module of its own and subclasses ``CausalLoop`` (same arguments, hooks, noise and results)."""
-    if shape == "block":
-        return CausalLoop
-    if shape == "memory":  # MemFlow's memory bank
-        from .memflow import MemoryLoop
-
-        return MemoryLoop
-    if shape == "rolling":  # Rolling Forcing: blocks at staggered noise levels denoised jointly
-        from .rolling import RollingLoop
-
-        return RollingLoop
-    if shape == "recompute":  # Krea Realtime: the cache rebuilt from a few clean context frames per block
-        from .recompute import RecomputeLoop
-
-        return RecomputeLoop
-    raise ValueError(f"loop shape '{shape}' is not one of {list(LOOP_SHAPES)}.")
-
-
-def iter_causal_blocks(model: CausalWanModel, latent: torch.Tensor, text: torch.Tensor, **kwargs) -> CausalLoop:
-    """Validate and set up a block-causal run (errors raise here), return it as an iterable of
-    ``BlockResult`` (see ``CausalLoop`` for the arguments); the loop shape comes from ``settings.loop``."""
-    settings = kwargs.get("settings") or CausalSettings()
-    return loop_class(settings.loop)(model, latent, text, **kwargs)
-
-
 # --------------------------------------------------------------------------------------------------
 # Prompt switch: what happens to the cached frames (one function per rule)
 # --------------------------------------------------------------------------------------------------
@@ -759,41 +732,3 @@ def recache_none(loop: CausalLoop, bi: int, branch: _Branch) -> None:
 
 
 RECACHE_MODES = {"joint": recache_joint, "blockwise": recache_blockwise, "none": recache_none}
-
-
-class _LegacyBlockCallback(SamplerHooks):
-    def __init__(self, fn):
-        self.fn = fn
-
-    def on_block(self, r):
-        self.fn(r.index, r.total, r.x0, r.start_frame)
-
-
-def sample_causal(model: CausalWanModel, latent: torch.Tensor, text: torch.Tensor, *, seed: int = 0,
-                  settings: Optional[CausalSettings] = None, negative_text: Optional[torch.Tensor] = None,
-                  clip_fea: Optional[torch.Tensor] = None, concat: Optional[torch.Tensor] = None,
-                  first_frames: Optional[torch.Tensor] = None, prompt_switches: Sequence[PromptSwitch] = (),
-                  on_block: Optional[Callable] = None, check_interrupt: Optional[Callable[[], None]] = None,
-                  stats: Optional[dict] = None, noise: Optional[NoiseSource] = None,
-                  hooks: Optional[SamplerHooks] = None) -> torch.Tensor:
-    """Sample a whole video latent block by block (``CausalLoop`` for the arguments) and return the clean
-    latent, float32, same shape as ``latent``.
-
-    ``on_block(index, total, x0_block, start_frame)`` is called as soon as a block is final (before its
-    cache pass); ``hooks`` observe forwards and steps; ``stats`` (a dict) receives ``forward_s`` (time in DiT
-    forwards), ``cache_bytes`` and ``cache_frames``. ``check_interrupt()`` may raise to stop (nothing is
-    returned then)."""
-    timing = TimingHooks(model.device) if stats is not None else None
-    all_hooks = combine_hooks(hooks, timing, None if on_block is None else _LegacyBlockCallback(on_block))
-    loop = iter_causal_blocks(model, latent, text, seed=seed, settings=settings, negative_text=negative_text,
-                              clip_fea=clip_fea, concat=concat, first_frames=first_frames,
-                              prompt_switches=prompt_switches, noise=noise, hooks=all_hooks,
-                              check_interrupt=check_interrupt)
-    out = torch.zeros(latent.shape, dtype=torch.float32, device=model.device)
-    for r in loop:
-        out[:, :, r.start_frame:r.start_frame + r.num_frames] = r.x0
-    if stats is not None:
-        stats["forward_s"] = stats.get("forward_s", 0.0) + timing.forward_s
-        stats["cache_bytes"] = loop.cache_nbytes
-        stats["cache_frames"] = loop.cache_frames
-    return out

@@ -8,7 +8,7 @@ therefore gives the same frames as decoding the whole latent at once. The causal
 of latent frames in order, so each block can be decoded the moment it is final, in memory that does not
 grow with the video's length.
 
-As in ``wan/model.py`` the maths are functions over a *module tree with Wan's attribute names*
+As in ``wan/model/dit.py`` the maths are functions over a *module tree with Wan's attribute names*
 (``decoder.upsamples[i].residual[2]``, ``decoder.middle[1].to_qkv`` ...). ``WanVAETree`` below is one such
 tree; ComfyUI's ``VAE.first_stage_model`` for a Wan 2.1 VAE is another, so inside ComfyUI the stream decodes
 with ComfyUI's loaded weights without copying them. Convolutions are *called* (their own ``forward`` with
@@ -391,7 +391,7 @@ class WanVAE:
     to the DiT's space. Pixels are ``[B, 3, T, H, W]`` in [-1, 1].
     """
 
-    # what a subclass for another Wan VAE generation replaces (wan/vae22.py): its config reader, module tree,
+    # what a subclass for another Wan VAE generation replaces (wan/vae/wan22.py): its config reader, module tree,
     # default size, the files to name in errors, and the decoder/encoder functions over the tree
     read_config = staticmethod(config_from_shapes)
     tree_class = WanVAETree
@@ -433,7 +433,7 @@ class WanVAE:
 
     @classmethod
     def from_file(cls, path: str, dtype=None, device="cpu") -> "WanVAE":
-        from .checkpoint import read_file
+        from ..model.checkpoint import read_file
 
         name = os.path.basename(path)
         raw = read_file(path)

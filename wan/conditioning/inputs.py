@@ -1,7 +1,7 @@
 """ComfyUI conditioning -> the causal sampler's inputs: the one mapping, used by the sampler node and the CLI.
 
 A CONDITIONING is ``[[text_tensor, {key: value}], ...]`` (ComfyUI's format; the CLI builds the same). The
-sampler needs normalised tensors per image route (see ``wan/sampler.py``): ``clip_fea``, ``concat`` (i2v
+sampler needs normalised tensors per image route (see ``wan/sampling/loop.py``): ``clip_fea``, ``concat`` (i2v
 models) or ``first_frames`` (t2v causal models continuing from a start image), plus the text contexts.
 
 Two things differ between "inside ComfyUI" and "plain PyTorch" — how a raw VAE latent is normalised and how
@@ -23,9 +23,9 @@ from typing import Callable, Optional, Protocol
 
 import torch
 
-from . import conditioning as cond
-from .config import WanConfig
-from .latent import check_latent, denormalize, normalize
+from . import image as cond
+from ..model.config import WanConfig
+from ..vae.latent import check_latent, denormalize, normalize
 
 log = logging.getLogger("comfyui_clipwan")
 

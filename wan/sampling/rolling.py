@@ -8,7 +8,7 @@ in our words; ``W`` = number of denoising steps, ``n`` = frames per block, block
 
 * **Schedule.** ``denoising_step_list [1000, 800, 600, 400, 200]``, ``warp_denoising_step: true``, shift 5
   (``model_kwargs.timestep_shift``): 5 warped steps, t = 1000, 952.4, 882.4, 769.2, 555.6 on the shifted
-  1000-point grid; σ from the nearest grid point (``wan/scheduler.py``). ``num_frame_per_block: 3``,
+  1000-point grid; σ from the nearest grid point (``wan/sampling/scheduler.py``). ``num_frame_per_block: 3``,
   ``context_noise: 0``, ``independent_first_frame: false``. The README runs ``--num_output_frames 126`` latent
   frames (42 blocks) from the EMA weights (``--use_ema`` -> ``generator_ema``, FSDP prefixes stripped).
 * **Rolling window.** ``W`` blocks wide (one per step). There are ``G + W - 1`` windows; window ``w`` holds
@@ -38,7 +38,7 @@ in our words; ``W`` = number of denoising steps, ``n`` = frames per block, block
   ``current_start_frame`` before assigning it, so the authors' start-image path does not run.
 
 Here, with our settings: the anchor is the sink (``sink_size``: 3 = their first block), the 21-frame limit is
-``local_window``; ``wan/cache.py`` (``rolling=True``) reads exactly those sets. Generalised beyond the authors'
+``local_window``; ``wan/sampling/cache.py`` (``rolling=True``) reads exactly those sets. Generalised beyond the authors'
 config, with the same rules: any block layout (``independent_first_frame``, ``shorter_last_block``), any window and
 sink (``0`` = no window: every earlier frame, at its own position), fewer blocks than steps (the authors'
 bookkeeping assumes ``G >= W`` and re-draws a block's noise otherwise; here every block still takes its ``W`` steps
@@ -56,7 +56,7 @@ import torch
 
 from .cache import KVCache
 from .checks import check_finite_latent
-from .sampler import BlockResult, CausalLoop
+from .loop import BlockResult, CausalLoop
 from .scheduler import renoise, x0_from_flow
 
 

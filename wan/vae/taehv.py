@@ -113,7 +113,7 @@ class TAEHV:
 
     @classmethod
     def from_file(cls, path: str, device="cpu", dtype=torch.float32) -> "TAEHV":
-        from .checkpoint import read_file
+        from ..model.checkpoint import read_file
 
         return cls.from_state_dict(read_file(path), source=os.path.basename(path), device=device, dtype=dtype)
 

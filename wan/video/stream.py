@@ -21,8 +21,8 @@ from typing import Callable, Iterator, Optional
 
 import torch
 
-from .latent import denormalize, normalize
-from .sampler import iter_causal_blocks
+from ..vae.latent import denormalize, normalize
+from ..sampling.run import iter_causal_blocks
 
 
 @dataclasses.dataclass

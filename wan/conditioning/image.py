@@ -5,7 +5,7 @@
 * ``concat_mask`` ``[1, 1, T_lat, h, w]``: **0 = known frame, 1 = to generate**;
 * ``clip_vision_output``: anything with ``penultimate_hidden_states`` ``[B, 257, 1280]``.
 
-and their translation into the sampler's three routes (see ``wan/sampler.py``).
+and their translation into the sampler's three routes (see ``wan/sampling/loop.py``).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import Callable, Optional
 import torch
 import torch.nn.functional as F
 
-from .latent import LATENT_CHANNELS, WAN22, pixel_length_to_latent_frames
+from ..vae.latent import LATENT_CHANNELS, WAN22, pixel_length_to_latent_frames
 
 MASK_CHANNELS = 4  # Wan i2v: one mask channel per pixel frame folded into a latent frame
 

@@ -1,0 +1,79 @@
+"""Running a block-causal loop: the loop shape picked from the settings, and the whole-video convenience.
+
+The loop shapes (``loop.py`` the plain block loop; ``memflow.py``, ``rolling.py``, ``recompute.py`` its
+subclasses) import nothing from here, so this is the one module that knows all four.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Optional, Sequence
+
+import torch
+
+from ..model.causal import CausalWanModel
+from .loop import (LOOP_SHAPES, CausalLoop, CausalSettings, NoiseSource, PromptSwitch, SamplerHooks, TimingHooks,
+                   combine_hooks)
+from .memflow import MemoryLoop
+from .recompute import RecomputeLoop
+from .rolling import RollingLoop
+
+_LOOPS = {
+    "block": CausalLoop,
+    "memory": MemoryLoop,  # MemFlow's memory bank
+    "rolling": RollingLoop,  # Rolling Forcing: blocks at staggered noise levels denoised jointly
+    "recompute": RecomputeLoop,  # Krea Realtime: the cache rebuilt from a few clean context frames per block
+}
+
+
+def loop_class(shape: str):
+    """The loop class of a loop shape (``CausalSettings.loop``). Each shape that is not the plain block loop
+    lives in a module of its own and subclasses ``CausalLoop`` (same arguments, hooks, noise and results)."""
+    try:
+        return _LOOPS[shape]
+    except KeyError:
+        raise ValueError(f"loop shape '{shape}' is not one of {list(LOOP_SHAPES)}.") from None
+
+
+def iter_causal_blocks(model: CausalWanModel, latent: torch.Tensor, text: torch.Tensor, **kwargs) -> CausalLoop:
+    """Validate and set up a block-causal run (errors raise here), return it as an iterable of
+    ``BlockResult`` (see ``CausalLoop`` for the arguments); the loop shape comes from ``settings.loop``."""
+    settings = kwargs.get("settings") or CausalSettings()
+    return loop_class(settings.loop)(model, latent, text, **kwargs)
+
+
+class _LegacyBlockCallback(SamplerHooks):
+    def __init__(self, fn):
+        self.fn = fn
+
+    def on_block(self, r):
+        self.fn(r.index, r.total, r.x0, r.start_frame)
+
+
+def sample_causal(model: CausalWanModel, latent: torch.Tensor, text: torch.Tensor, *, seed: int = 0,
+                  settings: Optional[CausalSettings] = None, negative_text: Optional[torch.Tensor] = None,
+                  clip_fea: Optional[torch.Tensor] = None, concat: Optional[torch.Tensor] = None,
+                  first_frames: Optional[torch.Tensor] = None, prompt_switches: Sequence[PromptSwitch] = (),
+                  on_block: Optional[Callable] = None, check_interrupt: Optional[Callable[[], None]] = None,
+                  stats: Optional[dict] = None, noise: Optional[NoiseSource] = None,
+                  hooks: Optional[SamplerHooks] = None) -> torch.Tensor:
+    """Sample a whole video latent block by block (``CausalLoop`` for the arguments) and return the clean
+    latent, float32, same shape as ``latent``.
+
+    ``on_block(index, total, x0_block, start_frame)`` is called as soon as a block is final (before its
+    cache pass); ``hooks`` observe forwards and steps; ``stats`` (a dict) receives ``forward_s`` (time in DiT
+    forwards), ``cache_bytes`` and ``cache_frames``. ``check_interrupt()`` may raise to stop (nothing is
+    returned then)."""
+    timing = TimingHooks(model.device) if stats is not None else None
+    all_hooks = combine_hooks(hooks, timing, None if on_block is None else _LegacyBlockCallback(on_block))
+    loop = iter_causal_blocks(model, latent, text, seed=seed, settings=settings, negative_text=negative_text,
+                              clip_fea=clip_fea, concat=concat, first_frames=first_frames,
+                              prompt_switches=prompt_switches, noise=noise, hooks=all_hooks,
+                              check_interrupt=check_interrupt)
+    out = torch.zeros(latent.shape, dtype=torch.float32, device=model.device)
+    for r in loop:
+        out[:, :, r.start_frame:r.start_frame + r.num_frames] = r.x0
+    if stats is not None:
+        stats["forward_s"] = stats.get("forward_s", 0.0) + timing.forward_s
+        stats["cache_bytes"] = loop.cache_nbytes
+        stats["cache_frames"] = loop.cache_frames
+    return out

@@ -1,0 +1,1 @@
+"""Video out of the loop: decoding each block as it is final (``stream``) and writing MP4/WebM (``writer``)."""
