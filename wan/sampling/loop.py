@@ -65,7 +65,9 @@ class CausalSettings:
     # Causal Forcing++ 1/2-step configs (`denoising_step_list_first_chunk`): the first *generated* block (the
     # one after a start image, if any) runs this longer list; None = `steps` for every block
     first_block_steps: object = None
-    positions: str = "absolute"  # cached keys' RoPE positions: "absolute" frames, or "slots" (Reward Forcing)
+    # cached keys' RoPE positions: "absolute" frames, or "slots" = relative RoPE (Reward Forcing's slots; LongLive
+    # main's use_relative_rope is the same rule), which keeps positions bounded for videos of any length
+    positions: str = "absolute"
     sink_ema: Optional[float] = None  # Reward Forcing's EMA sink (0.999); None = the sink never changes
     recache: str = "joint"  # prompt switch: "joint" (LongLive), "blockwise" or "none" (see RECACHE_MODES)
     global_sink: bool = True  # joint re-cache: the sink keeps the old prompt's K/V (LongLive's shipped config)
