@@ -221,6 +221,11 @@ class NoiseSource:
     def window_step(self, block: int, step: int, shape, window_shape, offset: int, device) -> torch.Tensor:
         return self.step(block, step, shape, device)
 
+    def block_initial(self, block: int, shape, device) -> torch.Tensor:
+        """The first step's noise of a block past the first segment of an endless run (``EndlessLoop``: a
+        run with no fixed length has no whole-video ``initial``)."""
+        raise NotImplementedError(f"{type(self).__name__} has no block_initial(): it cannot drive an endless run.")
+
 
 def step_noise(seed: int, block: int, step: int, shape, device) -> torch.Tensor:
     """Fresh noise for re-noising ``block`` to its step ``step`` (>= 1); CPU generator like ComfyUI, so
@@ -247,6 +252,9 @@ class SeededNoise(NoiseSource):
 
     def step(self, block, step, shape, device):
         return step_noise(self.seed, block, step, shape, device)
+
+    def block_initial(self, block, shape, device):
+        return step_noise(self.seed, block, 0, shape, device)  # step 0: never a re-noise (those are >= 1)
 
 
 class CoreARNoise(SeededNoise):
@@ -570,7 +578,7 @@ class CausalLoop:
     # --- one DiT evaluation -------------------------------------------------------------------------
     def _forward(self, kind: str, block: int, x, t_value, branch: _Branch, start: int, head: bool = True):
         self.hooks.on_forward_start(kind, block)
-        y = None if self.y is None else self.y[:, :, start:start + x.shape[2]]
+        y = self._block_concat(start, x.shape[2])
         x_in = dit.join_concat(self.cfg, x.to(self.device), y)
         t = t_value.to(self.device) if torch.is_tensor(t_value) else \
             torch.full((self.batch,), float(t_value), dtype=torch.float64, device=self.device)
@@ -593,6 +601,16 @@ class CausalLoop:
         """A self-attention mask for a forward over ``frames`` frames: none (a loop shape may add one)."""
         return None
 
+    # --- a block's slice of the run's tensors (an endless run, wan/sampling/endless.py, makes them per block)
+    def _block_noise(self, bi: int, start: int, n: int) -> torch.Tensor:
+        return self.initial[:, :, start:start + n]
+
+    def _block_latent(self, start: int, n: int) -> torch.Tensor:
+        return self.latent[:, :, start:start + n]
+
+    def _block_concat(self, start: int, n: int) -> Optional[torch.Tensor]:
+        return None if self.y is None else self.y[:, :, start:start + n]
+
     # --- the parts of one block ---------------------------------------------------------------------
     @torch.no_grad()
     def _denoise(self, bi: int, start: int, n: int) -> torch.Tensor:
@@ -602,13 +620,13 @@ class CausalLoop:
             return self.first_frames[:, :, start:start + n].float().to(self.device).expand(
                 self.batch, -1, -1, -1, -1)
         sigmas, timesteps = self._schedule(bi)
-        x = self.initial[:, :, start:start + n]
+        x = self._block_noise(bi, start, n)
         if self.settings.solver == "unipc":
             steps = _UniPCSteps(self.unipc)  # starts from the noise itself (its first σ is 0.9998)
         else:
             steps = _RenoiseSteps(sigmas, timesteps, self.noise, bi, self.device)
             if sigmas[0] < 1.0:
-                x = renoise(self.latent[:, :, start:start + n].float().to(self.device), x, sigmas[0])
+                x = renoise(self._block_latent(start, n).float().to(self.device), x, sigmas[0])
         clean = self.first_frames if self.clamp else None
         for j, t_step in enumerate(steps.timesteps):
             self.check_interrupt()
