@@ -160,3 +160,13 @@ def test_endless_settings_choose_relative_positions_and_say_so():
     assert settings.positions == "slots" and "relative RoPE" in note
     same, none = endless_settings(settings)
     assert same is settings and none is None
+
+
+def test_bench_endless_memory_stays_flat_along_the_stream():
+    from comfyui_clipwan.benchmarks.bench_endless import measure
+
+    figures = measure("slots", near=30, far=150, window=4)
+    assert figures["near"]["latent_frame"] == 30 and figures["far"]["latent_frame"] == 150
+    assert figures["cache_frames"] <= 12  # sink 3 + window 12 includes the block: never more cached
+    assert figures["rss_ratio"] < 1.05
+    assert figures["near"]["block_ms"] > 0 and figures["far"]["block_ms"] > 0
