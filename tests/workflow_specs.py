@@ -160,6 +160,43 @@ WORKFLOWS = {
             *_sample_and_save("model", "conditioning", "clipwan/i2v_causal_core"),
         ],
     },
+    "clipwan_i2v_causal_custom_sampler": {
+        "note": CAUSAL_NOTE.format(title="Image to video, block-causal, through core's SamplerCustomAdvanced",
+                                   what="The causal loop as a SAMPLER: core's RandomNoise gives the initial noise "
+                                        "and the seed, BasicGuider the model and conditioning (CFGGuider for "
+                                        "cfg > 1), and the SIGMAS of ModelSamplingSD3 (shift 5) + BasicScheduler "
+                                        "(simple, 4 steps) are every block's steps: 1, 0.9375, 0.8333, 0.625 — "
+                                        "Self-Forcing's warped 1000,750,500,250, so the video is the one Causal "
+                                        "Wan Sampler makes with the same seed. Any SIGMAS node (ManualSigmas, "
+                                        "another scheduler or step count) drives the loop the same way."),
+        "models": MODELS,
+        "description": "Image-to-video, block-causal, composed from core's custom-sampling nodes: RandomNoise, "
+                       "BasicGuider and BasicScheduler's sigmas drive the pack's causal loop (Causal Wan Loop "
+                       "Sampler) inside SamplerCustomAdvanced, as core's SamplerARVideo is driven.",
+        "nodes": [
+            ("image", "LoadImage", {"image": "example.png"}, "Start image"),
+            ("clip_vision", "CLIPVisionLoader", {"clip_name": CLIP_H}),
+            ("clip_encode", "CLIPVisionEncode", {"clip_vision": Link("clip_vision"), "image": Link("image"),
+                                                 "crop": "none"}),
+            *_text_nodes(),
+            ("conditioning", "WanImageToVideo", {"positive": Link("positive"), "negative": Link("negative"),
+                                                 "vae": Link("vae"), "start_image": Link("image"),
+                                                 "clip_vision_output": Link("clip_encode"), **VIDEO}),
+            ("model", "UNETLoader", {"unet_name": WAN_I2V}),
+            ("shift", "ModelSamplingSD3", {"model": Link("model"), "shift": 5.0}),
+            ("noise", "RandomNoise", {"noise_seed": 0}),
+            ("guider", "BasicGuider", {"model": Link("shift"), "conditioning": Link("conditioning", 0)}),
+            ("sigmas", "BasicScheduler", {"model": Link("shift"), "scheduler": "simple", "steps": 4,
+                                          "denoise": 1.0}),
+            ("loop", "CausalWanLoopSampler", {}),
+            ("sample", "SamplerCustomAdvanced", {"noise": Link("noise"), "guider": Link("guider"),
+                                                 "sampler": Link("loop"), "sigmas": Link("sigmas"),
+                                                 "latent_image": Link("conditioning", 2)}),
+            ("decode", "VAEDecode", {"samples": Link("sample", 0), "vae": Link("vae")}),
+            ("save", "SaveAnimatedWEBP", {"images": Link("decode"), "filename_prefix": "clipwan/i2v_custom_sampler",
+                                          "fps": 16.0, "lossless": False, "quality": 85}),
+        ],
+    },
     "clipwan_i2v_causal_mixed": {
         "note": CAUSAL_NOTE.format(title="Image to video, block-causal, mixed",
                                    what="The ClipWan CLIP loader (also reads Wan's original .pth and OpenCLIP "
