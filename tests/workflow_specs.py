@@ -19,7 +19,6 @@ NEGATIVE = "blurry, static, distorted, low quality"
 VIDEO = {"width": 320, "height": 192, "length": 21}
 LONGLIVE = get_preset("LongLive 1.0")
 KREA = get_preset("Krea Realtime 14B")
-LONGLIVE_HF = "https://huggingface.co/Efficient-Large-Model/LongLive-1.3B/resolve/main/models"
 REPACKAGED = "https://huggingface.co/Comfy-Org/Wan_2.1_ComfyUI_repackaged/resolve/main/split_files"
 # File -> (download URL, ComfyUI model folder): the loaders' properties.models, as core templates carry them.
 MODELS = {
@@ -28,12 +27,13 @@ MODELS = {
     WAN_VAE: (f"{REPACKAGED}/vae/{WAN_VAE}", "vae"),
     WAN_I2V: (f"{REPACKAGED}/diffusion_models/{WAN_I2V}", "diffusion_models"),
 }
+# the causal families' files: names and URLs from the presets table (identifying names, e.g. longlive_lora.pt
+# for LongLive's lora.pt; the loaders also find a file under its authors' name)
 MODELS.update({  # LongLive 1.0 as its authors publish it
-    LONGLIVE.model_file: (f"{LONGLIVE_HF}/{LONGLIVE.model_file}", "diffusion_models"),
-    LONGLIVE.lora_file: (f"{LONGLIVE_HF}/{LONGLIVE.lora_file}", "loras"),
+    LONGLIVE.model_file: (LONGLIVE.download_url(0), "diffusion_models"),
+    LONGLIVE.lora_file: (LONGLIVE.download_url(1), "loras"),
 })
-MODELS[KREA.model_file] = ("https://huggingface.co/krea/krea-realtime-video/resolve/main/" + KREA.model_file,
-                           "diffusion_models")
+MODELS[KREA.model_file] = (KREA.download_url(0), "diffusion_models")
 SIZES_NOTE = ("**Sizes.** Set for a CPU: 320×192, 21 frames (2 blocks). On a GPU use Wan's 480p: "
               "832×480, 81 frames (21 latent frames = 7 blocks of 3), or 1280×720 with the 720p checkpoints. "
               "A length that is not whole blocks runs with a shorter last block; the sampler says so and names "
@@ -51,12 +51,12 @@ CAUSAL_NOTE = ("## {title}\n\n{what}\n\n**Checkpoints.** Any Wan 2.1 DiT. The fi
 # Wan 2.2 TI2V-5B / LongLive 2.0 (causal i2v on Wan 2.2): its VAE from Comfy-Org's Wan 2.2 repackage, the
 # distilled DiT from LongLive 2.0's release (loaded as is: {"generator": {"model.<Wan key>": ...}})
 WAN22_VAE = "wan2.2_vae.safetensors"
-LONGLIVE2 = "model_bf16.pt"
+LONGLIVE2_PRESET = get_preset("LongLive 2.0")
+LONGLIVE2 = LONGLIVE2_PRESET.model_file  # longlive2_model_bf16.pt (published as model_bf16.pt)
 WAN22_REPACKAGED = "https://huggingface.co/Comfy-Org/Wan_2.2_ComfyUI_Repackaged/resolve/main/split_files"
 MODELS.update({
     WAN22_VAE: (f"{WAN22_REPACKAGED}/vae/{WAN22_VAE}", "vae"),
-    LONGLIVE2: ("https://huggingface.co/Efficient-Large-Model/LongLive-2.0-5B/resolve/main/model_bf16.pt",
-                "diffusion_models"),
+    LONGLIVE2: (LONGLIVE2_PRESET.download_url(0), "diffusion_models"),
 })
 LONGLIVE2_NOTE = (
     "## Image to video with LongLive 2.0 (Wan 2.2 TI2V-5B), block-causal\n\nCore **Wan22ImageToVideoLatent** "
@@ -64,8 +64,8 @@ LONGLIVE2_NOTE = (
     "LongLive 2.0's own loop on it (a Wan 2.2 model switches it on): blocks of 8 latent frames from frame 0, "
     "the image clamped as the clean first frame at timestep 0, 4 UniPC steps per block at shift 5, attention "
     "sink 8 + window 32 (flat memory however long). `steps` is a step count here (4).\n\n**Checkpoints.** "
-    "LongLive 2.0's `model_bf16.pt` (Efficient-Large-Model/LongLive-2.0-5B, Apache-2.0) in "
-    "models/diffusion_models, `wan2.2_vae.safetensors` in models/vae, the umt5 text encoder; the Missing Models "
+    f"LongLive 2.0's `model_bf16.pt` (Efficient-Large-Model/LongLive-2.0-5B, Apache-2.0), saved as `{LONGLIVE2}` in "
+    "models/diffusion_models (the loader also finds it as `model_bf16.pt`), `wan2.2_vae.safetensors` in models/vae, the umt5 text encoder; the Missing Models "
     "panel downloads all three. No CLIP vision: TI2V takes the image as its first latent frame.\n\n**Sizes.** "
     "Set small: 320×192, 61 frames (16 latent frames = 2 blocks). LongLive 2.0 runs 1280×704 (latent 80×44); "
     "lengths 4·(8k−1)+1: 29, 61, 125, 253 … The 5B model needs a GPU (about 11 GB of weights in bf16).")
@@ -221,7 +221,8 @@ WORKFLOWS = {
     },
     "clipwan_longlive_lora": {
         "note": ("## LongLive 1.0 as shipped, from a start image\n\n**Checkpoints.** `longlive_base.pt` "
-                 "(models/diffusion_models) and its LoRA `lora.pt` (models/loras) from "
+                 "(models/diffusion_models) and its LoRA `lora.pt`, saved as "
+                 f"`{LONGLIVE.lora_file}` (models/loras; the loader also finds it as `lora.pt`), from "
                  "Efficient-Large-Model/LongLive-1.3B; Apply Causal Wan LoRA merges the LoRA like LongLive's "
                  "PEFT setup (rank 256, alpha 256). The sampler carries the LongLive preset (sink 3 + window 12, "
                  "the start image as its own first latent frame; LongLive is text-to-video, so no CLIP vision). "
@@ -229,7 +230,7 @@ WORKFLOWS = {
                  f"length is {LONGLIVE.recommended_length} frames at 832×480 (the preset menu sets it)."),
         "models": {k: MODELS[k] for k in (UMT5, WAN_VAE, LONGLIVE.model_file, LONGLIVE.lora_file)},
         "description": "LongLive 1.0 as shipped, from a start image: longlive_base.pt through core Load "
-                       "Diffusion Model, its lora.pt applied by Apply Causal Wan LoRA, the sampler set to the "
+                       "Diffusion Model, its LoRA (longlive_lora.pt) applied by Apply Causal Wan LoRA, the sampler set to the "
                        "LongLive preset (sink 3 + window 12, independent first frame = the image; a t2v model "
                        "has no img_emb, so no CLIP vision) and a length that fits its blocks.",
         "nodes": [
