@@ -10,11 +10,13 @@ exactly one of their identifying names is on disk.
 
 from __future__ import annotations
 
+import logging
 import os
 
 from . import comfy_bridge as bridge
 from ..wan.sampling.presets import alternative_names
 
+log = logging.getLogger("comfyui_clipwan")
 NONE = (None, "", "none")
 
 
@@ -27,7 +29,8 @@ def resolve_model_file(name: str, *folders: str) -> str:
         others = alternative_names(name)
         found = [path for path in (_find(os.path.join(os.path.dirname(name), other), folders) for other in others)
                  if path]
-        if len(found) == 1:
+        if len(found) == 1:  # said once per load: a bare name (lora.pt) may hold another family's file
+            log.info("model file '%s' not found; loading %s, the same file under its other name", name, found[0])
             return found[0]
         if found:
             raise FileNotFoundError(f"'{name}' is not in {', '.join('models/' + f for f in folders)} and several "
