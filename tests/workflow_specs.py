@@ -1,5 +1,7 @@
 """Graph descriptions of the example workflows (``python tests/workflow_format.py`` writes the JSON files).
 
+Each workflow: ``title`` (the template card's title, drawn on its thumbnail and stored as ``extra.info.title``),
+``card`` (what the thumbnail draws: tests/workflow_cards.py), ``note``, ``models``, ``description``, ``nodes``.
 Each node: ``(key, class_type, {input: value | Link(node_key, output)}, title)``. Widgets not named take the
 node's declared default, so the files follow the nodes' defaults when regenerated. File names are the
 ones users download (see docs/comfyui.md, "Models").
@@ -94,6 +96,8 @@ def _sample_and_save(model_key: str, cond_key: str, prefix: str, sampler_values=
 
 WORKFLOWS = {
     "clipwan_i2v_causal": {
+        "title": 'Image to video, block-causal (ClipWan nodes)',
+        "card": {'kind': 'video', 'caption': 'start image to video, block by block, shown as blocks end'},
         "note": CAUSAL_NOTE.format(title="Image to video, block-causal (all ClipWan nodes)",
                                    what="The start image's CLIP ViT-H features and VAE latent condition a Wan "
                                         "2.1 DiT sampled block by block with a KV cache; the frames appear on "
@@ -115,6 +119,8 @@ WORKFLOWS = {
         ],
     },
     "clipwan_i2v_causal_stream": {
+        "title": 'Image to video, streamed to an MP4',
+        "card": {'kind': 'stream', 'caption': 'each block decoded, played and appended to the file as it ends'},
         "note": CAUSAL_NOTE.format(title="Image to video, block-causal, streamed to a video file",
                                    what="Causal Wan Stream Video decodes each block with the Wan VAE as soon as "
                                         "it is final: the decoded frames play on the node while the next block "
@@ -140,6 +146,8 @@ WORKFLOWS = {
         ],
     },
     "clipwan_i2v_causal_core_nodes": {
+        "title": 'Image to video, block-causal, from core nodes',
+        "card": {'kind': 'video', 'caption': 'core CLIP vision, WanImageToVideo, UNETLoader feed it'},
         "note": CAUSAL_NOTE.format(title="Image to video, block-causal, from core nodes",
                                    what="ComfyUI's own Load CLIP Vision, CLIP Vision Encode, WanImageToVideo "
                                         "and Load Diffusion Model feed the ClipWan causal sampler."),
@@ -161,6 +169,8 @@ WORKFLOWS = {
         ],
     },
     "clipwan_i2v_causal_custom_sampler": {
+        "title": 'Causal Wan loop in SamplerCustomAdvanced',
+        "card": {'kind': 'custom', 'caption': 'core noise, guider and sigmas nodes drive the causal loop'},
         "note": CAUSAL_NOTE.format(title="Image to video, block-causal, through core's SamplerCustomAdvanced",
                                    what="The causal loop as a SAMPLER: core's RandomNoise gives the initial noise "
                                         "and the seed, BasicGuider the model and conditioning (CFGGuider for "
@@ -198,6 +208,8 @@ WORKFLOWS = {
         ],
     },
     "clipwan_i2v_causal_mixed": {
+        "title": 'Image to video, block-causal, pack + core nodes',
+        "card": {'kind': 'video', 'caption': "the pack's CLIP loader with core encode and WanImageToVideo"},
         "note": CAUSAL_NOTE.format(title="Image to video, block-causal, mixed",
                                    what="The ClipWan CLIP loader (also reads Wan's original .pth and OpenCLIP "
                                         "files) feeds core CLIP Vision Encode; core WanImageToVideo feeds the "
@@ -220,6 +232,8 @@ WORKFLOWS = {
         ],
     },
     "clipwan_longlive_lora": {
+        "title": 'LongLive 1.0 with its LoRA, from a start image',
+        "card": {'kind': 'video', 'caption': 'long video in flat memory: attention sink 3 + window 12'},
         "note": ("## LongLive 1.0 as shipped, from a start image\n\n**Checkpoints.** `longlive_base.pt` "
                  "(models/diffusion_models) and its LoRA `lora.pt`, saved as "
                  f"`{LONGLIVE.lora_file}` (models/loras; the loader also finds it as `lora.pt`), from "
@@ -245,6 +259,8 @@ WORKFLOWS = {
         ],
     },
     "clipwan_krea_realtime_stream": {
+        "title": 'Krea Realtime 14B, streamed to an MP4',
+        "card": {'kind': 'stream', 'blocks': (1, 3, 3, 3), 'caption': 'cache rebuilt from 3 clean frames before each block'},
         "note": ("## Krea Realtime 14B, streamed, from a start image\n\n**Checkpoints.** "
                  f"`{KREA.model_file}` (krea/krea-realtime-video, {KREA.license}; flat `model.*` keys, loaded "
                  "by Load Causal Wan Model) in models/diffusion_models, the Wan 2.1 VAE and the umt5 text "
@@ -275,6 +291,8 @@ WORKFLOWS = {
         ],
     },
     "clipwan_export_axera": {
+        "title": "Export Wan's CLIP to the Axera AX650N NPU",
+        "card": {'kind': 'export', 'caption': 'ONNX + Pulsar2 build inputs, calibrated on your images'},
         "note": ("## Export Wan's CLIP to the Axera AX650N NPU\n\n**Checkpoint.** `clip_vision_h.safetensors` "
                  "(ViT-H/14, the CLIP Wan 2.1 i2v uses; the Missing Models panel downloads it), or any CLIP vision "
                  "file the ClipWan loader reads. The export (ONNX + Pulsar2 configs + calibration set) runs on a "
@@ -293,6 +311,8 @@ WORKFLOWS = {
         ],
     },
     "clipwan_zero_shot": {
+        "title": 'CLIP zero-shot labels on an exported model',
+        "card": {'kind': 'zero_shot', 'caption': 'ranks your labels for an image (ONNX Runtime or the NPU)'},
         "note": ("## CLIP zero-shot on an exported model\n\n**Checkpoint.** None by default: the export node's "
                  "embedded default is a seeded random-init ViT-B/32, so the scores are meaningless until you pick "
                  "a real CLIP (OpenCLIP or Hugging Face CLIPModel file in models/clip) as its `source`. Runs on a "
@@ -310,6 +330,8 @@ WORKFLOWS = {
         ],
     },
     "clipwan_wan22_longlive2_i2v": {
+        "title": 'LongLive 2.0 (Wan 2.2 TI2V-5B), image to video',
+        "card": {'kind': 'video', 'blocks': (8,), 'image_first': False, 'caption': 'image clamped into the first block of 8, 4 UniPC steps'},
         "note": LONGLIVE2_NOTE,
         "models": MODELS,
         "description": "Wan 2.2 TI2V-5B causal image-to-video with LongLive 2.0: core Wan22ImageToVideoLatent puts "
