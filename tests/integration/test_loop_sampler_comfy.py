@@ -66,7 +66,16 @@ def test_sampler_custom_advanced_runs_the_causal_loop_like_causal_wan_sampler(se
     custom[_one(custom, "RandomNoise")]["inputs"]["noise_seed"] = seed
     ours = _causal_wan_sampler(custom, seed)
     save = _save_latent(custom, [_one(custom, "SamplerCustomAdvanced"), 0], "latents/loop_sampler")
-    via_core = _run_latent(server, custom, save)
+    custom["91"] = {"class_type": "SaveLatent", "inputs": {"samples": [_one(custom, "SamplerCustomAdvanced"), 1],
+                                                           "filename_prefix": "latents/loop_sampler_denoised"}}
+    entry = server.run_prompt(custom)
+    from safetensors.torch import load_file
+
+    via_core, denoised = (load_file(str(server.output_path(entry["outputs"][n]["latents"][0])))["latent_tensor"]
+                          for n in (save, "91"))
+    # SamplerCustomAdvanced's denoised_output is the last x0 the sampler reported: the whole video
+    torch.testing.assert_close(denoised, via_core, atol=0, rtol=0)
+    del custom["91"]
     _save_latent(ours, ["20", 0], "latents/causal_wan_sampler")
     direct = _run_latent(server, ours, save)
     assert via_core.shape == direct.shape == (1, 16, 6, 8, 8)

@@ -479,9 +479,11 @@ class CausalLoop:
             raise ValueError(f"solver '{s.solver}' / first_frame '{s.first_frame}': use a solver of {SOLVERS} "
                              f"and a first_frame policy of {FIRST_FRAME_POLICIES}.")
         if s.sigmas is not None and (s.solver != "renoise" or s.first_block_steps is not None):
-            raise ValueError("explicit sigmas run the re-noise rule with the same sigmas in every block; they do not "
-                             f"combine with solver '{s.solver}' (a step count) or first_block_steps "
-                             f"({s.first_block_steps!r}): drop the explicit sigmas or those settings.")
+            why = ("solver 'unipc' takes a step count (a Wan 2.2 model runs LongLive 2.0's UniPC loop: sample it with "
+                   "Causal Wan Sampler, steps 4)" if s.solver != "renoise" else
+                   f"first_block_steps {s.first_block_steps!r} is a step list of its own")
+            raise ValueError(f"explicit sigmas run the re-noise rule with the same sigmas in every block, but {why}; "
+                             f"drop the explicit sigmas or that setting.")
         if s.sigmas is not None:
             schedule = explicit_schedule(s.sigmas)
             self.sigmas, self.timesteps = list(schedule.sigmas), list(schedule.timesteps)
