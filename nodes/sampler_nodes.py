@@ -59,6 +59,9 @@ class GivenInitialNoise(NoiseSource):
     def window_step(self, block, step, shape, window_shape, offset, device):
         return self.steps.window_step(block, step, shape, window_shape, offset, device)
 
+    def block_initial(self, block, shape, device):  # an endless run's later blocks (not reached from a SAMPLER)
+        return self.steps.block_initial(block, shape, device)
+
 
 def guider_conditioning(guider) -> tuple:
     """``(positive, negative or None, cfg)`` of a GUIDER, as CONDITIONING lists (``[[text, {key: value}], ...]``)
