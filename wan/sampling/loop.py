@@ -38,7 +38,7 @@ from .cache import POSITION_MODES, KVCache
 from ..model.causal import CausalWanModel
 from .checks import check_finite_latent
 from ..vae.latent import check_latent
-from .scheduler import DEFAULT_SHIFT, DEFAULT_STEPS, denoising_schedule, renoise, x0_from_flow
+from .scheduler import DEFAULT_SHIFT, DEFAULT_STEPS, denoising_schedule, explicit_schedule, renoise, x0_from_flow
 from .unipc import UniPCSolver, unipc_schedule
 
 SOLVERS = ("renoise", "unipc")
@@ -91,6 +91,10 @@ class CausalSettings:
     # and Scope's kv_cache_attention_bias on the context frames after the first (1.0 = off, as Krea runs)
     keep_first_frame: bool = False
     context_bias: float = 1.0
+    # explicit per-block step sigmas (a ComfyUI SIGMAS list ending in 0, e.g. BasicScheduler / ManualSigmas, as the
+    # SAMPLER node gets them from SamplerCustomAdvanced): every block runs exactly these (scheduler.explicit_schedule)
+    # and steps / shift / warp are not used; None = the step list above
+    sigmas: Optional[Sequence[float]] = None
 
 
 @dataclasses.dataclass
@@ -484,7 +488,17 @@ class CausalLoop:
         if s.solver not in SOLVERS or s.first_frame not in FIRST_FRAME_POLICIES:
             raise ValueError(f"solver '{s.solver}' / first_frame '{s.first_frame}': use a solver of {SOLVERS} "
                              f"and a first_frame policy of {FIRST_FRAME_POLICIES}.")
-        if s.solver == "unipc":
+        if s.sigmas is not None and (s.solver != "renoise" or s.first_block_steps is not None):
+            why = ("solver 'unipc' takes a step count (a Wan 2.2 model runs LongLive 2.0's UniPC loop: sample it with "
+                   "Causal Wan Sampler, steps 4)" if s.solver != "renoise" else
+                   f"first_block_steps {s.first_block_steps!r} is a step list of its own")
+            raise ValueError(f"explicit sigmas run the re-noise rule with the same sigmas in every block, but {why}; "
+                             f"drop the explicit sigmas or that setting.")
+        if s.sigmas is not None:
+            schedule = explicit_schedule(s.sigmas)
+            self.sigmas, self.timesteps = list(schedule.sigmas), list(schedule.timesteps)
+            self.first_schedule = (self.sigmas, self.timesteps)
+        elif s.solver == "unipc":
             self.unipc = unipc_schedule(_step_count(s.steps), s.shift)
             self.sigmas, self.timesteps = self.unipc[1][:-1], None
             self.first_schedule = (self.sigmas, None)
