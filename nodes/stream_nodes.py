@@ -14,6 +14,7 @@ import logging
 import torch
 
 from . import comfy_bridge as bridge
+from ..wan.sampling.endless import endless_settings
 from ..wan.video.stream import stream_video
 from ..wan.vae.taehv import FILE_PREFIXES, TAEHV
 from ..wan.vae.wan21 import WanVAE
@@ -82,27 +83,42 @@ class CausalWanStreamVideo:
                                                "from models/vae_approx, much faster."})
         required["return_frames"] = ("BOOLEAN", {
             "default": False, "tooltip": "Also output every decoded frame as IMAGE (memory grows with length)."})
-        return {"required": required, "optional": dict(base.get("optional", {})), "hidden": dict(base["hidden"])}
+        optional = dict(base.get("optional", {}))
+        # after the sampler's optional inputs, so workflows saved before it keep their widget values
+        optional["until_stopped"] = ("BOOLEAN", {
+            "default": False, "advanced": True,
+            "tooltip": "Endless stream: ignore the latent's length (it is only the start) and keep sampling until "
+                       "Cancel; the file is fragmented MP4 (playable at every moment) and memory stays flat. Needs "
+                       "a local_window; positions become relative (LongLive's relative RoPE) so they stay inside "
+                       "the window at any length. Block loop families only."})
+        return {"required": required, "optional": optional, "hidden": dict(base["hidden"])}
 
     def stream(self, model, positive, latent, seed, vae, filename_prefix="ClipWan/causal", format="mp4 (H.264)",
-               fps=16, decoder=DECODERS[0], return_frames=False, unique_id=None, **sampler):
+               fps=16, decoder=DECODERS[0], return_frames=False, until_stopped=False, unique_id=None, **sampler):
         if format not in FORMATS:
             raise ValueError(f"format '{format}' is not one of {list(FORMATS)}.")
+        if until_stopped and return_frames:
+            raise ValueError("return_frames holds every decoded frame, so with until_stopped memory would grow "
+                             "without bound: turn one of them off (the video file holds every frame).")
         causal, inputs, settings, switches, _ = prepare_run(model, positive, latent, seed, unique_id=unique_id,
                                                             **sampler)
+        if until_stopped:
+            settings, note = endless_settings(settings)  # refuses a run that cannot be endless, before any work
+            if note:
+                log.info("Causal Wan Stream Video: %s", note)
         wan = wan_vae_of(vae)  # ComfyUI's loaded VAE adopted once, for the decoder and the encoder
         dec = stream_decoder(wan, decoder)
         batch, _, _, h, w = inputs.latent.shape
         files = [bridge.video_save_path(filename_prefix if batch == 1 else f"{filename_prefix}_b{i}",
                                         FORMATS[format], 8 * w, 8 * h) for i in range(batch)]
-        writers = [VideoWriter(path, fps=fps, fmt=FORMATS[format]) for path, _, _ in files]
+        writers = [VideoWriter(path, fps=fps, fmt=FORMATS[format], fragmented=until_stopped) for path, _, _ in files]
         # its encoder too (whichever decoder): Krea's loop re-encodes a decoded frame as a context frame
         encode = getattr(wan, "encode", None)
         run = stream_video(causal, inputs.latent, inputs.text, decoder=dec, to_raw=inputs.to_raw,
                            from_raw=inputs.from_raw, encode=encode, seed=seed,
                            settings=settings, negative_text=inputs.negative_text, clip_fea=inputs.clip_fea,
                            concat=inputs.concat, first_frames=inputs.first_frames, prompt_switches=switches,
-                           check_interrupt=bridge.check_interrupt)
+                           check_interrupt=bridge.check_interrupt, endless=until_stopped)
         progress = bridge.Progress(len(run), node_id=unique_id)
         player = bridge.prompt_server() is not None
         kept, last = [], None
@@ -148,8 +164,8 @@ class CausalWanStreamVideo:
                        "frame_start": int(piece.frame_start), "decoded": True,
                        "frames": [_jpeg_base64(im) for im in images]}
             bridge.send_ui_event(UI_EVENT, payload)
-        if piece.block_done:
-            progress.update_absolute(piece.index + 1, None if player else images[-1])
+        if piece.block_done:  # an endless run (total 0) keeps its bar full: there is no last block
+            progress.update_absolute(piece.index + 1 if piece.total else progress.total, None if player else images[-1])
 
 
 NODE_CLASS_MAPPINGS = {"CausalWanStreamVideo": CausalWanStreamVideo}

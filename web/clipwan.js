@@ -114,7 +114,10 @@ function showFrames(node, payload) {
   panel.total = (panel.total ?? 0) + urls.length;
   // Unbounded-length sampling can stream thousands of frames: the player keeps the most recent ones only.
   if (panel.frames.length > MAX_PLAYER_FRAMES) panel.frames.splice(0, panel.frames.length - MAX_PLAYER_FRAMES);
-  panel.label.textContent = `block ${block + 1} / ${totalBlocks} · ${panel.total} frames`;
+  // an endless stream (until_stopped) has no last block: total_blocks is 0
+  panel.label.textContent = totalBlocks
+    ? `block ${block + 1} / ${totalBlocks} · ${panel.total} frames`
+    : `block ${block + 1} (until stopped) · ${panel.total} frames`;
   // Play the frames so far as a loop. This player is the sampler's only preview: inside ComfyUI the node
   // sends its progress without preview images (see nodes/wan_nodes.py), so no second picture stacks up.
   if (panel.timer) clearInterval(panel.timer);

@@ -54,9 +54,13 @@ class VideoWriter:
     of calls; the size is fixed by the first frames. Odd sizes are padded by one edge row/column (4:2:0
     chroma needs even sizes)."""
 
-    def __init__(self, path: str, fps: float = 16, fmt: Optional[str] = None, crf: Optional[int] = None):
+    def __init__(self, path: str, fps: float = 16, fmt: Optional[str] = None, crf: Optional[int] = None,
+                 fragmented: bool = False):
         self.path = os.path.abspath(path)
         self.format = format_for_path(path, fmt)
+        # fragmented MP4 (an endless stream): a self-contained fragment per second of video, so the file being
+        # written is playable up to its last fragment at every moment; WebM is written progressively anyway
+        self.fragmented = fragmented
         self.fps = fps
         self.crf = crf
         self.frames_written = 0
@@ -78,9 +82,16 @@ class VideoWriter:
         options = dict(options)
         if self.crf is not None:
             options["crf"] = str(int(self.crf))
-        self._container = av.open(self._partial, mode="w", format=self.format)
+        fragments = self.fragmented and self.format == "mp4"
+        if fragments:  # no lookahead: each frame's packet is muxed (and flushed) as soon as it is encoded
+            options["tune"] = "zerolatency"
+        container_options = {"movflags": "frag_keyframe+empty_moov+default_base_moof",
+                             "flush_packets": "1"} if fragments else {}
+        self._container = av.open(self._partial, mode="w", format=self.format, options=container_options)
         rate = Fraction(self.fps).limit_denominator(1001)
         self._stream = self._container.add_stream(codec, rate=rate, options=options)
+        if fragments:  # a keyframe (so a fragment) every second: the playable part trails by at most that
+            self._stream.codec_context.gop_size = max(1, round(float(self.fps)))
         self._stream.width, self._stream.height = width + width % 2, height + height % 2
         self._stream.pix_fmt = pix_fmt
         self.size = (width, height)
