@@ -13,13 +13,13 @@ latent -> RGB approximation (PCA of the latent channels), not decoded video.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import sys
 import time
 
 import torch
 
+SUMMARY = "wan_summary.json"
 CLIP_DEMO_LAYERS = 4  # the demo's CLIP ViT-H/14 is cut to 4 of 32 blocks to stay within seconds on a CPU
 
 
@@ -131,13 +131,17 @@ def run_pipeline(args, out_dir: str, log=print) -> dict:
     from ..wan import CausalSettings, denormalize, sample_causal
     from ..wan.causal_model import CausalWanModel, default_causal_wan
     from ..wan.checkpoint import resolve_dtype
-    from ..wan.inputs import build_sampler_inputs, conditioning
+    from ..wan.inputs import build_sampler_inputs, check_image_latent, conditioning
+    from ..wan.budget import check_latent_fits
     from ..wan.latent import latent_format, pixel_length_to_latent_frames
     from ..wan.conditioning import i2v_latents
     from ..wan.sampler import loop_rules_for
     from ..wan.vae import images_to_pixels
 
+    from ..outputs import forget_summary
+
     os.makedirs(out_dir, exist_ok=True)
+    forget_summary(os.path.join(out_dir, SUMMARY))  # this run replaces the files the previous summary describes
     apply_preset(args)
     if getattr(args, "lora", None) and not args.model:
         raise ValueError("--lora is merged into --model: give the base weights with --model (for LongLive: "
@@ -173,10 +177,12 @@ def run_pipeline(args, out_dir: str, log=print) -> dict:
         raise ValueError(f"--width {args.width} and --height {args.height} must be multiples of "
                          f"{2 * fmt.spatial} for a {fmt.name} model.")
     frames = pixel_length_to_latent_frames(args.length)
+    check_latent_fits((1, fmt.channels, frames, args.height // fmt.spatial, args.width // fmt.spatial))
     latent = torch.zeros(1, fmt.channels, frames, args.height // fmt.spatial, args.width // fmt.spatial)
     image_latent = mask = None
     if args.image_latent and not args.no_image:
         given = _load_tensor(args.image_latent, "image latent", 5)
+        check_image_latent(given, model.config, f"--image-latent '{args.image_latent}'")
         if tuple(given.shape[3:]) != tuple(latent.shape[3:]):
             raise ValueError(f"--image-latent {list(given.shape)} does not match the video latent grid "
                              f"{list(latent.shape[3:])} (--width/--height / {fmt.spatial}).")
@@ -214,7 +220,7 @@ def run_pipeline(args, out_dir: str, log=print) -> dict:
     if getattr(args, "preset", None):  # the family's loop rules beyond the widgets (as the node's `family`)
         from ..wan.presets import get_preset
 
-        settings = dataclasses.replace(settings, **get_preset(args.preset).loop_rules())
+        settings = dataclasses.replace(settings, family=args.preset, **get_preset(args.preset).loop_rules())
     settings = loop_rules_for(settings, model.config)  # Wan 2.2 TI2V: LongLive 2.0's UniPC + first-frame clamp
     if getattr(args, "video", None):
         return _stream_to_video(args, model, inputs, settings, vae, fmt, out_dir, t0, log)
@@ -237,8 +243,7 @@ def run_pipeline(args, out_dir: str, log=print) -> dict:
 
 def _save_latent(z, inputs, model, fmt, out_dir, log) -> dict:
     """The raw latent (ComfyUI's Load Latent format) and its animated latent->RGB preview."""
-    from safetensors.torch import save_file
-
+    from ..outputs import save_safetensors as save_file
     from ..wan import LatentPreviewer
     from ..wan.latent import save_animation
 
@@ -256,8 +261,9 @@ def _save_latent(z, inputs, model, fmt, out_dir, log) -> dict:
 
 def _finish(summary: dict, inputs, t0: float, out_dir: str) -> dict:
     summary.update({"total_s": round(time.perf_counter() - t0, 3), "image_routes": inputs.image_routes})
-    with open(os.path.join(out_dir, "wan_summary.json"), "w") as f:
-        json.dump(summary, f, indent=2)
+    from ..outputs import write_json
+
+    write_json(summary, os.path.join(out_dir, SUMMARY))
     return summary
 
 

@@ -5,7 +5,7 @@ GET /clipwan/presets route the sampler's web presets menu reads (the table is ``
 from __future__ import annotations
 
 from . import comfy_bridge as bridge
-from ..wan.lora import load_lora_file, lora_pairs
+from ..wan.lora import check_delta_fits, check_strength, load_lora_file, lora_pairs
 from ..wan.presets import web_payload
 
 PRESETS_PATH = "/clipwan/presets"
@@ -20,6 +20,16 @@ def comfy_lora_patches(lora: dict, source: str = "LoRA file") -> dict:
     for key, (down, up, alpha) in lora_pairs(lora, source).items():
         out[COMFY_PREFIX + key] = (up, down, float(down.shape[0] if alpha is None else alpha))
     return out
+
+
+def check_patches_fit(patched, patches: dict, strength: float, source: str) -> None:
+    """The merge ComfyUI will do (``weight + strength · alpha/rank · up @ down``) must stay finite in the
+    weight's dtype: checked here, on the MODEL's weights, so an overflow is an error now, not NaN later."""
+    weights = patched.model_state_dict(COMFY_PREFIX) if hasattr(patched, "model_state_dict") else {}
+    for key, (up, down, alpha) in patches.items():
+        if key in weights:
+            delta = (up.float() @ down.float()) * (float(alpha) / down.shape[0]) * strength
+            check_delta_fits(key, weights[key], delta, strength, source)
 
 
 class ApplyCausalWanLoRA:
@@ -52,6 +62,7 @@ class ApplyCausalWanLoRA:
 
         path = bridge.resolve_model_path(lora_name, "loras")
         name = os.path.basename(path)
+        strength = check_strength(strength, name)  # NaN/inf: refused before anything is patched
         patches = comfy_lora_patches(load_lora_file(path), name)
         patched = model.clone()
         added = set(patched.add_patches({k: bridge.lora_weight_patch(*v) for k, v in patches.items()},
@@ -60,6 +71,7 @@ class ApplyCausalWanLoRA:
         if missing:
             raise ValueError(f"{name} adapts {len(missing)} weight(s) the MODEL does not have, e.g. {missing[:3]}; "
                              f"is the MODEL a Wan 2.1 DiT of the size the LoRA was trained on?")
+        check_patches_fit(patched, patches, strength, name)
         return (patched,)
 
 
