@@ -5,7 +5,7 @@ GET /clipwan/presets route the sampler's web presets menu reads (the table is ``
 from __future__ import annotations
 
 from . import comfy_bridge as bridge
-from ..wan.lora import check_delta_fits, check_strength, load_lora_file, lora_pairs
+from ..wan.lora import check_merged_fits, check_strength, load_lora_file, lora_pairs
 from ..wan.presets import web_payload
 
 PRESETS_PATH = "/clipwan/presets"
@@ -28,8 +28,9 @@ def check_patches_fit(patched, patches: dict, strength: float, source: str) -> N
     weights = patched.model_state_dict(COMFY_PREFIX) if hasattr(patched, "model_state_dict") else {}
     for key, (up, down, alpha) in patches.items():
         if key in weights:
+            w = weights[key]
             delta = (up.float() @ down.float()) * (float(alpha) / down.shape[0]) * strength
-            check_delta_fits(key, weights[key], delta, strength, source)
+            check_merged_fits(key, w.float() + delta.to(w.device), w.dtype, strength, source)
 
 
 class ApplyCausalWanLoRA:

@@ -1203,3 +1203,312 @@ def test_output_sampler_refuses_nan_text_embedding():
     with pytest.raises(ValueError, match=r"^the sampled latent of block 0 \(latent frames 0\.\.0\) contains NaN"):
         sample_causal(model, torch.zeros(1, 16, 1, 2, 2), text,
                       settings=CausalSettings(steps="1000", frames_per_block=1))
+
+
+# ==============================================================================================================
+# Round two: the inputs the new features brought (LoRA files, presets and families, streaming writers, text
+# encoders, Wan 2.2, very long or very large requests). Ids: ``lora-…``, ``family-…``, ``window-…``,
+# ``video-…``, ``fit-…``, ``tokenizer-…``, ``early-…``, ``message-…``, ``output-…``.
+# ==============================================================================================================
+from comfyui_clipwan.wan import CausalSettings, sample_causal  # noqa: E402
+from comfyui_clipwan.wan import budget  # noqa: E402
+from comfyui_clipwan.wan.lora import merge_lora  # noqa: E402
+
+WAN22_TINY = WanConfig(dim=128, ffn_dim=160, num_heads=1, num_layers=1, in_dim=48, out_dim=48)
+RANK = 4
+
+
+def _peft_lora(sd, rank=RANK, seed=5, targets=("blocks.0.self_attn.q", "blocks.0.ffn.0")):
+    """A PEFT LoRA (LongLive's key names) for the modules ``targets`` of the state dict ``sd``."""
+    g = torch.Generator().manual_seed(seed)
+    out = {}
+    for t in targets:
+        w = sd[t + ".weight"]
+        out[f"base_model.model.{t}.lora_A.weight"] = torch.randn(rank, w.shape[1], generator=g) * 0.1
+        out[f"base_model.model.{t}.lora_B.weight"] = torch.randn(w.shape[0], rank, generator=g) * 0.1
+    return out
+
+
+@pytest.fixture(scope="module")
+def lora_file(files, wan_sd):
+    path = files / "lora.safetensors"
+    save_file(_peft_lora(wan_sd), str(path))
+    return path
+
+
+class _Patcher:
+    """The three ModelPatcher methods Apply Causal Wan LoRA calls, over a plain state dict (fp16 here)."""
+
+    def __init__(self, sd, dtype=torch.float16):
+        self.sd = {"diffusion_model." + k: v.to(dtype) for k, v in sd.items()}
+        self.patches = {}
+
+    def clone(self):
+        return self
+
+    def add_patches(self, patches, strength):
+        self.patches.update(patches)
+        return [k for k in patches if k in self.sd]
+
+    def model_state_dict(self, prefix=None):
+        return {k: v for k, v in self.sd.items() if prefix is None or k.startswith(prefix)}
+
+
+def _lora_entry(entry, path, strength, wan_files, capsys):
+    """Every way to apply a LoRA file: the Python API (merge, from_file), both nodes and the CLI."""
+    from comfyui_clipwan.nodes.family_nodes import ApplyCausalWanLoRA
+    from comfyui_clipwan.nodes.wan_nodes import LoadCausalWanModel
+    from comfyui_clipwan.wan.lora import load_lora_file
+
+    model_file = str(wan_files / "wan.safetensors")
+    if entry == "merge":
+        return merge_lora(load_wan_state_dict(model_file)[0], load_lora_file(str(path)), strength,
+                          source=os.path.basename(path))
+    if entry == "from_file":
+        return CausalWanModel.from_file(model_file, lora=str(path), lora_strength=strength)
+    if entry == "load-node":
+        return LoadCausalWanModel().load(model_file, "default", "auto", str(path), strength)
+    if entry == "apply-node":
+        return ApplyCausalWanLoRA().apply(_Patcher(load_wan_state_dict(model_file)[0]), str(path), strength)
+    code, _, err = _cli(["sample", "--model", model_file, "--lora", path, f"--lora-strength={strength}",
+                         "--out", wan_files / "cli_out"], capsys)
+    assert code == 2
+    raise ValueError(err.removeprefix("error: "))
+
+
+LORA_ENTRIES = ["merge", "from_file", "load-node", "apply-node", "cli"]
+
+
+@pytest.mark.parametrize("strength", [float("nan"), float("inf"), float("-inf")], ids=["nan", "inf", "-inf"])
+@pytest.mark.parametrize("entry", LORA_ENTRIES)
+def test_lora_strength_not_finite_refused_everywhere(entry, strength, files, lora_file, capsys):
+    with pytest.raises(ValueError) as info:
+        _lora_entry(entry, lora_file, strength, files, capsys)
+    assert str(info.value) == (f"lora.safetensors: LoRA strength {strength} is not a finite number; give e.g. 1.0 "
+                               f"(as trained), 0.5 or -1.0.")
+
+
+@pytest.mark.parametrize("entry", ["merge-fp16", "from_file-fp16", "apply-node-fp16"])
+def test_lora_strength_overflowing_the_weights_dtype_refused(entry, tmp_path, wan_sd, lora_file, files):
+    """Strength 1e6 on fp16 weights: the merged weight passes 65504, it would be stored as inf (then NaN)."""
+    from comfyui_clipwan.nodes.family_nodes import ApplyCausalWanLoRA
+    from comfyui_clipwan.wan.lora import load_lora_file
+
+    lora = load_lora_file(str(lora_file))
+    oracle = float(((wan_sd["blocks.0.self_attn.q.weight"].half().float()
+                     + 1e6 * lora["base_model.model.blocks.0.self_attn.q.lora_B.weight"]
+                     @ lora["base_model.model.blocks.0.self_attn.q.lora_A.weight"] / RANK * RANK).abs().max()))
+    assert oracle > 65504
+    with pytest.raises(ValueError) as info:
+        if entry == "merge-fp16":
+            merge_lora({k: v.half() for k, v in wan_sd.items()}, lora, 1e6, source="lora.safetensors")
+        elif entry == "from_file-fp16":
+            CausalWanModel.from_file(str(files / "wan.safetensors"), dtype="fp16", lora=str(lora_file),
+                                     lora_strength=1e6)
+        else:
+            ApplyCausalWanLoRA().apply(_Patcher(wan_sd), str(lora_file), 1e6)
+    msg = str(info.value)
+    if entry == "from_file-fp16":  # merged in the file's fp32, refused where it is cast to fp16
+        assert re.fullmatch(r"wan\.safetensors \+ LoRA lora\.safetensors x1e\+06: weight 'blocks\.0\.(self_attn\.q|"
+                            r"ffn\.0)\.weight' holds values up to [\d.e+]+, beyond what float16 holds \(6\.55e\+04\); "
+                            r"load the model in bf16 or fp32 \(or lower the LoRA strength\)\.", msg), msg
+    else:
+        assert re.fullmatch(r"lora\.safetensors at strength 1e\+06: the merged weight '(diffusion_model\.)?blocks\.0\."
+                            r"(self_attn\.q|ffn\.0)\.weight' reaches [\d.e+]+, beyond what float16 holds \(6\.55e\+04\); "
+                            r"lower the strength \(1\.0 = as trained\) or load the model in a wider dtype\.", msg), msg
+
+
+def test_lora_large_but_fitting_strength_merges_exactly(wan_sd, lora_file):
+    """Control: strength 10 on fp32 stays finite and equals W + 10·B@A (PEFT's merge written out here)."""
+    from comfyui_clipwan.wan.lora import load_lora_file
+
+    lora = load_lora_file(str(lora_file))
+    merged = merge_lora(wan_sd, lora, 10.0)
+    a, b = (lora[f"base_model.model.blocks.0.ffn.0.lora_{x}.weight"] for x in "AB")
+    torch.testing.assert_close(merged["blocks.0.ffn.0.weight"], wan_sd["blocks.0.ffn.0.weight"] + 10.0 * (b @ a),
+                               atol=1e-5, rtol=0)
+
+
+def _comfy_kohya_key_map(sd):
+    """ComfyUI core's ``model_lora_keys_unet`` (comfy/lora.py) for a Wan MODEL, written out: every weight
+    ``diffusion_model.<path>.weight`` is reachable as ``lora_unet_<path with '.' -> '_'>``."""
+    return {"lora_unet_" + k[:-len(".weight")].replace(".", "_"): k for k in sd if k.endswith(".weight")}
+
+
+@pytest.mark.parametrize("style", ["kohya", "kohya-alpha", "lycoris", "kohya-k_img"],
+                         ids=lambda s: f"lora-{s}-names-load")
+def test_lora_kohya_names_merge_like_comfyui(style, wan_sd):
+    from comfyui_clipwan.wan.lora import lora_pairs
+
+    sd = dict(wan_sd)
+    if style == "kohya-k_img":  # an i2v model's image key projection: a Wan name with '_' inside
+        sd = dict(CausalWanModel.random(WanConfig(dim=128, ffn_dim=160, num_heads=1, num_layers=1, in_dim=36,
+                                                  has_img_emb=True), seed=2).state_dict())
+        targets = ("blocks.0.cross_attn.k_img", "blocks.0.self_attn.o")
+    else:
+        targets = ("blocks.0.self_attn.q", "blocks.0.cross_attn.v", "blocks.0.ffn.2", "text_embedding.0")
+    key_map = _comfy_kohya_key_map(sd)
+    by_module = {v[:-len(".weight")]: k for k, v in key_map.items()}
+    g = torch.Generator().manual_seed(9)
+    lora, want = {}, {}
+    for t in targets:
+        name = by_module[t].replace("lora_unet_", "lycoris_") if style == "lycoris" else by_module[t]
+        w = sd[t + ".weight"]
+        down, up = torch.randn(2, w.shape[1], generator=g), torch.randn(w.shape[0], 2, generator=g)
+        lora[f"{name}.lora_down.weight"], lora[f"{name}.lora_up.weight"] = down, up
+        alpha = 1.0 if style == "kohya-alpha" else 2.0
+        if style == "kohya-alpha":
+            lora[f"{name}.alpha"] = torch.tensor(alpha)
+        want[t + ".weight"] = w + 0.5 * (alpha / 2) * (up @ down)  # ComfyUI: strength · alpha/rank · up @ down
+    assert sorted(lora_pairs(lora)) == sorted(want)
+    merged = merge_lora(sd, lora, 0.5)
+    for key, value in want.items():
+        torch.testing.assert_close(merged[key], value, atol=1e-5, rtol=0)
+
+
+def test_lora_kohya_names_through_apply_node(wan_sd, tmp_path):
+    from comfyui_clipwan.nodes.family_nodes import ApplyCausalWanLoRA
+
+    lora = {"lora_unet_blocks_0_self_attn_q.lora_down.weight": torch.randn(2, 128),
+            "lora_unet_blocks_0_self_attn_q.lora_up.weight": torch.randn(128, 2)}
+    save_file(lora, str(tmp_path / "k.safetensors"))
+    patcher = _Patcher(wan_sd)
+    ApplyCausalWanLoRA().apply(patcher, str(tmp_path / "k.safetensors"), 1.0)
+    assert list(patcher.patches) == ["diffusion_model.blocks.0.self_attn.q.weight"]
+
+
+@pytest.mark.parametrize("lora_width,model_width,kind,lora_said,model_said", [
+    (3072, 1536, "another Wan generation", "Wan 2.2 TI2V-5B (width 3072)", "Wan 2.1 1.3B (width 1536)"),
+    (1536, 3072, "another Wan generation", "Wan 2.1 1.3B (width 1536)", "Wan 2.2 TI2V-5B (width 3072)"),
+    (5120, 1536, "another Wan size", "Wan 2.1 14B (width 5120)", "Wan 2.1 1.3B (width 1536)"),
+], ids=["lora-wan22-lora-on-wan21", "lora-wan21-lora-on-wan22", "lora-14b-lora-on-1.3b"])
+def test_lora_of_another_generation_named(lora_width, model_width, kind, lora_said, model_said):
+    sd = {"head.modulation": torch.zeros(1, 2, model_width),
+          "blocks.0.self_attn.q.weight": torch.zeros(model_width, model_width)}
+    lora = {"blocks.0.self_attn.q.lora_A.weight": torch.zeros(1, lora_width),
+            "blocks.0.self_attn.q.lora_B.weight": torch.zeros(lora_width, 1)}
+    with pytest.raises(ValueError) as info:
+        merge_lora(sd, lora, source="x.safetensors")
+    assert str(info.value) == (f"x.safetensors: 'blocks.0.self_attn.q.weight' is [{model_width}, {model_width}] in "
+                               f"the model but the LoRA gives [{lora_width}, {lora_width}]; the LoRA was trained on "
+                               f"{kind}: {lora_said}, the model is {model_said}. Use a LoRA made for it.")
+
+
+# --- family presets on the wrong model -----------------------------------------------------------------------
+def _family_run(family, config, entry="api", **overrides):
+    """Run ``family``'s own values on a tiny model of ``config`` through one entry point."""
+    from comfyui_clipwan.nodes.wan_nodes import CausalWanSampler
+    from comfyui_clipwan.wan.presets import get_preset
+
+    p = get_preset(family)
+    model = CausalWanModel.random(config, seed=1)
+    c = config.out_dim
+    if entry == "node":
+        values = {**p.sampler_values(), **overrides}
+        latent = {"samples": torch.zeros(1, c, 1 + p.frames_per_block, 2, 2)}
+        return CausalWanSampler().sample(model, [[torch.zeros(1, 4, 4096), {}]], latent, 0, **values)
+    settings = CausalSettings(steps=p.steps, shift=p.shift, warp=p.warp_steps, frames_per_block=p.frames_per_block,
+                              sink_size=p.sink_size, local_window=p.local_window, family=p.name,
+                              independent_first_frame=p.independent_first_frame, **p.loop_rules())
+    settings = dataclasses.replace(settings, **overrides)
+    frames = (1 if p.independent_first_frame else 0) + p.frames_per_block
+    return sample_causal(model, torch.zeros(1, c, frames, 2, 2), torch.zeros(1, 4, 4096), settings=settings)
+
+
+import dataclasses  # noqa: E402
+
+FAMILY_MISMATCH = {
+    "family-wan22-family-on-wan21-api": ("LongLive 2.0", WAN_T2V, "api"),
+    "family-wan22-family-on-wan21-node": ("LongLive 2.0", WAN_T2V, "node"),
+    "family-wan21-family-on-wan22-api": ("Self-Forcing", WAN22_TINY, "api"),
+    "family-wan21-family-on-wan22-node": ("Reward Forcing", WAN22_TINY, "node"),
+}
+
+
+@pytest.mark.parametrize("case", list(FAMILY_MISMATCH), ids=list(FAMILY_MISMATCH))
+def test_family_of_another_generation_refused(case):
+    from comfyui_clipwan.wan.presets import get_preset
+
+    family, config, entry = FAMILY_MISMATCH[case]
+    p = get_preset(family)
+    gen = "Wan 2.2" if config.out_dim == 48 else "Wan 2.1"
+    other = "Wan 2.1" if gen == "Wan 2.2" else "Wan 2.2"
+    with pytest.raises(ValueError) as info:
+        _family_run(family, config, entry)
+    assert str(info.value).startswith(f"family '{family}' was distilled from {p.base} ({other}), but the model is "
+                                      f"{config.describe()}: its loop rules do not apply to a {gen} model. Choose "
+                                      f"family 'custom' or a {gen} family ("), str(info.value)
+
+
+@pytest.mark.parametrize("family,dim,ffn,layers,size", [
+    ("Self-Forcing", 5120, 13824, 40, "14B"), ("Krea Realtime 14B", 1536, 8960, 30, "1.3B")],
+    ids=["family-1.3b-family-on-14b", "family-14b-family-on-1.3b"])
+def test_family_of_another_size_refused(family, dim, ffn, layers, size):
+    from comfyui_clipwan.wan.presets import check_family_fits, get_preset
+
+    config = WanConfig(dim=dim, ffn_dim=ffn, num_heads=dim // 128, num_layers=layers, in_dim=16)
+    p = get_preset(family)
+    with pytest.raises(ValueError) as info:
+        check_family_fits(family, config)
+    assert str(info.value).startswith(f"family '{family}' was distilled from {p.base} "), str(info.value)
+    assert f"but the model is {config.describe()}: its settings are for another size. Choose family 'custom' or a " \
+           f"Wan 2.1 {size} family (" in str(info.value)
+
+
+def test_family_on_a_custom_size_model_of_its_generation_runs():
+    """Control: a tiny (custom-size) Wan 2.1 model takes a Wan 2.1 family and gives the family-less result for
+    the same settings (Self-Forcing has no extra loop rules)."""
+    with_family = _family_run("Self-Forcing", WAN_T2V)
+    from comfyui_clipwan.wan.presets import get_preset
+
+    p = get_preset("Self-Forcing")
+    plain = sample_causal(CausalWanModel.random(WAN_T2V, seed=1), torch.zeros(1, 16, 4, 2, 2), torch.zeros(1, 4, 4096),
+                          settings=CausalSettings(steps=p.steps, shift=p.shift, frames_per_block=3,
+                                                  independent_first_frame=True))
+    assert torch.equal(with_family, plain)
+
+
+def test_family_rule_error_names_family_and_model():
+    with pytest.raises(ValueError) as info:
+        _family_run("MemFlow", WAN_T2V, sink_size=0)
+    assert str(info.value).startswith(f"family 'MemFlow' on the model {WAN_T2V.describe()}: the memory loop (MemFlow) "
+                                      f"needs an attention sink and a local window"), str(info.value)
+
+
+@pytest.mark.parametrize("entry", ["generator_ema", "generator", "model"], ids=lambda e: f"family-entry-{e}-on-flat-file")
+def test_preset_entry_on_a_flat_file_loads_it(entry, files, wan_sd):
+    """A preset's checkpoint entry never refuses a flat .safetensors of the same weights (API and node)."""
+    from comfyui_clipwan.nodes.wan_nodes import LoadCausalWanModel
+
+    sd, _ = load_wan_state_dict(str(files / "wan.safetensors"), entry)
+    assert sd.keys() == wan_sd.keys() and all(torch.equal(sd[k], wan_sd[k]) for k in sd)
+    (model,) = LoadCausalWanModel().load(str(files / "wan.safetensors"), "default", entry)
+    assert torch.equal(model.state_dict()["head.head.weight"], wan_sd["head.head.weight"])
+
+
+def test_entry_missing_from_a_container_still_refused(tmp_path, wan_sd):
+    """Control: a training checkpoint that lacks the entry is still an error naming the entries it has."""
+    path = tmp_path / "ckpt.pt"
+    torch.save({"generator": {"model." + k: v for k, v in wan_sd.items()}}, path)
+    with pytest.raises(ValueError) as info:
+        load_wan_state_dict(str(path), "generator_ema")
+    assert str(info.value) == "ckpt.pt has no tensor entry 'generator_ema'; entries with tensors: ['generator']."
+
+
+# --- a window larger than the video --------------------------------------------------------------------------
+@pytest.mark.parametrize("rules", [{}, {"positions": "slots", "sink_ema": 0.999}, {"loop": "rolling"}],
+                         ids=["window-huge-block-loop", "window-huge-slots", "window-huge-rolling"])
+def test_window_larger_than_the_video_caches_only_the_video(rules):
+    """local_window 10⁶ on 4 latent frames: the cache holds 4 frames (not 10⁶: ~1 TB at real size) and the run
+    equals the run without a window (every frame is inside either way)."""
+    model = CausalWanModel.random(WAN_T2V, seed=1)
+    runs = {}
+    for window in (0, 10 ** 6):
+        stats = {}
+        s = CausalSettings(steps="1000,500", frames_per_block=1, sink_size=1 if rules else 0, local_window=window,
+                           **rules)
+        runs[window] = (sample_causal(model, torch.zeros(1, 16, 4, 2, 2), torch.zeros(1, 4, 4096), settings=s,
+                                      stats=stats), stats["cache_bytes"])
+    assert torch.equal(runs[0][0], runs[10 ** 6][0])
+    # 1 layer x (K, V) x 4 frames x 1 token x 128 channels x 4 bytes
+    assert runs[10 ** 6][1] == runs[0][1] == 2 * 4 * 1 * 128 * 4

@@ -115,14 +115,15 @@ def check_strength(strength, source: str = "LoRA file") -> float:
     return value
 
 
-def check_delta_fits(key: str, weight: torch.Tensor, delta: torch.Tensor, strength: float,
-                     source: str = "LoRA file") -> None:
-    """Refuse a merge whose result overflows the weight's dtype (a huge strength, or a LoRA with huge values):
-    the sum is taken in float32 and must be finite there and within the weight dtype's range."""
-    dtype = weight.dtype if weight.is_floating_point() else torch.float32
-    limit = torch.finfo(dtype).max if dtype.itemsize >= 2 else torch.finfo(torch.bfloat16).max
-    total = weight.float() + delta.to(weight.device)
-    peak = float(total.abs().max()) if total.numel() else 0.0
+def check_merged_fits(key: str, merged: torch.Tensor, dtype: torch.dtype, strength: float,
+                      source: str = "LoRA file") -> None:
+    """Refuse a merge whose result (``merged``, the float32 sum) overflows the weight's ``dtype`` (a huge
+    strength, or a LoRA with huge values): it would be stored as inf and every output would be NaN."""
+    if merged.device.type == "meta" or not merged.numel():
+        return
+    dtype = dtype if dtype.is_floating_point else torch.float32
+    limit = torch.finfo(dtype).max if dtype.itemsize >= 2 else torch.finfo(torch.bfloat16).max  # fp8: computed in bf16
+    peak = float(merged.abs().max())
     if not math.isfinite(peak) or peak > limit:
         raise ValueError(f"{source} at strength {strength:g}: the merged weight '{key}' reaches {peak:.3g}, beyond "
                          f"what {str(dtype).replace('torch.', '')} holds ({limit:.3g}); lower the strength (1.0 = as "
@@ -157,8 +158,9 @@ def merge_lora(state_dict: Mapping[str, torch.Tensor], lora: Mapping[str, torch.
         if tuple(w.shape) != tuple(delta.shape):
             raise ValueError(f"{source}: '{key}' is {list(w.shape)} in the model but the LoRA gives "
                              f"{list(delta.shape)}; {lora_model_mismatch(state_dict, lora, source)}")
-        check_delta_fits(key, w, delta, float(strength), source)
-        merged[key] = (w.float() + delta.to(w.device)).to(w.dtype)
+        total = w.float() + delta.to(w.device)
+        check_merged_fits(key, total, w.dtype, float(strength), source)
+        merged[key] = total.to(w.dtype)
     return merged
 
 
