@@ -1512,3 +1512,251 @@ def test_window_larger_than_the_video_caches_only_the_video(rules):
     assert torch.equal(runs[0][0], runs[10 ** 6][0])
     # 1 layer x (K, V) x 4 frames x 1 token x 128 channels x 4 bytes
     assert runs[10 ** 6][1] == runs[0][1] == 2 * 4 * 1 * 128 * 4
+
+
+# --- video writers -------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("fps", [0, -16, float("nan"), float("inf"), 10 ** 9, "fast"],
+                         ids=lambda f: f"video-fps-{f}")
+def test_video_fps_refused_before_any_file(fps, tmp_path):
+    from comfyui_clipwan.wan.video_writer import VideoWriter
+
+    with pytest.raises(ValueError) as info:
+        VideoWriter(str(tmp_path / "v.mp4"), fps=fps)
+    assert str(info.value) == f"fps {fps!r} is not a frame rate: give a number above 0 and at most 1000 (Wan: 16)."
+    assert os.listdir(tmp_path) == []
+
+
+def test_video_fps_refused_by_the_stream_node_before_sampling(tmp_path, monkeypatch):
+    from comfyui_clipwan.nodes.stream_nodes import CausalWanStreamVideo
+    from comfyui_clipwan.wan.taehv import TAEHV
+
+    monkeypatch.setattr(bridge_module(), "output_directory", lambda: str(tmp_path))
+    with pytest.raises(ValueError, match=r"^fps 0 is not a frame rate"):
+        CausalWanStreamVideo().stream(CausalWanModel.random(WAN_T2V, seed=1), [[torch.zeros(1, 4, 4096), {}]],
+                                      {"samples": torch.zeros(1, 16, 3, 2, 2)}, 0, TAEHV.random(), fps=0)
+    assert os.listdir(tmp_path) == []
+
+
+def bridge_module():
+    from comfyui_clipwan.nodes import comfy_bridge
+
+    return comfy_bridge
+
+
+def _frames(n=3, seed=0, h=32, w=48):
+    return np.random.default_rng(seed).integers(0, 255, (n, h, w, 3), dtype=np.uint8)
+
+
+def test_video_two_writers_on_one_path_refused(tmp_path):
+    from comfyui_clipwan.wan.video_writer import VideoWriter
+
+    first = VideoWriter(str(tmp_path / "v.mp4"))
+    with pytest.raises(ValueError) as info:
+        VideoWriter(str(tmp_path / "v.mp4"))
+    assert str(info.value) == (f"cannot write video '{tmp_path / 'v.mp4'}': another VideoWriter is writing that file "
+                               f"now; give each writer its own path (close the first one before reusing the name).")
+    first.write(_frames())
+    assert first.close() == str(tmp_path / "v.mp4")
+    with VideoWriter(str(tmp_path / "v.mp4")) as again:  # closed: the name is free again
+        again.write(_frames(seed=1))
+
+
+def test_video_writers_in_one_folder_never_share_a_temporary(tmp_path):
+    """Two writers at once (same base name, other extension): each writes its own temporary and each file holds
+    exactly its own frames (oracle: the frames decoded back are the ones written, up to the codec's loss)."""
+    from comfyui_clipwan.wan.video_writer import VideoWriter, read_video_frames
+
+    a, b = VideoWriter(str(tmp_path / "v.mp4")), VideoWriter(str(tmp_path / "v.webm"))
+    a.write(np.zeros((2, 32, 48, 3), np.uint8))
+    b.write(np.full((3, 32, 48, 3), 255, np.uint8))
+    assert len([n for n in os.listdir(tmp_path) if ".partial" in n]) == 2
+    assert a.close() == str(tmp_path / "v.mp4") and b.close() == str(tmp_path / "v.webm")
+    da, db = read_video_frames(str(tmp_path / "v.mp4")), read_video_frames(str(tmp_path / "v.webm"))
+    assert da.shape[0] == 2 and db.shape[0] == 3 and da.max() < 10 and db.min() > 245
+    assert sorted(os.listdir(tmp_path)) == ["v.mp4", "v.webm"]
+
+
+def test_video_close_without_frames_hands_back_nothing(tmp_path):
+    from comfyui_clipwan.wan.video_writer import VideoWriter
+
+    (tmp_path / "v.mp4").write_bytes(b"someone else's video")
+    assert VideoWriter(str(tmp_path / "v.mp4")).close() is None
+    assert (tmp_path / "v.mp4").read_bytes() == b"someone else's video"
+
+
+def test_video_stream_runs_with_one_prefix_get_their_own_files(tmp_path, monkeypatch):
+    """Two runs that start before either finishes: the names are reserved at the start, so each gets its own."""
+    from comfyui_clipwan.wan.video_writer import VideoWriter
+
+    bridge = bridge_module()
+    monkeypatch.setattr(bridge, "output_directory", lambda: str(tmp_path))
+    monkeypatch.setattr(bridge, "_folder_paths", lambda: None)
+    first = bridge.video_save_path("ClipWan/causal", "mp4", 32, 32)
+    second = bridge.video_save_path("ClipWan/causal", "mp4", 32, 32)
+    assert (first[1], second[1]) == ("causal_00001_.mp4", "causal_00002_.mp4")
+    writers = [VideoWriter(p, reserved=True) for p, _, _ in (first, second)]
+    writers[1].write(_frames(2))
+    assert writers[1].close() == second[0]
+    assert writers[0].close() is None  # stopped before its first frame: its reserved name is given back
+    assert sorted(os.listdir(tmp_path / "ClipWan")) == ["causal_00002_.mp4"]
+
+
+@pytest.mark.parametrize("fmt", ["mp4", "webm"], ids=lambda f: f"video-{f}-same-frames-same-bytes")
+def test_video_same_frames_give_byte_identical_files(fmt, tmp_path):
+    from comfyui_clipwan.wan.video_writer import VideoWriter
+
+    frames = _frames(9, h=96, w=160)
+    digests = []
+    for i in range(2):
+        with VideoWriter(str(tmp_path / f"{i}.{fmt}"), fps=16) as w:
+            w.write(frames[:4])
+            w.write(frames[4:])
+        digests.append(hashlib.sha256((tmp_path / f"{i}.{fmt}").read_bytes()).hexdigest())
+    assert digests[0] == digests[1]
+    assert re.search(rb"Lavf\d", (tmp_path / f"0.{fmt}").read_bytes()) is None  # bit-exact: no library version
+
+
+def test_video_encoder_thread_count_is_fixed(tmp_path):
+    """Why the count is fixed: x264's bytes depend on its thread count (the default follows the machine's cores)."""
+    import av
+
+    from comfyui_clipwan.wan import video_writer
+
+    frames = _frames(9, h=240, w=416)
+    out = {}
+    for threads in (1, video_writer.ENCODER_THREADS):
+        with av.open(str(tmp_path / f"{threads}.mp4"), "w", format="mp4") as c:
+            c.flags |= av.container.Flags.bitexact.value
+            s = c.add_stream("libx264", rate=16, options={"crf": "19", "preset": "medium", "threads": str(threads)})
+            s.width, s.height, s.pix_fmt = 416, 240, "yuv420p"
+            for f in frames:
+                for p in s.encode(av.VideoFrame.from_ndarray(f, format="rgb24")):
+                    c.mux(p)
+            for p in s.encode():
+                c.mux(p)
+        out[threads] = (tmp_path / f"{threads}.mp4").read_bytes()
+    assert out[1] != out[video_writer.ENCODER_THREADS]
+    assert video_writer.FORMATS["mp4"][2]["threads"] == video_writer.FORMATS["webm"][2]["threads"] == "4"
+
+
+# --- output files: one mode, nothing stale --------------------------------------------------------------------
+@pytest.fixture
+def umask_022():
+    old = os.umask(0o022)
+    yield
+    os.umask(old)
+
+
+def _mode(path):
+    return oct(os.stat(path).st_mode & 0o777)
+
+
+def test_output_modes_are_the_users_default(tmp_path, capsys, files, umask_022, h14_file, image_png):
+    """safetensors (latent, features), JSON, video: all 0644 under umask 022 (save_file alone makes 0600)."""
+    from comfyui_clipwan.wan.video_writer import VideoWriter
+
+    code, _, _ = _cli(["sample", "--model", files / "wan.safetensors", "--length", "1", "--frames-per-block", "1",
+                       "--width", "16", "--height", "16", "--steps", "1000", "--out", tmp_path / "s"], capsys)
+    assert code == 0
+    code, _, _ = _cli(["encode", image_png, "--weights", h14_file, "--out", tmp_path / "f.safetensors"], capsys)
+    assert code == 0
+    with VideoWriter(str(tmp_path / "v.mp4")) as w:
+        w.write(_frames())
+    paths = [tmp_path / "s" / "wan_latent.safetensors", tmp_path / "s" / "wan_summary.json",
+             tmp_path / "s" / "wan_preview.webp", tmp_path / "f.safetensors", tmp_path / "v.mp4"]
+    assert [_mode(p) for p in paths] == ["0o644"] * 5
+
+
+def test_output_interrupted_run_leaves_no_stale_summary(tmp_path, capsys, files, monkeypatch):
+    """Run 1 writes its summary; run 2 into the same folder is interrupted: no summary describing run 1's files."""
+    import comfyui_clipwan.wan as wan_pkg
+
+    args = ["sample", "--model", files / "wan.safetensors", "--frames-per-block", "1", "--width", "16",
+            "--height", "16", "--steps", "1000", "--out", tmp_path]
+    code, _, _ = _cli([*args, "--length", "9"], capsys)
+    assert code == 0 and json.loads((tmp_path / "wan_summary.json").read_text())["latent_shape"][2] == 3
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(wan_pkg, "sample_causal", interrupted)
+    code, _, _ = _cli([*args, "--length", "1"], capsys)
+    assert code == 130 and not (tmp_path / "wan_summary.json").exists()
+
+
+# --- requests that cannot fit: refused up front with the size they would need ---------------------------------
+@pytest.fixture
+def eight_gib_free(monkeypatch):
+    monkeypatch.setattr(budget, "free_bytes", lambda device=None: 8 * budget.GIB)
+
+
+FIT_CASES = {
+    "fit-i2v-million-frames": (lambda: _i2v(4_000_001, 832, 480),
+                               "the conditioning latent [1, 16, 1000001, 60, 104] (float32) would need 371.9 GiB, but "
+                               "this machine's memory has 8.0 GiB free"),
+    "fit-ti2v-million-frames": (lambda: _ti2v(4_000_001, 1280, 704),
+                                "the conditioning latent [1, 48, 1000001, 44, 80] (float32) would need 629.4 GiB, but "
+                                "this machine's memory has 8.0 GiB free"),
+    "fit-i2v-start-image-padding": (lambda: _i2v(20_001, 832, 480, image=True),
+                                    "the 20001 pixel frames of 832x480 the VAE encodes (float32) would need 89.3 GiB, "
+                                    "but this machine's memory has 8.0 GiB free"),
+}
+
+
+def _i2v(length, width, height, image=False):
+    from comfyui_clipwan.wan.conditioning import i2v_latents
+
+    return i2v_latents(width, height, length, 1, torch.zeros(1, 8, 8, 3) if image else None,
+                       (lambda p: p) if image else None)
+
+
+def _ti2v(length, width, height):
+    from comfyui_clipwan.wan.conditioning import ti2v_latents
+
+    return ti2v_latents(width, height, length, 1, None, None)
+
+
+@pytest.mark.parametrize("case", list(FIT_CASES), ids=list(FIT_CASES))
+def test_fit_conditioning_refused_with_its_size(case, eight_gib_free):
+    make, start = FIT_CASES[case]
+    with pytest.raises(ValueError) as info:
+        make()
+    assert str(info.value).startswith(start + "; it was refused before anything was allocated."), str(info.value)
+
+
+def test_fit_cli_long_length_refused_before_sampling(tmp_path, capsys, files, eight_gib_free):
+    code, _, err = _cli(["sample", "--model", files / "wan.safetensors", "--length", "40000001", "--width", "832",
+                         "--height", "480", "--out", tmp_path], capsys)
+    need = budget.gib(4 * 16 * 10000001 * 60 * 104)  # oracle: the float32 latent's bytes
+    assert code == 2 and err.startswith(f"error: the latent [1, 16, 10000001, 60, 104] (float32) would need {need}, "
+                                        f"but this machine's memory has 8.0 GiB free"), err
+
+
+def test_fit_huge_frame_refused_by_the_loop_before_sampling(monkeypatch):
+    """A 4096² frame (65536 tokens): the KV cache alone needs more than the 64 MiB this test says are free."""
+    monkeypatch.setattr(budget, "free_bytes", lambda device=None: 64 * 1024 ** 2)
+    model = CausalWanModel.random(WAN_T2V, seed=1)
+    with pytest.raises(ValueError) as info:
+        sample_causal(model, torch.zeros(1, 16, 2, 512, 512), torch.zeros(1, 4, 4096),
+                      settings=CausalSettings(steps="1000", frames_per_block=1))
+    # oracle: 1 layer x (K, V) x 2 frames x 65536 tokens x 128 channels x 4 bytes + one block's activations
+    cache = 2 * 2 * 65536 * 128 * 4
+    block = 65536 * (160 + 6 * 128) * 4
+    assert str(info.value) == (f"this run (2 latent frames of 512x512: a KV cache of 2 frames x 65536 tokens x 1 "
+                               f"layers, and one block's activations) would need {budget.gib(cache + block)}, but "
+                               f"this machine's memory has 64.0 MiB free; it was refused before anything was "
+                               f"allocated. Use a smaller width/height or fewer frames, or a local_window (flat "
+                               f"memory for any length).")
+
+
+def test_fit_long_stream_with_a_window_stays_allowed(monkeypatch):
+    """Control: 2000 latent frames fit with a window of 3 (flat cache); without the window they are refused."""
+    monkeypatch.setattr(budget, "free_bytes", lambda device=None: 1024 ** 2)
+    model = CausalWanModel.random(WAN_T2V, seed=1)
+    latent, text = torch.zeros(1, 16, 2000, 2, 2), torch.zeros(1, 4, 4096)
+    from comfyui_clipwan.wan.sampler import iter_causal_blocks
+
+    loop = iter_causal_blocks(model, latent, text, settings=CausalSettings(frames_per_block=1, local_window=3))
+    assert loop.cache_capacity() == 3
+    with pytest.raises(ValueError, match=r"KV cache of 2000 frames"):
+        iter_causal_blocks(model, latent, text, settings=CausalSettings(frames_per_block=1))
