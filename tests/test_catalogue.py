@@ -1760,3 +1760,226 @@ def test_fit_long_stream_with_a_window_stays_allowed(monkeypatch):
     assert loop.cache_capacity() == 3
     with pytest.raises(ValueError, match=r"KV cache of 2000 frames"):
         iter_causal_blocks(model, latent, text, settings=CausalSettings(frames_per_block=1))
+
+
+# --- text encoder and tokenizer files ------------------------------------------------------------------------
+def _word_tokenizer(path, n_extra=0, eos=True):
+    """A umt5-style tokenizer.json (WordLevel, '</s>' appended); ``n_extra`` more words grow its vocabulary."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+
+    vocab = {"<pad>": 0, "</s>": 1, "<unk>": 2, "a": 3, "fox": 4}
+    vocab.update({f"w{i}": 5 + i for i in range(n_extra)})
+    if not eos:
+        vocab = {("<eos>" if k == "</s>" else k): v for k, v in vocab.items()}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    if eos:
+        tok.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
+    tok.save(str(path))
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def tiny_umt5():
+    from transformers import UMT5Config, UMT5EncoderModel
+
+    torch.manual_seed(0)
+    return UMT5EncoderModel(UMT5Config(vocab_size=40, d_model=32, d_kv=8, d_ff=48, num_layers=1, num_heads=4,
+                                       is_encoder_decoder=False)).eval()
+
+
+def _truncated_tokenizer(path):
+    _word_tokenizer(path)
+    data = open(path, "rb").read()
+    return _write(path, data[: len(data) // 2])
+
+
+TOKENIZER_ERRORS = {
+    "tokenizer-json-empty": (lambda t: _write(t / "tokenizer.json", b""),
+                             r"tokenizer '{p}' is empty \(0 bytes\): the download or copy did not finish\. Download "
+                             r"the umt5-xxl tokenizer \(google/umt5-xxl\) again\."),
+    "tokenizer-json-truncated": (lambda t: _truncated_tokenizer(t / "tokenizer.json"),
+                                 r"tokenizer '{p}' cannot be read \(\w+: .*\); it is truncated, damaged or not a "
+                                 r"tokenizer file\. Give the umt5-xxl tokenizer \(google/umt5-xxl: tokenizer\.json or "
+                                 r"spiece\.model\), downloaded again\."),
+    "tokenizer-json-foreign": (lambda t: _write(t / "tokenizer.json", json.dumps({"a": 1, "b": 2}).encode()),
+                               r"tokenizer '{p}' cannot be read \(\w+: .*\); it is truncated, damaged or not a "
+                               r"tokenizer file\. .*"),
+    "tokenizer-spiece-random-bytes": (lambda t: _write(t / "spiece.model", bytes(range(256)) * 4),
+                                      r"tokenizer '{p}' cannot be read \(\w+: .*\); it is truncated, damaged or not a "
+                                      r"tokenizer file\. .*"),
+    "tokenizer-folder-without-files": (lambda t: str(t),
+                                       r"tokenizer '{p}' cannot be read \(\w+: .*\); it is truncated, damaged or not "
+                                       r"a tokenizer file\. .*"),
+    "tokenizer-without-eos": (lambda t: _word_tokenizer(t / "tokenizer.json", eos=False),
+                              r"tokenizer '{p}' has no end-of-sequence token '</s>': it is not a T5 / umt5 tokenizer "
+                              r"\(Wan needs google/umt5-xxl's\)\."),
+}
+
+
+@pytest.mark.parametrize("case", list(TOKENIZER_ERRORS), ids=list(TOKENIZER_ERRORS))
+def test_tokenizer_bad_files_named(case, tmp_path):
+    from comfyui_clipwan.wan.text_encoder import load_tokenizer
+
+    make, pattern = TOKENIZER_ERRORS[case]
+    path = make(tmp_path)
+    with pytest.raises(ValueError) as info:
+        load_tokenizer(path)
+    assert re.fullmatch(pattern.format(p=re.escape(path)), str(info.value), re.S), str(info.value)
+
+
+def test_tokenizer_larger_than_the_embedding_table_refused(tmp_path, tiny_umt5):
+    from comfyui_clipwan.wan.text_encoder import UMT5TextEncoder, load_tokenizer
+
+    path = _word_tokenizer(tmp_path / "tokenizer.json", n_extra=60)  # 65 tokens, 40 embedding rows
+    sd = {k: v for k, v in tiny_umt5.state_dict().items() if k != "encoder.embed_tokens.weight"}
+    with pytest.raises(ValueError) as info:
+        UMT5TextEncoder.from_state_dict(sd, load_tokenizer(path), source="umt5_tiny.safetensors")
+    assert str(info.value) == (f"tokenizer '{path}' has 65 tokens but the text encoder umt5_tiny.safetensors embeds "
+                               f"only 40: they do not belong together (prompts would index past the table). Use the "
+                               f"encoder's own tokenizer (umt5-xxl: google/umt5-xxl with 256384 embedding rows).")
+
+
+def test_tokenizer_that_fits_encodes_like_transformers(tmp_path, tiny_umt5):
+    """Control: a fitting tokenizer encodes exactly as transformers' model on the same ids."""
+    from comfyui_clipwan.wan.text_encoder import UMT5TextEncoder, load_tokenizer
+
+    sd = {k: v for k, v in tiny_umt5.state_dict().items() if k != "encoder.embed_tokens.weight"}
+    enc = UMT5TextEncoder.from_state_dict(sd, load_tokenizer(_word_tokenizer(tmp_path / "tokenizer.json", 10)))
+    with torch.no_grad():
+        want = tiny_umt5(input_ids=torch.tensor([[3, 4, 1]])).last_hidden_state
+    torch.testing.assert_close(enc.encode("a fox"), want, atol=1e-6, rtol=0)
+
+
+# --- mismatches found before the first block ------------------------------------------------------------------
+class _CountingHooks:
+    def __init__(self):
+        self.forwards = 0
+
+    def on_forward_start(self, kind, block):
+        self.forwards += 1
+
+    on_forward_end = on_step = on_block = lambda self, *a: None
+
+
+def _wan22_model():
+    return CausalWanModel.random(WAN22_TINY, seed=2)
+
+
+def test_early_tiny_decoder_on_a_wan22_model(monkeypatch):
+    from comfyui_clipwan.wan.stream import stream_video
+    from comfyui_clipwan.wan.taehv import TAEHV
+
+    hooks = _CountingHooks()
+    with pytest.raises(ValueError) as info:
+        stream_video(_wan22_model(), torch.zeros(1, 48, 2, 2, 2), torch.zeros(1, 4, 4096), vae=TAEHV.random(),
+                     settings=CausalSettings(steps="4", frames_per_block=2), hooks=hooks)
+    assert str(info.value) == (f"the decoder (TAEHVStreamingDecoder) reads 16-channel (Wan 2.1) latents, but the "
+                               f"model {WAN22_TINY.describe()} makes 48-channel (Wan 2.2) latents: use the VAE of the "
+                               f"model's generation (Wan 2.1: wan_2.1_vae or taew2_1, Wan 2.2: wan2.2_vae).")
+    assert hooks.forwards == 0
+
+
+def test_early_wan21_vae_on_a_wan22_model():
+    from comfyui_clipwan.wan.stream import stream_video
+    from comfyui_clipwan.wan.vae import WanVAE, WanVAEConfig
+
+    with pytest.raises(ValueError, match=r"^the decoder \(Wan 2\.1 VAE\) reads 16-channel \(Wan 2\.1\) latents, but "
+                                         r"the model Wan 2\.2 custom ti2v .* makes 48-channel"):
+        stream_video(_wan22_model(), torch.zeros(1, 48, 2, 2, 2), torch.zeros(1, 4, 4096),
+                     vae=WanVAE.random(WanVAEConfig(dim=8)), settings=CausalSettings(steps="4", frames_per_block=2))
+
+
+def test_early_wan22_vae_on_a_wan21_model():
+    from comfyui_clipwan.wan.stream import check_decoder_fits
+
+    class Wan22Decoder:  # what a Wan 2.2 VAE's stream decoder says about itself
+        class vae:
+            name = "Wan 2.2 VAE"
+
+            class config:
+                z_dim = 48
+
+    with pytest.raises(ValueError, match=r"^the decoder \(Wan 2\.2 VAE\) reads 48-channel \(Wan 2\.2\) latents, but "
+                                         r"the model Wan 2\.1 custom t2v"):
+        check_decoder_fits(Wan22Decoder(), CausalWanModel.random(WAN_T2V, seed=1))
+
+
+@pytest.mark.parametrize("which,width", [("switch", 768), ("negative", 4095), ("positive", 1024)],
+                         ids=lambda v: f"early-text-width-{v}")
+def test_early_text_of_the_wrong_width_named(which, width):
+    from comfyui_clipwan.wan.sampler import PromptSwitch
+
+    hooks = _CountingHooks()
+    good, bad = torch.zeros(1, 4, 4096), torch.zeros(1, 4, width)
+    kwargs = {"switch": dict(prompt_switches=[PromptSwitch(2, bad)]), "negative": dict(negative_text=bad),
+              "positive": {}}[which]
+    name = {"switch": "switch_positive (the prompt switch at block 2)", "negative": "negative",
+            "positive": "positive"}[which]
+    with pytest.raises(ValueError) as info:
+        sample_causal(CausalWanModel.random(WAN_T2V, seed=1), torch.zeros(1, 16, 3, 2, 2),
+                      bad if which == "positive" else good, hooks=hooks,
+                      settings=CausalSettings(steps="1000", frames_per_block=1,
+                                              guidance_scale=2.0 if which == "negative" else 1.0), **kwargs)
+    assert str(info.value) == (f"{name} text embedding has shape [1, 4, {width}]; the model ({WAN_T2V.describe()}) "
+                               f"takes [batch, tokens, 4096] (Wan's umt5-xxl encoder output). Encode it with the Wan "
+                               f"text encoder (umt5_xxl), not another CLIP/T5.")
+    assert hooks.forwards == 0
+
+
+def test_early_wan21_image_latent_on_a_wan22_model():
+    from comfyui_clipwan.wan.inputs import build_sampler_inputs
+
+    image = torch.zeros(1, 16, 3, 4, 4)
+    with pytest.raises(ValueError) as info:
+        build_sampler_inputs(WAN22_TINY, torch.zeros(1, 48, 3, 2, 2), [[torch.zeros(1, 4, 4096), {
+            "concat_latent_image": image, "concat_mask": torch.zeros(1, 1, 3, 4, 4)}]])
+    assert str(info.value) == (f"concat_latent_image [1, 16, 3, 4, 4] has 16 channels, made by a Wan 2.1 VAE "
+                               f"(wan_2.1_vae), but the model {WAN22_TINY.describe()} takes 48-channel latents: encode "
+                               f"the start image with a Wan 2.2 VAE (wan2.2_vae) (Wan 2.2: Wan22ImageToVideoLatent).")
+
+
+def test_early_cli_image_latent_of_another_generation(tmp_path, capsys, files):
+    save_file({"latent": torch.zeros(1, 48, 1, 2, 2)}, str(tmp_path / "img.safetensors"))
+    code, _, err = _cli(["sample", "--model", files / "wan.safetensors", "--image-latent", tmp_path / "img.safetensors",
+                         "--length", "1", "--frames-per-block", "1", "--width", "16", "--height", "16",
+                         "--out", tmp_path / "o"], capsys)
+    assert (code, err) == (2, f"error: --image-latent '{tmp_path / 'img.safetensors'}' [1, 48, 1, 2, 2] has 48 "
+                              f"channels, made by a Wan 2.2 VAE (wan2.2_vae), but the model {WAN_T2V.describe()} takes "
+                              f"16-channel latents: encode the start image with a Wan 2.1 VAE (wan_2.1_vae) (Wan 2.2: "
+                              f"Wan22ImageToVideoLatent).")
+
+
+# --- messages that name the problem ---------------------------------------------------------------------------
+@pytest.mark.parametrize("steps", ["nan", "inf", "1000,nan,250", [1000.0, float("-inf")]],
+                         ids=lambda s: f"message-steps-{s}")
+def test_message_non_finite_steps(steps):
+    with pytest.raises(ValueError) as info:
+        sample_causal(CausalWanModel.random(WAN_T2V, seed=1), torch.zeros(1, 16, 1, 2, 2), torch.zeros(1, 4, 4096),
+                      settings=CausalSettings(steps=steps, frames_per_block=1))
+    assert str(info.value) == (f"steps {steps!r} holds a value that is not a finite number (NaN or infinity); give a "
+                               f"step count such as '4' or timesteps between 1 and 1000 such as '1000,750,500,250'.")
+
+
+@pytest.mark.parametrize("seed", [2 ** 64, -1, 1.5, True], ids=lambda s: f"message-seed-{s}")
+def test_message_seed_out_of_range(seed):
+    with pytest.raises(ValueError) as info:
+        sample_causal(CausalWanModel.random(WAN_T2V, seed=1), torch.zeros(1, 16, 1, 2, 2), torch.zeros(1, 4, 4096),
+                      seed=seed, settings=CausalSettings(steps="1000", frames_per_block=1))
+    assert str(info.value) == (f"seed {seed!r} is not a whole number from 0 to 2**64-1 (18446744073709551615), the "
+                               f"range of ComfyUI's seeds; give e.g. 0 or 123456.")
+
+
+def test_message_largest_seed_runs():
+    """Control: 2⁶⁴-1 is ComfyUI's largest seed and runs (initial noise = torch's generator at that seed)."""
+    out = sample_causal(CausalWanModel.random(WAN_T2V, seed=1), torch.zeros(1, 16, 1, 2, 2), torch.zeros(1, 4, 4096),
+                        seed=2 ** 64 - 1, settings=CausalSettings(steps="1000", frames_per_block=1))
+    assert torch.isfinite(out).all()
+
+
+def test_message_wan22_odd_latent_asks_for_multiples_of_32():
+    model = _wan22_model()
+    with pytest.raises(ValueError) as info:
+        model.forward(torch.zeros(1, 48, 1, 3, 2), torch.tensor([500.0]), torch.zeros(1, 4, 4096))
+    assert str(info.value) == ("latent height/width 3x2 must be even (Wan patches are 2x2 latent pixels): use an image "
+                               "size that is a multiple of 32 for a Wan 2.2 model.")

@@ -135,6 +135,7 @@ def load_tokenizer(path: str):
             tokenizer = PreTrainedTokenizerFast(tokenizer_file=path, eos_token="</s>", pad_token="<pad>",
                                                 unk_token="<unk>")
         else:
+            _check_sentencepiece(path)
             from transformers import T5Tokenizer
 
             tokenizer = T5Tokenizer(vocab_file=path)
@@ -143,12 +144,23 @@ def load_tokenizer(path: str):
         raise ValueError(f"tokenizer '{path}' cannot be read ({type(exc).__name__}: {detail}); it is truncated, "
                          f"damaged or not a tokenizer file. Give the umt5-xxl tokenizer (google/umt5-xxl: "
                          f"tokenizer.json or spiece.model), downloaded again.") from None
-    eos = tokenizer.convert_tokens_to_ids("</s>") if "</s>" in tokenizer.get_vocab() else None
-    if eos is None:
+    eos = tokenizer.eos_token_id
+    if eos is None or eos >= tokenizer.vocab_size:  # absent, or only added on top of the file's vocabulary
         raise ValueError(f"tokenizer '{path}' has no end-of-sequence token '</s>': it is not a T5 / umt5 "
                          f"tokenizer (Wan needs google/umt5-xxl's).")
     tokenizer.clipwan_source = path  # named in the encoder's checks
     return tokenizer
+
+
+def _check_sentencepiece(path: str) -> None:
+    """Parse a spiece.model with sentencepiece itself: transformers 5's T5Tokenizer builds a default vocabulary
+    from a file it cannot read instead of failing."""
+    try:
+        import sentencepiece
+    except ImportError:
+        return
+    processor = sentencepiece.SentencePieceProcessor()
+    processor.Load(path)  # raises on a file that is not a SentencePiece model
 
 
 def check_tokenizer_fits(tokenizer, model, source: str = "text encoder") -> None:
