@@ -12,7 +12,10 @@ What this environment lacks is shimmed without touching the maths: ``flash_atten
 ``attention`` (its SDPA fallback casts to bf16) are replaced by fp32 PyTorch SDPA (no masks are used), the Triton RoPE/adaLN kernels are switched off
 with LongLive's own environment switches, and two imports that newer transformers/torchvision removed (used
 only in training code) get placeholders.
-"""
+
+Packages this needs beside the pack's own (pip names; the module-level imports on the path the test imports from the
+authors' tree, measured by an AST walk of the checkout, plus the test's own): diffusers, einops, ftfy, numpy,
+omegaconf, Pillow, regex, scipy, torch, torchvision, tqdm, transformers."""
 
 from __future__ import annotations
 
