@@ -1,4 +1,4 @@
-"""Will a request fit? The memory a run would need, compared with what the device has free, *before* anything
+"""Will a request fit? The memory a run would need, compared with what the device can give, *before* anything
 big is allocated: a request that cannot fit (a 10⁶-frame latent, a 16384² frame) is refused up front with the
 size it would need, instead of failing after minutes or swapping the machine to a halt.
 
@@ -22,11 +22,14 @@ def gib(nbytes: float) -> str:
 
 
 def free_bytes(device=None) -> Optional[int]:
-    """Free memory of ``device`` (CUDA: ``mem_get_info``; CPU: the kernel's MemAvailable); None if unknown."""
+    """Memory a request may use on ``device`` (CUDA: the card's total; CPU: the kernel's MemAvailable); None if
+    unknown."""
     device = torch.device(device) if device is not None else torch.device("cpu")
     if device.type == "cuda" and torch.cuda.is_available():
+        # the whole card, not what is free now: inside ComfyUI other models hold memory it frees on demand, so
+        # only a request larger than the card itself is sure not to fit
         try:
-            return int(torch.cuda.mem_get_info(device)[0])
+            return int(torch.cuda.mem_get_info(device)[1])
         except Exception:  # noqa: BLE001 — a device that cannot say: no check
             return None
     if device.type != "cpu":
@@ -48,9 +51,10 @@ def check_fits(what: str, nbytes: int, device=None, fix: str = "") -> None:
     """Raise ``ValueError`` naming ``what``, the bytes it needs and the bytes free, if it cannot fit."""
     free = free_bytes(device)
     if free is not None and nbytes > free:
-        where = "this machine's memory" if torch.device(device or "cpu").type == "cpu" else f"{device}"
-        raise ValueError(f"{what} would need {gib(nbytes)}, but {where} has {gib(free)} free; it was refused "
-                         f"before anything was allocated. {fix}".rstrip())
+        cpu = torch.device(device or "cpu").type == "cpu"
+        where = f"this machine's memory has {gib(free)} free" if cpu else f"{device} has {gib(free)} in all"
+        raise ValueError(f"{what} would need {gib(nbytes)}, but {where}; it was refused before anything was "
+                         f"allocated. {fix}".rstrip())
 
 
 def check_latent_fits(shape, what: str = "the latent", device=None) -> None:
