@@ -5,7 +5,7 @@ GET /clipwan/presets route the sampler's web presets menu reads (the table is ``
 from __future__ import annotations
 
 from . import comfy_bridge as bridge
-from ..wan.lora import check_merged_fits, check_strength, load_lora_file, lora_pairs
+from ..wan.lora import check_merged_fits, check_strength, load_lora_file, lora_model_mismatch, lora_pairs
 from ..wan.presets import web_payload
 
 PRESETS_PATH = "/clipwan/presets"
@@ -22,13 +22,17 @@ def comfy_lora_patches(lora: dict, source: str = "LoRA file") -> dict:
     return out
 
 
-def check_patches_fit(patched, patches: dict, strength: float, source: str) -> None:
-    """The merge ComfyUI will do (``weight + strength · alpha/rank · up @ down``) must stay finite in the
-    weight's dtype: checked here, on the MODEL's weights, so an overflow is an error now, not NaN later."""
+def check_patches_fit(patched, patches: dict, strength: float, source: str, lora=None) -> None:
+    """The merge ComfyUI will do (``weight + strength · alpha/rank · up @ down``) must fit the MODEL's weights:
+    the same shapes (a LoRA of another Wan is named as such) and a result finite in the weight's dtype —
+    checked here, so a mismatch or an overflow is an error now, not a failure or NaN at sampling."""
     weights = patched.model_state_dict(COMFY_PREFIX) if hasattr(patched, "model_state_dict") else {}
     for key, (up, down, alpha) in patches.items():
         if key in weights:
             w = weights[key]
+            if tuple(w.shape) != (up.shape[0], down.shape[1]):
+                raise ValueError(f"{source}: '{key}' is {list(w.shape)} in the MODEL but the LoRA gives "
+                                 f"{[up.shape[0], down.shape[1]]}; {lora_model_mismatch(weights, lora or {}, source)}")
             delta = (up.float() @ down.float()) * (float(alpha) / down.shape[0]) * strength
             check_merged_fits(key, w.float() + delta.to(w.device), w.dtype, strength, source)
 
@@ -64,7 +68,8 @@ class ApplyCausalWanLoRA:
         path = bridge.resolve_model_path(lora_name, "loras")
         name = os.path.basename(path)
         strength = check_strength(strength, name)  # NaN/inf: refused before anything is patched
-        patches = comfy_lora_patches(load_lora_file(path), name)
+        lora = load_lora_file(path)
+        patches = comfy_lora_patches(lora, name)
         patched = model.clone()
         added = set(patched.add_patches({k: bridge.lora_weight_patch(*v) for k, v in patches.items()},
                                         float(strength)))
@@ -72,7 +77,7 @@ class ApplyCausalWanLoRA:
         if missing:
             raise ValueError(f"{name} adapts {len(missing)} weight(s) the MODEL does not have, e.g. {missing[:3]}; "
                              f"is the MODEL a Wan 2.1 DiT of the size the LoRA was trained on?")
-        check_patches_fit(patched, patches, strength, name)
+        check_patches_fit(patched, patches, strength, name, lora)
         return (patched,)
 
 

@@ -1983,3 +1983,18 @@ def test_message_wan22_odd_latent_asks_for_multiples_of_32():
         model.forward(torch.zeros(1, 48, 1, 3, 2), torch.tensor([500.0]), torch.zeros(1, 4, 4096))
     assert str(info.value) == ("latent height/width 3x2 must be even (Wan patches are 2x2 latent pixels): use an image "
                                "size that is a multiple of 32 for a Wan 2.2 model.")
+
+
+def test_lora_of_another_generation_named_by_the_apply_node(tmp_path):
+    """The same message from Apply Causal Wan LoRA, on the MODEL's weights, before ComfyUI patches anything."""
+    from comfyui_clipwan.nodes.family_nodes import ApplyCausalWanLoRA
+
+    sd = {"head.modulation": torch.zeros(1, 2, 1536), "blocks.0.self_attn.q.weight": torch.zeros(1536, 1536)}
+    save_file({"blocks.0.self_attn.q.lora_A.weight": torch.zeros(1, 3072),
+               "blocks.0.self_attn.q.lora_B.weight": torch.zeros(3072, 1)}, str(tmp_path / "ti2v.safetensors"))
+    with pytest.raises(ValueError) as info:
+        ApplyCausalWanLoRA().apply(_Patcher(sd), str(tmp_path / "ti2v.safetensors"), 1.0)
+    assert str(info.value) == ("ti2v.safetensors: 'diffusion_model.blocks.0.self_attn.q.weight' is [1536, 1536] in the "
+                               "MODEL but the LoRA gives [3072, 3072]; the LoRA was trained on another Wan generation: "
+                               "Wan 2.2 TI2V-5B (width 3072), the model is Wan 2.1 1.3B (width 1536). Use a LoRA made "
+                               "for it.")
