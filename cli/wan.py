@@ -128,17 +128,16 @@ def _load_tensor(path: str, what: str, dims: int) -> torch.Tensor:
 
 def run_pipeline(args, out_dir: str, log=print) -> dict:
     from ..clip_vision import default_clip_vision, load_clip_vision
+    from ..outputs import forget_summary
     from ..wan import CausalSettings, denormalize, sample_causal
+    from ..wan.budget import check_latent_fits
     from ..wan.causal_model import CausalWanModel, default_causal_wan
     from ..wan.checkpoint import resolve_dtype
     from ..wan.inputs import build_sampler_inputs, check_image_latent, conditioning
-    from ..wan.budget import check_latent_fits
     from ..wan.latent import latent_format, pixel_length_to_latent_frames
     from ..wan.conditioning import i2v_latents
     from ..wan.sampler import loop_rules_for
     from ..wan.vae import images_to_pixels
-
-    from ..outputs import forget_summary
 
     os.makedirs(out_dir, exist_ok=True)
     forget_summary(os.path.join(out_dir, SUMMARY))  # this run replaces the files the previous summary describes
