@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import json
 import os
 import sys
 import time
@@ -50,7 +49,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _run_demo(args) -> int:
+    from ..outputs import forget_summary, write_json
+
     os.makedirs(args.out, exist_ok=True)
+    path = os.path.join(args.out, "demo_summary.json")
+    forget_summary(path)
     print("comfyui-clipwan demo: every model below is the EMBEDDED DEFAULT, a seeded random-init model of the "
           "real architecture (no pretrained weights), so the numbers are real but the pictures are not.")
     summary = {}
@@ -62,9 +65,7 @@ def _run_demo(args) -> int:
         result = step(args, args.out)
         result["seconds"] = round(time.perf_counter() - t0, 3)
         summary[module.__name__.rsplit(".", 1)[-1]] = result
-    path = os.path.join(args.out, "demo_summary.json")
-    with open(path, "w") as f:
-        json.dump(summary, f, indent=2, default=str)
+    write_json(summary, path)
     print(f"demo summary written to {path}")
     return 0
 

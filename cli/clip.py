@@ -12,6 +12,7 @@ import torch
 from ..clip_vision import (CROP_MODES, DTYPE_NAMES, MULTI_IMAGE_MODES, ClipVisionOutput,
                            combine_images, default_clip_vision, load_clip_vision)
 from ..images import read_image as _read_image
+from ..outputs import publish
 from ..wan.model.features import check_clip_features
 
 DEFAULT_NOTE = "embedded default: seeded random-init ViT-H/14 of the real architecture (not pretrained)"
@@ -75,7 +76,7 @@ def write_features(path: str, out: ClipVisionOutput, metadata: dict) -> dict:
     tmp = path + ".partial"
     try:
         safetensors.torch.save_file(tensors, tmp, metadata={k: str(v) for k, v in metadata.items()})
-        os.replace(tmp, path)  # never leave a half-written file under the final name
+        publish(tmp, path)  # never a half-written file under the final name; the user's file mode, not 0600
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)  # nor a *.partial beside it

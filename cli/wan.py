@@ -13,13 +13,13 @@ latent -> RGB approximation (PCA of the latent channels), not decoded video.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import sys
 import time
 
 import torch
 
+SUMMARY = "wan_summary.json"
 CLIP_DEMO_LAYERS = 4  # the demo's CLIP ViT-H/14 is cut to 4 of 32 blocks to stay within seconds on a CPU
 
 
@@ -128,16 +128,19 @@ def _load_tensor(path: str, what: str, dims: int) -> torch.Tensor:
 
 def run_pipeline(args, out_dir: str, log=print) -> dict:
     from ..clip_vision import default_clip_vision, load_clip_vision
+    from ..outputs import forget_summary
     from ..wan import CausalSettings, denormalize, sample_causal
+    from ..wan.sampling.budget import check_latent_fits
     from ..wan.model.causal import CausalWanModel, default_causal_wan
     from ..wan.model.checkpoint import resolve_dtype
-    from ..wan.conditioning.inputs import build_sampler_inputs, conditioning
+    from ..wan.conditioning.inputs import build_sampler_inputs, check_image_latent, conditioning
     from ..wan.vae.latent import latent_format, pixel_length_to_latent_frames
     from ..wan.conditioning.image import i2v_latents
     from ..wan.sampling.loop import loop_rules_for
     from ..wan.vae.wan21 import images_to_pixels
 
     os.makedirs(out_dir, exist_ok=True)
+    forget_summary(os.path.join(out_dir, SUMMARY))  # this run replaces the files the previous summary describes
     apply_preset(args)
     if getattr(args, "lora", None) and not args.model:
         raise ValueError("--lora is merged into --model: give the base weights with --model (for LongLive: "
@@ -173,10 +176,12 @@ def run_pipeline(args, out_dir: str, log=print) -> dict:
         raise ValueError(f"--width {args.width} and --height {args.height} must be multiples of "
                          f"{2 * fmt.spatial} for a {fmt.name} model.")
     frames = pixel_length_to_latent_frames(args.length)
+    check_latent_fits((1, fmt.channels, frames, args.height // fmt.spatial, args.width // fmt.spatial))
     latent = torch.zeros(1, fmt.channels, frames, args.height // fmt.spatial, args.width // fmt.spatial)
     image_latent = mask = None
     if args.image_latent and not args.no_image:
         given = _load_tensor(args.image_latent, "image latent", 5)
+        check_image_latent(given, model.config, f"--image-latent '{args.image_latent}'")
         if tuple(given.shape[3:]) != tuple(latent.shape[3:]):
             raise ValueError(f"--image-latent {list(given.shape)} does not match the video latent grid "
                              f"{list(latent.shape[3:])} (--width/--height / {fmt.spatial}).")
@@ -192,7 +197,7 @@ def run_pipeline(args, out_dir: str, log=print) -> dict:
         log(f"wan: start image encoded by the VAE into a latent {list(image_latent.shape)}")
     elif not args.no_image:
         log("wan: route 1 only (CLIP features); routes 2/3 need the image's VAE latent (--vae or --image-latent)")
-    # The same mapping as the sampler node: a ComfyUI-style CONDITIONING through wan.inputs
+    # The same mapping as the sampler node: a ComfyUI-style CONDITIONING through wan.conditioning.inputs
     positive = conditioning(text, clip_vision_output=clip_fea, concat_latent_image=image_latent, concat_mask=mask)
     inputs = build_sampler_inputs(model.config, latent, positive, conditioning(negative) if negative is not None
                                   else None, image_conditioning=not args.no_image, report=log)
@@ -214,7 +219,7 @@ def run_pipeline(args, out_dir: str, log=print) -> dict:
     if getattr(args, "preset", None):  # the family's loop rules beyond the widgets (as the node's `family`)
         from ..wan.sampling.presets import get_preset
 
-        settings = dataclasses.replace(settings, **get_preset(args.preset).loop_rules())
+        settings = dataclasses.replace(settings, family=args.preset, **get_preset(args.preset).loop_rules())
     settings = loop_rules_for(settings, model.config)  # Wan 2.2 TI2V: LongLive 2.0's UniPC + first-frame clamp
     if getattr(args, "video", None):
         return _stream_to_video(args, model, inputs, settings, vae, fmt, out_dir, t0, log)
@@ -237,8 +242,7 @@ def run_pipeline(args, out_dir: str, log=print) -> dict:
 
 def _save_latent(z, inputs, model, fmt, out_dir, log) -> dict:
     """The raw latent (ComfyUI's Load Latent format) and its animated latent->RGB preview."""
-    from safetensors.torch import save_file
-
+    from ..outputs import save_safetensors as save_file
     from ..wan import LatentPreviewer
     from ..wan.vae.latent import save_animation
 
@@ -256,8 +260,9 @@ def _save_latent(z, inputs, model, fmt, out_dir, log) -> dict:
 
 def _finish(summary: dict, inputs, t0: float, out_dir: str) -> dict:
     summary.update({"total_s": round(time.perf_counter() - t0, 3), "image_routes": inputs.image_routes})
-    with open(os.path.join(out_dir, "wan_summary.json"), "w") as f:
-        json.dump(summary, f, indent=2)
+    from ..outputs import write_json
+
+    write_json(summary, os.path.join(out_dir, SUMMARY))
     return summary
 
 

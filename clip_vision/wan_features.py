@@ -1,6 +1,6 @@
 """How several encoded images become one Wan 2.1 i2v conditioning (shared by the node and the CLI).
 
-What the features must look like is Wan's side of the contract: ``wan.features.check_clip_features``.
+What the features must look like is Wan's side of the contract: ``wan.model.features.check_clip_features``.
 """
 
 from __future__ import annotations

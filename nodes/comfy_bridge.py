@@ -13,6 +13,8 @@ from typing import Any, Callable, Optional
 
 import torch
 
+from ..outputs import reserve_numbered
+
 
 def in_comfyui() -> bool:
     """True when running inside a ComfyUI process (its ``comfy`` and ``folder_paths`` are importable)."""
@@ -198,7 +200,7 @@ def text_encoder_offload_device():
 
 
 class ComfyModelAdapter:
-    """``wan.inputs`` adapter for a ComfyUI MODEL: its latent format normalises, its ``extra_conds`` turn the
+    """``wan.conditioning.inputs`` adapter for a ComfyUI MODEL: its latent format normalises, its ``extra_conds`` turn the
     image entries into model inputs (the same tensors core samplers feed it)."""
 
     def __init__(self, patcher, seed: int = 0):
@@ -330,8 +332,10 @@ def video_save_path(filename_prefix: str, extension: str, width: int, height: in
             taken = [f for f in os.listdir(folder) if f.startswith(name + "_") and f[len(name) + 1:][:5].isdigit()]
             counter = 1 + max([int(f[len(name) + 1:][:5]) for f in taken], default=0)
     os.makedirs(folder, exist_ok=True)
-    file = f"{name}_{counter:05}_.{extension}"
-    return os.path.join(folder, file), file, subfolder
+    # the name is reserved now (an empty file created exclusively): a second run started meanwhile with the
+    # same prefix takes the next number, never this file
+    path, counter = reserve_numbered(folder, lambda n: f"{name}_{n:05}_.{extension}", counter)
+    return path, os.path.basename(path), subfolder
 
 
 def video_output(path: str):

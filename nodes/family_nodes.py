@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from . import comfy_bridge as bridge
 from .model_files import resolve_model_file, validate_model_name
-from ..wan.model.lora import load_lora_file, lora_pairs
+from ..wan.model.lora import check_merged_fits, check_strength, load_lora_file, lora_model_mismatch, lora_pairs
 from ..wan.sampling.presets import web_payload
 
 PRESETS_PATH = "/clipwan/presets"
@@ -16,11 +16,26 @@ COMFY_PREFIX = "diffusion_model."  # where ComfyUI's MODEL keeps the Wan DiT's w
 def comfy_lora_patches(lora: dict, source: str = "LoRA file") -> dict:
     """``{ComfyUI weight key: (up, down, alpha)}``: ComfyUI's LoRA patch computes
     ``strength · alpha/rank · up @ down`` — with alpha = rank when the file has none (LongLive), the same
-    delta as ``wan.lora.merge_lora``."""
+    delta as ``wan.model.lora.merge_lora``."""
     out = {}
     for key, (down, up, alpha) in lora_pairs(lora, source).items():
         out[COMFY_PREFIX + key] = (up, down, float(down.shape[0] if alpha is None else alpha))
     return out
+
+
+def check_patches_fit(patched, patches: dict, strength: float, source: str, lora=None) -> None:
+    """The merge ComfyUI will do (``weight + strength · alpha/rank · up @ down``) must fit the MODEL's weights:
+    the same shapes (a LoRA of another Wan is named as such) and a result finite in the weight's dtype —
+    checked here, so a mismatch or an overflow is an error now, not a failure or NaN at sampling."""
+    weights = patched.model_state_dict(COMFY_PREFIX) if hasattr(patched, "model_state_dict") else {}
+    for key, (up, down, alpha) in patches.items():
+        if key in weights:
+            w = weights[key]
+            if tuple(w.shape) != (up.shape[0], down.shape[1]):
+                raise ValueError(f"{source}: '{key}' is {list(w.shape)} in the MODEL but the LoRA gives "
+                                 f"{[up.shape[0], down.shape[1]]}; {lora_model_mismatch(weights, lora or {}, source)}")
+            delta = (up.float() @ down.float()) * (float(alpha) / down.shape[0]) * strength
+            check_merged_fits(key, w.float() + delta.to(w.device), w.dtype, strength, source)
 
 
 class ApplyCausalWanLoRA:
@@ -57,7 +72,9 @@ class ApplyCausalWanLoRA:
 
         path = resolve_model_file(lora_name, "loras")
         name = os.path.basename(path)
-        patches = comfy_lora_patches(load_lora_file(path), name)
+        strength = check_strength(strength, name)  # NaN/inf: refused before anything is patched
+        lora = load_lora_file(path)
+        patches = comfy_lora_patches(lora, name)
         patched = model.clone()
         added = set(patched.add_patches({k: bridge.lora_weight_patch(*v) for k, v in patches.items()},
                                         float(strength)))
@@ -65,6 +82,7 @@ class ApplyCausalWanLoRA:
         if missing:
             raise ValueError(f"{name} adapts {len(missing)} weight(s) the MODEL does not have, e.g. {missing[:3]}; "
                              f"is the MODEL a Wan 2.1 DiT of the size the LoRA was trained on?")
+        check_patches_fit(patched, patches, strength, name, lora)
         return (patched,)
 
 

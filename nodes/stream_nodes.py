@@ -19,7 +19,7 @@ from ..wan.video.stream import stream_video
 from ..wan.vae.taehv import FILE_PREFIXES, TAEHV
 from ..wan.vae.wan21 import WanVAE
 from ..wan.vae.wan22 import adopt_vae
-from ..wan.video.writer import VideoWriter
+from ..wan.video.writer import VideoWriter, check_fps
 from .wan_nodes import UI_EVENT, CausalWanSampler, _jpeg_base64, prepare_run
 
 log = logging.getLogger("comfyui_clipwan")
@@ -108,10 +108,7 @@ class CausalWanStreamVideo:
                 log.info("Causal Wan Stream Video: %s", note)
         wan = wan_vae_of(vae)  # ComfyUI's loaded VAE adopted once, for the decoder and the encoder
         dec = stream_decoder(wan, decoder)
-        batch, _, _, h, w = inputs.latent.shape
-        files = [bridge.video_save_path(filename_prefix if batch == 1 else f"{filename_prefix}_b{i}",
-                                        FORMATS[format], 8 * w, 8 * h) for i in range(batch)]
-        writers = [VideoWriter(path, fps=fps, fmt=FORMATS[format], fragmented=until_stopped) for path, _, _ in files]
+        check_fps(fps)
         # its encoder too (whichever decoder): Krea's loop re-encodes a decoded frame as a context frame
         encode = getattr(wan, "encode", None)
         run = stream_video(causal, inputs.latent, inputs.text, decoder=dec, to_raw=inputs.to_raw,
@@ -119,6 +116,12 @@ class CausalWanStreamVideo:
                            settings=settings, negative_text=inputs.negative_text, clip_fea=inputs.clip_fea,
                            concat=inputs.concat, first_frames=inputs.first_frames, prompt_switches=switches,
                            check_interrupt=bridge.check_interrupt, endless=until_stopped)
+        # names reserved only once every input is valid (nothing left behind by a refused run)
+        batch, _, _, h, w = inputs.latent.shape
+        files = [bridge.video_save_path(filename_prefix if batch == 1 else f"{filename_prefix}_b{i}",
+                                        FORMATS[format], 8 * w, 8 * h) for i in range(batch)]
+        writers = [VideoWriter(path, fps=fps, fmt=FORMATS[format], reserved=True, fragmented=until_stopped)
+                   for path, _, _ in files]
         progress = bridge.Progress(len(run), node_id=unique_id)
         player = bridge.prompt_server() is not None
         kept, last = [], None

@@ -259,7 +259,7 @@ def prepare_run(model, positive, latent, seed, steps="1000,750,500,250", shift=5
         if differences:
             log.warning("Causal Wan Sampler: family %s with the widgets as set, which differ from the family's "
                         "values: %s", preset.name, "; ".join(differences))
-        settings = dataclasses.replace(settings, **preset.loop_rules())
+        settings = dataclasses.replace(settings, family=preset.name, **preset.loop_rules())
     causal, adapter, patcher = causal_model_of(model, seed)
     settings = loop_rules_for(settings, causal.config)
     noise_mask = latent.get("noise_mask")  # Wan22ImageToVideoLatent's start image

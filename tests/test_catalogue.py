@@ -1203,3 +1203,798 @@ def test_output_sampler_refuses_nan_text_embedding():
     with pytest.raises(ValueError, match=r"^the sampled latent of block 0 \(latent frames 0\.\.0\) contains NaN"):
         sample_causal(model, torch.zeros(1, 16, 1, 2, 2), text,
                       settings=CausalSettings(steps="1000", frames_per_block=1))
+
+
+# ==============================================================================================================
+# Round two: the inputs the new features brought (LoRA files, presets and families, streaming writers, text
+# encoders, Wan 2.2, very long or very large requests). Ids: ``lora-…``, ``family-…``, ``window-…``,
+# ``video-…``, ``fit-…``, ``tokenizer-…``, ``early-…``, ``message-…``, ``output-…``.
+# ==============================================================================================================
+from comfyui_clipwan.wan import CausalSettings, sample_causal  # noqa: E402
+from comfyui_clipwan.wan.sampling import budget  # noqa: E402
+from comfyui_clipwan.wan.model.lora import merge_lora  # noqa: E402
+
+WAN22_TINY = WanConfig(dim=128, ffn_dim=160, num_heads=1, num_layers=1, in_dim=48, out_dim=48)
+RANK = 4
+
+
+def _peft_lora(sd, rank=RANK, seed=5, targets=("blocks.0.self_attn.q", "blocks.0.ffn.0")):
+    """A PEFT LoRA (LongLive's key names) for the modules ``targets`` of the state dict ``sd``."""
+    g = torch.Generator().manual_seed(seed)
+    out = {}
+    for t in targets:
+        w = sd[t + ".weight"]
+        out[f"base_model.model.{t}.lora_A.weight"] = torch.randn(rank, w.shape[1], generator=g) * 0.1
+        out[f"base_model.model.{t}.lora_B.weight"] = torch.randn(w.shape[0], rank, generator=g) * 0.1
+    return out
+
+
+@pytest.fixture(scope="module")
+def lora_file(files, wan_sd):
+    path = files / "lora.safetensors"
+    save_file(_peft_lora(wan_sd), str(path))
+    return path
+
+
+class _Patcher:
+    """The three ModelPatcher methods Apply Causal Wan LoRA calls, over a plain state dict (fp16 here)."""
+
+    def __init__(self, sd, dtype=torch.float16):
+        self.sd = {"diffusion_model." + k: v.to(dtype) for k, v in sd.items()}
+        self.patches = {}
+
+    def clone(self):
+        return self
+
+    def add_patches(self, patches, strength):
+        self.patches.update(patches)
+        return [k for k in patches if k in self.sd]
+
+    def model_state_dict(self, prefix=None):
+        return {k: v for k, v in self.sd.items() if prefix is None or k.startswith(prefix)}
+
+
+def _lora_entry(entry, path, strength, wan_files, capsys):
+    """Every way to apply a LoRA file: the Python API (merge, from_file), both nodes and the CLI."""
+    from comfyui_clipwan.nodes.family_nodes import ApplyCausalWanLoRA
+    from comfyui_clipwan.nodes.wan_nodes import LoadCausalWanModel
+    from comfyui_clipwan.wan.model.lora import load_lora_file
+
+    model_file = str(wan_files / "wan.safetensors")
+    if entry == "merge":
+        return merge_lora(load_wan_state_dict(model_file)[0], load_lora_file(str(path)), strength,
+                          source=os.path.basename(path))
+    if entry == "from_file":
+        return CausalWanModel.from_file(model_file, lora=str(path), lora_strength=strength)
+    if entry == "load-node":
+        return LoadCausalWanModel().load(model_file, "default", "auto", str(path), strength)
+    if entry == "apply-node":
+        return ApplyCausalWanLoRA().apply(_Patcher(load_wan_state_dict(model_file)[0]), str(path), strength)
+    code, _, err = _cli(["sample", "--model", model_file, "--lora", path, f"--lora-strength={strength}",
+                         "--out", wan_files / "cli_out"], capsys)
+    assert code == 2
+    raise ValueError(err.removeprefix("error: "))
+
+
+LORA_ENTRIES = ["merge", "from_file", "load-node", "apply-node", "cli"]
+
+
+@pytest.mark.parametrize("strength", [float("nan"), float("inf"), float("-inf")], ids=["nan", "inf", "-inf"])
+@pytest.mark.parametrize("entry", LORA_ENTRIES)
+def test_lora_strength_not_finite_refused_everywhere(entry, strength, files, lora_file, capsys):
+    with pytest.raises(ValueError) as info:
+        _lora_entry(entry, lora_file, strength, files, capsys)
+    assert str(info.value) == (f"lora.safetensors: LoRA strength {strength} is not a finite number; give e.g. 1.0 "
+                               f"(as trained), 0.5 or -1.0.")
+
+
+@pytest.mark.parametrize("entry", ["merge-fp16", "from_file-fp16", "apply-node-fp16"])
+def test_lora_strength_overflowing_the_weights_dtype_refused(entry, tmp_path, wan_sd, lora_file, files):
+    """Strength 1e6 on fp16 weights: the merged weight passes 65504, it would be stored as inf (then NaN)."""
+    from comfyui_clipwan.nodes.family_nodes import ApplyCausalWanLoRA
+    from comfyui_clipwan.wan.model.lora import load_lora_file
+
+    lora = load_lora_file(str(lora_file))
+    oracle = float(((wan_sd["blocks.0.self_attn.q.weight"].half().float()
+                     + 1e6 * lora["base_model.model.blocks.0.self_attn.q.lora_B.weight"]
+                     @ lora["base_model.model.blocks.0.self_attn.q.lora_A.weight"] / RANK * RANK).abs().max()))
+    assert oracle > 65504
+    with pytest.raises(ValueError) as info:
+        if entry == "merge-fp16":
+            merge_lora({k: v.half() for k, v in wan_sd.items()}, lora, 1e6, source="lora.safetensors")
+        elif entry == "from_file-fp16":
+            CausalWanModel.from_file(str(files / "wan.safetensors"), dtype="fp16", lora=str(lora_file),
+                                     lora_strength=1e6)
+        else:
+            ApplyCausalWanLoRA().apply(_Patcher(wan_sd), str(lora_file), 1e6)
+    msg = str(info.value)
+    if entry == "from_file-fp16":  # merged in the file's fp32, refused where it is cast to fp16
+        assert re.fullmatch(r"wan\.safetensors \+ LoRA lora\.safetensors x1e\+06: weight 'blocks\.0\.(self_attn\.q|"
+                            r"ffn\.0)\.weight' holds values up to [\d.e+]+, beyond what float16 holds \(6\.55e\+04\); "
+                            r"load the model in bf16 or fp32 \(or lower the LoRA strength\)\.", msg), msg
+    else:
+        assert re.fullmatch(r"lora\.safetensors at strength 1e\+06: the merged weight '(diffusion_model\.)?blocks\.0\."
+                            r"(self_attn\.q|ffn\.0)\.weight' reaches [\d.e+]+, beyond what float16 holds \(6\.55e\+04\); "
+                            r"lower the strength \(1\.0 = as trained\) or load the model in a wider dtype\.", msg), msg
+
+
+def test_lora_large_but_fitting_strength_merges_exactly(wan_sd, lora_file):
+    """Control: strength 10 on fp32 stays finite and equals W + 10·B@A (PEFT's merge written out here)."""
+    from comfyui_clipwan.wan.model.lora import load_lora_file
+
+    lora = load_lora_file(str(lora_file))
+    merged = merge_lora(wan_sd, lora, 10.0)
+    a, b = (lora[f"base_model.model.blocks.0.ffn.0.lora_{x}.weight"] for x in "AB")
+    torch.testing.assert_close(merged["blocks.0.ffn.0.weight"], wan_sd["blocks.0.ffn.0.weight"] + 10.0 * (b @ a),
+                               atol=1e-5, rtol=0)
+
+
+def _comfy_kohya_key_map(sd):
+    """ComfyUI core's ``model_lora_keys_unet`` (comfy/lora.py) for a Wan MODEL, written out: every weight
+    ``diffusion_model.<path>.weight`` is reachable as ``lora_unet_<path with '.' -> '_'>``."""
+    return {"lora_unet_" + k[:-len(".weight")].replace(".", "_"): k for k in sd if k.endswith(".weight")}
+
+
+@pytest.mark.parametrize("style", ["kohya", "kohya-alpha", "lycoris", "kohya-k_img"],
+                         ids=lambda s: f"lora-{s}-names-load")
+def test_lora_kohya_names_merge_like_comfyui(style, wan_sd):
+    from comfyui_clipwan.wan.model.lora import lora_pairs
+
+    sd = dict(wan_sd)
+    if style == "kohya-k_img":  # an i2v model's image key projection: a Wan name with '_' inside
+        sd = dict(CausalWanModel.random(WanConfig(dim=128, ffn_dim=160, num_heads=1, num_layers=1, in_dim=36,
+                                                  has_img_emb=True), seed=2).state_dict())
+        targets = ("blocks.0.cross_attn.k_img", "blocks.0.self_attn.o")
+    else:
+        targets = ("blocks.0.self_attn.q", "blocks.0.cross_attn.v", "blocks.0.ffn.2", "text_embedding.0")
+    key_map = _comfy_kohya_key_map(sd)
+    by_module = {v[:-len(".weight")]: k for k, v in key_map.items()}
+    g = torch.Generator().manual_seed(9)
+    lora, want = {}, {}
+    for t in targets:
+        name = by_module[t].replace("lora_unet_", "lycoris_") if style == "lycoris" else by_module[t]
+        w = sd[t + ".weight"]
+        down, up = torch.randn(2, w.shape[1], generator=g), torch.randn(w.shape[0], 2, generator=g)
+        lora[f"{name}.lora_down.weight"], lora[f"{name}.lora_up.weight"] = down, up
+        alpha = 1.0 if style == "kohya-alpha" else 2.0
+        if style == "kohya-alpha":
+            lora[f"{name}.alpha"] = torch.tensor(alpha)
+        want[t + ".weight"] = w + 0.5 * (alpha / 2) * (up @ down)  # ComfyUI: strength · alpha/rank · up @ down
+    assert sorted(lora_pairs(lora)) == sorted(want)
+    merged = merge_lora(sd, lora, 0.5)
+    for key, value in want.items():
+        torch.testing.assert_close(merged[key], value, atol=1e-5, rtol=0)
+
+
+def test_lora_kohya_names_through_apply_node(wan_sd, tmp_path):
+    from comfyui_clipwan.nodes.family_nodes import ApplyCausalWanLoRA
+
+    lora = {"lora_unet_blocks_0_self_attn_q.lora_down.weight": torch.randn(2, 128),
+            "lora_unet_blocks_0_self_attn_q.lora_up.weight": torch.randn(128, 2)}
+    save_file(lora, str(tmp_path / "k.safetensors"))
+    patcher = _Patcher(wan_sd)
+    ApplyCausalWanLoRA().apply(patcher, str(tmp_path / "k.safetensors"), 1.0)
+    assert list(patcher.patches) == ["diffusion_model.blocks.0.self_attn.q.weight"]
+
+
+@pytest.mark.parametrize("lora_width,model_width,kind,lora_said,model_said", [
+    (3072, 1536, "another Wan generation", "Wan 2.2 TI2V-5B (width 3072)", "Wan 2.1 1.3B (width 1536)"),
+    (1536, 3072, "another Wan generation", "Wan 2.1 1.3B (width 1536)", "Wan 2.2 TI2V-5B (width 3072)"),
+    (5120, 1536, "another Wan size", "Wan 2.1 14B (width 5120)", "Wan 2.1 1.3B (width 1536)"),
+], ids=["lora-wan22-lora-on-wan21", "lora-wan21-lora-on-wan22", "lora-14b-lora-on-1.3b"])
+def test_lora_of_another_generation_named(lora_width, model_width, kind, lora_said, model_said):
+    sd = {"head.modulation": torch.zeros(1, 2, model_width),
+          "blocks.0.self_attn.q.weight": torch.zeros(model_width, model_width)}
+    lora = {"blocks.0.self_attn.q.lora_A.weight": torch.zeros(1, lora_width),
+            "blocks.0.self_attn.q.lora_B.weight": torch.zeros(lora_width, 1)}
+    with pytest.raises(ValueError) as info:
+        merge_lora(sd, lora, source="x.safetensors")
+    assert str(info.value) == (f"x.safetensors: 'blocks.0.self_attn.q.weight' is [{model_width}, {model_width}] in "
+                               f"the model but the LoRA gives [{lora_width}, {lora_width}]; the LoRA was trained on "
+                               f"{kind}: {lora_said}, the model is {model_said}. Use a LoRA made for it.")
+
+
+# --- family presets on the wrong model -----------------------------------------------------------------------
+def _family_run(family, config, entry="api", **overrides):
+    """Run ``family``'s own values on a tiny model of ``config`` through one entry point."""
+    from comfyui_clipwan.nodes.wan_nodes import CausalWanSampler
+    from comfyui_clipwan.wan.sampling.presets import get_preset
+
+    p = get_preset(family)
+    model = CausalWanModel.random(config, seed=1)
+    c = config.out_dim
+    if entry == "node":
+        values = {**p.sampler_values(), **overrides}
+        latent = {"samples": torch.zeros(1, c, 1 + p.frames_per_block, 2, 2)}
+        return CausalWanSampler().sample(model, [[torch.zeros(1, 4, 4096), {}]], latent, 0, **values)
+    settings = CausalSettings(steps=p.steps, shift=p.shift, warp=p.warp_steps, frames_per_block=p.frames_per_block,
+                              sink_size=p.sink_size, local_window=p.local_window, family=p.name,
+                              independent_first_frame=p.independent_first_frame, **p.loop_rules())
+    settings = dataclasses.replace(settings, **overrides)
+    frames = (1 if p.independent_first_frame else 0) + p.frames_per_block
+    return sample_causal(model, torch.zeros(1, c, frames, 2, 2), torch.zeros(1, 4, 4096), settings=settings)
+
+
+import dataclasses  # noqa: E402
+
+FAMILY_MISMATCH = {
+    "family-wan22-family-on-wan21-api": ("LongLive 2.0", WAN_T2V, "api"),
+    "family-wan22-family-on-wan21-node": ("LongLive 2.0", WAN_T2V, "node"),
+    "family-wan21-family-on-wan22-api": ("Self-Forcing", WAN22_TINY, "api"),
+    "family-wan21-family-on-wan22-node": ("Reward Forcing", WAN22_TINY, "node"),
+}
+
+
+@pytest.mark.parametrize("case", list(FAMILY_MISMATCH), ids=list(FAMILY_MISMATCH))
+def test_family_of_another_generation_refused(case):
+    from comfyui_clipwan.wan.sampling.presets import get_preset
+
+    family, config, entry = FAMILY_MISMATCH[case]
+    p = get_preset(family)
+    gen = "Wan 2.2" if config.out_dim == 48 else "Wan 2.1"
+    other = "Wan 2.1" if gen == "Wan 2.2" else "Wan 2.2"
+    with pytest.raises(ValueError) as info:
+        _family_run(family, config, entry)
+    assert str(info.value).startswith(f"family '{family}' was distilled from {p.base} ({other}), but the model is "
+                                      f"{config.describe()}: its loop rules do not apply to a {gen} model. Choose "
+                                      f"family 'custom' or a {gen} family ("), str(info.value)
+
+
+@pytest.mark.parametrize("family,dim,ffn,layers,size", [
+    ("Self-Forcing", 5120, 13824, 40, "14B"), ("Krea Realtime 14B", 1536, 8960, 30, "1.3B")],
+    ids=["family-1.3b-family-on-14b", "family-14b-family-on-1.3b"])
+def test_family_of_another_size_refused(family, dim, ffn, layers, size):
+    from comfyui_clipwan.wan.sampling.presets import check_family_fits, get_preset
+
+    config = WanConfig(dim=dim, ffn_dim=ffn, num_heads=dim // 128, num_layers=layers, in_dim=16)
+    p = get_preset(family)
+    with pytest.raises(ValueError) as info:
+        check_family_fits(family, config)
+    assert str(info.value).startswith(f"family '{family}' was distilled from {p.base} "), str(info.value)
+    assert f"but the model is {config.describe()}: its settings are for another size. Choose family 'custom' or a " \
+           f"Wan 2.1 {size} family (" in str(info.value)
+
+
+def test_family_on_a_custom_size_model_of_its_generation_runs():
+    """Control: a tiny (custom-size) Wan 2.1 model takes a Wan 2.1 family and gives the family-less result for
+    the same settings (Self-Forcing has no extra loop rules)."""
+    with_family = _family_run("Self-Forcing", WAN_T2V)
+    from comfyui_clipwan.wan.sampling.presets import get_preset
+
+    p = get_preset("Self-Forcing")
+    plain = sample_causal(CausalWanModel.random(WAN_T2V, seed=1), torch.zeros(1, 16, 4, 2, 2), torch.zeros(1, 4, 4096),
+                          settings=CausalSettings(steps=p.steps, shift=p.shift, frames_per_block=3,
+                                                  independent_first_frame=True))
+    assert torch.equal(with_family, plain)
+
+
+def test_family_rule_error_names_family_and_model():
+    with pytest.raises(ValueError) as info:
+        _family_run("MemFlow", WAN_T2V, sink_size=0)
+    assert str(info.value).startswith(f"family 'MemFlow' on the model {WAN_T2V.describe()}: the memory loop (MemFlow) "
+                                      f"needs an attention sink and a local window"), str(info.value)
+
+
+@pytest.mark.parametrize("entry", ["generator_ema", "generator", "model"], ids=lambda e: f"family-entry-{e}-on-flat-file")
+def test_preset_entry_on_a_flat_file_loads_it(entry, files, wan_sd):
+    """A preset's checkpoint entry never refuses a flat .safetensors of the same weights (API and node)."""
+    from comfyui_clipwan.nodes.wan_nodes import LoadCausalWanModel
+
+    sd, _ = load_wan_state_dict(str(files / "wan.safetensors"), entry)
+    assert sd.keys() == wan_sd.keys() and all(torch.equal(sd[k], wan_sd[k]) for k in sd)
+    (model,) = LoadCausalWanModel().load(str(files / "wan.safetensors"), "default", entry)
+    assert torch.equal(model.state_dict()["head.head.weight"], wan_sd["head.head.weight"])
+
+
+def test_entry_missing_from_a_container_still_refused(tmp_path, wan_sd):
+    """Control: a training checkpoint that lacks the entry is still an error naming the entries it has."""
+    path = tmp_path / "ckpt.pt"
+    torch.save({"generator": {"model." + k: v for k, v in wan_sd.items()}}, path)
+    with pytest.raises(ValueError) as info:
+        load_wan_state_dict(str(path), "generator_ema")
+    assert str(info.value) == "ckpt.pt has no tensor entry 'generator_ema'; entries with tensors: ['generator']."
+
+
+# --- a window larger than the video --------------------------------------------------------------------------
+@pytest.mark.parametrize("rules", [{}, {"positions": "slots", "sink_ema": 0.999}, {"loop": "rolling"}],
+                         ids=["window-huge-block-loop", "window-huge-slots", "window-huge-rolling"])
+def test_window_larger_than_the_video_caches_only_the_video(rules):
+    """local_window 10⁶ on 4 latent frames: the cache holds 4 frames (not 10⁶: ~1 TB at real size) and the run
+    equals the run without a window (every frame is inside either way)."""
+    model = CausalWanModel.random(WAN_T2V, seed=1)
+    runs = {}
+    for window in (0, 10 ** 6):
+        stats = {}
+        s = CausalSettings(steps="1000,500", frames_per_block=1, sink_size=1 if rules else 0, local_window=window,
+                           **rules)
+        runs[window] = (sample_causal(model, torch.zeros(1, 16, 4, 2, 2), torch.zeros(1, 4, 4096), settings=s,
+                                      stats=stats), stats["cache_bytes"])
+    assert torch.equal(runs[0][0], runs[10 ** 6][0])
+    # 1 layer x (K, V) x 4 frames x 1 token x 128 channels x 4 bytes
+    assert runs[10 ** 6][1] == runs[0][1] == 2 * 4 * 1 * 128 * 4
+
+
+# --- video writers -------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("fps", [0, -16, float("nan"), float("inf"), 10 ** 9, "fast"],
+                         ids=lambda f: f"video-fps-{f}")
+def test_video_fps_refused_before_any_file(fps, tmp_path):
+    from comfyui_clipwan.wan.video.writer import VideoWriter
+
+    with pytest.raises(ValueError) as info:
+        VideoWriter(str(tmp_path / "v.mp4"), fps=fps)
+    assert str(info.value) == f"fps {fps!r} is not a frame rate: give a number above 0 and at most 1000 (Wan: 16)."
+    assert os.listdir(tmp_path) == []
+
+
+def test_video_fps_refused_by_the_stream_node_before_sampling(tmp_path, monkeypatch):
+    from comfyui_clipwan.nodes.stream_nodes import CausalWanStreamVideo
+    from comfyui_clipwan.wan.vae.taehv import TAEHV
+
+    monkeypatch.setattr(bridge_module(), "output_directory", lambda: str(tmp_path))
+    with pytest.raises(ValueError, match=r"^fps 0 is not a frame rate"):
+        CausalWanStreamVideo().stream(CausalWanModel.random(WAN_T2V, seed=1), [[torch.zeros(1, 4, 4096), {}]],
+                                      {"samples": torch.zeros(1, 16, 3, 2, 2)}, 0, TAEHV.random(), fps=0)
+    assert os.listdir(tmp_path) == []
+
+
+def bridge_module():
+    from comfyui_clipwan.nodes import comfy_bridge
+
+    return comfy_bridge
+
+
+def _frames(n=3, seed=0, h=32, w=48):
+    return np.random.default_rng(seed).integers(0, 255, (n, h, w, 3), dtype=np.uint8)
+
+
+def test_video_two_writers_on_one_path_refused(tmp_path):
+    from comfyui_clipwan.wan.video.writer import VideoWriter
+
+    first = VideoWriter(str(tmp_path / "v.mp4"))
+    with pytest.raises(ValueError) as info:
+        VideoWriter(str(tmp_path / "v.mp4"))
+    assert str(info.value) == (f"cannot write video '{tmp_path / 'v.mp4'}': another VideoWriter is writing that file "
+                               f"now; give each writer its own path (close the first one before reusing the name).")
+    first.write(_frames())
+    assert first.close() == str(tmp_path / "v.mp4")
+    with VideoWriter(str(tmp_path / "v.mp4")) as again:  # closed: the name is free again
+        again.write(_frames(seed=1))
+
+
+def test_video_writers_in_one_folder_never_share_a_temporary(tmp_path):
+    """Two writers at once (same base name, other extension): each writes its own temporary and each file holds
+    exactly its own frames (oracle: the frames decoded back are the ones written, up to the codec's loss)."""
+    from comfyui_clipwan.wan.video.writer import VideoWriter, read_video_frames
+
+    a, b = VideoWriter(str(tmp_path / "v.mp4")), VideoWriter(str(tmp_path / "v.webm"))
+    a.write(np.zeros((2, 32, 48, 3), np.uint8))
+    b.write(np.full((3, 32, 48, 3), 255, np.uint8))
+    assert len([n for n in os.listdir(tmp_path) if ".partial" in n]) == 2
+    assert a.close() == str(tmp_path / "v.mp4") and b.close() == str(tmp_path / "v.webm")
+    da, db = read_video_frames(str(tmp_path / "v.mp4")), read_video_frames(str(tmp_path / "v.webm"))
+    assert da.shape[0] == 2 and db.shape[0] == 3 and da.max() < 10 and db.min() > 245
+    assert sorted(os.listdir(tmp_path)) == ["v.mp4", "v.webm"]
+
+
+def test_video_close_without_frames_hands_back_nothing(tmp_path):
+    from comfyui_clipwan.wan.video.writer import VideoWriter
+
+    (tmp_path / "v.mp4").write_bytes(b"someone else's video")
+    assert VideoWriter(str(tmp_path / "v.mp4")).close() is None
+    assert (tmp_path / "v.mp4").read_bytes() == b"someone else's video"
+
+
+def test_video_stream_runs_with_one_prefix_get_their_own_files(tmp_path, monkeypatch):
+    """Two runs that start before either finishes: the names are reserved at the start, so each gets its own."""
+    from comfyui_clipwan.wan.video.writer import VideoWriter
+
+    bridge = bridge_module()
+    monkeypatch.setattr(bridge, "output_directory", lambda: str(tmp_path))
+    monkeypatch.setattr(bridge, "_folder_paths", lambda: None)
+    first = bridge.video_save_path("ClipWan/causal", "mp4", 32, 32)
+    second = bridge.video_save_path("ClipWan/causal", "mp4", 32, 32)
+    assert (first[1], second[1]) == ("causal_00001_.mp4", "causal_00002_.mp4")
+    writers = [VideoWriter(p, reserved=True) for p, _, _ in (first, second)]
+    writers[1].write(_frames(2))
+    assert writers[1].close() == second[0]
+    assert writers[0].close() is None  # stopped before its first frame: its reserved name is given back
+    assert sorted(os.listdir(tmp_path / "ClipWan")) == ["causal_00002_.mp4"]
+
+
+@pytest.mark.parametrize("fmt", ["mp4", "webm"], ids=lambda f: f"video-{f}-same-frames-same-bytes")
+def test_video_same_frames_give_byte_identical_files(fmt, tmp_path):
+    from comfyui_clipwan.wan.video.writer import VideoWriter
+
+    frames = _frames(9, h=96, w=160)
+    digests = []
+    for i in range(2):
+        with VideoWriter(str(tmp_path / f"{i}.{fmt}"), fps=16) as w:
+            w.write(frames[:4])
+            w.write(frames[4:])
+        digests.append(hashlib.sha256((tmp_path / f"{i}.{fmt}").read_bytes()).hexdigest())
+    assert digests[0] == digests[1]
+    assert re.search(rb"Lavf\d", (tmp_path / f"0.{fmt}").read_bytes()) is None  # bit-exact: no library version
+
+
+def test_video_encoder_thread_count_is_fixed(tmp_path):
+    """Why the count is fixed: x264's bytes depend on its thread count (the default follows the machine's cores)."""
+    import av
+
+    from comfyui_clipwan.wan.video import writer as video_writer
+
+    frames = _frames(9, h=240, w=416)
+    out = {}
+    for threads in (1, video_writer.ENCODER_THREADS):
+        with av.open(str(tmp_path / f"{threads}.mp4"), "w", format="mp4") as c:
+            c.flags |= av.container.Flags.bitexact.value
+            s = c.add_stream("libx264", rate=16, options={"crf": "19", "preset": "medium", "threads": str(threads)})
+            s.width, s.height, s.pix_fmt = 416, 240, "yuv420p"
+            for f in frames:
+                for p in s.encode(av.VideoFrame.from_ndarray(f, format="rgb24")):
+                    c.mux(p)
+            for p in s.encode():
+                c.mux(p)
+        out[threads] = (tmp_path / f"{threads}.mp4").read_bytes()
+    assert out[1] != out[video_writer.ENCODER_THREADS]
+    assert video_writer.FORMATS["mp4"][2]["threads"] == video_writer.FORMATS["webm"][2]["threads"] == "4"
+
+
+# --- output files: one mode, nothing stale --------------------------------------------------------------------
+@pytest.fixture
+def umask_022():
+    old = os.umask(0o022)
+    yield
+    os.umask(old)
+
+
+def _mode(path):
+    return oct(os.stat(path).st_mode & 0o777)
+
+
+def test_output_modes_are_the_users_default(tmp_path, capsys, files, umask_022, h14_file, image_png):
+    """safetensors (latent, features), JSON, video: all 0644 under umask 022 (save_file alone makes 0600)."""
+    from comfyui_clipwan.wan.video.writer import VideoWriter
+
+    code, _, _ = _cli(["sample", "--model", files / "wan.safetensors", "--length", "1", "--frames-per-block", "1",
+                       "--width", "16", "--height", "16", "--steps", "1000", "--out", tmp_path / "s"], capsys)
+    assert code == 0
+    code, _, _ = _cli(["encode", image_png, "--weights", h14_file, "--out", tmp_path / "f.safetensors"], capsys)
+    assert code == 0
+    with VideoWriter(str(tmp_path / "v.mp4")) as w:
+        w.write(_frames())
+    paths = [tmp_path / "s" / "wan_latent.safetensors", tmp_path / "s" / "wan_summary.json",
+             tmp_path / "s" / "wan_preview.webp", tmp_path / "f.safetensors", tmp_path / "v.mp4"]
+    assert [_mode(p) for p in paths] == ["0o644"] * 5
+
+
+def test_output_interrupted_run_leaves_no_stale_summary(tmp_path, capsys, files, monkeypatch):
+    """Run 1 writes its summary; run 2 into the same folder is interrupted: no summary describing run 1's files."""
+    import comfyui_clipwan.wan as wan_pkg
+
+    args = ["sample", "--model", files / "wan.safetensors", "--frames-per-block", "1", "--width", "16",
+            "--height", "16", "--steps", "1000", "--out", tmp_path]
+    code, _, _ = _cli([*args, "--length", "9"], capsys)
+    assert code == 0 and json.loads((tmp_path / "wan_summary.json").read_text())["latent_shape"][2] == 3
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(wan_pkg, "sample_causal", interrupted)
+    code, _, _ = _cli([*args, "--length", "1"], capsys)
+    assert code == 130 and not (tmp_path / "wan_summary.json").exists()
+
+
+# --- requests that cannot fit: refused up front with the size they would need ---------------------------------
+@pytest.fixture
+def eight_gib_free(monkeypatch):
+    monkeypatch.setattr(budget, "free_bytes", lambda device=None: 8 * budget.GIB)
+
+
+FIT_CASES = {
+    "fit-i2v-million-frames": (lambda: _i2v(4_000_001, 832, 480),
+                               "the conditioning latent [1, 16, 1000001, 60, 104] (float32) would need 371.9 GiB, but "
+                               "this machine's memory has 8.0 GiB free"),
+    "fit-ti2v-million-frames": (lambda: _ti2v(4_000_001, 1280, 704),
+                                "the conditioning latent [1, 48, 1000001, 44, 80] (float32) would need 629.4 GiB, but "
+                                "this machine's memory has 8.0 GiB free"),
+    "fit-i2v-start-image-padding": (lambda: _i2v(20_001, 832, 480, image=True),
+                                    "the 20001 pixel frames of 832x480 the VAE encodes (float32) would need 89.3 GiB, "
+                                    "but this machine's memory has 8.0 GiB free"),
+}
+
+
+def _i2v(length, width, height, image=False):
+    from comfyui_clipwan.wan.conditioning import i2v_latents
+
+    return i2v_latents(width, height, length, 1, torch.zeros(1, 8, 8, 3) if image else None,
+                       (lambda p: p) if image else None)
+
+
+def _ti2v(length, width, height):
+    from comfyui_clipwan.wan.conditioning import ti2v_latents
+
+    return ti2v_latents(width, height, length, 1, None, None)
+
+
+@pytest.mark.parametrize("case", list(FIT_CASES), ids=list(FIT_CASES))
+def test_fit_conditioning_refused_with_its_size(case, eight_gib_free):
+    make, start = FIT_CASES[case]
+    with pytest.raises(ValueError) as info:
+        make()
+    assert str(info.value).startswith(start + "; it was refused before anything was allocated."), str(info.value)
+
+
+def test_fit_cli_long_length_refused_before_sampling(tmp_path, capsys, files, eight_gib_free):
+    code, _, err = _cli(["sample", "--model", files / "wan.safetensors", "--length", "40000001", "--width", "832",
+                         "--height", "480", "--out", tmp_path], capsys)
+    need = budget.gib(4 * 16 * 10000001 * 60 * 104)  # oracle: the float32 latent's bytes
+    assert code == 2 and err.startswith(f"error: the latent [1, 16, 10000001, 60, 104] (float32) would need {need}, "
+                                        f"but this machine's memory has 8.0 GiB free"), err
+
+
+def test_fit_huge_frame_refused_by_the_loop_before_sampling(monkeypatch):
+    """A 4096² frame (65536 tokens): the KV cache alone needs more than the 64 MiB this test says are free."""
+    monkeypatch.setattr(budget, "free_bytes", lambda device=None: 64 * 1024 ** 2)
+    model = CausalWanModel.random(WAN_T2V, seed=1)
+    with pytest.raises(ValueError) as info:
+        sample_causal(model, torch.zeros(1, 16, 2, 512, 512), torch.zeros(1, 4, 4096),
+                      settings=CausalSettings(steps="1000", frames_per_block=1))
+    # oracle: 1 layer x (K, V) x 2 frames x 65536 tokens x 128 channels x 4 bytes + one block's activations
+    cache = 2 * 2 * 65536 * 128 * 4
+    block = 65536 * (160 + 6 * 128) * 4
+    assert str(info.value) == (f"this run (2 latent frames of 512x512: a KV cache of 2 frames x 65536 tokens x 1 "
+                               f"layers, and one block's activations) would need {budget.gib(cache + block)}, but "
+                               f"this machine's memory has 64.0 MiB free; it was refused before anything was "
+                               f"allocated. Use a smaller width/height or fewer frames, or a local_window (flat "
+                               f"memory for any length).")
+
+
+def test_fit_long_stream_with_a_window_stays_allowed(monkeypatch):
+    """Control: 2000 latent frames fit with a window of 3 (flat cache); without the window they are refused."""
+    monkeypatch.setattr(budget, "free_bytes", lambda device=None: 1024 ** 2)
+    model = CausalWanModel.random(WAN_T2V, seed=1)
+    latent, text = torch.zeros(1, 16, 2000, 2, 2), torch.zeros(1, 4, 4096)
+    from comfyui_clipwan.wan.sampling.loop import iter_causal_blocks
+
+    loop = iter_causal_blocks(model, latent, text, settings=CausalSettings(frames_per_block=1, local_window=3))
+    assert loop.cache_capacity() == 3
+    with pytest.raises(ValueError, match=r"KV cache of 2000 frames"):
+        iter_causal_blocks(model, latent, text, settings=CausalSettings(frames_per_block=1))
+
+
+# --- text encoder and tokenizer files ------------------------------------------------------------------------
+def _word_tokenizer(path, n_extra=0, eos=True):
+    """A umt5-style tokenizer.json (WordLevel, '</s>' appended); ``n_extra`` more words grow its vocabulary."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+
+    vocab = {"<pad>": 0, "</s>": 1, "<unk>": 2, "a": 3, "fox": 4}
+    vocab.update({f"w{i}": 5 + i for i in range(n_extra)})
+    if not eos:
+        vocab = {("<eos>" if k == "</s>" else k): v for k, v in vocab.items()}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    if eos:
+        tok.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
+    tok.save(str(path))
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def tiny_umt5():
+    from transformers import UMT5Config, UMT5EncoderModel
+
+    torch.manual_seed(0)
+    return UMT5EncoderModel(UMT5Config(vocab_size=40, d_model=32, d_kv=8, d_ff=48, num_layers=1, num_heads=4,
+                                       is_encoder_decoder=False)).eval()
+
+
+def _truncated_tokenizer(path):
+    _word_tokenizer(path)
+    data = open(path, "rb").read()
+    return _write(path, data[: len(data) // 2])
+
+
+TOKENIZER_ERRORS = {
+    "tokenizer-json-empty": (lambda t: _write(t / "tokenizer.json", b""),
+                             r"tokenizer '{p}' is empty \(0 bytes\): the download or copy did not finish\. Download "
+                             r"the umt5-xxl tokenizer \(google/umt5-xxl\) again\."),
+    "tokenizer-json-truncated": (lambda t: _truncated_tokenizer(t / "tokenizer.json"),
+                                 r"tokenizer '{p}' cannot be read \(\w+: .*\); it is truncated, damaged or not a "
+                                 r"tokenizer file\. Give the umt5-xxl tokenizer \(google/umt5-xxl: tokenizer\.json or "
+                                 r"spiece\.model\), downloaded again\."),
+    "tokenizer-json-foreign": (lambda t: _write(t / "tokenizer.json", json.dumps({"a": 1, "b": 2}).encode()),
+                               r"tokenizer '{p}' cannot be read \(\w+: .*\); it is truncated, damaged or not a "
+                               r"tokenizer file\. .*"),
+    "tokenizer-spiece-random-bytes": (lambda t: _write(t / "spiece.model", bytes(range(256)) * 4),
+                                      r"tokenizer '{p}' cannot be read \(\w+: .*\); it is truncated, damaged or not a "
+                                      r"tokenizer file\. .*"),
+    "tokenizer-folder-without-files": (lambda t: str(t),
+                                       r"tokenizer '{p}' cannot be read \(\w+: .*\); it is truncated, damaged or not "
+                                       r"a tokenizer file\. .*"),
+    "tokenizer-without-eos": (lambda t: _word_tokenizer(t / "tokenizer.json", eos=False),
+                              r"tokenizer '{p}' has no end-of-sequence token '</s>': it is not a T5 / umt5 tokenizer "
+                              r"\(Wan needs google/umt5-xxl's\)\."),
+}
+
+
+@pytest.mark.parametrize("case", list(TOKENIZER_ERRORS), ids=list(TOKENIZER_ERRORS))
+def test_tokenizer_bad_files_named(case, tmp_path):
+    from comfyui_clipwan.wan.text.umt5 import load_tokenizer
+
+    make, pattern = TOKENIZER_ERRORS[case]
+    path = make(tmp_path)
+    with pytest.raises(ValueError) as info:
+        load_tokenizer(path)
+    assert re.fullmatch(pattern.format(p=re.escape(path)), str(info.value), re.S), str(info.value)
+
+
+def test_tokenizer_larger_than_the_embedding_table_refused(tmp_path, tiny_umt5):
+    from comfyui_clipwan.wan.text.umt5 import UMT5TextEncoder, load_tokenizer
+
+    path = _word_tokenizer(tmp_path / "tokenizer.json", n_extra=60)  # 65 tokens, 40 embedding rows
+    sd = {k: v for k, v in tiny_umt5.state_dict().items() if k != "encoder.embed_tokens.weight"}
+    with pytest.raises(ValueError) as info:
+        UMT5TextEncoder.from_state_dict(sd, load_tokenizer(path), source="umt5_tiny.safetensors")
+    assert str(info.value) == (f"tokenizer '{path}' has 65 tokens but the text encoder umt5_tiny.safetensors embeds "
+                               f"only 40: they do not belong together (prompts would index past the table). Use the "
+                               f"encoder's own tokenizer (umt5-xxl: google/umt5-xxl with 256384 embedding rows).")
+
+
+def test_tokenizer_that_fits_encodes_like_transformers(tmp_path, tiny_umt5):
+    """Control: a fitting tokenizer encodes exactly as transformers' model on the same ids."""
+    from comfyui_clipwan.wan.text.umt5 import UMT5TextEncoder, load_tokenizer
+
+    sd = {k: v for k, v in tiny_umt5.state_dict().items() if k != "encoder.embed_tokens.weight"}
+    enc = UMT5TextEncoder.from_state_dict(sd, load_tokenizer(_word_tokenizer(tmp_path / "tokenizer.json", 10)))
+    with torch.no_grad():
+        want = tiny_umt5(input_ids=torch.tensor([[3, 4, 1]])).last_hidden_state
+    torch.testing.assert_close(enc.encode("a fox"), want, atol=1e-6, rtol=0)
+
+
+# --- mismatches found before the first block ------------------------------------------------------------------
+class _CountingHooks:
+    def __init__(self):
+        self.forwards = 0
+
+    def on_forward_start(self, kind, block):
+        self.forwards += 1
+
+    on_forward_end = on_step = on_block = lambda self, *a: None
+
+
+def _wan22_model():
+    return CausalWanModel.random(WAN22_TINY, seed=2)
+
+
+def test_early_tiny_decoder_on_a_wan22_model(monkeypatch):
+    from comfyui_clipwan.wan.video.stream import stream_video
+    from comfyui_clipwan.wan.vae.taehv import TAEHV
+
+    hooks = _CountingHooks()
+    with pytest.raises(ValueError) as info:
+        stream_video(_wan22_model(), torch.zeros(1, 48, 2, 2, 2), torch.zeros(1, 4, 4096), vae=TAEHV.random(),
+                     settings=CausalSettings(steps="4", frames_per_block=2), hooks=hooks)
+    assert str(info.value) == (f"the decoder (TAEHVStreamingDecoder) reads 16-channel (Wan 2.1) latents, but the "
+                               f"model {WAN22_TINY.describe()} makes 48-channel (Wan 2.2) latents: use the VAE of the "
+                               f"model's generation (Wan 2.1: wan_2.1_vae or taew2_1, Wan 2.2: wan2.2_vae).")
+    assert hooks.forwards == 0
+
+
+def test_early_wan21_vae_on_a_wan22_model():
+    from comfyui_clipwan.wan.video.stream import stream_video
+    from comfyui_clipwan.wan.vae import WanVAE, WanVAEConfig
+
+    with pytest.raises(ValueError, match=r"^the decoder \(Wan 2\.1 VAE\) reads 16-channel \(Wan 2\.1\) latents, but "
+                                         r"the model Wan 2\.2 custom ti2v .* makes 48-channel"):
+        stream_video(_wan22_model(), torch.zeros(1, 48, 2, 2, 2), torch.zeros(1, 4, 4096),
+                     vae=WanVAE.random(WanVAEConfig(dim=8)), settings=CausalSettings(steps="4", frames_per_block=2))
+
+
+def test_early_wan22_vae_on_a_wan21_model():
+    from comfyui_clipwan.wan.video.stream import check_decoder_fits
+
+    class Wan22Decoder:  # what a Wan 2.2 VAE's stream decoder says about itself
+        class vae:
+            name = "Wan 2.2 VAE"
+
+            class config:
+                z_dim = 48
+
+    with pytest.raises(ValueError, match=r"^the decoder \(Wan 2\.2 VAE\) reads 48-channel \(Wan 2\.2\) latents, but "
+                                         r"the model Wan 2\.1 custom t2v"):
+        check_decoder_fits(Wan22Decoder(), CausalWanModel.random(WAN_T2V, seed=1))
+
+
+@pytest.mark.parametrize("which,width", [("switch", 768), ("negative", 4095), ("positive", 1024)],
+                         ids=lambda v: f"early-text-width-{v}")
+def test_early_text_of_the_wrong_width_named(which, width):
+    from comfyui_clipwan.wan.sampling.loop import PromptSwitch
+
+    hooks = _CountingHooks()
+    good, bad = torch.zeros(1, 4, 4096), torch.zeros(1, 4, width)
+    kwargs = {"switch": dict(prompt_switches=[PromptSwitch(2, bad)]), "negative": dict(negative_text=bad),
+              "positive": {}}[which]
+    name = {"switch": "switch_positive (the prompt switch at block 2)", "negative": "negative",
+            "positive": "positive"}[which]
+    with pytest.raises(ValueError) as info:
+        sample_causal(CausalWanModel.random(WAN_T2V, seed=1), torch.zeros(1, 16, 3, 2, 2),
+                      bad if which == "positive" else good, hooks=hooks,
+                      settings=CausalSettings(steps="1000", frames_per_block=1,
+                                              guidance_scale=2.0 if which == "negative" else 1.0), **kwargs)
+    assert str(info.value) == (f"{name} text embedding has shape [1, 4, {width}]; the model ({WAN_T2V.describe()}) "
+                               f"takes [batch, tokens, 4096] (Wan's umt5-xxl encoder output). Encode it with the Wan "
+                               f"text encoder (umt5_xxl), not another CLIP/T5.")
+    assert hooks.forwards == 0
+
+
+def test_early_wan21_image_latent_on_a_wan22_model():
+    from comfyui_clipwan.wan.conditioning.inputs import build_sampler_inputs
+
+    image = torch.zeros(1, 16, 3, 4, 4)
+    with pytest.raises(ValueError) as info:
+        build_sampler_inputs(WAN22_TINY, torch.zeros(1, 48, 3, 2, 2), [[torch.zeros(1, 4, 4096), {
+            "concat_latent_image": image, "concat_mask": torch.zeros(1, 1, 3, 4, 4)}]])
+    assert str(info.value) == (f"concat_latent_image [1, 16, 3, 4, 4] has 16 channels, made by a Wan 2.1 VAE "
+                               f"(wan_2.1_vae), but the model {WAN22_TINY.describe()} takes 48-channel latents: encode "
+                               f"the start image with a Wan 2.2 VAE (wan2.2_vae) (Wan 2.2: Wan22ImageToVideoLatent).")
+
+
+def test_early_cli_image_latent_of_another_generation(tmp_path, capsys, files):
+    save_file({"latent": torch.zeros(1, 48, 1, 2, 2)}, str(tmp_path / "img.safetensors"))
+    code, _, err = _cli(["sample", "--model", files / "wan.safetensors", "--image-latent", tmp_path / "img.safetensors",
+                         "--length", "1", "--frames-per-block", "1", "--width", "16", "--height", "16",
+                         "--out", tmp_path / "o"], capsys)
+    assert (code, err) == (2, f"error: --image-latent '{tmp_path / 'img.safetensors'}' [1, 48, 1, 2, 2] has 48 "
+                              f"channels, made by a Wan 2.2 VAE (wan2.2_vae), but the model {WAN_T2V.describe()} takes "
+                              f"16-channel latents: encode the start image with a Wan 2.1 VAE (wan_2.1_vae) (Wan 2.2: "
+                              f"Wan22ImageToVideoLatent).")
+
+
+# --- messages that name the problem ---------------------------------------------------------------------------
+@pytest.mark.parametrize("steps", ["nan", "inf", "1000,nan,250", [1000.0, float("-inf")]],
+                         ids=lambda s: f"message-steps-{s}")
+def test_message_non_finite_steps(steps):
+    with pytest.raises(ValueError) as info:
+        sample_causal(CausalWanModel.random(WAN_T2V, seed=1), torch.zeros(1, 16, 1, 2, 2), torch.zeros(1, 4, 4096),
+                      settings=CausalSettings(steps=steps, frames_per_block=1))
+    assert str(info.value) == (f"steps {steps!r} holds a value that is not a finite number (NaN or infinity); give a "
+                               f"step count such as '4' or timesteps between 1 and 1000 such as '1000,750,500,250'.")
+
+
+@pytest.mark.parametrize("seed", [2 ** 64, -1, 1.5, True], ids=lambda s: f"message-seed-{s}")
+def test_message_seed_out_of_range(seed):
+    with pytest.raises(ValueError) as info:
+        sample_causal(CausalWanModel.random(WAN_T2V, seed=1), torch.zeros(1, 16, 1, 2, 2), torch.zeros(1, 4, 4096),
+                      seed=seed, settings=CausalSettings(steps="1000", frames_per_block=1))
+    assert str(info.value) == (f"seed {seed!r} is not a whole number from 0 to 2**64-1 (18446744073709551615), the "
+                               f"range of ComfyUI's seeds; give e.g. 0 or 123456.")
+
+
+def test_message_largest_seed_runs():
+    """Control: 2⁶⁴-1 is ComfyUI's largest seed and runs (initial noise = torch's generator at that seed)."""
+    out = sample_causal(CausalWanModel.random(WAN_T2V, seed=1), torch.zeros(1, 16, 1, 2, 2), torch.zeros(1, 4, 4096),
+                        seed=2 ** 64 - 1, settings=CausalSettings(steps="1000", frames_per_block=1))
+    assert torch.isfinite(out).all()
+
+
+def test_message_wan22_odd_latent_asks_for_multiples_of_32():
+    model = _wan22_model()
+    with pytest.raises(ValueError) as info:
+        model.forward(torch.zeros(1, 48, 1, 3, 2), torch.tensor([500.0]), torch.zeros(1, 4, 4096))
+    assert str(info.value) == ("latent height/width 3x2 must be even (Wan patches are 2x2 latent pixels): use an image "
+                               "size that is a multiple of 32 for a Wan 2.2 model.")
+
+
+def test_lora_of_another_generation_named_by_the_apply_node(tmp_path):
+    """The same message from Apply Causal Wan LoRA, on the MODEL's weights, before ComfyUI patches anything."""
+    from comfyui_clipwan.nodes.family_nodes import ApplyCausalWanLoRA
+
+    sd = {"head.modulation": torch.zeros(1, 2, 1536), "blocks.0.self_attn.q.weight": torch.zeros(1536, 1536)}
+    save_file({"blocks.0.self_attn.q.lora_A.weight": torch.zeros(1, 3072),
+               "blocks.0.self_attn.q.lora_B.weight": torch.zeros(3072, 1)}, str(tmp_path / "ti2v.safetensors"))
+    with pytest.raises(ValueError) as info:
+        ApplyCausalWanLoRA().apply(_Patcher(sd), str(tmp_path / "ti2v.safetensors"), 1.0)
+    assert str(info.value) == ("ti2v.safetensors: 'diffusion_model.blocks.0.self_attn.q.weight' is [1536, 1536] in the "
+                               "MODEL but the LoRA gives [3072, 3072]; the LoRA was trained on another Wan generation: "
+                               "Wan 2.2 TI2V-5B (width 3072), the model is Wan 2.1 1.3B (width 1536). Use a LoRA made "
+                               "for it.")

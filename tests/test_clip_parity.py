@@ -308,7 +308,10 @@ def test_real_size_vit_h14_wan_pth_matches_open_clip(tmp_path):
     path = tmp_path / "models_clip_open-clip-xlm-roberta-large-vit-huge-14.pth"
     torch.save(to_wan_sd(v), path)
     del v
-    model = load_clip_vision(path)
+    try:
+        model = load_clip_vision(path)
+    finally:
+        path.unlink()  # 2.4 GB: not left for pytest's retention (the loaded tensors do not need the file)
     assert model.config == CONFIGS["ViT-H/14"]
     n_params = sum(p.numel() for p in model.model.parameters())
     assert math.isclose(n_params, 632.08e6, rel_tol=1e-3), n_params

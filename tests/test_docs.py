@@ -17,6 +17,7 @@ import dataclasses
 import os
 import pathlib
 import re
+import shutil
 import subprocess
 import sys
 
@@ -243,7 +244,9 @@ def workspace(tmp_path_factory) -> pathlib.Path:
     for name, target in (("comfyui-clipwan", f'"{sys.executable}" -m comfyui_clipwan'), ("python", f'"{sys.executable}"')):
         (bin_dir / name).write_text(f"#!/bin/sh\nexec {target} \"$@\"\n")
         (bin_dir / name).chmod(0o755)
-    return ws
+    yield ws
+    shutil.rmtree(ws, ignore_errors=True)  # ~0.9 GB of tiny-but-real checkpoints: gone after the module
+    shutil.rmtree(bin_dir, ignore_errors=True)
 
 
 def _environment(ws: pathlib.Path) -> dict:

@@ -1,4 +1,4 @@
-"""wan.inputs: the one CONDITIONING -> sampler-input mapping (node and CLI), checked against Wan's own
+"""wan.conditioning.inputs: the one CONDITIONING -> sampler-input mapping (node and CLI), checked against Wan's own
 definition written out here (normalise with Wan 2.1's published statistics, mask inverted to 1 = known and
 repeated to 4 channels, image latent after it), and its reports of what it does not use."""
 

@@ -292,7 +292,7 @@ def _run_js(body: str):
 
 
 def test_presets_table_sets_real_sampler_widgets(defs):
-    """The web menu's presets (GET /clipwan/presets = wan.presets.web_payload) name real widgets with valid
+    """The web menu's presets (GET /clipwan/presets = wan.sampling.presets.web_payload) name real widgets with valid
     values, and they are the authors' numbers."""
     from comfyui_clipwan.wan.sampling.presets import web_payload
 

@@ -1,5 +1,5 @@
 """Apply Causal Wan LoRA (ClipWan) on a real ComfyUI MODEL: after ComfyUI patches the weights they equal our
-own merge (wan.lora.merge_lora), which the unit tests check against PEFT."""
+own merge (wan.model.lora.merge_lora), which the unit tests check against PEFT."""
 
 from __future__ import annotations
 

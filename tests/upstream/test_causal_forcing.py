@@ -1,6 +1,10 @@
 """Causal Forcing's own ``CausalInferencePipeline`` vs ``sample_causal`` on shared tiny random weights and
 replayed noise: frame-wise and chunk-wise, the 2-step config's 4-step first chunk, native i2v (the image
-latent as frame 0). Runs when ``UPSTREAM_CAUSALFORCING_DIR`` points at thu-ml/Causal-Forcing."""
+latent as frame 0). Runs when ``UPSTREAM_CAUSALFORCING_DIR`` points at thu-ml/Causal-Forcing.
+
+Packages this needs beside the pack's own (pip names; the module-level imports on the path the test imports from the
+authors' tree, measured by an AST walk of the checkout, plus the test's own): diffusers, easydict, einops, ftfy,
+numpy, regex, scipy, torch, torchvision, tqdm, transformers; the harness: omegaconf."""
 
 import pytest
 

@@ -15,7 +15,11 @@ Their ``__init__`` runs as it is; only what reads files is answered with the tin
 ``from_pretrained`` of their diffusion wrapper give the tiny model, the text encoder and VAE factories give a
 fixed text table and a VAE that hands back the latent. Their re-noise builds a ``device="cuda"`` tensor:
 ``cuda_as_cpu`` makes it a CPU one. The sharp checks: the same run warped, or with t = 1000·σ (the pack's
-former "shift 1" stand-in for this schedule), is far from theirs."""
+former "shift 1" stand-in for this schedule), is far from theirs.
+
+Packages this needs beside the pack's own (pip names; the module-level imports on the path the test imports from the
+authors' tree, measured by an AST walk of the checkout, plus the test's own): diffusers, easydict, einops, ftfy,
+numpy, regex, scipy, torch, torchvision, tqdm, transformers; the test: omegaconf."""
 
 import dataclasses
 import importlib

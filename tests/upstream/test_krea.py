@@ -15,7 +15,13 @@ so what is compared is which pixel frame they re-encode and where its latent goe
 The model is tiny (dim 128, 2 heads, 2 layers) at the real frame size; 4 blocks (the first context frame is
 re-encoded before blocks 2 and 3). Measured: keep_first_frame=True 7.2e-7, the default 4.4e-6 (the fp16 casts of
 their VAE interface, mirrored by the stand-in, turn the 1e-7 differences of the latents into an occasional
-fp16 step); about 100 s for both tests on 2 CPU cores."""
+fp16 step); about 100 s for both tests on 2 CPU cores.
+
+Packages this needs beside the pack's own (pip names; the module-level imports on the path the test imports from the
+authors' tree, measured by an AST walk of the checkout, plus the test's own): diffusers, easydict, einops, fastapi,
+ftfy, msgpack, numpy, omegaconf, opencv-python-headless (cv2), Pillow, pydantic, python-dotenv (dotenv), regex,
+requests, safetensors, scipy, torch, torchvision, tqdm, transformers (release_server.py is a FastAPI server:
+fastapi, msgpack, python-dotenv and OpenCV are imported at its top)."""
 
 import asyncio
 import collections

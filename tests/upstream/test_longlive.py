@@ -5,7 +5,11 @@ points at NVlabs/LongLive (branch ``v1.0``).
 
 The tiny model keeps the real head layout (12 heads x 128) because the pipeline allocates its caches with
 those sizes; it has 2 layers and a small FFN. The pipeline's hard-coded 30 blocks / 1560 tokens per frame
-are set to the tiny model's values (attributes, not code)."""
+are set to the tiny model's values (attributes, not code).
+
+Packages this needs beside the pack's own (pip names; the module-level imports on the path the test imports from the
+authors' tree, measured by an AST walk of the checkout, plus the test's own): diffusers, easydict, einops, ftfy,
+numpy, peft, regex, scipy, torch, torchvision, tqdm, transformers; the test: omegaconf."""
 
 import pytest
 import torch

@@ -6,7 +6,11 @@ anchor and drain, and a 3-step list (a narrower window, more cached frames read)
 
 Their model hard-codes Wan 1.3B at 480x832 (1560 tokens per frame, blocks of 3, ``max_attention_size`` 21
 frames, a cache of 1560·24 tokens): the tiny run sets those sizes on their instances (the same numbers in
-frames) and hands their pipeline a cache of 24 frames; none of their code is changed."""
+frames) and hands their pipeline a cache of 24 frames; none of their code is changed.
+
+Packages this needs beside the pack's own (pip names; the module-level imports on the path the test imports from the
+authors' tree, measured by an AST walk of the checkout, plus the test's own): diffusers, easydict, einops, ftfy,
+numpy, regex, scipy, torch, torchvision, tqdm, transformers; the test: omegaconf."""
 
 import pytest
 import torch

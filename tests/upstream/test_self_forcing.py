@@ -1,7 +1,11 @@
 """Self-Forcing's own ``CausalInferencePipeline`` vs ``sample_causal`` on shared tiny random weights and replayed
 noise: its shipped chunk-wise DMD loop (blocks of 3, steps 1000/750/500/250 warped at shift 5), t2v and the
 "i2v" of its inference script (the image latent as the first frames, independent first frame). Runs when
-``UPSTREAM_SELFFORCING_DIR`` points at guandeh17/Self-Forcing."""
+``UPSTREAM_SELFFORCING_DIR`` points at guandeh17/Self-Forcing.
+
+Packages this needs beside the pack's own (pip names; the module-level imports on the path the test imports from the
+authors' tree, measured by an AST walk of the checkout, plus the test's own): diffusers, easydict, einops, ftfy,
+numpy, regex, scipy, torch, torchvision, tqdm, transformers; the harness: omegaconf."""
 
 import pytest
 

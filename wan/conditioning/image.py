@@ -15,6 +15,7 @@ from typing import Callable, Optional
 import torch
 import torch.nn.functional as F
 
+from ..sampling.budget import check_fits, check_latent_fits
 from ..vae.latent import LATENT_CHANNELS, WAN22, pixel_length_to_latent_frames
 
 MASK_CHANNELS = 4  # Wan i2v: one mask channel per pixel frame folded into a latent frame
@@ -64,6 +65,10 @@ def i2v_latents(width: int, height: int, length: int, batch_size: int, start_ima
         raise ValueError(f"width {width} and height {height} must be multiples of 16 (Wan latents are 1/8 of "
                          f"the image and are patched 2x2).")
     frames = pixel_length_to_latent_frames(length)
+    check_latent_fits((batch_size, LATENT_CHANNELS, frames, height // 8, width // 8), "the conditioning latent")
+    if start_image is not None:  # the start image padded to the whole length with grey is encoded by the VAE
+        check_fits(f"the {length} pixel frames of {width}x{height} the VAE encodes (float32)",
+                   4 * length * height * width * 3, None, "Use a shorter length or a smaller width/height.")
     latent = torch.zeros(batch_size, LATENT_CHANNELS, frames, height // 8, width // 8)
     if start_image is None:
         return latent, None, None
@@ -99,6 +104,7 @@ def ti2v_latents(width: int, height: int, length: int, batch_size: int, start_im
                          f"latents are 1/{fmt.spatial} of the image and are patched 2x2).")
     frames = pixel_length_to_latent_frames(length)
     h, w = height // fmt.spatial, width // fmt.spatial
+    check_latent_fits((batch_size, fmt.channels, frames, h, w), "the conditioning latent")
     latent = torch.zeros(1, fmt.channels, frames, h, w)
     if start_image is None:
         return latent.repeat(batch_size, 1, 1, 1, 1), None

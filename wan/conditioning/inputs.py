@@ -104,6 +104,16 @@ def _check_same_grid(image: torch.Tensor, samples: torch.Tensor) -> None:
                          f"(same width, height and length).")
 
 
+def check_image_latent(image: torch.Tensor, config: WanConfig, what: str = "concat_latent_image") -> None:
+    """A start-image latent must be of the model's generation (16 channels for Wan 2.1, 48 for Wan 2.2)."""
+    if isinstance(image, torch.Tensor) and image.dim() == 5 and image.shape[1] != config.out_dim:
+        made_by = {16: "a Wan 2.1 VAE (wan_2.1_vae)", 48: "a Wan 2.2 VAE (wan2.2_vae)"}
+        raise ValueError(f"{what} {list(image.shape)} has {image.shape[1]} channels, made by "
+                         f"{made_by.get(image.shape[1], 'a non-Wan VAE')}, but the model {config.describe()} takes "
+                         f"{config.out_dim}-channel latents: encode the start image with "
+                         f"{made_by.get(config.out_dim, 'its VAE')} (Wan 2.2: Wan22ImageToVideoLatent).")
+
+
 def _text_of(name: str, conditioning_list) -> Optional[torch.Tensor]:
     if conditioning_list is None:
         return None
@@ -144,6 +154,7 @@ def build_sampler_inputs(config: WanConfig, samples: torch.Tensor, positive: lis
 
     image = extra.get("concat_latent_image")
     if image is not None:
+        check_image_latent(image, config)
         _check_same_grid(image, samples)
     # a model without concat channels takes the image latent as first frames (below), not as a concat input
     image_extra = extra if config.concat_channels else {k: v for k, v in extra.items()

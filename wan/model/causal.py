@@ -17,6 +17,18 @@ from .checkpoint import load_wan_state_dict, resolve_dtype
 from .config import WanConfig, config_from_shapes
 
 
+def _check_cast(key: str, before: torch.Tensor, after: torch.Tensor, source: str) -> None:
+    """A cast to a narrower float dtype (fp32/bf16 -> fp16) must not turn finite weights into inf (a LoRA merged
+    at a huge strength, or weights beyond fp16's ±65504): refused naming the weight, not NaN video later."""
+    if after.dtype == before.dtype or not after.is_floating_point() or after.device.type == "meta" \
+            or torch.finfo(after.dtype).max >= torch.finfo(before.dtype).max or torch.isfinite(after).all():
+        return
+    peak = float(before.float().abs().max())
+    raise ValueError(f"{source}: weight '{key}' holds values up to {peak:.3g}, beyond what "
+                     f"{str(after.dtype).replace('torch.', '')} holds ({torch.finfo(after.dtype).max:.3g}); load the "
+                     f"model in bf16 or fp32 (or lower the LoRA strength).")
+
+
 class CausalWanModel:
     is_clipwan_causal_model = True  # how CausalWanSampler tells it from a ComfyUI ModelPatcher
 
@@ -52,6 +64,7 @@ class CausalWanModel:
             if k.startswith("patch_embedding.") and target is not None:
                 target = torch.float32 if v.dtype == torch.float32 else target
             tensors[k] = v.to(device=device, dtype=target) if (target or device) else v
+            _check_cast(k, v, tensors[k], source)
             if tensors[k].data_ptr() != v.data_ptr():
                 pages.release(v)
         tree.load_state_dict(tensors, strict=True, assign=True)

@@ -37,12 +37,15 @@ def select_state_dict(obj: Mapping, entry: str = "auto", source: str = "checkpoi
         raise ValueError(f"{source} is a LoRA adapter (LongLive's lora.pt: {{generator_lora, critic_lora, step}}), "
                          f"not a model. Load the base weights (longlive_base.pt) as the model and pick this file "
                          f"as lora_name (Load Causal Wan Model) or in Apply Causal Wan LoRA (ClipWan).")
-    if entry not in ("auto", "", None):
+    flat = any(str(k).endswith(ANCHOR) for k in obj)  # the DiT's tensors at the top level: no entries at all
+    if entry not in ("auto", "", None) and not (flat and entry not in obj):
+        # an entry names a part of a training checkpoint; a flat file (a .safetensors of the same weights) has
+        # only the one state dict, so an entry (a preset's, or the widget's) never refuses it
         if entry not in obj or not _is_tensor_dict(obj[entry]):
             found = [k for k in obj if _is_tensor_dict(obj[k])]
             raise ValueError(f"{source} has no tensor entry '{entry}'; entries with tensors: {found or 'none'}.")
         return dict(obj[entry]), entry
-    if any(str(k).endswith(ANCHOR) for k in obj):
+    if flat:
         return dict(obj), ""
     for key in CONTAINER_KEYS:  # Self-Forcing: prefer the EMA generator, like its demo/inference --use_ema
         if key in obj and _is_tensor_dict(obj[key]):

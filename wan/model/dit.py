@@ -267,8 +267,11 @@ def transformer(tree: nn.Module, cfg: WanConfig, x: torch.Tensor, t: torch.Tenso
     dtype = dtype or x.dtype
     b, _, frames, height, width = x.shape
     if height % 2 or width % 2:
+        from ..vae.latent import latent_format
+
+        step = 2 * latent_format(cfg.out_dim).spatial  # Wan 2.1: 16 px, Wan 2.2 (16x VAE): 32 px
         raise ValueError(f"latent height/width {height}x{width} must be even (Wan patches are 2x2 latent "
-                         f"pixels): use an image size that is a multiple of 16.")
+                         f"pixels): use an image size that is a multiple of {step} for a {cfg.generation} model.")
     h, w = height // 2, width // 2
     s = h * w  # tokens per latent frame
     tokens = patchify(tree, cfg, x, dtype)

@@ -95,6 +95,9 @@ class CausalSettings:
     # SAMPLER node gets them from SamplerCustomAdvanced): every block runs exactly these (scheduler.explicit_schedule)
     # and steps / shift / warp are not used; None = the step list above
     sigmas: Optional[Sequence[float]] = None
+    # the released family (``wan/presets.py`` name) whose loop rules these settings carry, "" for none: checked
+    # against the model (generation and size) before the run, and named in any error the loop's rules raise
+    family: str = ""
 
 
 @dataclasses.dataclass
@@ -231,6 +234,21 @@ class NoiseSource:
         raise NotImplementedError(f"{type(self).__name__} has no block_initial(): it cannot drive an endless run.")
 
 
+SEED_RANGE = (0, 2 ** 64 - 1)  # ComfyUI's seed widget range (its noise_seed is a 64-bit CPU generator seed)
+
+
+def check_seed(seed) -> int:
+    """The seed as an int in ComfyUI's range ``0 .. 2⁶⁴-1``; anything else refused naming the range."""
+    try:
+        value = int(seed) if not isinstance(seed, float) or seed == int(seed) else None
+    except (TypeError, ValueError, OverflowError):
+        value = None
+    if isinstance(seed, bool) or value is None or not SEED_RANGE[0] <= value <= SEED_RANGE[1]:
+        raise ValueError(f"seed {seed!r} is not a whole number from {SEED_RANGE[0]} to 2**64-1 ({SEED_RANGE[1]}), "
+                         f"the range of ComfyUI's seeds; give e.g. 0 or 123456.")
+    return value
+
+
 def step_noise(seed: int, block: int, step: int, shape, device) -> torch.Tensor:
     """Fresh noise for re-noising ``block`` to its step ``step`` (>= 1); CPU generator like ComfyUI, so
     results do not depend on the device."""
@@ -240,7 +258,7 @@ def step_noise(seed: int, block: int, step: int, shape, device) -> torch.Tensor:
 
 def initial_noise(seed: int, shape, device=None) -> torch.Tensor:
     """Same construction as ComfyUI's ``prepare_noise`` (CPU generator seeded with ``seed``)."""
-    g = torch.Generator().manual_seed(int(seed))
+    g = torch.Generator().manual_seed(check_seed(seed))
     return torch.randn(shape, generator=g, dtype=torch.float32).to(device)
 
 
@@ -249,7 +267,7 @@ class SeededNoise(NoiseSource):
     generator seeded by (seed, block, step) — reproducible on any device and independent of block order."""
 
     def __init__(self, seed: int = 0):
-        self.seed = int(seed)
+        self.seed = check_seed(seed)
 
     def initial(self, shape, device):
         return initial_noise(self.seed, shape, device)
@@ -452,6 +470,38 @@ def _check_known_frames(first_frames, latent, layout, clamp: bool = False) -> in
     return known
 
 
+def _check_text_width(cfg, texts) -> None:
+    """Every text context (positive, negative, each prompt switch) is ``[B, L, text_dim]`` for this model,
+    checked before the first block (a switch prompt is otherwise read only blocks later)."""
+    for name, t in texts:
+        if t is None:
+            continue
+        if not isinstance(t, torch.Tensor) or t.dim() not in (2, 3) or t.shape[-1] != cfg.text_dim:
+            shape = list(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
+            raise ValueError(f"{name} text embedding has shape {shape}; the model ({cfg.describe()}) takes "
+                             f"[batch, tokens, {cfg.text_dim}] (Wan's umt5-xxl encoder output). Encode it with "
+                             f"the Wan text encoder (umt5_xxl), not another CLIP/T5.")
+
+
+def check_loop_fits(loop: "CausalLoop") -> None:
+    """The KV caches and one block's activations of a set-up loop must fit the model's device (refused with
+    the size they would need); nothing has been allocated yet."""
+    from .budget import check_fits
+
+    cfg, s = loop.cfg, loop.settings
+    itemsize = torch.empty(0, dtype=s.cache_dtype or loop.dtype).element_size()
+    branches = 2 if loop.guidance > 1.0 else 1
+    tokens = loop.tokens_per_frame
+    cache = branches * 2 * cfg.num_layers * loop.cache_capacity() * tokens * cfg.dim * itemsize * loop.batch
+    widest = max(n for _, n in loop.layout)
+    block = loop.batch * widest * tokens * (cfg.ffn_dim + 6 * cfg.dim) * max(itemsize, 4)
+    frames, h, w = loop.latent.shape[2:]
+    check_fits(f"this run ({frames} latent frames of {h}x{w}: a KV cache of {loop.cache_capacity()} frames x "
+               f"{tokens} tokens x {cfg.num_layers} layers, and one block's activations)", cache + block,
+               loop.device, "Use a smaller width/height or fewer frames, or a local_window (flat memory for any "
+                            "length).")
+
+
 class _Branch:
     """One conditioning (positive, or negative for CFG) with its own cross context and self-attn cache."""
 
@@ -530,6 +580,9 @@ class CausalLoop:
             if not 0 < sw.start_block < len(self.layout):
                 raise ValueError(f"prompt switch at block {sw.start_block}: must be between 1 and "
                                  f"{len(self.layout) - 1}.")
+        _check_text_width(cfg, [("positive", text), ("negative", negative_text)] +
+                          [(f"switch_positive (the prompt switch at block {sw.start_block})", sw.text)
+                           for sw in prompt_switches])
 
         self.model, self.cfg, self.settings = model, cfg, s
         self.latent, self.text, self.negative_text = latent, text, negative_text
@@ -564,9 +617,15 @@ class CausalLoop:
         return self.first_schedule if bi == self.first_generated else (self.sigmas, self.timesteps)
 
     # --- setup --------------------------------------------------------------------------------------
+    def cache_capacity(self) -> int:
+        """Frames the KV cache holds: the window, or the whole video without one — never more frames than the
+        video has (a window larger than the video sees everything: the same attention as no window)."""
+        s = self.settings
+        return min(int(s.local_window), self.latent.shape[2]) if s.local_window else self.latent.shape[2]
+
     def _new_cache(self) -> KVCache:
         s, cfg = self.settings, self.cfg
-        capacity = int(s.local_window) if s.local_window else self.latent.shape[2]
+        capacity = self.cache_capacity()
         return KVCache(cfg.num_layers, self.batch, cfg.num_heads, cfg.head_dim, self.tokens_per_frame, capacity,
                        int(s.sink_size), int(s.local_window), s.cache_dtype or self.dtype, self.device,
                        positions=s.positions, sink_ema=s.sink_ema)

@@ -242,6 +242,32 @@ def alternative_names(name: str) -> list:
             elif base == source:
                 out.append(local)
     return list(dict.fromkeys(out))
+def _base_model(preset: FamilyPreset) -> tuple:
+    """``("Wan 2.1", "1.3B")`` from a preset's ``base`` (``Wan2.1-T2V-1.3B``; ``Wan2.2-TI2V-5B`` -> TI2V-5B)."""
+    head, _, rest = preset.base.partition("-")
+    generation = head.replace("Wan", "Wan ")
+    size = rest.split("-", 1)[1] if rest.startswith("T2V-") or rest.startswith("I2V-") else rest
+    return generation, size
+
+
+def check_family_fits(family, config) -> None:
+    """Refuse a family whose loop rules were distilled for another Wan generation or size than the model's
+    (``config``: the model's ``WanConfig``). The size is compared only for the released sizes (1.3B, 14B,
+    TI2V-5B); a custom-size model takes any family of its generation."""
+    preset = family_preset(family)
+    if preset is None:
+        return
+    generation, size = _base_model(preset)
+    same_generation = [p.name for p in PRESETS if _base_model(p)[0] == config.generation]
+    if config.generation != generation:
+        raise ValueError(f"family '{preset.name}' was distilled from {preset.base} ({generation}), but the model is "
+                         f"{config.describe()}: its loop rules do not apply to a {config.generation} model. Choose "
+                         f"family 'custom' or a {config.generation} family ({', '.join(same_generation) or 'none'}).")
+    if config.size_name != "custom" and config.size_name != size:
+        same_size = [p.name for p in PRESETS if _base_model(p) == (config.generation, config.size_name)]
+        raise ValueError(f"family '{preset.name}' was distilled from {preset.base} ({size}), but the model is "
+                         f"{config.describe()}: its settings are for another size. Choose family 'custom' or a "
+                         f"{config.generation} {config.size_name} family ({', '.join(same_size) or 'none'}).")
 
 
 def web_payload(names: Optional[list] = None) -> dict:

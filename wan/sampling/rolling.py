@@ -99,11 +99,17 @@ class RollingLoop(CausalLoop):
                              f"no window.")
         self.total_steps = len(self.generated) * self.window_blocks
 
+    def cache_capacity(self) -> int:
+        # kept: the sink + the last `window` frames (the commit pass reads them) + scratch for a whole window;
+        # never more than the video's frames
+        s, frames = self.settings, self.latent.shape[2]
+        window = int(s.local_window)
+        return min(int(s.sink_size) + window + self.widest, frames) if window else frames
+
     def _new_cache(self) -> KVCache:
         s, cfg = self.settings, self.cfg
         window = int(s.local_window)
-        # kept: the sink + the last `window` frames (the commit pass reads them) + scratch for a whole window
-        capacity = int(s.sink_size) + window + self.widest if window else self.latent.shape[2]
+        capacity = self.cache_capacity()
         return KVCache(cfg.num_layers, self.batch, cfg.num_heads, cfg.head_dim, self.tokens_per_frame, capacity,
                        int(s.sink_size), window, s.cache_dtype or self.dtype, self.device, rolling=True)
 

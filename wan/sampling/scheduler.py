@@ -22,6 +22,7 @@ timestep, so for unwarped lists σ is not ``t/1000`` and depends on the shift.
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 from typing import Sequence, Union
 
@@ -87,7 +88,14 @@ def parse_steps(steps: Union[str, Sequence[float]], warp: bool = True) -> list[i
             raise ValueError(f"steps '{steps}' must be a step count such as '4' or comma-separated timesteps "
                              f"between 1 and 1000 such as '1000,750,500,250'.") from None
     else:
-        values = [float(v) for v in steps]
+        try:
+            values = [float(v) for v in steps]
+        except (TypeError, ValueError):
+            raise ValueError(f"steps {steps!r} must be a step count such as '4' or timesteps between 1 and 1000 "
+                             f"such as '1000,750,500,250'.") from None
+    if any(not math.isfinite(v) for v in values):
+        raise ValueError(f"steps {steps!r} holds a value that is not a finite number (NaN or infinity); give a "
+                         f"step count such as '4' or timesteps between 1 and 1000 such as '1000,750,500,250'.")
     if _is_count(values, is_text):
         if not warp:
             raise ValueError(f"steps '{steps.strip()}' is a step count; with warp off type the timesteps "

@@ -113,25 +113,67 @@ def clean_prompt(text: str) -> str:
 
 
 def load_tokenizer(path: str):
-    """A umt5 tokenizer from a ``tokenizer.json``, a ``spiece.model`` or a folder holding either."""
+    """A umt5 tokenizer from a ``tokenizer.json``, a ``spiece.model`` or a folder holding either. A file that
+    cannot be read as one (truncated, empty, another format) is a ``ValueError`` naming the file."""
     if not os.path.exists(path):
         raise FileNotFoundError(f"tokenizer '{path}' does not exist; give the umt5-xxl tokenizer folder (Wan's "
                                 f"google/umt5-xxl) or its tokenizer.json / spiece.model file.")
-    if os.path.isdir(path):
-        from transformers import AutoTokenizer
+    if not os.path.isdir(path) and not path.endswith((".json", ".model")):
+        raise ValueError(f"tokenizer '{os.path.basename(path)}': expected a folder, a tokenizer.json or a "
+                         f"spiece.model.")
+    if os.path.isfile(path) and os.path.getsize(path) == 0:
+        raise ValueError(f"tokenizer '{path}' is empty (0 bytes): the download or copy did not finish. Download "
+                         f"the umt5-xxl tokenizer (google/umt5-xxl) again.")
+    try:
+        if os.path.isdir(path):
+            from transformers import AutoTokenizer
 
-        return AutoTokenizer.from_pretrained(path)
-    if path.endswith(".json"):
-        from transformers import PreTrainedTokenizerFast
+            tokenizer = AutoTokenizer.from_pretrained(path)
+        elif path.endswith(".json"):
+            from transformers import PreTrainedTokenizerFast
 
-        return PreTrainedTokenizerFast(tokenizer_file=path, eos_token="</s>", pad_token="<pad>",
-                                       unk_token="<unk>")
-    if path.endswith(".model"):
-        from transformers import T5Tokenizer
+            tokenizer = PreTrainedTokenizerFast(tokenizer_file=path, eos_token="</s>", pad_token="<pad>",
+                                                unk_token="<unk>")
+        else:
+            _check_sentencepiece(path)
+            from transformers import T5Tokenizer
 
-        return T5Tokenizer(vocab_file=path)
-    raise ValueError(f"tokenizer '{os.path.basename(path)}': expected a folder, a tokenizer.json or a "
-                     f"spiece.model.")
+            tokenizer = T5Tokenizer(vocab_file=path)
+    except Exception as exc:  # noqa: BLE001 — tokenizers/sentencepiece raise bare Exceptions on bad files
+        detail = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else ""
+        raise ValueError(f"tokenizer '{path}' cannot be read ({type(exc).__name__}: {detail}); it is truncated, "
+                         f"damaged or not a tokenizer file. Give the umt5-xxl tokenizer (google/umt5-xxl: "
+                         f"tokenizer.json or spiece.model), downloaded again.") from None
+    eos = tokenizer.eos_token_id
+    if eos is None or eos >= tokenizer.vocab_size:  # absent, or only added on top of the file's vocabulary
+        raise ValueError(f"tokenizer '{path}' has no end-of-sequence token '</s>': it is not a T5 / umt5 "
+                         f"tokenizer (Wan needs google/umt5-xxl's).")
+    tokenizer.clipwan_source = path  # named in the encoder's checks
+    return tokenizer
+
+
+def _check_sentencepiece(path: str) -> None:
+    """Parse a spiece.model with sentencepiece itself: transformers 5's T5Tokenizer builds a default vocabulary
+    from a file it cannot read instead of failing."""
+    try:
+        import sentencepiece
+    except ImportError:
+        return
+    processor = sentencepiece.SentencePieceProcessor()
+    processor.Load(path)  # raises on a file that is not a SentencePiece model
+
+
+def check_tokenizer_fits(tokenizer, model, source: str = "text encoder") -> None:
+    """Every id the tokenizer can give must have a row in the encoder's embedding table."""
+    if tokenizer is None:
+        return
+    rows = int(model.get_input_embeddings().num_embeddings)
+    size = len(tokenizer)
+    if size > rows:
+        name = getattr(tokenizer, "clipwan_source", None) or type(tokenizer).__name__
+        raise ValueError(f"tokenizer '{name}' has {size} tokens but the text encoder {source} embeds only {rows}: "
+                         f"they do not belong together (prompts would index past the table). Use the encoder's own "
+                         f"tokenizer (umt5-xxl: google/umt5-xxl with 256384 embedding rows).")
 
 
 class UMT5TextEncoder:
@@ -139,6 +181,7 @@ class UMT5TextEncoder:
 
     def __init__(self, model, tokenizer=None, source: str = ""):
         self.model = model.eval().requires_grad_(False)
+        check_tokenizer_fits(tokenizer, self.model, source or "text encoder")
         self.tokenizer = tokenizer
         self.source = source
 

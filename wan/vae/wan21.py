@@ -387,7 +387,7 @@ def decoded_frames(latent_frames: int, first: bool = True) -> int:
 class WanVAE:
     """A Wan 2.1 VAE over a module tree with Wan's names (ours, or ComfyUI's ``first_stage_model``).
 
-    Latents here are *raw* VAE latents (what ComfyUI's LATENT carries); ``wan.latent.normalize`` maps them
+    Latents here are *raw* VAE latents (what ComfyUI's LATENT carries); ``wan.vae.latent.normalize`` maps them
     to the DiT's space. Pixels are ``[B, 3, T, H, W]`` in [-1, 1].
     """
 

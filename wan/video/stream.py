@@ -3,7 +3,7 @@ causal block as soon as that block is final.
 
 Built on the sampler's block generator (``iter_causal_blocks``): each finished latent block is decoded by a
 *streaming* decoder (``wan.vae.StreamingDecoder`` — the real Wan 2.1 VAE with its causal feature cache —
-or the tiny TAEHV decoder in ``wan.taehv``), so the frames equal a decode of the whole latent at the end,
+or the tiny TAEHV decoder in ``wan.vae.taehv``), so the frames equal a decode of the whole latent at the end,
 but arrive one block after the first one's sampling instead of after the whole video. Nothing grows with
 the video's length: neither the decoded frames (handed out and forgotten) nor the latent (kept only with
 ``keep_latent=True``).
@@ -51,6 +51,29 @@ def _pixels_to_frames(pixels: torch.Tensor) -> torch.Tensor:
     return ((pixels.float().clamp(-1, 1) + 1) / 2).permute(0, 2, 3, 4, 1).cpu()
 
 
+def decoder_channels(decoder) -> Optional[int]:
+    """Latent channels a streaming decoder reads (Wan 2.1 VAE / taew2_1: 16, Wan 2.2 VAE: 48); None if unknown."""
+    vae = getattr(decoder, "vae", None)
+    config = getattr(vae, "config", None) or getattr(decoder, "config", None)
+    if config is not None and hasattr(config, "z_dim"):
+        return int(config.z_dim)
+    layers = getattr(getattr(getattr(decoder, "tae", decoder), "module", None), "decoder", None)  # TAEHV
+    convs = [m for m in layers if isinstance(m, torch.nn.Conv2d)] if isinstance(layers, torch.nn.Sequential) else []
+    return int(convs[0].in_channels) if convs else None
+
+
+def check_decoder_fits(decoder, model) -> None:
+    """The decoder must read the model's latents (16 channels for Wan 2.1, 48 for Wan 2.2)."""
+    channels, want = decoder_channels(decoder), model.config.out_dim
+    if channels is not None and channels != want:
+        name = getattr(getattr(decoder, "vae", None), "name", None) or type(decoder).__name__
+        generation = {16: "Wan 2.1", 48: "Wan 2.2"}
+        raise ValueError(f"the decoder ({name}) reads {channels}-channel ({generation.get(channels, 'non-Wan')}) "
+                         f"latents, but the model {model.config.describe()} makes {want}-channel "
+                         f"({generation.get(want, '?')}) latents: use the VAE of the model's generation (Wan 2.1: "
+                         f"wan_2.1_vae or taew2_1, Wan 2.2: wan2.2_vae).")
+
+
 class VideoStream:
     """Iterable of ``VideoBlock``; set up (and validated) at construction, run by iterating once.
 
@@ -78,6 +101,7 @@ class VideoStream:
         if keep_latent and loop_kwargs.get("endless"):
             raise ValueError("keep_latent with an endless stream would hold a latent that grows without bound; "
                              "read each block's latent from the stream instead (VideoBlock.latent).")
+        check_decoder_fits(decoder, model)  # before the loop: a wrong decoder is found before a block is sampled
         self.loop = iter_causal_blocks(model, latent, text, **loop_kwargs)
         self.ring = None
         if getattr(self.loop, "needs_pixels", False):

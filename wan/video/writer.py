@@ -1,24 +1,52 @@
 """Append frames to a video file as they are decoded: H.264 in MP4 or VP9 in WebM, through PyAV (the
 FFmpeg binding ComfyUI itself ships).
 
-The file is written under a temporary name beside the target and renamed when closed, so the target path
-only ever holds a complete, playable file; a run stopped half-way (an exception, a ComfyUI interrupt) still
-closes the encoder and leaves a valid, shorter video. Use it as a context manager.
+The file is written under a temporary name of its own beside the target (unique per writer) and moved
+into place when closed, so the target path only ever holds a complete, playable file; a run stopped half-way
+(an exception, a ComfyUI interrupt) still closes the encoder and leaves a valid, shorter video. Use it as a
+context manager. Two writers of one path at once are refused (each would hand back the other's file).
+
+The same frames give the same bytes: the muxer and the encoder run bit-exact (no random WebM segment id,
+no library version strings) and the encoders use a fixed thread count, since x264's and libvpx's output
+depends on it (and the default follows the machine's cores).
 """
 
 from __future__ import annotations
 
+import math
 import os
+import threading
+import weakref
 from fractions import Fraction
 from typing import Optional
 
 import numpy as np
 import torch
 
+ENCODER_THREADS = 4  # fixed, not "one per core": the encoded bytes depend on it (reproducible files)
 FORMATS = {  # container -> (codec, pixel format, encoder options)
-    "mp4": ("libx264", "yuv420p", {"crf": "19", "preset": "medium"}),
-    "webm": ("libvpx-vp9", "yuv420p", {"crf": "32", "b": "0", "row-mt": "1"}),
+    "mp4": ("libx264", "yuv420p", {"crf": "19", "preset": "medium", "threads": str(ENCODER_THREADS)}),
+    "webm": ("libvpx-vp9", "yuv420p", {"crf": "32", "b": "0", "row-mt": "1", "threads": str(ENCODER_THREADS)}),
 }
+MAX_FPS = 1000
+
+
+def check_fps(fps) -> Fraction:
+    """The frame rate as the exact fraction the container stores; 0, negative, NaN, inf or absurd refused."""
+    try:
+        value = float(fps)
+    except (TypeError, ValueError):
+        value = float("nan")
+    if not math.isfinite(value) or value <= 0 or value > MAX_FPS:
+        raise ValueError(f"fps {fps!r} is not a frame rate: give a number above 0 and at most {MAX_FPS} (Wan: 16).")
+    rate = Fraction(value).limit_denominator(1001)
+    if rate <= 0:
+        raise ValueError(f"fps {fps!r} is too small to store (the smallest rate is 1/1001); give e.g. 16.")
+    return rate
+
+
+_writing = weakref.WeakValueDictionary()  # absolute target path -> the open writer (one per path here)
+_writing_lock = threading.Lock()
 
 
 def format_for_path(path: str, fmt: Optional[str] = None) -> str:
@@ -55,12 +83,16 @@ class VideoWriter:
     chroma needs even sizes)."""
 
     def __init__(self, path: str, fps: float = 16, fmt: Optional[str] = None, crf: Optional[int] = None,
-                 fragmented: bool = False):
+                 reserved: bool = False, fragmented: bool = False):
+        """``reserved``: ``path`` is an empty file this run created to hold the name (``outputs.reserve_numbered``);
+        it is replaced by the video, or removed if no frame is written. ``fragmented``: fragmented MP4 (an endless
+        stream): a self-contained fragment per second of video, so the file being written is playable up to its
+        last fragment at every moment (WebM is written progressively anyway)."""
         self.path = os.path.abspath(path)
+        self.reserved = reserved
         self.format = format_for_path(path, fmt)
-        # fragmented MP4 (an endless stream): a self-contained fragment per second of video, so the file being
-        # written is playable up to its last fragment at every moment; WebM is written progressively anyway
         self.fragmented = fragmented
+        self.rate = check_fps(fps)
         self.fps = fps
         self.crf = crf
         self.frames_written = 0
@@ -70,30 +102,51 @@ class VideoWriter:
             raise FileNotFoundError(f"cannot write video '{path}': folder '{folder}' does not exist.")
         if os.path.isdir(self.path):
             raise IsADirectoryError(f"cannot write video '{path}': it is a folder; give a file name.")
-        base, ext = os.path.splitext(self.path)
-        self._partial = f"{base}.partial{ext or '.' + self.format}"
         self._container = None
         self._stream = None
+        self._partial = None
+        with _writing_lock:
+            other = _writing.get(self.path)
+            if other is not None:
+                raise ValueError(f"cannot write video '{path}': another VideoWriter is writing that file now; give "
+                                 f"each writer its own path (close the first one before reusing the name).")
+            _writing[self.path] = self
+
+    def _release(self) -> None:
+        with _writing_lock:
+            if _writing.get(self.path) is self:
+                del _writing[self.path]
 
     def _open(self, width: int, height: int) -> None:
         import av
+
+        from ...outputs import temporary_beside
 
         codec, pix_fmt, options = FORMATS[self.format]
         options = dict(options)
         if self.crf is not None:
             options["crf"] = str(int(self.crf))
+        self._partial = temporary_beside(self.path, "." + self.format)
         fragments = self.fragmented and self.format == "mp4"
         if fragments:  # no lookahead: each frame's packet is muxed (and flushed) as soon as it is encoded
             options["tune"] = "zerolatency"
         container_options = {"movflags": "frag_keyframe+empty_moov+default_base_moof",
                              "flush_packets": "1"} if fragments else {}
-        self._container = av.open(self._partial, mode="w", format=self.format, options=container_options)
-        rate = Fraction(self.fps).limit_denominator(1001)
-        self._stream = self._container.add_stream(codec, rate=rate, options=options)
-        if fragments:  # a keyframe (so a fragment) every second: the playable part trails by at most that
-            self._stream.codec_context.gop_size = max(1, round(float(self.fps)))
-        self._stream.width, self._stream.height = width + width % 2, height + height % 2
-        self._stream.pix_fmt = pix_fmt
+        container = av.open(self._partial, mode="w", format=self.format, options=container_options)
+        try:
+            container.flags |= av.container.Flags.bitexact.value  # no random segment id, no version strings
+            stream = container.add_stream(codec, rate=self.rate, options=options)
+            stream.codec_context.flags |= av.codec.context.Flags.bitexact.value
+            stream.codec_context.thread_count = ENCODER_THREADS
+            if fragments:  # a keyframe (so a fragment) every second: the playable part trails by at most that
+                stream.codec_context.gop_size = max(1, round(float(self.fps)))
+            stream.width, stream.height = width + width % 2, height + height % 2
+            stream.pix_fmt = pix_fmt
+        except BaseException:
+            container.close()
+            os.remove(self._partial)
+            raise
+        self._container, self._stream = container, stream
         self.size = (width, height)
 
     def write(self, frames) -> int:
@@ -116,8 +169,15 @@ class VideoWriter:
         return self.frames_written
 
     def close(self) -> Optional[str]:
-        """Flush the encoder and move the file into place; returns its path (None if no frame was written)."""
+        """Flush the encoder and move the file into place; returns its path, the file this writer wrote (None
+        if no frame was written: then nothing of this writer is left on disk)."""
+        from ...outputs import publish
+
         if self._container is None:
+            self._release()
+            if self.reserved and os.path.isfile(self.path) and os.path.getsize(self.path) == 0:
+                os.remove(self.path)  # the name this run held, and nothing was written: no empty file left
+                self.reserved = False
             return None
         try:
             for packet in self._stream.encode():
@@ -125,7 +185,8 @@ class VideoWriter:
         finally:
             self._container.close()
             self._container = None
-        os.replace(self._partial, self.path)
+            self._release()
+        publish(self._partial, self.path)
         return self.path
 
     def __enter__(self) -> "VideoWriter":
