@@ -1704,14 +1704,14 @@ FIT_CASES = {
 
 
 def _i2v(length, width, height, image=False):
-    from comfyui_clipwan.wan.conditioning import i2v_latents
+    from comfyui_clipwan.wan.conditioning.image import i2v_latents
 
     return i2v_latents(width, height, length, 1, torch.zeros(1, 8, 8, 3) if image else None,
                        (lambda p: p) if image else None)
 
 
 def _ti2v(length, width, height):
-    from comfyui_clipwan.wan.conditioning import ti2v_latents
+    from comfyui_clipwan.wan.conditioning.image import ti2v_latents
 
     return ti2v_latents(width, height, length, 1, None, None)
 
@@ -1754,7 +1754,7 @@ def test_fit_long_stream_with_a_window_stays_allowed(monkeypatch):
     monkeypatch.setattr(budget, "free_bytes", lambda device=None: 1024 ** 2)
     model = CausalWanModel.random(WAN_T2V, seed=1)
     latent, text = torch.zeros(1, 16, 2000, 2, 2), torch.zeros(1, 4, 4096)
-    from comfyui_clipwan.wan.sampling.loop import iter_causal_blocks
+    from comfyui_clipwan.wan.sampling.run import iter_causal_blocks
 
     loop = iter_causal_blocks(model, latent, text, settings=CausalSettings(frames_per_block=1, local_window=3))
     assert loop.cache_capacity() == 3
@@ -1882,7 +1882,7 @@ def test_early_tiny_decoder_on_a_wan22_model(monkeypatch):
 
 def test_early_wan21_vae_on_a_wan22_model():
     from comfyui_clipwan.wan.video.stream import stream_video
-    from comfyui_clipwan.wan.vae import WanVAE, WanVAEConfig
+    from comfyui_clipwan.wan.vae.wan21 import WanVAE, WanVAEConfig
 
     with pytest.raises(ValueError, match=r"^the decoder \(Wan 2\.1 VAE\) reads 16-channel \(Wan 2\.1\) latents, but "
                                          r"the model Wan 2\.2 custom ti2v .* makes 48-channel"):

@@ -188,7 +188,8 @@ def test_longlive2_scene_cut_prompts_run_the_multi_shot_sink(upstream, tmp_path)
     changes (the rules ran), and the pack, which has no multi-shot rule (a prompt switch is a plain switch),
     matches the unprefixed run, not this one."""
     from comfyui_clipwan.wan import CausalWanModel, WanConfig
-    from comfyui_clipwan.wan.sampling.loop import CausalSettings, PromptSwitch, sample_causal
+    from comfyui_clipwan.wan.sampling.loop import CausalSettings, PromptSwitch
+    from comfyui_clipwan.wan.sampling.run import sample_causal
 
     frames, block, sink, window, switch = 48, 8, 8, 32, 3
     cfg = WanConfig(in_dim=48, out_dim=48, **TINY)

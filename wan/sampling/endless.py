@@ -109,6 +109,10 @@ class EndlessLoop(CausalLoop):
         """Blocks of the first segment (the run itself has no length)."""
         return self.segment_blocks
 
+    def cache_capacity(self) -> int:
+        """The window: the video outgrows any first segment."""
+        return int(self.settings.local_window)
+
     def _block_noise(self, bi: int, start: int, n: int) -> torch.Tensor:
         if start < self.segment_frames:
             return super()._block_noise(bi, start, n)

@@ -493,7 +493,7 @@ def check_loop_fits(loop: "CausalLoop") -> None:
     branches = 2 if loop.guidance > 1.0 else 1
     tokens = loop.tokens_per_frame
     cache = branches * 2 * cfg.num_layers * loop.cache_capacity() * tokens * cfg.dim * itemsize * loop.batch
-    widest = max(n for _, n in loop.layout)
+    widest = max(n for _, n in loop.layout[:len(loop)])  # (an endless run: its first segment's blocks)
     block = loop.batch * widest * tokens * (cfg.ffn_dim + 6 * cfg.dim) * max(itemsize, 4)
     frames, h, w = loop.latent.shape[2:]
     check_fits(f"this run ({frames} latent frames of {h}x{w}: a KV cache of {loop.cache_capacity()} frames x "

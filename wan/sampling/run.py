@@ -12,9 +12,10 @@ import torch
 
 from ..model.causal import CausalWanModel
 from .loop import (LOOP_SHAPES, CausalLoop, CausalSettings, NoiseSource, PromptSwitch, SamplerHooks, TimingHooks,
-                   combine_hooks)
+                   check_loop_fits, combine_hooks)
 from .endless import EndlessLoop
 from .memflow import MemoryLoop
+from .presets import check_family_fits
 from .recompute import RecomputeLoop
 from .rolling import RollingLoop
 
@@ -40,10 +41,18 @@ def iter_causal_blocks(model: CausalWanModel, latent: torch.Tensor, text: torch.
     """Validate and set up a block-causal run (errors raise here), return it as an iterable of
     ``BlockResult`` (see ``CausalLoop`` for the arguments); the loop shape comes from ``settings.loop``.
     ``endless``: no last block, ``latent`` is the first segment (``EndlessLoop``, wan/sampling/endless.py)."""
-    if endless:
-        return EndlessLoop(model, latent, text, **kwargs)
     settings = kwargs.get("settings") or CausalSettings()
-    return loop_class(settings.loop)(model, latent, text, **kwargs)
+    if settings.family:
+        check_family_fits(settings.family, model.config)
+    try:
+        loop = (EndlessLoop if endless else loop_class(settings.loop))(model, latent, text, **kwargs)
+    except ValueError as exc:
+        if not settings.family:
+            raise
+        # a family rule the settings break: say which family, on which model
+        raise ValueError(f"family '{settings.family}' on the model {model.config.describe()}: {exc}") from None
+    check_loop_fits(loop)
+    return loop
 
 
 class _LegacyBlockCallback(SamplerHooks):

@@ -1,6 +1,6 @@
 """TAEHV-style tiny decoder for Wan 2.1 latents (the ``taew2_1`` / ``lighttaew2_1`` weights of
 madebyollin/taehv, placed by the user in ``models/vae_approx``): a fast approximation of the Wan VAE for
-live frames, with the same streaming interface as ``wan.vae.StreamingDecoder``.
+live frames, with the same streaming interface as ``wan.vae.wan21.StreamingDecoder``.
 
 Architecture (key names ``decoder.<index>.*`` of TAEHV's ``nn.Sequential``): a soft clamp, a 3x3 conv,
 then three stages of three ``MemBlock`` s (a conv block that also sees the *previous frame's* input at the
@@ -76,7 +76,7 @@ def _mem_block(block: MemBlock, x: torch.Tensor, past: torch.Tensor) -> torch.Te
 
 
 class TAEHV:
-    """Loaded tiny decoder; ``stream_decoder()`` gives the streaming interface of ``wan.vae.WanVAE``."""
+    """Loaded tiny decoder; ``stream_decoder()`` gives the streaming interface of ``wan.vae.wan21.WanVAE``."""
 
     def __init__(self, module: TAEHVDecoder, source: str = ""):
         self.module = module.eval().requires_grad_(False)

@@ -241,7 +241,7 @@ def run_decoder(decoder: nn.Module, x: torch.Tensor, cache: Optional[FeatureCach
 
 
 # --------------------------------------------------------------------------------------------------
-# The VAE object: same interface as the Wan 2.1 one (wan.vae.WanVAE / StreamingDecoder)
+# The VAE object: same interface as the Wan 2.1 one (wan.vae.wan21.WanVAE / StreamingDecoder)
 
 
 class Wan22VAE(v21.WanVAE):

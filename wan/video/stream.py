@@ -2,7 +2,7 @@
 causal block as soon as that block is final.
 
 Built on the sampler's block generator (``iter_causal_blocks``): each finished latent block is decoded by a
-*streaming* decoder (``wan.vae.StreamingDecoder`` — the real Wan 2.1 VAE with its causal feature cache —
+*streaming* decoder (``wan.vae.wan21.StreamingDecoder`` — the real Wan 2.1 VAE with its causal feature cache —
 or the tiny TAEHV decoder in ``wan.vae.taehv``), so the frames equal a decode of the whole latent at the end,
 but arrive one block after the first one's sampling instead of after the whole video. Nothing grows with
 the video's length: neither the decoded frames (handed out and forgotten) nor the latent (kept only with
