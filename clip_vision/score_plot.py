@@ -54,7 +54,8 @@ def _figure(rows: Sequence, segments: Sequence = (), theme: str = "dark", title:
         spine.set_color(t["grid"])
     ax.grid(True, color=t["grid"], lw=0.5)
     if rows:
-        legend = ax.legend(loc="lower left", fontsize=7, facecolor=t["axes"], edgecolor=t["grid"])
+        # below the axes, so it never hides a line
+        legend = ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=3, fontsize=7, frameon=False)
         for text in legend.get_texts():
             text.set_color(t["text"])
     fig.tight_layout()

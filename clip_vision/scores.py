@@ -273,3 +273,23 @@ def score_frames(vision, frames: torch.Tensor, text=None, prompts=None, referenc
         else:
             scorer.update(chunk, start, 0)
     return scorer
+
+
+def load_score_models(path: Optional[str] = None, tokenizer=None, seed: int = 0, text: bool = True):
+    """``(vision, text tower or None)`` of one CLIP checkpoint (both towers read from the same file: Wan's .pth,
+    a full OpenCLIP / HF CLIP file), or without ``path`` the embedded default pair (seeded random-init ViT-B/32
+    CLIP, not pretrained). A vision-only file gives ``text=None`` (CLIP-I and consistency only)."""
+    from .loader import default_clip_vision, load_clip_vision
+    from .text_tower import default_text_tower, load_text_tower
+
+    if path is None:
+        return default_clip_vision("ViT-B/32", seed=seed), (default_text_tower(seed) if text else None)
+    vision = load_clip_vision(path)
+    if not text:
+        return vision, None
+    try:
+        return vision, load_text_tower(path, tokenizer=tokenizer)
+    except ValueError as exc:
+        if "no CLIP text tower found" in str(exc):
+            return vision, None
+        raise

@@ -345,3 +345,13 @@ def load_text_tower(path, tokenizer=None, act: Optional[str] = None) -> TextTowe
 
 def num_parameters(tower: TextTower) -> int:
     return sum(math.prod(p.shape) for p in tower.module.parameters())
+
+
+def default_text_tower(seed: int = 0) -> TextTower:
+    """The embedded default: a seeded random-init openai/clip-vit-base-patch32-shaped text tower (NOT pretrained),
+    the text half of the pack's default CLIP pair (``axera_export.default_source``; vision: ViT-B/32)."""
+    from ..axera_export.text_model import VIT_B32_TEXT, default_text_state_dict
+
+    source = f"embedded default: seeded random-init ViT-B/32 CLIP text tower (seed {seed + 1}), not pretrained"
+    return text_tower_from_state_dict(default_text_state_dict(VIT_B32_TEXT, seed=seed + 1), source,
+                                      act=VIT_B32_TEXT.act)

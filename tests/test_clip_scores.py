@@ -333,3 +333,36 @@ def test_plot_png_and_image_mark_switches(tmp_path):
     for rgb in ((0xE6, 0x9F, 0x00), (0x56, 0xB4, 0xE9), (0x00, 0x9E, 0x73)):
         target = torch.tensor(rgb, dtype=torch.float32) / 255
         assert ((light[0] - target).abs().max(-1).values < 0.02).sum() > 50, rgb
+
+
+# ------------------------------------------------------------------------------------------------------------
+# CLI: `score VIDEO` equals scoring the decoded frames; `sample --scores` / demo write them beside the video
+# ------------------------------------------------------------------------------------------------------------
+def test_cli_score_video_equals_open_clip_on_decoded_frames(tmp_path, openclip_model, capsys):
+    from comfyui_clipwan.cli import main
+    from comfyui_clipwan.wan.video_writer import VideoWriter, read_video_frames
+
+    path = tmp_path / "oc.safetensors"
+    safetensors.torch.save_file({k: v.contiguous() for k, v in openclip_model.state_dict().items()}, str(path))
+    (tmp_path / "config.json").write_text('{"text_config": {"hidden_act": "gelu"}}')
+    video = tmp_path / "v.mp4"
+    with VideoWriter(str(video), fps=16) as w:
+        w.write(frames_for(9, seed=8))
+    (tmp_path / "tl.txt").write_text("0: a red fox in the snow\n4: a blue whale under water\n")
+    assert main(["score", str(video), "--timeline", str(tmp_path / "tl.txt"), "--clip", str(path), "--every", "2",
+                 "--frames-per-block", "4"]) == 0
+    rows = read_csv(str(tmp_path / "v.clip_scores.csv"))
+    assert (tmp_path / "v.clip_scores.png").stat().st_size > 10_000 and (tmp_path / "v.clip_scores.json").exists()
+    decoded = torch.from_numpy(read_video_frames(str(video))).float() / 255  # what the oracle sees: the file
+    picked = decoded[[0, 2, 4, 6, 8]]
+    tokenizer = open_clip.get_tokenizer("ViT-B-32")
+    with torch.no_grad():
+        img = openclip_model.encode_image(oracle_pixels(picked))
+        txt = openclip_model.encode_text(tokenizer(PROMPTS[:2]))
+    assert_rows(rows, *expected_scores(img, txt[[0, 0, 1, 1, 1]], img[:1]))
+    assert [r.block for r in rows] == [0, 0, 0, 1, 1]  # frame 0, then blocks of 4 after it
+    with pytest.raises(SystemExit):  # argparse: one or the other
+        main(["score", str(video), "--prompt", "x", "--timeline", "y"])
+    capsys.readouterr()
+    assert main(["score", str(tmp_path / "missing.mp4"), "--prompt", "x"]) == 2
+    assert "video not found" in capsys.readouterr().err
