@@ -53,11 +53,6 @@ def read_timeline(path: str) -> str:
         return f.read()
 
 
-def block_of(frame: int, frames_per_block: int) -> int:
-    """Causal block of a video frame when each block decodes ``frames_per_block`` frames after the first."""
-    return 0 if frames_per_block <= 0 else max(0, frame - 1) // frames_per_block
-
-
 def build_scorer(args, prompts, log=print, default_reference=None):
     """The scorer from the shared flags (checked before any model is loaded where possible); CLIP-I against
     ``--image`` (``--score-image``), else ``default_reference`` (IMAGE), else the first scored frame."""
@@ -87,6 +82,7 @@ def finish_scores(scorer, stem: str, title: str, theme: str = "light", log=print
 
 
 def run_score(args) -> int:
+    from ..clip_vision.scores import score_chunks
     from ..wan.video_writer import iter_video_frames
 
     if not os.path.isfile(args.video):
@@ -94,18 +90,7 @@ def run_score(args) -> int:
     prompts = read_timeline(args.timeline) if args.timeline else args.prompt
     scorer = build_scorer(args, prompts)
     stem = args.out or os.path.splitext(args.video)[0] + SCORE_SUFFIX
-    start = 0
-    for chunk in iter_video_frames(args.video, chunk=max(1, args.frames_per_block or 16)):
-        # block labels per frame (a chunk may straddle two blocks): one update per block piece
-        blocks = [block_of(start + i, args.frames_per_block) for i in range(chunk.shape[0])]
-        i = 0
-        while i < chunk.shape[0]:
-            j = i
-            while j < chunk.shape[0] and blocks[j] == blocks[i]:
-                j += 1
-            scorer.update(chunk[i:j], start + i, blocks[i])
-            i = j
-        start += chunk.shape[0]
+    score_chunks(scorer, iter_video_frames(args.video, chunk=16), args.frames_per_block)
     if not scorer.rows:
         raise ValueError(f"'{args.video}' has no frames to score")
     finish_scores(scorer, stem, f"CLIP scores — {os.path.basename(args.video)}", args.theme)

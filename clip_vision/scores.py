@@ -259,20 +259,42 @@ def write_scores(stem: str, rows, segments, payload: dict) -> dict:
     return paths
 
 
+def block_of(frame: int, frames_per_block: int) -> int:
+    """Causal block of a video frame when the first block decodes frame 0 plus ``frames_per_block`` frames and
+    every later one ``frames_per_block`` (Wan 2.1, blocks of 3 latent frames: 1 + 12, then 12); 0 = one block."""
+    return 0 if frames_per_block <= 0 else max(0, frame - 1) // frames_per_block
+
+
+def block_pieces(start: int, count: int, frames_per_block: int) -> list:
+    """``(offset, length, block)`` runs of frames ``start .. start + count - 1`` that fall in one block."""
+    pieces, i = [], 0
+    while i < count:
+        block, j = block_of(start + i, frames_per_block), i
+        while j < count and block_of(start + j, frames_per_block) == block:
+            j += 1
+        pieces.append((i, j - i, block))
+        i = j
+    return pieces
+
+
+def score_chunks(scorer: StreamingScorer, chunks, frames_per_block: int = 0, check=None) -> StreamingScorer:
+    """Feed consecutive IMAGE chunks [F,H,W,3] of one video to ``scorer``, rows labelled by ``block_of``;
+    ``check()`` runs before each chunk (ComfyUI's interrupt)."""
+    start = 0
+    for chunk in chunks:
+        if check is not None:
+            check()
+        for offset, count, block in block_pieces(start, chunk.shape[0], frames_per_block):
+            scorer.update(chunk[offset:offset + count], start + offset, block)
+        start += chunk.shape[0]
+    return scorer
+
+
 def score_frames(vision, frames: torch.Tensor, text=None, prompts=None, reference=None, every_n: int = 1,
                  frames_per_block: int = 0, crop="center", batch: int = 16) -> StreamingScorer:
-    """Score a whole IMAGE batch [F,H,W,3] (fed ``batch`` frames at a time: the same numbers as streaming).
-    ``frames_per_block`` > 0 labels rows with block ``frame // frames_per_block`` (0: all block 0)."""
+    """Score a whole IMAGE batch [F,H,W,3], fed ``batch`` frames at a time (the same numbers as streaming)."""
     scorer = StreamingScorer(vision, text, prompts, reference, every_n, crop)
-    for start in range(0, frames.shape[0], batch):
-        chunk = frames[start:start + batch]
-        if frames_per_block > 0:
-            for b in range(start // frames_per_block, (start + chunk.shape[0] - 1) // frames_per_block + 1):
-                lo, hi = max(start, b * frames_per_block), min(start + chunk.shape[0], (b + 1) * frames_per_block)
-                scorer.update(frames[lo:hi], lo, b)
-        else:
-            scorer.update(chunk, start, 0)
-    return scorer
+    return score_chunks(scorer, (frames[s:s + batch] for s in range(0, frames.shape[0], batch)), frames_per_block)
 
 
 def load_score_models(path: Optional[str] = None, tokenizer=None, seed: int = 0, text: bool = True):
