@@ -84,14 +84,14 @@ def _video_chunks(video, chunk: int = 16):
     """A ComfyUI VIDEO a chunk at a time (its stream source read with PyAV): never the whole video in memory."""
     from ..wan.video_writer import iter_video_frames
 
-    source = video.get_stream_source() if hasattr(video, "get_stream_source") else video
-    if isinstance(source, (str, os.PathLike)):
-        yield from iter_video_frames(os.fspath(source), chunk)
+    if hasattr(video, "get_stream_source"):  # a file path, or a BytesIO PyAV opens
+        yield from iter_video_frames(video.get_stream_source(), chunk)
         return
-    components = video.get_components()  # an in-memory video: its frames are already in memory
-    images = components.images
-    for start in range(0, images.shape[0], chunk):
-        yield images[start:start + chunk].float()
+    if isinstance(video, (str, os.PathLike)):
+        yield from iter_video_frames(os.fspath(video), chunk)
+        return
+    raise ValueError(f"video ({type(video).__name__}) is not a ComfyUI VIDEO: connect Load Video or a node that "
+                     f"outputs VIDEO, or connect an IMAGE batch to images")
 
 
 def save_scores(scorer: StreamingScorer, stem: str, theme: str, title: str) -> dict:

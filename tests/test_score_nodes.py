@@ -137,3 +137,30 @@ def test_web_chart_geometry():
     assert out["chart"]["range"] == [20, 100]
     assert out["caption"] == "CLIP-T 25.0 · CLIP-I 80.0 · consistency 94.0"
     assert (out["rows"], out["fresh"]) == (3, 0)
+
+
+def test_score_video_node_on_a_video_file_and_stream(scorer_models, tmp_path, monkeypatch):
+    """A VIDEO socket (anything with get_stream_source: a path or an in-memory stream) is read a chunk at a time;
+    the scores equal scoring the decoded frames."""
+    import io
+
+    from comfyui_clipwan.wan.video_writer import VideoWriter, read_video_frames
+
+    monkeypatch.chdir(tmp_path)
+    with VideoWriter(str(tmp_path / "v.mp4")) as w:
+        w.write(torch.rand(5, 32, 32, 3, generator=torch.Generator().manual_seed(1)))
+    decoded = torch.from_numpy(read_video_frames(str(tmp_path / "v.mp4"))).float() / 255
+    offline = score_frames(scorer_models.vision, decoded, scorer_models.text, "a cat", every_n=2)
+
+    class FileVideo:
+        def __init__(self, source):
+            self.source = source
+
+        def get_stream_source(self):
+            return self.source
+
+    for source in (str(tmp_path / "v.mp4"), io.BytesIO((tmp_path / "v.mp4").read_bytes())):
+        table = ScoreVideoCLIP().score(scorer_models, prompts="a cat", every_n_frames=2, video=FileVideo(source))
+        rows = list(csv.DictReader(table["result"][1].splitlines()))
+        assert [int(r["frame"]) for r in rows] == [0, 2, 4]
+        assert all(abs(float(r["clip_t"]) - o.clip_t) < 1e-5 for r, o in zip(rows, offline.rows))

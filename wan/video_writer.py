@@ -124,12 +124,13 @@ class VideoWriter:
         self.close()
 
 
-def iter_video_frames(path: str, chunk: int = 16):
-    """The frames of a video file, ``chunk`` at a time, as IMAGE tensors ``[F, H, W, 3]`` float32 in 0..1 (only
-    one chunk is held at a time). A missing or unreadable file is a clear error naming it."""
+def iter_video_frames(path, chunk: int = 16):
+    """The frames of a video file (a path, or a file object such as ComfyUI's in-memory VIDEO stream), ``chunk``
+    at a time, as IMAGE tensors ``[F, H, W, 3]`` float32 in 0..1 (only one chunk is held at a time). A missing or
+    unreadable file is a clear error naming it."""
     import av
 
-    if not os.path.isfile(path):
+    if isinstance(path, (str, os.PathLike)) and not os.path.isfile(path):
         raise FileNotFoundError(f"video not found: '{path}'")
     try:
         container = av.open(path)
