@@ -135,7 +135,10 @@ class CausalWanStreamVideo:
         except BaseException:
             saved = [w.close() for w in writers]
             if scores is not None and saved[0] and scores.scorer.rows:
-                scores.save(saved[0])
+                try:  # the scores of the frames in the shorter file; never hide the reason the run stopped
+                    scores.save(saved[0])
+                except Exception as exc:  # noqa: BLE001
+                    log.warning("Causal Wan Stream Video: the CLIP scores were not saved: %s", exc)
             done = writers[0].frames_written
             if saved[0]:
                 message = (f"Stopped after {done} frames: the shorter video was saved to {files[0][1]} "
