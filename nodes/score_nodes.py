@@ -9,11 +9,9 @@ from __future__ import annotations
 import logging
 import os
 
-import torch
-
 from . import comfy_bridge as bridge
 from ..clip_vision.scores import StreamingScorer, score_chunks
-from .clip_nodes import DTYPE_CHOICES, LoadCLIPVisionH14
+from .clip_nodes import LoadCLIPVisionH14
 
 log = logging.getLogger("comfyui_clipwan")
 
