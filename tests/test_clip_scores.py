@@ -366,3 +366,27 @@ def test_cli_score_video_equals_open_clip_on_decoded_frames(tmp_path, openclip_m
     capsys.readouterr()
     assert main(["score", str(tmp_path / "missing.mp4"), "--prompt", "x"]) == 2
     assert "video not found" in capsys.readouterr().err
+
+
+def test_real_size_wan_text_tower_key_names_and_shapes():
+    """At real size (on the meta device: no memory), our XLM-R tower's parameters are exactly the ``textual.*``
+    keys of Wan's .pth with their shapes (written from Wan's XLMRobertaCLIP definition), and the config
+    detected from those shapes is xlm-roberta-large's (16 heads of 64, 24 layers, 1024-d head)."""
+    from comfyui_clipwan.clip_vision.text_tower import XLMRobertaConfig, XLMRobertaTower, xlmr_config
+
+    want = {"token_embedding.weight": (250002, 1024), "type_embedding.weight": (1, 1024),
+            "pos_embedding.weight": (514, 1024), "norm.weight": (1024,), "norm.bias": (1024,),
+            "head.0.weight": (1024, 1024), "head.2.weight": (1024, 1024)}
+    for i in range(24):
+        for name in ("attn.q", "attn.k", "attn.v", "attn.o"):
+            want[f"blocks.{i}.{name}.weight"], want[f"blocks.{i}.{name}.bias"] = (1024, 1024), (1024,)
+        for name in ("norm1", "norm2"):
+            want[f"blocks.{i}.{name}.weight"], want[f"blocks.{i}.{name}.bias"] = (1024,), (1024,)
+        want[f"blocks.{i}.ffn.0.weight"], want[f"blocks.{i}.ffn.0.bias"] = (4096, 1024), (4096,)
+        want[f"blocks.{i}.ffn.2.weight"], want[f"blocks.{i}.ffn.2.bias"] = (1024, 4096), (1024,)
+    with torch.device("meta"):
+        tower = XLMRobertaTower(XLMRobertaConfig())
+    assert {k: tuple(v.shape) for k, v in tower.state_dict().items()} == want
+    shapes = {k: torch.empty(v, device="meta") for k, v in want.items()}
+    assert xlmr_config(shapes) == XLMRobertaConfig()
+    assert XLMRobertaConfig().max_tokens == 512  # Wan tokenizes to max_text_len - 2
