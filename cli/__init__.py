@@ -14,7 +14,7 @@ import sys
 import time
 
 # Modules in this package that define register(subparsers) and optionally demo_step(args, out_dir).
-_COMMAND_MODULES = ("clip", "wan", "axera", "bench")
+_COMMAND_MODULES = ("clip", "wan", "score", "axera", "bench")
 
 
 def _load_command_modules():

@@ -55,6 +55,14 @@ def register(sub) -> None:
     p.add_argument("--video", help="write the decoded video here while sampling (.mp4 H.264 or .webm VP9); needs "
                                    "--vae or --tiny-vae; the whole latent is then not kept")
     p.add_argument("--fps", type=int, default=16, help="frames per second of --video (Wan: 16)")
+    p.add_argument("--scores", action="store_true",
+                   help="with --video: CLIP-score the frames as blocks are decoded and write VIDEO.clip_scores"
+                        ".{csv,json,png} beside the video (CLIP-T vs --score-timeline or --prompt, CLIP-I vs "
+                        "--score-image or the start image, frame consistency)")
+    p.add_argument("--score-timeline", metavar="FILE", help="with --scores: 'FRAME: prompt' lines for CLIP-T")
+    from .score import add_score_model_arguments
+
+    add_score_model_arguments(p, "score-")
     p.add_argument("--save-latent", action="store_true",
                    help="with --video: also keep and save the whole latent and its preview (memory grows with length)")
     p.add_argument("--image-latent", help=".safetensors with the raw Wan VAE latent [1,16,T,H/8,W/8] (Wan 2.2: "
@@ -221,8 +229,10 @@ def run_pipeline(args, out_dir: str, log=print) -> dict:
 
         settings = dataclasses.replace(settings, family=args.preset, **get_preset(args.preset).loop_rules())
     settings = loop_rules_for(settings, model.config)  # Wan 2.2 TI2V: LongLive 2.0's UniPC + first-frame clamp
+    if getattr(args, "scores", False) and not getattr(args, "video", None):
+        raise ValueError("--scores scores the decoded frames: give --video (and --vae or --tiny-vae) too.")
     if getattr(args, "video", None):
-        return _stream_to_video(args, model, inputs, settings, vae, fmt, out_dir, t0, log)
+        return _stream_to_video(args, model, inputs, settings, vae, fmt, out_dir, t0, log, image)
     block_times = []
     t_start = time.perf_counter()
 
@@ -316,7 +326,18 @@ def _load_vae(args, model, dtype, log):
     return vae
 
 
-def _stream_to_video(args, model, inputs, settings, vae, fmt, out_dir, t0, log) -> dict:
+def _video_scorer(args, image, log):
+    """``--scores``: the CLIP scorer (CLIP-I against ``--score-image``, else the start image)."""
+    from .score import build_scorer, read_timeline
+
+    if not getattr(args, "scores", False):
+        return None
+    prompts = read_timeline(args.score_timeline) if getattr(args, "score_timeline", None) else \
+        getattr(args, "score_prompts", None) or getattr(args, "prompt", None)
+    return build_scorer(args, prompts, log, default_reference=image)
+
+
+def _stream_to_video(args, model, inputs, settings, vae, fmt, out_dir, t0, log, image=None) -> dict:
     """Sample and decode block by block into the video file (nothing of the whole video kept)."""
     from ..wan.video.stream import stream_video
     from ..wan.vae.taehv import TAEHV
@@ -330,6 +351,7 @@ def _stream_to_video(args, model, inputs, settings, vae, fmt, out_dir, t0, log) 
     else:
         raise ValueError("--video needs a decoder: --vae wan_2.1_vae.safetensors (or --tiny-vae taew2_1.safetensors).")
     keep = bool(getattr(args, "save_latent", False))
+    scorer = _video_scorer(args, image, log)
     run = stream_video(model, inputs.latent, inputs.text, vae=decoder, to_raw=inputs.to_raw, seed=args.seed,
                        encode=getattr(vae, "encode", None), from_raw=inputs.from_raw, keep_latent=keep,
                        settings=settings, negative_text=inputs.negative_text, clip_fea=inputs.clip_fea,
@@ -339,6 +361,8 @@ def _stream_to_video(args, model, inputs, settings, vae, fmt, out_dir, t0, log) 
     with VideoWriter(args.video, fps=args.fps) as writer:
         for piece in run:
             writer.write(piece.frames[0])
+            if scorer is not None:  # as each piece is decoded: the frames are not kept
+                scorer.update(piece.frames[0], piece.frame_start, piece.index)
             now = time.perf_counter() - t_start
             first = now if first is None else first
             if piece.block_done:
@@ -350,6 +374,13 @@ def _stream_to_video(args, model, inputs, settings, vae, fmt, out_dir, t0, log) 
         "video_frames": writer.frames_written, "decoder": getattr(decoder, "source", ""), "blocks": run.blocks_done,
         "first_frames_s": round(first, 3), "sampling_and_decode_s": round(time.perf_counter() - t_start, 3),
     }
+    if scorer is not None:
+        from .score import SCORE_SUFFIX, finish_scores
+
+        scores = finish_scores(scorer, os.path.splitext(args.video)[0] + SCORE_SUFFIX,
+                               f"CLIP scores — {os.path.basename(args.video)}", log=log)
+        summary["clip_scores"] = scores["paths"]
+        summary["clip_score_means"] = scores["means"]
     if keep:
         summary.update(_save_latent(run.latent, inputs, model, fmt, out_dir, log))
     return _finish(summary, inputs, t0, out_dir)
@@ -380,6 +411,12 @@ class _DemoArgs:
     demo_vae_dim = 8  # a random-init Wan 2.1 VAE at 1/12 width: encode + decode stay within seconds on a CPU
     fps = 16
     save_latent = True
+    # CLIP scores beside the video, on the embedded default CLIP pair (random init: the numbers are real, their
+    # meaning is not), every 4th frame to keep the demo fast
+    scores = True
+    score_every = 4
+    score_clip = score_tokenizer = score_image = score_timeline = None
+    score_prompts = "a synthetic test picture"
 
 
 def demo_step(args, out_dir: str) -> dict:

@@ -10,6 +10,7 @@ video stays in the output folder and the node says so.
 from __future__ import annotations
 
 import logging
+import os
 
 import torch
 
@@ -20,6 +21,7 @@ from ..wan.vae.taehv import FILE_PREFIXES, TAEHV
 from ..wan.vae.wan21 import WanVAE
 from ..wan.vae.wan22 import adopt_vae
 from ..wan.video.writer import VideoWriter, check_fps
+from .score_nodes import PROMPTS_TOOLTIP, SCORER_TYPE, StreamScores
 from .wan_nodes import UI_EVENT, CausalWanSampler, _jpeg_base64, prepare_run
 
 log = logging.getLogger("comfyui_clipwan")
@@ -49,6 +51,18 @@ def wan_vae_of(vae):
         raise ValueError(f"vae ({type(vae).__name__}) is not a VAE: connect Load VAE with wan_2.1_vae.safetensors.")
     module, device, dtype = bridge.vae_module(vae)
     return adopt_vae(module, device=device, dtype=dtype)
+
+
+# Optional live CLIP scores (default off: nothing connected, every 0 frames), advanced so the node stays compact.
+STREAM_SCORE_INPUTS = {
+    "score_clip": (SCORER_TYPE, {"tooltip": "Load CLIP for Scores (ClipWan): scores each decoded block (CLIP-T, "
+                                            "CLIP-I, consistency), drawn live under the player and saved as "
+                                            "CSV/JSON/PNG beside the video."}),
+    "score_every_n_frames": ("INT", {"default": 0, "min": 0, "max": 1000, "advanced": True,
+                                     "tooltip": "Score frames 0, n, 2n, ... as they are decoded; 0 = off."}),
+    "score_prompts": ("STRING", {"default": "", "multiline": True, "advanced": True, "tooltip": PROMPTS_TOOLTIP}),
+    "score_reference": ("IMAGE", {"tooltip": "Start / reference image for CLIP-I (default: the first frame)."}),
+}
 
 
 class CausalWanStreamVideo:
@@ -84,6 +98,7 @@ class CausalWanStreamVideo:
         required["return_frames"] = ("BOOLEAN", {
             "default": False, "tooltip": "Also output every decoded frame as IMAGE (memory grows with length)."})
         optional = dict(base.get("optional", {}))
+        optional.update(STREAM_SCORE_INPUTS)
         # after the sampler's optional inputs, so workflows saved before it keep their widget values
         optional["until_stopped"] = ("BOOLEAN", {
             "default": False, "advanced": True,
@@ -94,12 +109,15 @@ class CausalWanStreamVideo:
         return {"required": required, "optional": optional, "hidden": dict(base["hidden"])}
 
     def stream(self, model, positive, latent, seed, vae, filename_prefix="ClipWan/causal", format="mp4 (H.264)",
-               fps=16, decoder=DECODERS[0], return_frames=False, until_stopped=False, unique_id=None, **sampler):
+               fps=16, decoder=DECODERS[0], return_frames=False, unique_id=None, score_clip=None,
+               score_every_n_frames=0, score_prompts="", score_reference=None, until_stopped=False, **sampler):
         if format not in FORMATS:
             raise ValueError(f"format '{format}' is not one of {list(FORMATS)}.")
         if until_stopped and return_frames:
             raise ValueError("return_frames holds every decoded frame, so with until_stopped memory would grow "
                              "without bound: turn one of them off (the video file holds every frame).")
+        # optional live CLIP scores (off by default); their inputs are checked before any block is sampled
+        scores = StreamScores.from_inputs(score_clip, score_every_n_frames, score_prompts, score_reference)
         causal, inputs, settings, switches, _ = prepare_run(model, positive, latent, seed, unique_id=unique_id,
                                                             **sampler)
         if until_stopped:
@@ -132,9 +150,14 @@ class CausalWanStreamVideo:
                 last = block.frames[:, -1]
                 if return_frames:
                     kept.append(block.frames)
-                self._show(unique_id, block, progress, player)
+                self._show(unique_id, block, progress, player, None if scores is None else scores.update(block))
         except BaseException:
             saved = [w.close() for w in writers]
+            if scores is not None and saved[0] and scores.scorer.rows:
+                try:  # the scores of the frames in the shorter file; never hide the reason the run stopped
+                    scores.save(saved[0])
+                except Exception as exc:  # noqa: BLE001
+                    log.warning("Causal Wan Stream Video: the CLIP scores were not saved: %s", exc)
             done = writers[0].frames_written
             if saved[0]:
                 message = (f"Stopped after {done} frames: the shorter video was saved to {files[0][1]} "
@@ -146,7 +169,10 @@ class CausalWanStreamVideo:
             bridge.send_ui_event(UI_EVENT, {"node": unique_id, "status": message, "frames": []})
             raise
         paths = [w.close() for w in writers]
-        bridge.progress_text(f"Saved {writers[0].frames_written} frames to {files[0][1]}.", unique_id)
+        saved_scores = scores.save(paths[0]) if scores is not None else None
+        bridge.progress_text(f"Saved {writers[0].frames_written} frames to {files[0][1]}"
+                             + (f"; CLIP scores to {os.path.basename(saved_scores['csv'])}." if saved_scores else "."),
+                             unique_id)
         images = torch.cat(kept, dim=1).flatten(0, 1) if return_frames else last  # IMAGE [B*F, H, W, 3]
         # one player: the saved file goes to the node's frame player (web/clipwan.js plays it where the live frames
         # were) under a key of the pack's own; ComfyUI's "images" + "animated" would add its video player under it
@@ -155,9 +181,9 @@ class CausalWanStreamVideo:
                                      paths[0])}
 
     @staticmethod
-    def _show(unique_id, piece, progress, player: bool) -> None:
-        """The piece's decoded frames to the live player; the progress bar counts finished blocks (with the
-        last frame as its picture only where no live player shows the frames)."""
+    def _show(unique_id, piece, progress, player: bool, scores=None) -> None:
+        """The piece's decoded frames (and their CLIP scores, when on) to the live player; the progress bar
+        counts finished blocks (with the last frame as its picture only where no live player shows the frames)."""
         from PIL import Image
 
         frames = (piece.frames[0] * 255).round().to(torch.uint8).numpy()
@@ -166,6 +192,7 @@ class CausalWanStreamVideo:
             payload = {"node": unique_id, "block": piece.index, "total_blocks": piece.total,
                        "frame_start": int(piece.frame_start), "decoded": True,
                        "frames": [_jpeg_base64(im) for im in images]}
+            payload.update(scores or {})
             bridge.send_ui_event(UI_EVENT, payload)
         if piece.block_done:  # an endless run (total 0) keeps its bar full: there is no last block
             progress.update_absolute(piece.index + 1 if piece.total else progress.total, None if player else images[-1])

@@ -85,3 +85,9 @@ def test_demo_step_writes_a_decoded_video(tmp_path, capsys):
     assert read_video_frames(result["video"]).shape == (25, 128, 128, 3)
     assert result["video_frames"] == 25 and result["image_routes"] == ["clip", "concat"]
     assert (tmp_path / "wan_latent.safetensors").exists() and (tmp_path / "wan_preview.webp").exists()
+    # CLIP scores beside the video, every 4th frame: frames 0, 4, ..., 24
+    from comfyui_clipwan.clip_vision.scores import read_csv
+
+    rows = read_csv(str(tmp_path / "wan_video.clip_scores.csv"))
+    assert [r.frame for r in rows] == list(range(0, 25, 4)) and (tmp_path / "wan_video.clip_scores.png").exists()
+    assert result["clip_score_means"]["frames"] == 7

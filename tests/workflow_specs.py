@@ -22,6 +22,8 @@ VIDEO = {"width": 320, "height": 192, "length": 21}
 LONGLIVE = get_preset("LongLive 1.0")
 KREA = get_preset("Krea Realtime 14B")
 REPACKAGED = "https://huggingface.co/Comfy-Org/Wan_2.1_ComfyUI_repackaged/resolve/main/split_files"
+# Wan 2.1's own CLIP (vision + XLM-RoBERTa text tower), as Wan-AI publishes it: the live CLIP scores' model
+WAN_CLIP = "models_clip_open-clip-xlm-roberta-large-vit-huge-14.pth"
 # File -> (download URL, ComfyUI model folder): the loaders' properties.models, as core templates carry them.
 MODELS = {
     CLIP_H: (f"{REPACKAGED}/clip_vision/{CLIP_H}", "clip_vision"),
@@ -35,6 +37,7 @@ MODELS.update({  # LongLive 1.0 as its authors publish it
     LONGLIVE.model_file: (LONGLIVE.download_url(0), "diffusion_models"),
     LONGLIVE.lora_file: (LONGLIVE.download_url(1), "loras"),
 })
+MODELS[WAN_CLIP] = ("https://huggingface.co/Wan-AI/Wan2.1-I2V-14B-480P/resolve/main/" + WAN_CLIP, "clip_vision")
 MODELS[KREA.model_file] = (KREA.download_url(0), "diffusion_models")
 SIZES_NOTE = ("**Sizes.** Set for a CPU: 320×192, 21 frames (2 blocks). On a GPU use Wan's 480p: "
               "832×480, 81 frames (21 latent frames = 7 blocks of 3), or 1280×720 with the 720p checkpoints. "
@@ -143,6 +146,41 @@ WORKFLOWS = {
                                                 "negative": Link("conditioning", 1),
                                                 "latent": Link("conditioning", 2), "vae": Link("vae"),
                                                 "filename_prefix": "clipwan/i2v_causal_stream"}),
+        ],
+    },
+    "clipwan_stream_clip_scores": {
+        "note": CAUSAL_NOTE.format(
+            title="Streamed image to video with live CLIP scores",
+            what="Causal Wan Stream Video scores every 4th decoded frame with Wan's own CLIP (both towers of "
+                 "`" + WAN_CLIP + "`): CLIP-T against the prompt timeline in `score_prompts`, CLIP-I against "
+                 "the start image, frame-to-frame consistency. The chart grows under the frame player while the "
+                 "video is made (prompt switches marked) and the CSV/JSON/PNG are saved beside the video. Score "
+                 "Video with CLIP scores the finished video again (every frame) and shows its chart. The XLM-R "
+                 "text tower needs xlm-roberta-large's tokenizer: put Wan's `xlm-roberta-large/` folder (from "
+                 "the same Wan 2.1 repository) beside the .pth in models/clip_vision."),
+        "models": MODELS,
+        "description": "Image-to-video streamed to a file with live CLIP-T / CLIP-I / consistency scores per "
+                       "block (Wan's XLM-RoBERTa CLIP), and a scored chart of the finished video.",
+        "nodes": [
+            ("image", "LoadImage", {"image": "example.png"}, "Start image"),
+            ("clip_vision", "LoadCLIPVisionH14", {"clip_name": CLIP_H}),
+            ("clip_encode", "CLIPVisionEncodeWan", {"clip_vision": Link("clip_vision"), "image": Link("image")}),
+            *_text_nodes(),
+            ("conditioning", "WanI2VConditioning", {"positive": Link("positive"), "negative": Link("negative"),
+                                                    "vae": Link("vae"), "start_image": Link("image"),
+                                                    "clip_vision_output": Link("clip_encode"), **VIDEO}),
+            ("model", "LoadCausalWanModel", {"model_name": WAN_I2V}),
+            ("scorer", "LoadCLIPScorer", {"clip_name": WAN_CLIP}),
+            ("stream", "CausalWanStreamVideo", {"model": Link("model"), "positive": Link("conditioning", 0),
+                                                "negative": Link("conditioning", 1),
+                                                "latent": Link("conditioning", 2), "vae": Link("vae"),
+                                                "filename_prefix": "clipwan/stream_scored",
+                                                "score_clip": Link("scorer"), "score_every_n_frames": 4,
+                                                "score_prompts": "0: " + POSITIVE,
+                                                "score_reference": Link("image")}),
+            ("score", "ScoreVideoCLIP", {"clip_scorer": Link("scorer"), "video": Link("stream", 0),
+                                         "prompts": "0: " + POSITIVE, "reference": Link("image"),
+                                         "filename_prefix": "clipwan/stream_scored"}),
         ],
     },
     "clipwan_i2v_causal_core_nodes": {

@@ -12,8 +12,8 @@
 import { app } from "../../scripts/app.js";
 import { api } from "../../scripts/api.js";
 import {
-  FAMILY_WIDGET, PRESETS_PATH, applyLength, applyPreset, decodeFramePayload, familyChosen, presetLabel, reportText,
-  savedVideo,
+  FAMILY_WIDGET, PRESETS_PATH, SCORE_COLORS, SCORE_LABELS, applyLength, applyPreset, decodeFramePayload,
+  familyChosen, mergeScores, presetLabel, reportText, savedVideo, scoreCaption, scoreChart,
 } from "./clipwan_logic.js";
 
 const EXTENSION = "clipwan.ui";
@@ -27,6 +27,8 @@ const REPORTERS = ["ExportCLIPToAxmodel", "CLIPZeroShotAxera"];
 const MAX_PLAYER_FRAMES = 240; // ~30 s of preview at 8 fps
 const PLAYER_MIN_HEIGHT = 120;
 const PLAYER_MAX_HEIGHT = 360;
+const CHART_HEIGHT = 90; // the live CLIP-score chart under the player (only once scores arrive)
+const SVG_NS = "http://www.w3.org/2000/svg";
 let causalPresets = {}; // filled from the pack's Python preset table at setup
 
 async function loadPresets() {
@@ -72,9 +74,12 @@ function framePanel(node) {
   label.textContent = "frames appear here as each block finishes";
   const img = document.createElement("img");
   img.style.cssText = "width:100%;height:calc(100% - 18px);object-fit:contain;image-rendering:auto;background:#111;";
-  root.append(label, img);
-  const panel = { root, label, img, frames: [], timer: null, index: 0, height: PLAYER_MIN_HEIGHT };
-  panel.widget = addDisplayWidget(node, "clipwan_frames", root, () => panel.height);
+  const chart = document.createElement("div"); // live CLIP scores (Causal Wan Stream Video with score_clip)
+  chart.style.cssText = `display:none;height:${CHART_HEIGHT}px;flex:none;`;
+  root.append(label, img, chart);
+  const panel = { root, label, img, chart, frames: [], timer: null, index: 0, height: PLAYER_MIN_HEIGHT, scores: null };
+  panel.widget = addDisplayWidget(node, "clipwan_frames", root,
+    () => panel.height + (panel.scores ? CHART_HEIGHT + 4 : 0));
   // Size the player to the video's aspect ratio at the node's width (capped), once the first frame is in.
   img.addEventListener("load", () => {
     if (!img.naturalWidth) return;
@@ -102,6 +107,7 @@ function showFrames(node, payload) {
   if (!urls.length) return;
   const panel = framePanel(node);
   showLive(panel);
+  if (payload.scores || (payload.frame_start === 0 && panel.scores)) showScores(node, panel, payload);
   // A new run starts over: its first frames (frame_start 0), or an earlier block than the last one seen.
   // (Causal Wan Stream Video sends several pieces per block, so block 0 alone is not a new run.)
   const start = payload.frame_start ?? (block === 0 ? 0 : null);
@@ -159,6 +165,49 @@ function showLive(panel) {
   panel.video.pause?.();
   panel.video.style.display = "none";
   panel.img.style.display = "";
+}
+
+// Live CLIP-score chart: a line per score (the PNG chart's colours), dashed markers at prompt switches.
+function showScores(node, panel, payload) {
+  const had = Boolean(panel.scores);
+  panel.scores = payload.scores ? mergeScores(panel.scores, payload) : null; // a run without scores hides it
+  const chart = panel.chart;
+  chart.style.display = panel.scores ? "block" : "none";
+  panel.img.style.height = `calc(100% - ${18 + (panel.scores ? CHART_HEIGHT + 4 : 0)}px)`;
+  if (!panel.scores) return;
+  const width = Math.max(120, chart.clientWidth || (node.size?.[0] ?? 300) - 20);
+  const plotHeight = CHART_HEIGHT - 16;
+  const geometry = scoreChart(panel.scores, width, plotHeight);
+  const svg = document.createElementNS(SVG_NS, "svg");
+  svg.setAttribute("width", width);
+  svg.setAttribute("height", plotHeight);
+  svg.style.cssText = "display:block;background:rgba(127,127,127,0.12);border-radius:3px;";
+  for (const sw of geometry.switches) {
+    const line = document.createElementNS(SVG_NS, "line");
+    Object.entries({ x1: sw.x, x2: sw.x, y1: 0, y2: plotHeight, stroke: "#999", "stroke-dasharray": "3,3" })
+      .forEach(([k, v]) => line.setAttribute(k, v));
+    const title = document.createElementNS(SVG_NS, "title");
+    title.textContent = `frame ${sw.frame}: ${sw.prompt}`;
+    line.append(title);
+    svg.append(line);
+  }
+  for (const [name, d] of Object.entries(geometry.paths)) {
+    const path = document.createElementNS(SVG_NS, "path");
+    Object.entries({ d, fill: "none", stroke: SCORE_COLORS[name], "stroke-width": 1.5 })
+      .forEach(([k, v]) => path.setAttribute(k, v));
+    svg.append(path);
+  }
+  const caption = document.createElement("div");
+  caption.style.cssText = "height:14px;white-space:nowrap;overflow:hidden;text-overflow:ellipsis;";
+  const range = geometry.range ? ` (${geometry.range[0].toFixed(0)}–${geometry.range[1].toFixed(0)})` : "";
+  caption.innerHTML = Object.keys(SCORE_COLORS).map((n) =>
+    `<span style="color:${SCORE_COLORS[n]}">■</span> ${SCORE_LABELS[n]}`).join(" ") +
+    ` · ${scoreCaption(panel.scores)}${range}`;
+  chart.replaceChildren(caption, svg);
+  if (!had) { // make room for the chart once
+    const wanted = node.computeSize?.();
+    if (wanted && node.size && wanted[1] > node.size[1]) node.setSize?.([node.size[0], wanted[1]]);
+  }
 }
 
 // ------------------------------------------------------------------------------------------------

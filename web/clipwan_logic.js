@@ -113,3 +113,59 @@ export function savedVideo(message) {
 export function nativePreviewKeys(message) {
   return Object.keys(message ?? {}).filter((key) => NATIVE_PREVIEW_KEYS.includes(key));
 }
+
+// ------------------------------------------------------------------------------------------------------------
+// Live CLIP scores (Causal Wan Stream Video with score_clip): the `clipwan.causal_frames` payload of each decoded
+// piece carries `scores` [{frame, clip_t, clip_i, consistency}] (null where a score does not apply) and, with
+// the video's first frames, `score_segments` [[start_frame, prompt], ...]. Definitions: docs/clip_vision.md.
+// ------------------------------------------------------------------------------------------------------------
+export const SCORE_NAMES = ["clip_t", "clip_i", "consistency"];
+// Okabe-Ito (colour-blind safe, readable on dark and light themes): the same colours as the PNG chart.
+export const SCORE_COLORS = { clip_t: "#E69F00", clip_i: "#56B4E9", consistency: "#009E73" };
+export const SCORE_LABELS = { clip_t: "CLIP-T", clip_i: "CLIP-I", consistency: "consistency" };
+export const MAX_SCORE_ROWS = 5000; // a long stream keeps its most recent scores only
+
+/** Add a payload's scores to `state` ({rows, segments}); a payload starting at frame 0 starts a new run. */
+export function mergeScores(state, payload) {
+  const next = state && payload?.frame_start !== 0 ? state : { rows: [], segments: [] };
+  if (Array.isArray(payload?.score_segments)) next.segments = payload.score_segments;
+  if (Array.isArray(payload?.scores)) next.rows.push(...payload.scores.filter((r) => Number.isFinite(r?.frame)));
+  if (next.rows.length > MAX_SCORE_ROWS) next.rows.splice(0, next.rows.length - MAX_SCORE_ROWS);
+  return next;
+}
+
+/**
+ * SVG geometry of the live chart: one polyline path per score over the frames, a vertical marker per prompt
+ * switch (segments after the first), and the y range shown. Pure numbers, no DOM.
+ */
+export function scoreChart(state, width, height, pad = 4) {
+  const rows = state?.rows ?? [];
+  const values = rows.flatMap((r) => SCORE_NAMES.map((n) => r[n]).filter(Number.isFinite));
+  if (!rows.length || !values.length) return { paths: {}, switches: [], range: null };
+  let lo = Math.min(...values), hi = Math.max(...values);
+  if (hi - lo < 1e-6) { lo -= 1; hi += 1; }
+  const f0 = rows[0].frame, f1 = Math.max(rows[rows.length - 1].frame, f0 + 1);
+  const x = (f) => pad + ((f - f0) / (f1 - f0)) * (width - 2 * pad);
+  const y = (v) => pad + (1 - (v - lo) / (hi - lo)) * (height - 2 * pad);
+  const paths = {};
+  for (const name of SCORE_NAMES) {
+    let d = "", pen = "M";
+    for (const r of rows) {
+      if (!Number.isFinite(r[name])) { pen = "M"; continue; } // a gap (e.g. the first frame's consistency)
+      d += `${pen}${x(r.frame).toFixed(1)},${y(r[name]).toFixed(1)} `;
+      pen = "L";
+    }
+    if (d) paths[name] = d.trim();
+  }
+  const switches = (state.segments ?? []).slice(1)
+    .filter(([start]) => start >= f0 && start <= f1)
+    .map(([start, prompt]) => ({ x: +x(start).toFixed(1), frame: start, prompt }));
+  return { paths, switches, range: [lo, hi] };
+}
+
+/** The chart's one-line caption: the latest value of each score. */
+export function scoreCaption(state) {
+  const last = {};
+  for (const r of state?.rows ?? []) for (const n of SCORE_NAMES) if (Number.isFinite(r[n])) last[n] = r[n];
+  return SCORE_NAMES.filter((n) => n in last).map((n) => `${SCORE_LABELS[n]} ${last[n].toFixed(1)}`).join(" · ");
+}

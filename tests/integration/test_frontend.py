@@ -59,6 +59,33 @@ async def _search(browser, query: str) -> list:
                                   ".map(li => li.innerText.split('\\n')[0]).slice(0, 12)")
 
 
+PIXEL = ("iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNkYPhfDwAChwGA60e6kgAAAABJRU5ErkJggg==")
+
+
+async def _score_chart(browser) -> dict:
+    """The live CLIP-score chart on Causal Wan Stream Video: two frame events carrying scores, as the node sends
+    them (nodes/score_nodes.py StreamScores.update), dispatched on the page's api; what the chart then shows."""
+    first = {"frame_start": 0, "block": 0, "total_blocks": 2, "decoded": True, "frames": [PIXEL],
+             "score_segments": [[0, "a red fox"], [4, "a blue whale"]],
+             "scores": [{"frame": 0, "clip_t": 21.5, "clip_i": 100.0, "consistency": None}]}
+    second = {"frame_start": 1, "block": 1, "total_blocks": 2, "decoded": True, "frames": [PIXEL] * 4,
+              "scores": [{"frame": 2, "clip_t": 22.0, "clip_i": 93.0, "consistency": 95.0},
+                         {"frame": 4, "clip_t": 19.0, "clip_i": 90.0, "consistency": 94.0}]}
+    return await browser.evaluate(f"""(async () => {{
+      const app = {APP}, api = {API};
+      const wf = await (await fetch('/api/workflow_templates/comfyui-clipwan/clipwan_stream_clip_scores.json')).json();
+      await app.loadGraphData(wf, true, true, 'clipwan_stream_clip_scores');
+      const node = app.graph.nodes.find(n => n.type === 'CausalWanStreamVideo');
+      for (const p of [{json.dumps(first)}, {json.dumps(second)}])
+        api.dispatchEvent(new CustomEvent('clipwan.causal_frames', {{detail: {{...p, node: String(node.id)}}}}));
+      await new Promise(r => setTimeout(r, 300));
+      const chart = node.__clipwanFrames?.chart;
+      return {{display: chart?.style.display, paths: chart ? chart.querySelectorAll('path').length : 0,
+               switches: chart ? chart.querySelectorAll('line').length : 0,
+               caption: chart?.firstChild?.textContent ?? '', rows: node.__clipwanFrames?.scores?.rows?.length}};
+    }})()""")
+
+
 async def _ui_checks(browser, result, tmp_path):
     """Menu, search, network guard, thumbnails, Missing Models, canvas layout of every example."""
     result["outside"] = await browser.evaluate(
@@ -80,6 +107,8 @@ async def _ui_checks(browser, result, tmp_path):
     await _shot(browser, result, tmp_path, "sampler_context_menu")
     await browser.evaluate("document.dispatchEvent(new KeyboardEvent('keydown', {key: 'Escape'})); "
                            "document.querySelectorAll('.litecontextmenu').forEach(m => m.remove()); true")
+    result["score_chart"] = await _score_chart(browser)
+    await _shot(browser, result, tmp_path, "stream_score_chart")
     result["search"] = {}
     for query in SEARCHES:
         result["search"][query] = await _search(browser, query)
@@ -238,6 +267,13 @@ def test_sampler_node_shows_streamed_frames(page):
     assert page["frames_label"].startswith("block ")
     shot = page["screenshot"]
     assert shot.stat().st_size > 10_000
+
+
+def test_stream_node_draws_the_live_clip_score_chart(page):
+    chart = page["score_chart"]
+    assert chart["display"] == "block" and chart["rows"] == 3
+    assert chart["paths"] == 3 and chart["switches"] == 1  # CLIP-T, CLIP-I, consistency; the switch at frame 4
+    assert "CLIP-T 19.0 · CLIP-I 90.0 · consistency 94.0" in chart["caption"]
 
 
 def test_browser_reaches_loopback_only(page):

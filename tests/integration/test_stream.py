@@ -129,3 +129,29 @@ def test_interrupted_stream_leaves_a_valid_shorter_file(server):
     assert 0 < frames.shape[0] < 45 and frames.shape[0] == int(status[0].split()[2])
     assert not list((server.base_dir / "output" / "ClipWan").glob("*.partial*"))
     assert json.dumps(server.wait_history(prompt_id)["status"]["status_str"]) == '"error"'
+
+
+def test_stream_node_live_clip_scores(server):
+    """Scoring on (Load CLIP for Scores on a vision-only ViT-H file: CLIP-I + consistency): every 4th decoded
+    frame's scores reach the page with its frames, and the CSV/JSON/PNG sit beside the video."""
+    from .test_server import _watch
+    from . import checkpoints as ck
+
+    from comfyui_clipwan.clip_vision.scores import read_csv
+
+    prompt, node = _stream_prompt(prefix="ClipWan/stream_scored")
+    prompt["900"] = {"class_type": "LoadCLIPScorer", "inputs": {"clip_name": ck.CLIP_SMALL, "dtype": "fp32",
+                                                                "device": "cpu"}}
+    prompt[node]["inputs"].update({"score_clip": ["900", 0], "score_every_n_frames": 4})
+    prompt_id, events = asyncio.run(_watch(server, prompt, node, interrupt_after_progress=False))
+    assert events[-1][0] == "execution_success", events[-1]
+    scores = [row for kind, body in events if kind == "clipwan.causal_frames" for row in body.get("scores", [])]
+    assert [r["frame"] for r in scores] == list(range(0, P.TEST_SIZES["length"], 4))
+    assert scores[0]["clip_i"] == pytest.approx(100.0, abs=1e-3) and scores[0]["consistency"] is None
+    assert all(r["clip_t"] is None and 0 < r["clip_i"] <= 100.01 for r in scores)  # vision-only: no CLIP-T
+    saved = server.wait_history(prompt_id)["outputs"][node]["images"][0]
+    video = server.output_path(saved)
+    rows = read_csv(str(video)[:-4] + ".clip_scores.csv")
+    assert [r.frame for r in rows] == [r["frame"] for r in scores]
+    assert all(abs(a.clip_i - b["clip_i"]) < 1e-5 for a, b in zip(rows, scores))
+    assert (video.parent / (video.name[:-4] + ".clip_scores.png")).exists()
