@@ -87,6 +87,7 @@ class CausalWanStreamVideo:
                fps=16, decoder=DECODERS[0], return_frames=False, unique_id=None, **sampler):
         if format not in FORMATS:
             raise ValueError(f"format '{format}' is not one of {list(FORMATS)}.")
+        actions = sampler.get("actions")  # Matrix-Game 2.0's timeline: checked in prepare_run, run by the loop
         causal, inputs, settings, switches, _ = prepare_run(model, positive, latent, seed, unique_id=unique_id,
                                                             **sampler)
         wan = wan_vae_of(vae)  # ComfyUI's loaded VAE adopted once, for the decoder and the encoder
@@ -101,7 +102,7 @@ class CausalWanStreamVideo:
                            from_raw=inputs.from_raw, encode=encode, seed=seed,
                            settings=settings, negative_text=inputs.negative_text, clip_fea=inputs.clip_fea,
                            concat=inputs.concat, first_frames=inputs.first_frames, prompt_switches=switches,
-                           check_interrupt=bridge.check_interrupt)
+                           check_interrupt=bridge.check_interrupt, actions=actions)
         progress = bridge.Progress(len(run), node_id=unique_id)
         player = bridge.prompt_server() is not None
         kept, last = [], None
