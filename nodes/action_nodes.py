@@ -12,9 +12,12 @@ import torch
 
 from . import comfy_bridge as bridge
 from ..wan.conditioning import image as cond
-from ..wan.conditioning.actions import ACTION_MODES, AUTO, load_actions, parse_timeline
+from ..wan.conditioning.actions import ACTION_MODES, AUTO, LiveActions, load_actions, parse_timeline
 
 ACTIONS_TYPE = "CLIPWAN_ACTIONS"
+LIVE_KEYS_PATH = "/clipwan/matrix_game/keys"
+# live key holders by the id of the Matrix-Game Actions node that made them (the HTTP route writes them)
+LIVE: dict = {}
 DEFAULT_TIMELINE = "0-24: W\n25-40: W + L\n41-: D + mouse(0, -0.1)"
 # Matrix-Game 2.0 runs at 352x640 (its inference.py resizes and centre-crops the start image to this)
 MATRIX_GAME_WIDTH, MATRIX_GAME_HEIGHT = 640, 352
@@ -50,13 +53,22 @@ class MatrixGameActions:
                 "action_file": ("STRING", {"default": "", "tooltip": (
                     "Instead of the text: a file in ComfyUI's input folder (or an absolute path) with the text "
                     "format, or the authors' keyboard_condition / mouse_condition tensors (.json, .safetensors).")}),
+                "live": ("BOOLEAN", {"default": False, "tooltip": (
+                    f"Also take keys sent while the stream plays: POST {LIVE_KEYS_PATH} with "
+                    "{\"node\": <this node's id>, \"keys\": \"W + L\"}; from the next block on they replace the "
+                    "timeline (docs/wan.md).")}),
             },
+            "hidden": {"unique_id": "UNIQUE_ID"},
         }
 
-    def build(self, mode=AUTO, timeline=DEFAULT_TIMELINE, action_file=""):
+    def build(self, mode=AUTO, timeline=DEFAULT_TIMELINE, action_file="", live=False, unique_id=None):
         if action_file and action_file.strip():
-            return (load_actions(_input_path(action_file.strip()), mode),)
-        return (parse_timeline(timeline, mode),)
+            out = load_actions(_input_path(action_file.strip()), mode)
+        else:
+            out = parse_timeline(timeline, mode)
+        if live:
+            out.live = LIVE.setdefault(str(unique_id), LiveActions(mode))
+        return (out,)
 
 
 def _input_path(name: str) -> str:
@@ -111,6 +123,34 @@ class MatrixGameConditioning:
         positive = [[torch.zeros(1, 1, 4096), {"concat_latent_image": concat_latent, "concat_mask": mask,
                                                 "clip_vision_output": clip_vision_output}]]
         return positive, {"samples": latent.to(bridge.intermediate_device())}
+
+
+async def _live_keys_handler(request):
+    """POST {"node": id, "keys": "W + L"} -> {"node", "keys", "sent"}; 404 for a node with no live timeline,
+    400 for keys its model has not (the message lists the keys)."""
+    from aiohttp import web
+
+    try:
+        body = await request.json()
+        node, keys = str(body["node"]), str(body["keys"])
+    except (ValueError, KeyError, TypeError):
+        return web.json_response({"error": 'expected JSON {"node": "<Matrix-Game Actions node id>", '
+                                           '"keys": "W + L"}'}, status=400)
+    live = LIVE.get(node)
+    if live is None:
+        return web.json_response({"error": f"no Matrix-Game Actions node {node} with live on has run; turn "
+                                           f"its live input on and queue the prompt first",
+                                  "live_nodes": sorted(LIVE)}, status=404)
+    try:
+        live.send(keys)
+    except ValueError as exc:
+        return web.json_response({"error": str(exc)}, status=400)
+    return web.json_response({"node": node, "keys": keys, "sent": live.sent})
+
+
+def register_routes(server) -> None:
+    """Called by nodes/__init__.py inside ComfyUI: POST /clipwan/matrix_game/keys (also under /api)."""
+    server.routes.post(LIVE_KEYS_PATH)(_live_keys_handler)
 
 
 NODE_CLASS_MAPPINGS = {

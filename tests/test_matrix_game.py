@@ -258,3 +258,52 @@ def test_nodes_run_matrix_game_with_an_action_timeline(tmp_path):
     (path := tmp_path / "a.txt").write_text("0-: W A\n")
     (from_file,) = MatrixGameActions().build("auto", "", action_file=str(path))
     assert torch.equal(from_file.tensors("gta_drive", 21)[1], steer.tensors("gta_drive", 21)[1])
+
+
+def test_keys_sent_live_over_http_steer_the_next_blocks():
+    """Matrix-Game Actions with live on + POST /clipwan/matrix_game/keys while the loop runs: from the next
+    block on the keys replace the timeline on the frames the authors' streaming replaces (their
+    ``cond_current`` with ``replace``) — the same video as a timeline that says so from the start."""
+    import asyncio
+
+    from aiohttp import web
+    from aiohttp.test_utils import TestClient, TestServer
+
+    from comfyui_clipwan.nodes import action_nodes
+    from comfyui_clipwan.wan.sampling.run import iter_causal_blocks
+
+    model = tiny_model("universal")
+    latent = torch.zeros(1, 16, 9, 4, 4)
+    kw = dict(settings=get_preset("Matrix-Game 2.0").causal_settings(), clip_fea=torch.randn(1, 257, 1280),
+              concat=torch.zeros(1, 20, 9, 4, 4), seed=2)
+    (live,) = action_nodes.MatrixGameActions().build("auto", "0-: W", live=True, unique_id="mg-7")
+
+    class Routes:
+        routes = web.RouteTableDef()
+
+    action_nodes.register_routes(Routes)
+    app = web.Application()
+    app.add_routes(Routes.routes)
+
+    async def run():
+        async with TestClient(TestServer(app)) as client:
+            path = action_nodes.LIVE_KEYS_PATH
+            assert (await client.post(path, json={"node": "nope", "keys": "W"})).status == 404
+            out = torch.zeros(latent.shape)
+            for block in iter_causal_blocks(model, latent, None, actions=live, **kw):
+                out[:, :, block.start_frame:block.start_frame + 3] = block.x0
+                if block.index == 0:
+                    bad = await client.post(path, json={"node": "mg-7", "keys": "W + Z"})
+                    assert bad.status == 400 and "'Z' is not a universal key" in (await bad.json())["error"]
+                    ok = await client.post(path, json={"node": "mg-7", "keys": "W + L"})
+                    assert ok.status == 200 and (await ok.json())["sent"] == 1
+            return out
+
+    streamed = asyncio.run(run())
+    # block 1 = latent frames 3..5: pixel frames 9..20 take the keys, and every later block too
+    planned = sample_causal(model, latent, None, actions=parse_timeline("0-8: W\n9-: W + L"), **kw)
+    unsteered = sample_causal(model, latent, None, actions=parse_timeline("0-: W"), **kw)
+    assert torch.allclose(streamed, planned, atol=1e-6)
+    assert torch.equal(streamed[:, :, :3], unsteered[:, :, :3])
+    assert (streamed - unsteered).abs().max() > 1e-3
+    action_nodes.LIVE.pop("mg-7")

@@ -27,6 +27,7 @@ import dataclasses
 import json
 import os
 import re
+import threading
 from typing import Optional
 
 import torch
@@ -58,6 +59,37 @@ class Segment:
     line: int = 0
 
 
+class LiveActions:
+    """Keys sent while a stream plays (the authors' real-time interfaces: one key set and one camera move per
+    block). ``send("W + L")`` replaces what the next blocks use, from the next block that starts on; the
+    timeline's own segments hold until the first key set arrives. Thread-safe (an HTTP route writes it)."""
+
+    def __init__(self, mode: str = AUTO):
+        self._lock = threading.Lock()
+        self._keys: Optional[str] = None
+        self.sent = 0
+        self.mode = mode  # the running model's mode once a run has started (ActionRun sets it)
+
+    def send(self, keys: str) -> None:
+        """Raises ValueError (naming the key and the mode's keys) for keys the mode has not."""
+        seg = Segment(0, None, _tokens(str(keys), 0), line=0)
+        mode = self.mode
+        if mode in MODES:
+            _row(seg, mode, *MODES[mode])  # refuse a key the model has not, at the call
+        with self._lock:
+            self._keys = str(keys)
+            self.sent += 1
+
+    def row(self, mode: str) -> Optional[tuple]:
+        """``(keyboard [K], mouse [2] or None)`` of the keys last sent, or None if none were."""
+        with self._lock:
+            keys = self._keys
+        if keys is None:
+            return None
+        keyboard, mouse = _row(Segment(0, None, _tokens(keys, 0)), mode, *MODES[mode])
+        return keyboard, mouse if MODES[mode][1] else None
+
+
 @dataclasses.dataclass
 class ActionTimeline:
     """What the CLIPWAN_ACTIONS socket carries: segments (from text) or tensors (from the authors' format).
@@ -70,6 +102,7 @@ class ActionTimeline:
     keyboard: Optional[torch.Tensor] = None  # the authors' tensors, when loaded from their format
     mouse: Optional[torch.Tensor] = None
     source: str = "text"
+    live: Optional[LiveActions] = None  # keys sent while streaming (nodes/action_nodes.py's HTTP route)
 
     def resolve_mode(self, model_mode: str) -> str:
         if self.mode not in (AUTO, model_mode):
@@ -121,11 +154,16 @@ def _mode_text(mode: str) -> str:
     return f"{keys} keys {'+ mouse' if mouse else ', no mouse'}"
 
 
+def block_pixel_frames(start: int, frames: int) -> tuple:
+    """Pixel frames (first, last; inclusive) the authors' streaming sets for the latent block
+    ``[start, start + frames)``: ``0 .. 4(n-1)`` for the first, ``4(s-1)+1 .. 4(e-1)`` after (their
+    ``cond_current`` with ``replace``)."""
+    return (0 if start == 0 else TIME_RATIO * (start - 1) + 1), TIME_RATIO * (start + frames - 1)
+
+
 def block_pixel_range(block: int, frames_per_block: int) -> tuple:
-    """Pixel frames the authors' streaming sets for latent block ``block``: ``0 .. 4(n-1)`` for the first,
-    ``4(s-1)+1 .. 4(e-1)`` after (``cond_current`` with ``replace``)."""
-    s, e = block * frames_per_block, (block + 1) * frames_per_block
-    return (0 if s == 0 else TIME_RATIO * (s - 1) + 1), TIME_RATIO * (e - 1)
+    """``block_pixel_frames`` of block number ``block`` in blocks of ``frames_per_block``."""
+    return block_pixel_frames(block * frames_per_block, frames_per_block)
 
 
 def _pixel_range(seg: Segment, pixel_frames: int, frames_per_block: int) -> tuple:

@@ -14,7 +14,7 @@ from typing import Optional
 
 import torch
 
-from ..conditioning.actions import ActionTimeline
+from ..conditioning.actions import ActionTimeline, block_pixel_frames
 from ..model.actions import TIME_RATIO, ActionConfig, apply_actions, pixel_windows
 from .cache import KVCache
 
@@ -59,8 +59,28 @@ class ActionRun:
         if self.mouse_cache is not None:
             self.caches.append(self.mouse_cache)
         self.timeline = timeline
+        self.mode = mode
+        self._live_block = -1
+        if timeline.live is not None:
+            timeline.live.mode = mode  # keys sent from now on are checked against this model's keys
+
+    def _take_live_keys(self, start: int, frames: int) -> None:
+        """At a block's first forward: the keys sent live (if any) become the block's actions, on the pixel
+        frames the authors' streaming replaces for it (``block_pixel_frames``)."""
+        live = self.timeline.live
+        if live is None or start == self._live_block:
+            return
+        self._live_block = start
+        row = live.row(self.mode)
+        if row is None:
+            return
+        first, last = block_pixel_frames(start, frames)
+        n = min(last + 1, self.keyboard.shape[1]) - first
+        if n > 0:
+            self.set_frames(first, row[0].expand(n, -1), None if row[1] is None else row[1].expand(n, -1))
 
     def hook(self, start: int, frames: int):
+        self._take_live_keys(start, frames)
         for c in self.caches:
             c.begin_block(start, frames)  # the same block again (next step) changes nothing
         pw = self.cfg.pixel_window
