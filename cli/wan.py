@@ -153,6 +153,7 @@ def run_pipeline(args, out_dir: str, log=print) -> dict:
     else:
         model = default_causal_wan(seed=args.seed, dtype=dtype)
     log(f"wan: model {model.config.describe()} — {model.source}")
+    args.actions_timeline = _actions(args, model, log)  # checked against the model before anything else runs
     image = _load_image(args.image) if args.image else synthetic_image(args.width, args.height)
     log(f"wan: start image {'from ' + args.image if args.image else '(synthetic test picture)'} "
         f"{list(image.shape)}")
@@ -220,7 +221,6 @@ def run_pipeline(args, out_dir: str, log=print) -> dict:
 
         settings = dataclasses.replace(settings, **get_preset(args.preset).loop_rules())
     settings = loop_rules_for(settings, model.config)  # Wan 2.2 TI2V: LongLive 2.0's UniPC + first-frame clamp
-    args.actions_timeline = _actions(args, model, log)
     if getattr(args, "video", None):
         return _stream_to_video(args, model, inputs, settings, vae, fmt, out_dir, t0, log)
     block_times = []
@@ -276,8 +276,13 @@ def _actions(args, model, log):
         return None
     from ..wan.conditioning.actions import load_actions
 
+    from ..wan.sampling.action_cache import pixel_frames
+    from ..wan.vae.latent import pixel_length_to_latent_frames
+
     timeline = load_actions(args.actions)
     check_actions(model.config, timeline)
+    mode = timeline.resolve_mode(model.config.actions.mode)
+    timeline.tensors(mode, pixel_frames(pixel_length_to_latent_frames(args.length)), args.frames_per_block)
     log(f"wan: {timeline.describe()}")
     return timeline
 

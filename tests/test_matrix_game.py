@@ -307,3 +307,32 @@ def test_keys_sent_live_over_http_steer_the_next_blocks():
     assert torch.equal(streamed[:, :, :3], unsteered[:, :, :3])
     assert (streamed - unsteered).abs().max() > 1e-3
     action_nodes.LIVE.pop("mg-7")
+
+
+def test_cli_sample_with_an_action_file(tmp_path, capsys):
+    """``sample --preset "Matrix-Game 2.0" --actions FILE`` on a released-layout file: the actions steer the
+    latent (the same run with other actions differs), a Temple Run file for a universal model is refused."""
+    from safetensors.torch import load_file
+
+    from comfyui_clipwan.cli import main
+
+    model = tmp_path / "base_distill.safetensors"
+    save_file({"model." + k: v.contiguous() for k, v in tiny_model("universal").state_dict().items()}, str(model))
+    latents = {}
+    for name, text in (("walk", "0-: W\n"), ("turn", "0-: W + L\n")):
+        (tmp_path / f"{name}.txt").write_text(text)
+        out = tmp_path / name
+        assert main(["sample", "--model", str(model), "--preset", "Matrix-Game 2.0", "--actions",
+                     str(tmp_path / f"{name}.txt"), "--width", "64", "--height", "32", "--length", "21",
+                     "--out", str(out)]) == 0
+        latents[name] = load_file(str(out / "wan_latent.safetensors"))["latent_tensor"]
+    printed = capsys.readouterr().out
+    assert "Matrix-Game actions 'universal'" in printed and "action timeline (1 segment(s)" in printed
+    assert (latents["walk"] - latents["turn"]).abs().max() > 1e-3
+    (tmp_path / "run.json").write_text(json.dumps({"keyboard_condition": torch.eye(7)[[0] * 21].tolist()}))
+    assert main(["sample", "--model", str(model), "--preset", "Matrix-Game 2.0", "--actions",
+                 str(tmp_path / "run.json"), "--width", "64", "--height", "32", "--length", "21",
+                 "--out", str(tmp_path / "x")]) != 0
+    assert "the actions have 7 keys, no mouse but the model's action module is 'universal' (4 keys + mouse)" in \
+        capsys.readouterr().err
+    assert not (tmp_path / "x" / "wan_latent.safetensors").exists()

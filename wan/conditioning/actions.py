@@ -151,7 +151,7 @@ class ActionTimeline:
 
 def _mode_text(mode: str) -> str:
     keys, mouse = MODES[mode]
-    return f"{keys} keys {'+ mouse' if mouse else ', no mouse'}"
+    return f"{keys} keys{' + mouse' if mouse else ', no mouse'}"
 
 
 def block_pixel_frames(start: int, frames: int) -> tuple:
