@@ -39,6 +39,8 @@ def register(sub) -> None:
     p.add_argument("--clip", help="CLIP vision ViT-H/14 file (clip_vision_h.safetensors or Wan's .pth); "
                                   "default: the embedded random-init ViT-H/14 (4 blocks)")
     p.add_argument("--image", help="start image (PNG/JPEG...); default: a synthetic test image")
+    p.add_argument("--actions", help="Matrix-Game 2.0 keyboard/mouse actions: a timeline text file ('0-11: W' per "
+                                     "line) or the authors' keyboard_condition/mouse_condition .json/.safetensors")
     p.add_argument("--text-embeds", help=".safetensors with a umt5 text embedding [L,4096] or [1,L,4096]; "
                                          "default: zeros (empty-prompt stand-in)")
     p.add_argument("--negative-embeds", help="negative umt5 embedding (.safetensors), used with --guidance > 1")
@@ -162,6 +164,7 @@ def run_pipeline(args, out_dir: str, log=print) -> dict:
     else:
         model = default_causal_wan(seed=args.seed, dtype=dtype)
     log(f"wan: model {model.config.describe()} — {model.source}")
+    args.actions_timeline = _actions(args, model, log)  # checked against the model before anything else runs
     image = _load_image(args.image) if args.image else synthetic_image(args.width, args.height)
     log(f"wan: start image {'from ' + args.image if args.image else '(synthetic test picture)'} "
         f"{list(image.shape)}")
@@ -173,7 +176,9 @@ def run_pipeline(args, out_dir: str, log=print) -> dict:
     elif not args.no_image:
         clip = load_clip_vision(args.clip) if args.clip else default_clip_vision("ViT-H/14", seed=args.seed,
                                                                                  layers=CLIP_DEMO_LAYERS)
-        clip_fea = clip.encode_image(image, crop="center").penultimate_hidden_states
+        # Matrix-Game 2.0 stretches its (already centre-cropped) frame to 224x224: crop none
+        crop = "none" if model.config.image_context_only else "center"
+        clip_fea = clip.encode_image(image, crop=crop).penultimate_hidden_states
         log(f"wan: CLIP features {list(clip_fea.shape)} — {clip.source if hasattr(clip, 'source') else args.clip}")
 
     text, negative = _text_contexts(args, model, log)
@@ -243,7 +248,7 @@ def run_pipeline(args, out_dir: str, log=print) -> dict:
 
     z = sample_causal(model, inputs.latent, inputs.text, seed=args.seed, settings=settings,
                       negative_text=inputs.negative_text, clip_fea=inputs.clip_fea, concat=inputs.concat,
-                      first_frames=inputs.first_frames, on_block=on_block)
+                      first_frames=inputs.first_frames, on_block=on_block, actions=args.actions_timeline)
     summary = {"model": model.source, "config": model.config.describe(), "blocks": len(block_times),
                "first_block_s": round(block_times[0], 3), "sampling_s": round(block_times[-1], 3)}
     summary.update(_save_latent(z, inputs, model, fmt, out_dir, log))
@@ -276,6 +281,27 @@ def _finish(summary: dict, inputs, t0: float, out_dir: str) -> dict:
     return summary
 
 
+def _actions(args, model, log):
+    """Matrix-Game 2.0's action timeline from --actions (None: idle for a Matrix-Game model)."""
+    from ..wan.sampling.action_cache import check_actions
+
+    if not getattr(args, "actions", None):
+        if model.config.actions is not None:
+            log(f"wan: no --actions: the {model.config.actions.mode} action module runs idle (no keys, no mouse)")
+        return None
+    from ..wan.conditioning.actions import load_actions
+
+    from ..wan.sampling.action_cache import pixel_frames
+    from ..wan.vae.latent import pixel_length_to_latent_frames
+
+    timeline = load_actions(args.actions)
+    check_actions(model.config, timeline)
+    mode = timeline.resolve_mode(model.config.actions.mode)
+    timeline.tensors(mode, pixel_frames(pixel_length_to_latent_frames(args.length)), args.frames_per_block)
+    log(f"wan: {timeline.describe()}")
+    return timeline
+
+
 def _text_contexts(args, model, log):
     """Text (and negative) context: --prompt through the umt5 encoder, or saved embeddings, or zeros."""
     if getattr(args, "prompt", None) is not None or getattr(args, "negative_prompt", None) is not None:
@@ -298,6 +324,9 @@ def _text_contexts(args, model, log):
     if args.text_embeds:
         text = _load_tensor(args.text_embeds, "text embedding", 3)
         log(f"wan: text context {list(text.shape)} from {args.text_embeds}")
+    elif model.config.image_context_only:
+        text = torch.zeros(1, 1, 4096)
+        log("wan: no text (Matrix-Game 2.0: the CLIP features are the whole cross-attention context)")
     else:
         text = torch.zeros(1, 512, 4096)
         log("wan: text context = zeros (no prompt; pass --prompt with --text-encoder, or --text-embeds)")
@@ -355,7 +384,8 @@ def _stream_to_video(args, model, inputs, settings, vae, fmt, out_dir, t0, log, 
     run = stream_video(model, inputs.latent, inputs.text, vae=decoder, to_raw=inputs.to_raw, seed=args.seed,
                        encode=getattr(vae, "encode", None), from_raw=inputs.from_raw, keep_latent=keep,
                        settings=settings, negative_text=inputs.negative_text, clip_fea=inputs.clip_fea,
-                       concat=inputs.concat, first_frames=inputs.first_frames)
+                       concat=inputs.concat, first_frames=inputs.first_frames,
+                       actions=getattr(args, "actions_timeline", None))
     t_start = time.perf_counter()
     first = None
     with VideoWriter(args.video, fps=args.fps) as writer:

@@ -118,6 +118,7 @@ class CausalWanStreamVideo:
                              "without bound: turn one of them off (the video file holds every frame).")
         # optional live CLIP scores (off by default); their inputs are checked before any block is sampled
         scores = StreamScores.from_inputs(score_clip, score_every_n_frames, score_prompts, score_reference)
+        actions = sampler.get("actions")  # Matrix-Game 2.0's timeline: checked in prepare_run, run by the loop
         causal, inputs, settings, switches, _ = prepare_run(model, positive, latent, seed, unique_id=unique_id,
                                                             **sampler)
         if until_stopped:
@@ -133,7 +134,7 @@ class CausalWanStreamVideo:
                            from_raw=inputs.from_raw, encode=encode, seed=seed,
                            settings=settings, negative_text=inputs.negative_text, clip_fea=inputs.clip_fea,
                            concat=inputs.concat, first_frames=inputs.first_frames, prompt_switches=switches,
-                           check_interrupt=bridge.check_interrupt, endless=until_stopped)
+                           check_interrupt=bridge.check_interrupt, actions=actions, endless=until_stopped)
         # names reserved only once every input is valid (nothing left behind by a refused run)
         batch, _, _, h, w = inputs.latent.shape
         files = [bridge.video_save_path(filename_prefix if batch == 1 else f"{filename_prefix}_b{i}",

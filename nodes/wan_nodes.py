@@ -24,6 +24,7 @@ from ..wan.model.lora import merge_lora_file
 from ..wan.sampling.presets import CUSTOM_FAMILY, family_choices, family_preset
 from ..wan.sampling.loop import CausalSettings, PromptSwitch, SamplerHooks, fit_block_layout, loop_rules_for
 from ..wan.sampling.run import iter_causal_blocks
+from ..wan.sampling.action_cache import check_actions
 
 log = logging.getLogger("comfyui_clipwan")
 UI_EVENT = "clipwan.causal_frames"
@@ -135,9 +136,14 @@ class LoadCausalWanModel:
         if lora_name not in (None, "", "none"):  # e.g. LongLive's lora.pt, merged before anything is placed
             sd, source = merge_lora_file(sd, resolve_model_file(lora_name, "loras"), lora_strength, source)
         dtype = resolve_dtype(weight_dtype)
-        if bridge.in_comfyui():  # ComfyUI builds, places and offloads it like any UNETLoader model
+        # Matrix-Game 2.0 (no text embedding, action modules) is no model ComfyUI knows: ours, on its device
+        if bridge.in_comfyui() and not _is_matrix_game(sd):  # ComfyUI builds, places and offloads it like any UNETLoader model
             return (bridge.load_diffusion_model_state_dict(sd, dtype=dtype, source=source),)
         return (CausalWanModel.from_state_dict(sd, dtype=dtype, device=bridge.torch_device(), source=source),)
+
+
+def _is_matrix_game(sd) -> bool:
+    return "text_embedding.0.weight" not in sd or any(".action_model." in k for k in sd)
 
 
 FAMILY_TOOLTIP = (
@@ -204,6 +210,8 @@ class CausalWanSampler:
                 "switch_at_block": ("INT", {"default": 0, "min": 0, "max": 100000,
                                             "tooltip": "Block index (1 or more) from which switch_positive "
                                                        "replaces positive; 0 = no switch."}),
+                "actions": ("CLIPWAN_ACTIONS", {"tooltip": "Matrix-Game 2.0 keyboard / mouse actions (Matrix-Game "
+                                                           "Actions node); none = idle. Other models refuse it."}),
                 # last, so workflows saved before it keep their widgets_values (a missing value = "custom")
                 "family": (family_choices(), {"default": CUSTOM_FAMILY, "tooltip": FAMILY_TOOLTIP}),
             },
@@ -214,17 +222,17 @@ class CausalWanSampler:
                frames_per_block=3,
                sink_size=0, local_window=0, cache_dtype="auto", independent_first_frame=False,
                guidance_scale=1.0, image_conditioning=True, negative=None, switch_positive=None,
-               switch_at_block=0, family=CUSTOM_FAMILY, unique_id=None):
+               switch_at_block=0, family=CUSTOM_FAMILY, unique_id=None, actions=None):
         causal, inputs, settings, switches, patcher = prepare_run(
             model, positive, latent, seed, steps=steps, shift=shift, warp_steps=warp_steps,
             frames_per_block=frames_per_block, sink_size=sink_size, local_window=local_window,
             cache_dtype=cache_dtype, independent_first_frame=independent_first_frame, guidance_scale=guidance_scale,
             image_conditioning=image_conditioning, negative=negative, switch_positive=switch_positive,
-            switch_at_block=switch_at_block, family=family, unique_id=unique_id)
+            switch_at_block=switch_at_block, family=family, unique_id=unique_id, actions=actions)
         loop = iter_causal_blocks(causal, inputs.latent, inputs.text, seed=seed, settings=settings,
                                   negative_text=inputs.negative_text, clip_fea=inputs.clip_fea,
                                   concat=inputs.concat, first_frames=inputs.first_frames, prompt_switches=switches,
-                                  check_interrupt=bridge.check_interrupt)
+                                  check_interrupt=bridge.check_interrupt, actions=actions)
         loop.hooks = _RunReporter(patcher, unique_id, loop.total_steps, inputs.to_raw)
         note = getattr(loop, "fallback_note", None)  # a family rule this node cannot run (no decoded pixels)
         if note:
@@ -239,7 +247,7 @@ class CausalWanSampler:
 def prepare_run(model, positive, latent, seed, steps="1000,750,500,250", shift=5.0, warp_steps=True,
                 frames_per_block=3, sink_size=0, local_window=0, cache_dtype="auto", independent_first_frame=False,
                 guidance_scale=1.0, image_conditioning=True, negative=None, switch_positive=None, switch_at_block=0,
-                family=CUSTOM_FAMILY, unique_id=None):
+                family=CUSTOM_FAMILY, unique_id=None, actions=None):
     """The sampler's widgets and sockets -> ``(CausalWanModel, SamplerInputs, CausalSettings, prompt switches,
     ModelPatcher or None)``; shared by Causal Wan Sampler and Causal Wan Stream Video (nodes/stream_nodes.py).
 
@@ -261,6 +269,7 @@ def prepare_run(model, positive, latent, seed, steps="1000,750,500,250", shift=5
                         "values: %s", preset.name, "; ".join(differences))
         settings = dataclasses.replace(settings, family=preset.name, **preset.loop_rules())
     causal, adapter, patcher = causal_model_of(model, seed)
+    check_actions(causal.config, actions)  # Matrix-Game 2.0's actions: refused before anything runs elsewhere
     settings = loop_rules_for(settings, causal.config)
     noise_mask = latent.get("noise_mask")  # Wan22ImageToVideoLatent's start image
     inputs = build_sampler_inputs(causal.config, latent["samples"], positive, negative, switch_positive,

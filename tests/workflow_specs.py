@@ -21,6 +21,9 @@ NEGATIVE = "blurry, static, distorted, low quality"
 VIDEO = {"width": 320, "height": 192, "length": 21}
 LONGLIVE = get_preset("LongLive 1.0")
 KREA = get_preset("Krea Realtime 14B")
+SELF_FORCING = get_preset("Self-Forcing")
+MATRIX_GAME = get_preset("Matrix-Game 2.0")
+LONGLIVE_HF = "https://huggingface.co/Efficient-Large-Model/LongLive-1.3B/resolve/main/models"
 REPACKAGED = "https://huggingface.co/Comfy-Org/Wan_2.1_ComfyUI_repackaged/resolve/main/split_files"
 # Wan 2.1's own CLIP (vision + XLM-RoBERTa text tower), as Wan-AI publishes it: the live CLIP scores' model
 WAN_CLIP = "models_clip_open-clip-xlm-roberta-large-vit-huge-14.pth"
@@ -39,19 +42,55 @@ MODELS.update({  # LongLive 1.0 as its authors publish it
 })
 MODELS[WAN_CLIP] = ("https://huggingface.co/Wan-AI/Wan2.1-I2V-14B-480P/resolve/main/" + WAN_CLIP, "clip_vision")
 MODELS[KREA.model_file] = (KREA.download_url(0), "diffusion_models")
+for _preset in (SELF_FORCING, MATRIX_GAME):
+    MODELS[_preset.model_file] = (_preset.download_url(0), "diffusion_models")
 SIZES_NOTE = ("**Sizes.** Set for a CPU: 320×192, 21 frames (2 blocks). On a GPU use Wan's 480p: "
               "832×480, 81 frames (21 latent frames = 7 blocks of 3), or 1280×720 with the 720p checkpoints. "
               "A length that is not whole blocks runs with a shorter last block; the sampler says so and names "
               "the lengths that fit.")
-CAUSAL_NOTE = ("## {title}\n\n{what}\n\n**Checkpoints.** Any Wan 2.1 DiT. The file named here is Wan 2.1 "
-               "I2V 14B (Comfy-Org repackaged; the Missing Models panel downloads it): it uses the CLIP features "
-               "and the start image's latent, but it is not distilled for few steps, so expect rough motion with "
-               "4 steps. For real few-step causal video pick a Self-Forcing (`self_forcing_dmd.pt`), CausVid or "
-               "LongLive checkpoint (Wan 2.1 T2V 1.3B) in models/diffusion_models: the start image then enters "
-               "as the first latent frame, and the sampler's log says that the CLIP features are not used "
-               "(those models have no image embedding). Pick the family in the sampler's `family` combo (or "
-               "right-click the sampler → ClipWan presets): it fills the authors' settings, sets the length and "
-               "runs their loop rules.\n\n" + SIZES_NOTE)
+CAUSAL_NOTE = ("## {title} (experimental)\n\n{what}\n\n**Experimental, and why.** The file named here is Wan 2.1 "
+               "I2V 14B (Comfy-Org repackaged; the Missing Models panel downloads it): it takes the CLIP features "
+               "and the start image's latent, but it is a bidirectional model trained for 40-50 steps over the "
+               "whole clip, neither causal nor few-step distilled. Run block by block with 4 steps it gives "
+               "blurry, smeared frames whose motion breaks at block edges, not usable video; it is here to show "
+               "the CLIP route into the causal loop. For real video use the templates *Image to video with "
+               "Self-Forcing* (start image as first frame) or *Matrix-Game 2.0* (CLIP features, distilled "
+               "causal). **Checkpoints.** Any Wan 2.1 DiT; pick a family in the sampler's `family` combo (or "
+               "right-click the sampler → ClipWan presets) to fill the authors' settings. **Time.** 14B in bf16 "
+               "needs about 28 GB of GPU memory; 81 frames at 832×480 take minutes on an H100 "
+               "(not measured here).\n\n" + SIZES_NOTE)
+SELF_FORCING_NOTE = (
+    "## Image to video with Self-Forcing (few-step, block-causal)\n\nThe start image's Wan VAE latent is the "
+    "first latent frame (its own block, written into the KV cache); Self-Forcing generates the rest in blocks of "
+    "3 latent frames with 4 warped steps each, following the prompt, and the frames appear on the sampler as "
+    "each block finishes. Self-Forcing is distilled from Wan 2.1 T2V 1.3B and has no image embedding, so no "
+    "CLIP vision here (the CLIP-feature template is *Matrix-Game 2.0*).\n\n**Checkpoints.** "
+    f"`{SELF_FORCING.model_file}` (gdhe17/Self-Forcing, {SELF_FORCING.license}; Load Causal Wan Model reads its "
+    "`generator_ema` entry) in models/diffusion_models, `wan_2.1_vae.safetensors` and the umt5 text encoder; the "
+    "Missing Models panel downloads all three.\n\n**Result.** A coherent clip that starts exactly on your image "
+    "and moves as the prompt says (Self-Forcing's quality at 832×480; long clips drift slowly).\n\n**Time.** The "
+    "authors report about 17 FPS on one H100 at 832×480 (81 frames in about 5 s of sampling plus the decode; "
+    "published number, not measured here). **Sizes.** Set for a CPU: 320×192, 25 frames (the image + 2 blocks). "
+    f"On a GPU use 832×480 and {SELF_FORCING.recommended_length} frames (the preset's length, whole blocks).")
+MATRIX_GAME_NOTE = (
+    "## Matrix-Game 2.0: image to world, with keyboard and mouse actions\n\nThe start image's CLIP ViT-H "
+    "features are the model's whole cross-attention context (no text) and its VAE latent is concatenated to "
+    "every block; Matrix-Game 2.0 (distilled with Self-Forcing from SkyReels-V2-I2V-1.3B) then generates the "
+    "world block by block, 3 warped steps per block of 3 latent frames, attending the last 6, steered by the "
+    "keys and mouse of **Matrix-Game Actions** (`0-24: W` = walk forward for pixel frames 0..24; W S A D, camera "
+    "I K J L, `mouse(pitch, yaw)`, `block N: ...`; docs/wan.md has the keys of each mode). Each block is decoded "
+    "as soon as it is final, shown on the node and appended to an MP4.\n\n**Checkpoints.** "
+    f"`{MATRIX_GAME.model_file}` (Skywork/Matrix-Game-2.0, {MATRIX_GAME.license}, universal scenes) in "
+    "models/diffusion_models; for driving or Temple Run load `gta_keyboard2dim.safetensors` / "
+    "`templerun_7dim_onlykey.safetensors` from the same repo and pick *Matrix-Game 2.0 GTA drive* / *Temple Run* "
+    "in the family combo (the action mode is read from the weights). `clip_vision_h.safetensors` and "
+    "`wan_2.1_vae.safetensors` are the CLIP and VAE Matrix-Game ships (repackaged); the Missing Models panel "
+    "downloads the three.\n\n**Result.** A first-person walk through a world that starts as your image and "
+    "turns and moves as the actions say (the authors' demo quality at 352×640; looking up may glitch briefly, "
+    "as their README warns).\n\n**Time.** The authors report 25 FPS on one H100 with their compiled VAE; with "
+    "the Wan VAE decode here expect a few seconds per 12 frames (not measured here). **Sizes.** Set for a CPU: "
+    "320×176, 21 frames (2 blocks). On a GPU use the model's 640×352 and any 1 + 12k frames "
+    f"({MATRIX_GAME.recommended_length} = the authors' config, 597 = their inference.py default).")
 
 # Wan 2.2 TI2V-5B / LongLive 2.0 (causal i2v on Wan 2.2): its VAE from Comfy-Org's Wan 2.2 repackage, the
 # distilled DiT from LongLive 2.0's release (loaded as is: {"generator": {"model.<Wan key>": ...}})
@@ -99,26 +138,47 @@ def _sample_and_save(model_key: str, cond_key: str, prefix: str, sampler_values=
 
 WORKFLOWS = {
     "clipwan_i2v_causal": {
-        "title": 'Image to video, block-causal (ClipWan nodes)',
-        "card": {'kind': 'video', 'caption': 'start image to video, block by block, shown as blocks end'},
-        "note": CAUSAL_NOTE.format(title="Image to video, block-causal (all ClipWan nodes)",
-                                   what="The start image's CLIP ViT-H features and VAE latent condition a Wan "
-                                        "2.1 DiT sampled block by block with a KV cache; the frames appear on "
-                                        "the sampler as each block finishes."),
+        "title": 'Image to video, block-causal (Self-Forcing)',
+        "card": {'kind': 'video', 'caption': 'start image to video with Self-Forcing, block by block'},
+        "note": SELF_FORCING_NOTE,
         "models": MODELS,
-        "description": "Image-to-video with block-causal sampling, all pack nodes: the start image's CLIP ViT-H "
-                       "features go through Wan's img_emb and separate image K/V, blocks of latent frames are "
-                       "sampled with a KV cache and streamed onto the sampler node as they finish.",
+        "description": "Image-to-video with Self-Forcing, few-step and block-causal: the start image is the "
+                       "first latent frame, blocks of 3 latent frames follow with 4 steps each and stream onto "
+                       "the sampler node as they finish.",
         "nodes": [
             ("image", "LoadImage", {"image": "example.png"}, "Start image"),
-            ("clip_vision", "LoadCLIPVisionH14", {"clip_name": CLIP_H}),
-            ("clip_encode", "CLIPVisionEncodeWan", {"clip_vision": Link("clip_vision"), "image": Link("image")}),
             *_text_nodes(),
             ("conditioning", "WanI2VConditioning", {"positive": Link("positive"), "negative": Link("negative"),
                                                     "vae": Link("vae"), "start_image": Link("image"),
-                                                    "clip_vision_output": Link("clip_encode"), **VIDEO}),
-            ("model", "LoadCausalWanModel", {"model_name": WAN_I2V}),
-            *_sample_and_save("model", "conditioning", "clipwan/i2v_causal"),
+                                                    **VIDEO, "length": 25}),
+            ("model", "LoadCausalWanModel", {"model_name": SELF_FORCING.model_file}),
+            *_sample_and_save("model", "conditioning", "clipwan/i2v_self_forcing", SELF_FORCING.sampler_values()),
+        ],
+    },
+    "clipwan_matrix_game_stream": {
+        "title": 'Matrix-Game 2.0: image to world, driven by keys',
+        "card": {'kind': 'stream', 'caption': 'CLIP features + keyboard/mouse actions, streamed block by block'},
+        "note": MATRIX_GAME_NOTE,
+        "models": MODELS,
+        "description": "Matrix-Game 2.0 image-to-world: the start image's CLIP features and VAE latent, keyboard "
+                       "and mouse actions typed as a timeline, the world generated block by block (3 steps, "
+                       "window 6), decoded per block and appended to an MP4.",
+        "nodes": [
+            ("image", "LoadImage", {"image": "example.png"}, "Start image"),
+            ("clip_vision", "LoadCLIPVisionH14", {"clip_name": CLIP_H}),
+            ("clip_encode", "CLIPVisionEncodeWan", {"clip_vision": Link("clip_vision"), "image": Link("image"),
+                                                    "crop": "none"}),
+            ("vae", "VAELoader", {"vae_name": WAN_VAE}),
+            ("conditioning", "MatrixGameConditioning", {"vae": Link("vae"), "clip_vision_output": Link("clip_encode"),
+                                                        "start_image": Link("image"), "width": 320, "height": 176,
+                                                        "length": 21}),
+            ("actions", "MatrixGameActions", {}),
+            ("model", "LoadCausalWanModel", {"model_name": MATRIX_GAME.model_file}),
+            ("stream", "CausalWanStreamVideo", {"model": Link("model"), "positive": Link("conditioning", 0),
+                                                "latent": Link("conditioning", 1), "vae": Link("vae"),
+                                                "actions": Link("actions"),
+                                                "filename_prefix": "clipwan/matrix_game", "fps": 25,
+                                                **MATRIX_GAME.sampler_values()}),
         ],
     },
     "clipwan_i2v_causal_stream": {
@@ -149,6 +209,8 @@ WORKFLOWS = {
         ],
     },
     "clipwan_stream_clip_scores": {
+        "title": 'Streamed video with live CLIP scores',
+        "card": {'kind': 'stream', 'caption': 'CLIP-T / CLIP-I / consistency charted as blocks are decoded'},
         "note": CAUSAL_NOTE.format(
             title="Streamed image to video with live CLIP scores",
             what="Causal Wan Stream Video scores every 4th decoded frame with Wan's own CLIP (both towers of "

@@ -7,6 +7,8 @@
   workflows that only use the pack's loader (fast).
 - ``diffusion_models/wan_tiny_i2v.safetensors`` / ``wan_tiny_t2v.safetensors``: Wan 2.1 DiT with Wan's key
   names, dim 128 (ComfyUI derives 1 head), 2 layers; i2v has ``img_emb`` and in_dim 36.
+- ``diffusion_models/matrix_game_tiny.safetensors``: Matrix-Game 2.0's layout (no text embedding, CLIP-only
+  cross-attention, universal action modules in block 0: keys W S A D + mouse), ``model.`` prefix as released.
 - ``vae/wan_2.1_vae_tiny.safetensors``: ComfyUI's own Wan 2.1 VAE class at base width 8 (ComfyUI reads the
   width from ``decoder.head.0.gamma``), random init.
 - ``loras/lora.pt``: a LongLive-format LoRA (``{generator_lora, critic_lora, step}``, PEFT keys, rank 4) for
@@ -31,6 +33,7 @@ CLIP_FULL = "clip_vision_h.safetensors"
 CLIP_SMALL = "clip_vision_h_4layers.safetensors"
 WAN_I2V = "wan_tiny_i2v.safetensors"
 WAN_T2V = "wan_tiny_t2v.safetensors"
+MATRIX_GAME = "matrix_game_tiny.safetensors"
 VAE = "wan_2.1_vae_tiny.safetensors"
 LORA = "lora.pt"
 IMAGE = "clipwan_test.png"
@@ -52,6 +55,18 @@ def wan_state_dict(i2v: bool, seed: int = 0) -> dict:
     cfg = WanConfig(**TINY_WAN, in_dim=36 if i2v else 16, has_img_emb=i2v)
     model = init_random(WanDiT(cfg), seed=seed)
     return {k: v.contiguous() for k, v in model.state_dict().items()}
+
+
+def matrix_game_state_dict(seed: int = 0) -> dict:
+    from comfyui_clipwan.wan.model.actions import ActionConfig
+    from comfyui_clipwan.wan.model.config import WanConfig
+    from comfyui_clipwan.wan.model.dit import WanDiT, init_random
+
+    actions = ActionConfig(blocks=(0,), dim=TINY_WAN["dim"], keyboard_dim=4, mouse_dim=2, hidden_size=16,
+                           keyboard_hidden=64, mouse_hidden=64)
+    cfg = WanConfig(**TINY_WAN, in_dim=36, has_img_emb=True, image_context_only=True, actions=actions)
+    model = init_random(WanDiT(cfg), seed=seed)
+    return {"model." + k: v.contiguous() for k, v in model.state_dict().items()}
 
 
 def wan_vae_state_dict(comfy_dir: pathlib.Path, dim: int = 8) -> dict:
@@ -104,6 +119,7 @@ def populate(base: pathlib.Path) -> None:
     save_file(clip_vision_state_dict(layers=4), models / "clip_vision" / CLIP_SMALL)
     save_file(wan_state_dict(i2v=True), models / "diffusion_models" / WAN_I2V)
     save_file(wan_state_dict(i2v=False), models / "diffusion_models" / WAN_T2V)
+    save_file(matrix_game_state_dict(), models / "diffusion_models" / MATRIX_GAME)
     torch.save(longlive_lora(wan_state_dict(i2v=True)), str(models / "loras" / LORA))
     save_file(wan_vae_state_dict(comfy_dir), models / "vae" / VAE)
     test_image().save(base / "input" / IMAGE)

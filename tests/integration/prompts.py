@@ -30,7 +30,8 @@ FILE_FOR_NODE = {
     "ApplyCausalWanLoRA": ck.LORA,
 }
 # t2v-distilled families whose loop takes no channel-concat image (Krea's recompute loop refuses it): the t2v file
-FILE_FOR_NAME = {"krea-realtime-video-14b.safetensors": ck.WAN_T2V}
+FILE_FOR_NAME = {"krea-realtime-video-14b.safetensors": ck.WAN_T2V, "self_forcing_dmd.pt": ck.WAN_T2V,
+                 "base_distill.safetensors": ck.MATRIX_GAME}  # Matrix-Game 2.0: no text, action modules
 TEST_SIZES = {"width": 64, "height": 64, "length": 21, "batch_size": 1}  # 6 latent frames = 2 blocks of 3
 # with independent_first_frame on, blocks of 3 follow a 1-frame block: 7 latent frames = 1 + 2 blocks of 3
 LENGTH_AFTER_FIRST_FRAME = 25
@@ -69,7 +70,7 @@ def for_test_server(prompt: dict, sizes: dict | None = None) -> dict:
         for name, value in inputs.items():
             if isinstance(value, str) and value.lower().endswith(MODEL_EXTENSIONS) and kind in FILE_FOR_NODE:
                 inputs[name] = FILE_FOR_NAME.get(value, FILE_FOR_NODE[kind])
-        if kind in ("WanImageToVideo", "WanI2VConditioning"):
+        if kind in ("WanImageToVideo", "WanI2VConditioning", "MatrixGameConditioning"):
             inputs.update({k: v for k, v in sizes.items() if k in inputs or k in ("width", "height", "length")})
     return prompt
 

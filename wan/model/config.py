@@ -15,6 +15,8 @@ import dataclasses
 import re
 from typing import Mapping, Optional, Sequence
 
+from .actions import ActionConfig
+
 # Wan 2.1 sizes (Wan-Video/Wan2.1 wan/configs): used for naming and for tests, never required.
 KNOWN_SIZES = {
     (1536, 8960, 30): "1.3B",
@@ -39,6 +41,9 @@ class WanConfig:
     eps: float = 1e-6
     patch_size: tuple = (1, 2, 2)
     has_img_emb: bool = False  # img_emb MLP + k_img/v_img in cross-attention (Wan i2v)
+    # Matrix-Game 2.0: no text at all; the cross-attention attends the img_emb tokens through its plain k/v
+    image_context_only: bool = False
+    actions: Optional[ActionConfig] = None  # Matrix-Game 2.0's keyboard/mouse modules (wan/model/actions.py)
 
     @property
     def head_dim(self) -> int:
@@ -67,7 +72,11 @@ class WanConfig:
         return KNOWN_SIZES.get((self.dim, self.ffn_dim, self.num_layers), "custom")
 
     def describe(self) -> str:
-        return (f"{self.generation} {self.size_name} {self.model_type} (dim {self.dim}, ffn {self.ffn_dim}, "
+        name = f"{self.generation} {self.size_name} {self.model_type}"
+        if self.image_context_only:
+            name = f"Matrix-Game 2.0 ({name}, CLIP context only"
+            name += f", {self.actions.describe()})" if self.actions else ", no action module)"
+        return (f"{name} (dim {self.dim}, ffn {self.ffn_dim}, "
                 f"{self.num_heads} heads, {self.num_layers} layers, in_dim {self.in_dim})")
 
 
@@ -84,8 +93,11 @@ def count_blocks(keys) -> int:
 
 def config_from_shapes(shapes: Mapping[str, Sequence[int]], num_heads: Optional[int] = None) -> WanConfig:
     """Config from ``{key: shape}`` of a Wan-named state dict (no prefix)."""
+    # Matrix-Game 2.0 has no text embedding: its cross-attention only sees the CLIP tokens (img_emb, no k_img)
+    image_only = "text_embedding.0.weight" not in shapes and "img_emb.proj.0.bias" in shapes \
+        and "blocks.0.cross_attn.k_img.weight" not in shapes
     required = ("head.modulation", "patch_embedding.weight", "blocks.0.ffn.0.weight", "head.head.weight",
-                "text_embedding.0.weight", "time_embedding.0.weight")
+                "time_embedding.0.weight") + (() if image_only else ("text_embedding.0.weight",))
     missing = [k for k in required if k not in shapes]
     if missing:
         raise ValueError(f"not a Wan 2.1 / 2.2 DiT state dict: missing key(s) {missing} "
@@ -105,9 +117,11 @@ def config_from_shapes(shapes: Mapping[str, Sequence[int]], num_heads: Optional[
         num_layers=count_blocks(shapes.keys()),
         in_dim=int(shapes["patch_embedding.weight"][1]),
         out_dim=int(shapes["head.head.weight"][0]) // 4,
-        text_dim=int(shapes["text_embedding.0.weight"][1]),
+        text_dim=4096 if image_only else int(shapes["text_embedding.0.weight"][1]),
         freq_dim=int(shapes["time_embedding.0.weight"][1]),
         has_img_emb="img_emb.proj.0.bias" in shapes,
+        image_context_only=image_only,
+        actions=ActionConfig.from_shapes(shapes, dim),
     )
 
 

@@ -20,11 +20,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .actions import ActionModule
 from .config import WanConfig
 from .features import CLIP_DIM, check_clip_features
 from .rope import apply_rope, rope_cos_sin
 
 KVHook = Callable[[int, torch.Tensor, torch.Tensor], "tuple[torch.Tensor, torch.Tensor]"]
+# (layer, block module, tokens, frames) -> tokens: Matrix-Game's action modules (wan/sampling/action_cache.py)
+ActionHook = Callable[[int, nn.Module, torch.Tensor, int], torch.Tensor]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -72,14 +75,16 @@ class CrossAttention(nn.Module):
 
 
 class Block(nn.Module):
-    def __init__(self, cfg: WanConfig):
+    def __init__(self, cfg: WanConfig, index: int = 0):
         super().__init__()
         d = cfg.dim
         self.modulation = nn.Parameter(torch.zeros(1, 6, d))
         self.self_attn = SelfAttention(d, cfg.eps)
         self.norm3 = nn.LayerNorm(d, eps=cfg.eps, elementwise_affine=True)
-        self.cross_attn = CrossAttention(d, cfg.eps, cfg.has_img_emb)
+        self.cross_attn = CrossAttention(d, cfg.eps, cfg.has_img_emb and not cfg.image_context_only)
         self.ffn = nn.Sequential(Linear(d, cfg.ffn_dim), nn.GELU(approximate="tanh"), Linear(cfg.ffn_dim, d))
+        if cfg.actions is not None and index in cfg.actions.blocks:
+            self.action_model = ActionModule(cfg.actions)
 
 
 class Head(nn.Module):
@@ -109,10 +114,11 @@ class WanDiT(nn.Module):
         self.config = cfg
         d = cfg.dim
         self.patch_embedding = nn.Conv3d(cfg.in_dim, d, kernel_size=cfg.patch_size, stride=cfg.patch_size)
-        self.text_embedding = nn.Sequential(Linear(cfg.text_dim, d), nn.GELU(approximate="tanh"), Linear(d, d))
+        if not cfg.image_context_only:
+            self.text_embedding = nn.Sequential(Linear(cfg.text_dim, d), nn.GELU(approximate="tanh"), Linear(d, d))
         self.time_embedding = nn.Sequential(Linear(cfg.freq_dim, d), nn.SiLU(), Linear(d, d))
         self.time_projection = nn.Sequential(nn.SiLU(), Linear(d, 6 * d))
-        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.num_layers))
+        self.blocks = nn.ModuleList(Block(cfg, i) for i in range(cfg.num_layers))
         self.head = Head(cfg)
         if cfg.has_img_emb:
             self.img_emb = ImageEmbedding(d)
@@ -129,7 +135,7 @@ def init_random(model: WanDiT, seed: int, std: float = 0.02) -> WanDiT:
             if name.endswith("norm_q.weight") or name.endswith("norm_k.weight") or name.endswith("norm_k_img.weight"):
                 p.fill_(1.0)
             elif p.dim() == 1 and (".norm" in name or name.startswith("img_emb.proj.0") or
-                                   name.startswith("img_emb.proj.4")):
+                                   name.startswith("img_emb.proj.4") or ".mouse_mlp.3." in name):
                 p.fill_(1.0 if name.endswith("weight") else 0.0)
             elif name.endswith("bias"):
                 p.zero_()
@@ -196,7 +202,12 @@ def _heads(x: torch.Tensor, heads: int) -> torch.Tensor:
 def encode_context(tree: nn.Module, cfg: WanConfig, text: torch.Tensor, clip_fea: Optional[torch.Tensor],
                    dtype: torch.dtype, batch: int, device=None) -> CrossContext:
     """Embed the umt5 text states ``[B|1, L, 4096]`` (zero-padded to 512 like Wan) and the CLIP features
-    ``[B|1, 257, 1280]`` (i2v only) and project them to each layer's cross-attention K/V."""
+    ``[B|1, 257, 1280]`` (i2v only) and project them to each layer's cross-attention K/V.
+
+    Matrix-Game 2.0 (``image_context_only``) has no text: its cross-attention attends ``img_emb(clip_fea)``
+    through the plain ``k``/``v`` (one softmax, stored as the "text" K/V); ``text`` is ignored."""
+    if cfg.image_context_only:
+        return _encode_image_only(tree, cfg, clip_fea, dtype, batch, device)
     if text.dim() != 3 or text.shape[-1] != cfg.text_dim:
         raise ValueError(f"text conditioning has shape {list(text.shape)}; the model expects "
                          f"[batch, tokens, {cfg.text_dim}] umt5-xxl hidden states (Wan's text encoder).")
@@ -218,6 +229,23 @@ def encode_context(tree: nn.Module, cfg: WanConfig, text: torch.Tensor, clip_fea
         out.text_v.append(_heads(ca.v(ctx), h))
         out.img_k.append(None if img is None else _heads(ca.norm_k_img(ca.k_img(img)), h))
         out.img_v.append(None if img is None else _heads(ca.v_img(img), h))
+    return out
+
+
+def _encode_image_only(tree, cfg: WanConfig, clip_fea, dtype, batch: int, device=None) -> CrossContext:
+    if clip_fea is None:
+        raise ValueError(f"{cfg.describe()} conditions on the start image's CLIP vision features only (no text): "
+                         f"connect CLIP Vision Encode (ViT-H/14, crop none) to the image conditioning.")
+    check_clip_features(clip_fea)
+    device = device if device is not None else tree.blocks[0].self_attn.q.weight.device
+    img = _expand_batch(tree.img_emb(clip_fea.to(device=device, dtype=dtype)), batch, "CLIP features")
+    out = CrossContext([], [], [], [])
+    for blk in tree.blocks:
+        ca = blk.cross_attn
+        out.text_k.append(_heads(ca.norm_k(ca.k(img)), cfg.num_heads))
+        out.text_v.append(_heads(ca.v(img), cfg.num_heads))
+        out.img_k.append(None)
+        out.img_v.append(None)
     return out
 
 
@@ -260,10 +288,12 @@ def unpatchify(cfg: WanConfig, tokens: torch.Tensor, frames: int, h: int, w: int
 
 def transformer(tree: nn.Module, cfg: WanConfig, x: torch.Tensor, t: torch.Tensor, ctx: CrossContext,
                 start_frame: int = 0, kv_hook: Optional[KVHook] = None, attn_mask: Optional[torch.Tensor] = None,
-                dtype: Optional[torch.dtype] = None, run_head: bool = True) -> Optional[torch.Tensor]:
+                dtype: Optional[torch.dtype] = None, run_head: bool = True,
+                action_hook: Optional[ActionHook] = None) -> Optional[torch.Tensor]:
     """One DiT evaluation on latent frames ``x [B, in_dim, F, H, W]`` whose first frame has absolute index
     ``start_frame``; ``t`` is ``[B]`` or per-frame ``[B, F]`` (0..1000). Returns the flow ``[B, 16, F, H, W]``
-    (or None with ``run_head=False``: a cache-writing pass needs only the blocks)."""
+    (or None with ``run_head=False``: a cache-writing pass needs only the blocks). ``action_hook`` runs each
+    block's ``action_model`` (Matrix-Game 2.0) between the cross-attention and the FFN."""
     dtype = dtype or x.dtype
     b, _, frames, height, width = x.shape
     if height % 2 or width % 2:
@@ -310,6 +340,8 @@ def transformer(tree: nn.Module, cfg: WanConfig, x: torch.Tensor, t: torch.Tenso
         if ctx.img_k[i] is not None:
             y = y + _attention(q, ctx.img_k[i], ctx.img_v[i])
         tokens = tokens + ca.o(y)
+        if action_hook is not None and hasattr(blk, "action_model"):
+            tokens = action_hook(i, blk.action_model, tokens, frames)
 
         # feed-forward
         tokens = tokens + gated(blk.ffn(modulate(tokens, sh_f, sc_f)), g_f)

@@ -36,6 +36,7 @@ import torch
 from ..model import dit
 from .cache import POSITION_MODES, KVCache
 from ..model.causal import CausalWanModel
+from .action_cache import ActionRun, check_actions
 from .checks import check_finite_latent
 from ..vae.latent import check_latent
 from .scheduler import DEFAULT_SHIFT, DEFAULT_STEPS, denoising_schedule, explicit_schedule, renoise, x0_from_flow
@@ -507,6 +508,7 @@ class _Branch:
 
     def __init__(self, ctx, cache):
         self.ctx, self.cache = ctx, cache
+        self.actions: Optional[ActionRun] = None  # Matrix-Game 2.0's action caches (positive branch only)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -525,7 +527,7 @@ class CausalLoop:
                  clip_fea: Optional[torch.Tensor] = None, concat: Optional[torch.Tensor] = None,
                  first_frames: Optional[torch.Tensor] = None, prompt_switches: Sequence[PromptSwitch] = (),
                  noise: Optional[NoiseSource] = None, hooks: Optional[SamplerHooks] = None,
-                 check_interrupt: Optional[Callable[[], None]] = None):
+                 check_interrupt: Optional[Callable[[], None]] = None, actions=None):
         s = settings or CausalSettings()
         cfg = model.config
         check_latent(latent, channels=cfg.out_dim)
@@ -584,6 +586,12 @@ class CausalLoop:
                           [(f"switch_positive (the prompt switch at block {sw.start_block})", sw.text)
                            for sw in prompt_switches])
 
+        check_actions(cfg, actions)
+        if cfg.actions is not None and (s.loop != "block" or self.guidance > 1.0 or s.positions != "absolute"):
+            raise ValueError(f"Matrix-Game 2.0 runs the plain block loop without CFG and with absolute positions "
+                             f"(its authors' loop); got loop '{s.loop}', guidance {self.guidance}, positions "
+                             f"'{s.positions}'. Use the 'Matrix-Game 2.0' family preset.")
+        self.actions = actions  # Matrix-Game 2.0's keyboard/mouse timeline (None: idle)
         self.model, self.cfg, self.settings = model, cfg, s
         self.latent, self.text, self.negative_text = latent, text, negative_text
         self.clip_fea, self.concat, self.first_frames = clip_fea, concat, first_frames
@@ -640,6 +648,10 @@ class CausalLoop:
     @torch.no_grad()
     def _setup(self) -> None:
         self.branches = [_Branch(self._encode(self.text, 0), self._new_cache())]
+        if self.cfg.actions is not None:
+            self.branches[0].actions = ActionRun(self.cfg, self.actions, self.latent.shape[2], self.batch,
+                                                 self.tokens_per_frame, self.settings, self.device,
+                                                 self.settings.cache_dtype or self.dtype)
         if self.guidance > 1.0:
             self.branches.append(_Branch(self._encode(self.negative_text, 0), self._new_cache()))
         self.initial = self.noise.initial(tuple(self.latent.shape), self.device).float()
@@ -658,7 +670,8 @@ class CausalLoop:
         out = dit.transformer(self.model.tree, self.cfg, x_in, t, branch.ctx,
                               start_frame=self._rope_start(kind, start),
                               kv_hook=self._kv_hook(kind, block, branch, start),
-                              attn_mask=self._attn_mask(kind, x.shape[2]), dtype=self.dtype, run_head=head)
+                              attn_mask=self._attn_mask(kind, x.shape[2]), dtype=self.dtype, run_head=head,
+                              action_hook=None if branch.actions is None else branch.actions.hook(start, x.shape[2]))
         self.hooks.on_forward_end(kind, block)
         return out
 
@@ -717,6 +730,8 @@ class CausalLoop:
         for br in self.branches:
             self._forward("cache", bi, x0, 0.0, br, start, head=False)
             br.cache.commit()
+            if br.actions is not None:
+                br.actions.commit()
 
     def _remember(self, start: int, x0: torch.Tensor) -> None:
         if not self.switches or self.settings.recache == "none":

@@ -7,8 +7,9 @@ own inference config and README (named in ``config``).
 Every preset is set up for the i2v templates: the start image enters a t2v-distilled causal model as its
 first latent frame (``independent_first_frame`` on, the image route ``first_frame``), so a length fits when
 the latent has ``1 + frames_per_block·k`` frames; ``recommended_length`` is such a length in pixel frames.
-None of these checkpoints has ``img_emb``: CLIP vision features need a Wan i2v model (Wan 2.1 I2V 14B,
-SkyReels-V2-I2V, Matrix-Game 2.0), which are not causal-distilled families.
+Only the Matrix-Game 2.0 rows take CLIP vision features (image route "clip": the start image's CLIP tokens are
+its whole cross-attention context, plus the concat latent; keyboard / mouse actions per frame, no text; blocks
+of 3 from frame 0). The others have no ``img_emb``.
 """
 
 from __future__ import annotations
@@ -74,6 +75,17 @@ class FamilyPreset:
     def loop_rules(self) -> dict:
         """``CausalSettings`` fields this family's loop sets beyond the widgets (``dataclasses.replace`` them)."""
         return dict(self.rules)
+
+    def causal_settings(self, **overrides):
+        """``CausalSettings`` of this family (widget values + loop rules), with ``overrides`` applied."""
+        from .loop import CausalSettings
+
+        values = dict(steps=self.steps, shift=self.shift, warp=self.warp_steps,
+                      frames_per_block=self.frames_per_block, sink_size=self.sink_size,
+                      local_window=self.local_window, independent_first_frame=self.independent_first_frame,
+                      guidance_scale=self.guidance_scale, **self.loop_rules())
+        values.update(overrides)
+        return CausalSettings(**values)
 
     def sampler_values(self) -> dict:
         """The CausalWanSampler widget values of this preset, its ``family`` (whose loop rules apply) included."""
@@ -198,7 +210,35 @@ PRESETS = (
         save_as=("longlive2_model_bf16.pt",),
         note="Wan 2.2 TI2V-5B: 4 UniPC steps per block, blocks of 8 from frame 0 with the start image clamped "
              "into the first one, sink 8 + window 32 (the loop switches to these rules for any Wan 2.2 model)"),
+    # Matrix-Game 2.0 (Matrix-Game-2/configs/inference_yaml/*.yaml + configs/distilled_model/*/config.json):
+    # one row per released checkpoint, the action mode is read from the weights (wan/model/actions.py)
+    FamilyPreset(
+        "Matrix-Game 2.0", "SkyworkAI/Matrix-Game (Matrix-Game-2)",
+        ("Skywork/Matrix-Game-2.0/base_distilled_model/base_distill.safetensors",), "MIT",
+        "SkyReels-V2-I2V-1.3B", "inference_universal.yaml + distilled_model/universal (local_attn_size 6)",
+        steps="1000,666,333", shift=5.0, warp_steps=True, frames_per_block=3, local_window=6,
+        independent_first_frame=False, image_route="clip", recommended_length=_len(15),
+        note="universal scenes: CLIP features + concat, keys W/S/A/D + mouse, 3 warped steps, blocks of 3, "
+             "window 6, 352x640"),
+    FamilyPreset(
+        "Matrix-Game 2.0 GTA drive", "SkyworkAI/Matrix-Game (Matrix-Game-2)",
+        ("Skywork/Matrix-Game-2.0/gta_distilled_model/gta_keyboard2dim.safetensors",), "MIT",
+        "SkyReels-V2-I2V-1.3B", "inference_gta_drive.yaml + distilled_model/gta_drive (local_attn_size 4)",
+        steps="1000,666,333", shift=5.0, warp_steps=True, frames_per_block=3, local_window=4,
+        independent_first_frame=False, image_route="clip", recommended_length=_len(15),
+        note="GTA driving: keys W/S + mouse steering, 3 warped steps, blocks of 3, window 4, 352x640"),
+    FamilyPreset(
+        "Matrix-Game 2.0 Temple Run", "SkyworkAI/Matrix-Game (Matrix-Game-2)",
+        ("Skywork/Matrix-Game-2.0/templerun_distilled_model/templerun_7dim_onlykey.safetensors",), "MIT",
+        "SkyReels-V2-I2V-1.3B", "inference_templerun.yaml + distilled_model/templerun (local_attn_size 6)",
+        steps="1000,750,500,250", shift=5.0, warp_steps=True, frames_per_block=3, local_window=6,
+        independent_first_frame=False, image_route="clip", recommended_length=_len(15),
+        note="Temple Run: 7 keys, no mouse, 4 warped steps, blocks of 3, window 6, 352x640"),
 )
+
+# the Matrix-Game 2.0 row of each action mode (the mode is read from the weights: wan/model/actions.py)
+MATRIX_GAME_FAMILIES = {"universal": "Matrix-Game 2.0", "gta_drive": "Matrix-Game 2.0 GTA drive",
+                        "templerun": "Matrix-Game 2.0 Temple Run"}
 
 _BY_NAME = {p.name: p for p in PRESETS}
 
