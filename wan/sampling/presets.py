@@ -219,21 +219,24 @@ PRESETS = (
         steps="1000,666,333", shift=5.0, warp_steps=True, frames_per_block=3, local_window=6,
         independent_first_frame=False, image_route="clip", recommended_length=_len(15),
         note="universal scenes: CLIP features + concat, keys W/S/A/D + mouse, 3 warped steps, blocks of 3, "
-             "window 6, 352x640"),
+             "window 6, 352x640",
+        save_as=("matrix_game2_base_distill.safetensors",)),
     FamilyPreset(
         "Matrix-Game 2.0 GTA drive", "SkyworkAI/Matrix-Game (Matrix-Game-2)",
         ("Skywork/Matrix-Game-2.0/gta_distilled_model/gta_keyboard2dim.safetensors",), "MIT",
         "SkyReels-V2-I2V-1.3B", "inference_gta_drive.yaml + distilled_model/gta_drive (local_attn_size 4)",
         steps="1000,666,333", shift=5.0, warp_steps=True, frames_per_block=3, local_window=4,
         independent_first_frame=False, image_route="clip", recommended_length=_len(15),
-        note="GTA driving: keys W/S + mouse steering, 3 warped steps, blocks of 3, window 4, 352x640"),
+        note="GTA driving: keys W/S + mouse steering, 3 warped steps, blocks of 3, window 4, 352x640",
+        save_as=("matrix_game2_gta_keyboard2dim.safetensors",)),
     FamilyPreset(
         "Matrix-Game 2.0 Temple Run", "SkyworkAI/Matrix-Game (Matrix-Game-2)",
         ("Skywork/Matrix-Game-2.0/templerun_distilled_model/templerun_7dim_onlykey.safetensors",), "MIT",
         "SkyReels-V2-I2V-1.3B", "inference_templerun.yaml + distilled_model/templerun (local_attn_size 6)",
         steps="1000,750,500,250", shift=5.0, warp_steps=True, frames_per_block=3, local_window=6,
         independent_first_frame=False, image_route="clip", recommended_length=_len(15),
-        note="Temple Run: 7 keys, no mouse, 4 warped steps, blocks of 3, window 6, 352x640"),
+        note="Temple Run: 7 keys, no mouse, 4 warped steps, blocks of 3, window 6, 352x640",
+        save_as=("matrix_game2_templerun_7dim_onlykey.safetensors",)),
 )
 
 # the Matrix-Game 2.0 row of each action mode (the mode is read from the weights: wan/model/actions.py)
@@ -285,6 +288,8 @@ def alternative_names(name: str) -> list:
 def _base_model(preset: FamilyPreset) -> tuple:
     """``("Wan 2.1", "1.3B")`` from a preset's ``base`` (``Wan2.1-T2V-1.3B``; ``Wan2.2-TI2V-5B`` -> TI2V-5B)."""
     head, _, rest = preset.base.partition("-")
+    if head == "SkyReels" and rest.startswith("V2-"):  # SkyReels-V2 (Matrix-Game 2.0's base) is the Wan 2.1 DiT
+        head, rest = "Wan2.1", rest[len("V2-"):]
     generation = head.replace("Wan", "Wan ")
     size = rest.split("-", 1)[1] if rest.startswith("T2V-") or rest.startswith("I2V-") else rest
     return generation, size
@@ -303,6 +308,14 @@ def check_family_fits(family, config) -> None:
         raise ValueError(f"family '{preset.name}' was distilled from {preset.base} ({generation}), but the model is "
                          f"{config.describe()}: its loop rules do not apply to a {config.generation} model. Choose "
                          f"family 'custom' or a {config.generation} family ({', '.join(same_generation) or 'none'}).")
+    # Matrix-Game's rows run on its action model of their own mode only (and no other model runs them)
+    mode = config.actions.mode if config.actions is not None else None
+    wanted = next((m for m, name in MATRIX_GAME_FAMILIES.items() if name == preset.name), None)
+    if mode != wanted:
+        fits = MATRIX_GAME_FAMILIES.get(mode, "a family without actions (e.g. Self-Forcing)")
+        raise ValueError(f"family '{preset.name}' is for "
+                         f"{'a Matrix-Game 2.0 model with ' + repr(wanted) + ' actions' if wanted else 'a model without action modules'}, "
+                         f"but the model is {config.describe()}. Choose family '{fits}' or 'custom'.")
     if config.size_name != "custom" and config.size_name != size:
         same_size = [p.name for p in PRESETS if _base_model(p) == (config.generation, config.size_name)]
         raise ValueError(f"family '{preset.name}' was distilled from {preset.base} ({size}), but the model is "
