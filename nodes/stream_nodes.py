@@ -19,12 +19,13 @@ from ..wan.vae.taehv import FILE_PREFIXES, TAEHV
 from ..wan.vae.wan21 import WanVAE
 from ..wan.vae.wan22 import adopt_vae
 from ..wan.video.writer import VideoWriter
-from .wan_nodes import UI_EVENT, CausalWanSampler, _jpeg_base64, prepare_run
+from ..wan.sampling import settings_spec as spec
+from .wan_nodes import FAMILY_ALIASES, UI_EVENT, _jpeg_base64, causal_node_inputs, prepare_run
 
 log = logging.getLogger("comfyui_clipwan")
 
-FORMATS = {"mp4 (H.264)": "mp4", "webm (VP9)": "webm"}
-DECODERS = ("wan vae", "tiny (taew2_1)")
+FORMATS = spec.STREAM_FORMATS
+DECODERS = spec.STREAM_DECODERS
 
 
 def stream_decoder(vae, decoder: str = DECODERS[0]):
@@ -62,33 +63,24 @@ class CausalWanStreamVideo:
                        "(the whole video is not held in memory).",
                        "Full path of the saved video file.")
     SEARCH_ALIASES = ["stream video", "streaming decode", "causal video", "self forcing video", "longlive video",
-                      "endless video", "clipwan"]
+                      "endless video", "clipwan", *FAMILY_ALIASES, "vace"]
     OUTPUT_NODE = True
     FUNCTION = "stream"
 
     @classmethod
     def INPUT_TYPES(cls):
-        base = CausalWanSampler.INPUT_TYPES()
-        required = dict(base["required"])
-        required["vae"] = ("VAE", {"tooltip": "Wan 2.1 VAE (wan_2.1_vae.safetensors); its loaded weights are "
-                                              "used as they are, not copied."})
-        required["filename_prefix"] = ("STRING", {"default": "ClipWan/causal",
-                                                  "tooltip": "Output file name prefix (subfolders allowed)."})
-        required["format"] = (list(FORMATS), {"default": "mp4 (H.264)", "tooltip": "Video file format."})
-        required["fps"] = ("INT", {"default": 16, "min": 1, "max": 120, "tooltip": "Frames per second (Wan: 16)."})
-        required["decoder"] = (list(DECODERS), {
-            "default": DECODERS[0], "tooltip": "wan vae: the exact decode. tiny (taew2_1): the TAEHV approximation "
-                                               "from models/vae_approx, much faster."})
-        required["return_frames"] = ("BOOLEAN", {
-            "default": False, "tooltip": "Also output every decoded frame as IMAGE (memory grows with length)."})
-        return {"required": required, "optional": dict(base.get("optional", {})), "hidden": dict(base["hidden"])}
+        return causal_node_inputs(spec.STREAM, {"vae": ("VAE", {
+            "tooltip": "Wan 2.1 VAE (wan_2.1_vae.safetensors); its loaded weights are used as they are, not "
+                       "copied."})})
 
-    def stream(self, model, positive, latent, seed, vae, filename_prefix="ClipWan/causal", format="mp4 (H.264)",
-               fps=16, decoder=DECODERS[0], return_frames=False, unique_id=None, **sampler):
-        if format not in FORMATS:
-            raise ValueError(f"format '{format}' is not one of {list(FORMATS)}.")
+    def stream(self, model, positive, latent, seed, vae, unique_id=None, **widgets):
+        own = {s.name for s in spec.node_widgets(spec.STREAM)} - {s.name for s in spec.node_widgets(spec.SAMPLER)}
+        options = {name: widgets.pop(name, spec.get(name).widget_default) for name in sorted(own)}
+        spec.check_values(options)
+        filename_prefix, format, fps = options["filename_prefix"], options["format"], options["fps"]
+        decoder, return_frames = options["decoder"], options["return_frames"]
         causal, inputs, settings, switches, _ = prepare_run(model, positive, latent, seed, unique_id=unique_id,
-                                                            **sampler)
+                                                            **widgets)
         wan = wan_vae_of(vae)  # ComfyUI's loaded VAE adopted once, for the decoder and the encoder
         dec = stream_decoder(wan, decoder)
         batch, _, _, h, w = inputs.latent.shape
