@@ -439,10 +439,14 @@ def markdown_table() -> str:
         if s.kind == "COMBO":
             values = s.choice_list()
             span = "family names (table above)" if s.name == "family" else ", ".join(str(v) for v in values)
-        elif s.min is not None or s.max is not None:
+        elif s.max is not None:
             span = f"{_fmt(s.min)} … {_fmt(s.max)}"
+        elif s.min is not None:
+            span = f"≥ {_fmt(s.min)}"
         else:
-            span = "none allowed" if s.optional else ""
+            span = ""
+        if s.optional:
+            span = f"{span}, or none" if span else "a value, or none"
         if s.nodes:
             where = " + ".join({SAMPLER: "sampler", STREAM: "stream"}[n] for n in s.nodes)
             widget = f"`{s.name}` ({where}{', advanced' if s.advanced else ''})"
@@ -457,7 +461,7 @@ def markdown_table() -> str:
 
 def _fmt(value) -> str:
     if value is None:
-        return "–" if value is None else str(value)
+        return "none"
     if isinstance(value, bool):
         return str(value).lower()
     if isinstance(value, int) and value >= 2 ** 32:
