@@ -13,7 +13,7 @@ import { app } from "../../scripts/app.js";
 import { api } from "../../scripts/api.js";
 import {
   FAMILY_WIDGET, LAYOUTS_PATH, PRESETS_PATH, applyLength, applyPreset, decodeFramePayload, familyChosen, hiddenKnobs,
-  migrateWidgetValues, presetDetails, presetLabel, reportText, restoreByName,
+  markAdvanced, migrateWidgetValues, presetDetails, presetLabel, reportText, restoreByName,
 } from "./clipwan_logic.js";
 
 const EXTENSION = "clipwan.ui";
@@ -219,6 +219,10 @@ app.registerExtension({
       nodeType.prototype.onNodeCreated = function () {
         const result = onNodeCreated?.apply(this, arguments);
         watchFamilyCombo(this);
+        // The inputs marked advanced (settings_spec: `advanced` in their options, as core marks its own) go
+        // behind the node's "Show Advanced" menu entry: the canvas renderer reads `widget.advanced`, which
+        // this frontend (1.49) sets only for the Vue renderer and the properties panel (`options.advanced`).
+        if (markAdvanced(this.widgets ?? []).length && this.size) this.setSize?.([this.size[0], this.computeSize()[1]]);
         return result;
       };
       // A workflow saved by an earlier version of the node: its widget values re-read by name (ComfyUI restored

@@ -33,6 +33,17 @@ export function hiddenKnobs(preset) {
   return Object.keys(preset.values ?? {}).filter((name) => name !== FAMILY_WIDGET && !preset.knobs.includes(name));
 }
 
+/** Mark the widgets whose input options say `advanced` as advanced widgets; returns their names. */
+export function markAdvanced(widgets) {
+  const marked = [];
+  for (const widget of widgets) {
+    if (!widget.options?.advanced) continue;
+    widget.advanced = true;
+    marked.push(widget.name);
+  }
+  return marked;
+}
+
 /**
  * Saved widget values read by name. ComfyUI restores `widgets_values` by position; a list saved by an earlier
  * version of the node (before a widget was inserted) would land one widget off. `layouts` are the node's
