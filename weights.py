@@ -10,6 +10,14 @@
 * Every tensor handed out is checked for NaN/Inf with one float32 reduction (no temporary of its size), so a
   corrupt file is refused at load naming the tensor, not discovered as a NaN latent minutes later.
 
+Why a reader of our own and not the ``safetensors`` library (``comfyui-clipwan bench weights``, a 256 MB bf16
+file, every reader running the same NaN/Inf check, 2-core CPU): the library reads as fast or faster (as stored
+0.5-0.6x our time) and, with ``FilePages`` releasing each source tensor after its cast, holds the same peak RSS
+(without it 1.48x ours). What it cannot do is the header check below: it refuses a damaged file with
+"incomplete metadata, file not fully covered" and no file name, where this reader names the file, the tensor,
+what is wrong and the fix before anything is mapped (the 11 safetensors cases of tests/test_catalogue.py).
+That check is the reason this reader exists; the tensors themselves are plain views of the map.
+
 Every problem is a ``WeightsFileError`` (a ``ValueError``) whose message names the file, what is wrong and
 what to do; a missing file is a ``FileNotFoundError``.
 """

@@ -5,6 +5,7 @@ GET /clipwan/presets route the sampler's web presets menu reads (the table is ``
 from __future__ import annotations
 
 from . import comfy_bridge as bridge
+from .model_files import resolve_model_file, validate_model_name
 from ..wan.model.lora import load_lora_file, lora_pairs
 from ..wan.sampling.presets import web_payload
 
@@ -47,10 +48,14 @@ class ApplyCausalWanLoRA:
             }
         }
 
+    @classmethod
+    def VALIDATE_INPUTS(cls, lora_name):  # identifying or authors' names: nodes/model_files.py
+        return validate_model_name(lora_name, "loras")
+
     def apply(self, model, lora_name, strength=1.0):
         import os
 
-        path = bridge.resolve_model_path(lora_name, "loras")
+        path = resolve_model_file(lora_name, "loras")
         name = os.path.basename(path)
         patches = comfy_lora_patches(load_lora_file(path), name)
         patched = model.clone()

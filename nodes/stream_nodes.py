@@ -26,6 +26,7 @@ log = logging.getLogger("comfyui_clipwan")
 
 FORMATS = spec.STREAM_FORMATS
 DECODERS = spec.STREAM_DECODERS
+VIDEO_UI_KEY = "clipwan_video"  # the executed message's saved file (web/clipwan_logic.js VIDEO_OUTPUT)
 
 
 def stream_decoder(vae, decoder: str = DECODERS[0]):
@@ -120,8 +121,9 @@ class CausalWanStreamVideo:
         paths = [w.close() for w in writers]
         bridge.progress_text(f"Saved {writers[0].frames_written} frames to {files[0][1]}.", unique_id)
         images = torch.cat(kept, dim=1).flatten(0, 1) if return_frames else last  # IMAGE [B*F, H, W, 3]
-        ui = {"images": [{"filename": f, "subfolder": sub, "type": "output"} for _, f, sub in files],
-              "animated": (True,)}
+        # one player: the saved file goes to the node's frame player (web/clipwan.js plays it where the live frames
+        # were) under a key of the pack's own; ComfyUI's "images" + "animated" would add its video player under it
+        ui = {VIDEO_UI_KEY: [{"filename": f, "subfolder": sub, "type": "output"} for _, f, sub in files]}
         return {"ui": ui, "result": (bridge.video_output(paths[0]), images.to(bridge.intermediate_device()),
                                      paths[0])}
 

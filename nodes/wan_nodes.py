@@ -13,6 +13,7 @@ import logging
 import torch
 
 from . import comfy_bridge as bridge
+from .model_files import resolve_model_file, validate_model_name
 from ..wan.conditioning import image as cond
 from ..wan.model.causal import CausalWanModel
 from ..wan.model.checkpoint import load_wan_state_dict, resolve_dtype
@@ -20,6 +21,7 @@ from ..wan.conditioning.inputs import WanLatentAdapter, build_sampler_inputs
 from ..wan.vae.latent import LatentPreviewer
 from ..wan.model.lora import merge_lora_file
 from ..wan.sampling import settings_spec as spec
+from ..wan.sampling.settings_spec import FAMILY_TOOLTIP  # noqa: F401  (other causal node modules use it)
 from ..wan.sampling.loop import PromptSwitch, SamplerHooks
 from ..wan.sampling.run import iter_causal_blocks
 
@@ -127,12 +129,17 @@ class LoadCausalWanModel:
             },
         }
 
+    @classmethod
+    def VALIDATE_INPUTS(cls, model_name, lora_name="none"):  # identifying or authors' names: nodes/model_files.py
+        valid = validate_model_name(model_name, "diffusion_models", "checkpoints")
+        return valid if valid is not True else validate_model_name(lora_name, "loras")
+
     def load(self, model_name, weight_dtype="default", checkpoint_entry="auto", lora_name="none",
              lora_strength=1.0):
-        path = bridge.resolve_model_path(model_name, "diffusion_models", "checkpoints")
+        path = resolve_model_file(model_name, "diffusion_models", "checkpoints")
         sd, source = load_wan_state_dict(path, checkpoint_entry)
         if lora_name not in (None, "", "none"):  # e.g. LongLive's lora.pt, merged before anything is placed
-            sd, source = merge_lora_file(sd, bridge.resolve_model_path(lora_name, "loras"), lora_strength, source)
+            sd, source = merge_lora_file(sd, resolve_model_file(lora_name, "loras"), lora_strength, source)
         dtype = resolve_dtype(weight_dtype)
         if bridge.in_comfyui():  # ComfyUI builds, places and offloads it like any UNETLoader model
             return (bridge.load_diffusion_model_state_dict(sd, dtype=dtype, source=source),)

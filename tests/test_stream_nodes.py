@@ -1,6 +1,9 @@
 """Causal Wan Stream Video node outside ComfyUI (our model and VAE on the sockets): the saved file, the
 frames (equal to sample-then-decode), interrupt -> valid shorter file, tiny decoder lookup, errors."""
 
+import json
+import shutil
+
 import numpy as np
 import pytest
 import torch
@@ -48,7 +51,9 @@ def test_writes_file_and_returns_frames(parts, tmp_path, monkeypatch):
     video, frames, path = out["result"]
     assert video is None  # no VIDEO type outside ComfyUI
     assert path == str(tmp_path / "output" / "runs" / "clip_00001_.mp4")
-    assert out["ui"]["images"] == [{"filename": "clip_00001_.mp4", "subfolder": "runs", "type": "output"}]
+    # one player: the saved file under the pack's key (the node's frame player plays it), none of the keys that
+    # make ComfyUI draw its own video player under the node
+    assert out["ui"] == {"clipwan_video": [{"filename": "clip_00001_.mp4", "subfolder": "runs", "type": "output"}]}
     z = sample_causal(model, latent["samples"], positive[0][0], seed=5,
                       settings=CausalSettings(steps="1000,500", frames_per_block=3))
     ref = ((vae.decode_whole(denormalize(z)).clamp(-1, 1) + 1) / 2)[0].permute(1, 2, 3, 0)
@@ -127,3 +132,27 @@ def test_krea_family_reencodes_through_the_stream_node(parts, tmp_path, monkeypa
     with pytest.warns(UserWarning, match="keep_first_frame"):
         CausalWanSampler().sample(model, positive, latent, 5, **{k: v for k, v in values.items() if k != "seed"})
     assert any("keep_first_frame" in t for t in texts)
+
+
+@pytest.mark.skipif(shutil.which("node") is None, reason="node (JavaScript) is not installed")
+def test_one_player_the_web_logic_plays_the_saved_file_and_sees_no_native_preview():
+    """The node's ui (above) against web/clipwan_logic.js: the key it reads is the node's, the file becomes a
+    /view URL for the frame player, and the keys that would stack ComfyUI's player under it are recognised."""
+    from test_workflows import _run_js
+
+    from comfyui_clipwan.nodes.stream_nodes import VIDEO_UI_KEY
+
+    ui = {VIDEO_UI_KEY: [{"filename": "clip_00001_.mp4", "subfolder": "runs/a b", "type": "output"}]}
+    out = _run_js(f"""
+      const ui = {json.dumps(ui)};
+      return {{key: L.VIDEO_OUTPUT, video: L.savedVideo(ui), webm: L.savedVideo({{clipwan_video: [{{filename: "x.webm"}}]}}),
+               none: [L.savedVideo({{}}), L.savedVideo(null), L.savedVideo({{clipwan_video: [{{}}]}})],
+               native: L.nativePreviewKeys(ui),
+               core: L.nativePreviewKeys({{images: [], animated: [true], text: "t"}})}};""")
+    assert out["key"] == VIDEO_UI_KEY
+    assert out["video"] == {"filename": "clip_00001_.mp4", "mime": "video/mp4",
+                            "path": "/view?filename=clip_00001_.mp4&subfolder=runs%2Fa+b&type=output"}
+    assert out["webm"]["mime"] == "video/webm" and out["webm"]["path"].endswith("subfolder=&type=output")
+    assert out["none"] == [None, None, None]
+    # what the node sends makes no native preview; what it sent before (images + animated) does
+    assert out["native"] == [] and out["core"] == ["images", "animated"]

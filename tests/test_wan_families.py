@@ -369,14 +369,14 @@ def test_family_combo_is_the_last_input_and_lists_every_preset():
 
 def test_presets_name_the_real_files_and_routes():
     table = {p.name: (p.model_file, p.lora_file, p.checkpoint_entry, p.image_route) for p in PRESETS}
-    assert table["LongLive 1.0"] == ("longlive_base.pt", "lora.pt", "generator", "first_frame")
+    assert table["LongLive 1.0"] == ("longlive_base.pt", "longlive_lora.pt", "generator", "first_frame")
     assert table["Self-Forcing"] == ("self_forcing_dmd.pt", "", "generator_ema", "first_frame")
     assert table["Krea Realtime 14B"][0] == "krea-realtime-video-14b.safetensors"
     assert all(p.image_route == "first_frame" and p.independent_first_frame for p in PRESETS
                if p.base.startswith("Wan2.1"))
     # LongLive 2.0 clamps the image into its first block of 8 instead of a 1-frame block
     ll2 = get_preset("LongLive 2.0")
-    assert (ll2.model_file, ll2.checkpoint_entry, ll2.independent_first_frame) == ("model_bf16.pt", "generator", False)
+    assert (ll2.model_file, ll2.checkpoint_entry, ll2.independent_first_frame) == ("longlive2_model_bf16.pt", "generator", False)
     assert (ll2.frames_per_block, ll2.sink_size, ll2.local_window, ll2.latent_frames) == (8, 8, 32, 16)
     with pytest.raises(ValueError) as e:
         get_preset("LongLive")

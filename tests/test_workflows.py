@@ -221,6 +221,8 @@ def test_loaders_carry_download_metadata_for_the_files_they_name(path, defs):
     directory} on its node, as core templates do: the page's Missing Models panel then offers Download."""
     from workflow_specs import MODELS
 
+    from comfyui_clipwan.wan.sampling.presets import alternative_names
+
     for node in _load(path)["nodes"]:
         named = [v for v in node.get("widgets_values", []) if isinstance(v, str) and v in MODELS]
         listed = node["properties"].get("models", [])
@@ -228,7 +230,10 @@ def test_loaders_carry_download_metadata_for_the_files_they_name(path, defs):
         for m in listed:
             url, directory = MODELS[m["name"]]
             assert m == {"name": m["name"], "url": url, "directory": directory}
-            assert url.startswith("https://huggingface.co/") and url.endswith("/" + m["name"])
+            # the URL ends with the file's name, or with its authors' name where the presets table gives it an
+            # identifying one (longlive_lora.pt <- .../lora.pt)
+            published = [m["name"]] + alternative_names(m["name"])
+            assert url.startswith("https://huggingface.co/") and any(url.endswith("/" + n) for n in published)
 
 
 def test_overlap_check_can_fail():
@@ -302,7 +307,7 @@ def test_presets_table_sets_real_sampler_widgets(defs):
     longlive = presets["LongLive 1.0"]
     assert (longlive["values"]["sink_size"], longlive["values"]["local_window"]) == (3, 12)
     assert (longlive["model_file"], longlive["lora_file"], longlive["checkpoint_entry"]) == (
-        "longlive_base.pt", "lora.pt", "generator")
+        "longlive_base.pt", "longlive_lora.pt", "generator")
     # CausVid's steps are fed unwarped, σ from its shift-8 grid
     assert (presets["CausVid"]["values"]["shift"], presets["CausVid"]["values"]["warp_steps"]) == (8.0, False)
 
@@ -331,8 +336,8 @@ def test_web_menu_labels_and_applies_python_presets():
     assert out["labels"] == ["LongLive 1.0 · 481 frames", "CausVid · 85 frames"]
     assert out["details"] == [
         "LongLive 1.0 — sink 3 + window 12 (flat memory), LoRA merged at load (length 481, longlive_base.pt, "
-        "+ LoRA lora.pt, entry generator)",
-        "CausVid — 3 unwarped steps at shift 8, blocks of 3 (length 85, model.pt, entry generator)"]
+        "+ LoRA longlive_lora.pt, entry generator)",
+        "CausVid — 3 unwarped steps at shift 8, blocks of 3 (length 85, causvid_model.pt, entry generator)"]
     # the family's knobs: CausVid attends everything, so its sink and window stay hidden; custom shows all
     assert out["hidden"] == [["sink_size", "local_window"], [], []]
     assert out["widgets"] == [{"name": "steps", "value": "1000,757,522"}, {"name": "shift", "value": 8.0},

@@ -205,7 +205,7 @@ def _output_index(defn: dict, output: str | int) -> int:
 
 def build_ui(spec: dict, defs: dict[str, dict]) -> dict:
     """UI-format workflow from ``{"nodes": [(key, class_type, {input: value | Link}, title?)], "note": str,
-    "models": {file: (url, directory)}}``: a Markdown note first (column 0), then the graph left to right, each
+    "models": {file: (url, directory)}, "title": str}``: a Markdown note first (column 0), then the graph left to right, each
     node as tall as the page draws it so none overlaps another; loaders carry ``properties.models`` (name,
     url, directory) for the files they name, which the page's Missing Models panel offers to download."""
     keys = [n[0] for n in spec["nodes"]]
@@ -294,7 +294,8 @@ def build_ui(spec: dict, defs: dict[str, dict]) -> dict:
                       "inputs": [], "outputs": [], "properties": {}, "widgets_values": [spec["note"]],
                       "title": "Read me"})
     return {"last_node_id": len(nodes), "last_link_id": len(links), "nodes": nodes, "links": links,
-            "groups": [], "config": {}, "extra": {"info": {"description": spec.get("description", "")}},
+            "groups": [], "config": {},
+            "extra": {"info": {"title": spec.get("title", ""), "description": spec.get("description", "")}},
             "version": 0.4}
 
 
@@ -311,45 +312,11 @@ def overlaps(boxes: dict) -> list[tuple[int, int]]:
             and boxes[a][1] < boxes[b][3] and boxes[b][1] < boxes[a][3]]
 
 
-def thumbnail(workflow: dict, size=(400, 240)):
-    """A small picture of the graph (nodes as boxes, links as lines) for the template browser, which asks
-    for ``example_workflows/<name>.jpg``."""
-    from PIL import Image, ImageDraw
-
-    boxes = node_boxes(workflow)
-    x0 = min(b[0] for b in boxes.values()) - 20
-    y0 = min(b[1] for b in boxes.values()) - 20
-    x1 = max(b[2] for b in boxes.values()) + 20
-    y1 = max(b[3] for b in boxes.values()) + 20
-    scale = min(size[0] / (x1 - x0), size[1] / (y1 - y0))
-    ox = (size[0] - (x1 - x0) * scale) / 2
-    oy = (size[1] - (y1 - y0) * scale) / 2
-
-    def at(x, y):
-        return ox + (x - x0) * scale, oy + (y - y0) * scale
-
-    img = Image.new("RGB", size, (32, 32, 36))
-    draw = ImageDraw.Draw(img)
-    for link in workflow["links"]:
-        a, b = boxes[link[1]], boxes[link[3]]
-        draw.line([at(a[2], a[1] + 40), at(b[0], b[1] + 40)], fill=(120, 160, 220), width=1)
-    for node in workflow["nodes"]:
-        bx = boxes[node["id"]]
-        ours = node["type"] in PACK_NODE_TYPES
-        fill = (70, 60, 40) if node["type"] in VIRTUAL_NODES else (40, 70, 60) if ours else (58, 58, 64)
-        draw.rectangle([at(bx[0], bx[1]), at(bx[2], bx[3])], fill=fill, outline=(150, 150, 150))
-        draw.rectangle([at(bx[0], bx[1]), at(bx[2], bx[1] + TITLE_HEIGHT)], fill=(90, 90, 100))
-    return img
-
-
-PACK_NODE_TYPES: set = set()
-
-
 def write_examples() -> list[pathlib.Path]:
-    from workflow_specs import WORKFLOWS  # noqa: E402  (sibling module; run from tests/)
+    from workflow_cards import card_bytes  # noqa: E402  (sibling modules; run from tests/)
+    from workflow_specs import WORKFLOWS  # noqa: E402
 
     defs = all_definitions()
-    PACK_NODE_TYPES.update(pack_definitions())
     API_DIR.mkdir(parents=True, exist_ok=True)
     written = []
     for name, spec in WORKFLOWS.items():
@@ -358,8 +325,8 @@ def write_examples() -> list[pathlib.Path]:
         for path, data in ((WORKFLOW_DIR / f"{name}.json", ui), (API_DIR / f"{name}.json", api)):
             path.write_text(json.dumps(data, indent=2) + "\n")
             written.append(path)
-        thumb = WORKFLOW_DIR / f"{name}.jpg"
-        thumbnail(ui).save(thumb, quality=80)
+        thumb = WORKFLOW_DIR / f"{name}.jpg"  # the template browser's card (tests/workflow_cards.py)
+        thumb.write_bytes(card_bytes(spec["title"], spec["card"]))
         written.append(thumb)
     return written
 

@@ -1,5 +1,7 @@
 """Graph descriptions of the example workflows (``python tests/workflow_format.py`` writes the JSON files).
 
+Each workflow: ``title`` (the template card's title, drawn on its thumbnail and stored as ``extra.info.title``),
+``card`` (what the thumbnail draws: tests/workflow_cards.py), ``note``, ``models``, ``description``, ``nodes``.
 Each node: ``(key, class_type, {input: value | Link(node_key, output)}, title)``. Widgets not named take the
 node's declared default, so the files follow the nodes' defaults when regenerated. File names are the
 ones users download (see docs/comfyui.md, "Models").
@@ -19,7 +21,6 @@ NEGATIVE = "blurry, static, distorted, low quality"
 VIDEO = {"width": 320, "height": 192, "length": 21}
 LONGLIVE = get_preset("LongLive 1.0")
 KREA = get_preset("Krea Realtime 14B")
-LONGLIVE_HF = "https://huggingface.co/Efficient-Large-Model/LongLive-1.3B/resolve/main/models"
 REPACKAGED = "https://huggingface.co/Comfy-Org/Wan_2.1_ComfyUI_repackaged/resolve/main/split_files"
 # File -> (download URL, ComfyUI model folder): the loaders' properties.models, as core templates carry them.
 MODELS = {
@@ -28,12 +29,13 @@ MODELS = {
     WAN_VAE: (f"{REPACKAGED}/vae/{WAN_VAE}", "vae"),
     WAN_I2V: (f"{REPACKAGED}/diffusion_models/{WAN_I2V}", "diffusion_models"),
 }
+# the causal families' files: names and URLs from the presets table (identifying names, e.g. longlive_lora.pt
+# for LongLive's lora.pt; the loaders also find a file under its authors' name)
 MODELS.update({  # LongLive 1.0 as its authors publish it
-    LONGLIVE.model_file: (f"{LONGLIVE_HF}/{LONGLIVE.model_file}", "diffusion_models"),
-    LONGLIVE.lora_file: (f"{LONGLIVE_HF}/{LONGLIVE.lora_file}", "loras"),
+    LONGLIVE.model_file: (LONGLIVE.download_url(0), "diffusion_models"),
+    LONGLIVE.lora_file: (LONGLIVE.download_url(1), "loras"),
 })
-MODELS[KREA.model_file] = ("https://huggingface.co/krea/krea-realtime-video/resolve/main/" + KREA.model_file,
-                           "diffusion_models")
+MODELS[KREA.model_file] = (KREA.download_url(0), "diffusion_models")
 SIZES_NOTE = ("**Sizes.** Set for a CPU: 320×192, 21 frames (2 blocks). On a GPU use Wan's 480p: "
               "832×480, 81 frames (21 latent frames = 7 blocks of 3), or 1280×720 with the 720p checkpoints. "
               "A length that is not whole blocks runs with a shorter last block; the sampler says so and names "
@@ -51,12 +53,12 @@ CAUSAL_NOTE = ("## {title}\n\n{what}\n\n**Checkpoints.** Any Wan 2.1 DiT. The fi
 # Wan 2.2 TI2V-5B / LongLive 2.0 (causal i2v on Wan 2.2): its VAE from Comfy-Org's Wan 2.2 repackage, the
 # distilled DiT from LongLive 2.0's release (loaded as is: {"generator": {"model.<Wan key>": ...}})
 WAN22_VAE = "wan2.2_vae.safetensors"
-LONGLIVE2 = "model_bf16.pt"
+LONGLIVE2_PRESET = get_preset("LongLive 2.0")
+LONGLIVE2 = LONGLIVE2_PRESET.model_file  # longlive2_model_bf16.pt (published as model_bf16.pt)
 WAN22_REPACKAGED = "https://huggingface.co/Comfy-Org/Wan_2.2_ComfyUI_Repackaged/resolve/main/split_files"
 MODELS.update({
     WAN22_VAE: (f"{WAN22_REPACKAGED}/vae/{WAN22_VAE}", "vae"),
-    LONGLIVE2: ("https://huggingface.co/Efficient-Large-Model/LongLive-2.0-5B/resolve/main/model_bf16.pt",
-                "diffusion_models"),
+    LONGLIVE2: (LONGLIVE2_PRESET.download_url(0), "diffusion_models"),
 })
 LONGLIVE2_NOTE = (
     "## Image to video with LongLive 2.0 (Wan 2.2 TI2V-5B), block-causal\n\nCore **Wan22ImageToVideoLatent** "
@@ -64,8 +66,8 @@ LONGLIVE2_NOTE = (
     "LongLive 2.0's own loop on it (a Wan 2.2 model switches it on): blocks of 8 latent frames from frame 0, "
     "the image clamped as the clean first frame at timestep 0, 4 UniPC steps per block at shift 5, attention "
     "sink 8 + window 32 (flat memory however long). `steps` is a step count here (4).\n\n**Checkpoints.** "
-    "LongLive 2.0's `model_bf16.pt` (Efficient-Large-Model/LongLive-2.0-5B, Apache-2.0) in "
-    "models/diffusion_models, `wan2.2_vae.safetensors` in models/vae, the umt5 text encoder; the Missing Models "
+    f"LongLive 2.0's `model_bf16.pt` (Efficient-Large-Model/LongLive-2.0-5B, Apache-2.0), saved as `{LONGLIVE2}` in "
+    "models/diffusion_models (the loader also finds it as `model_bf16.pt`), `wan2.2_vae.safetensors` in models/vae, the umt5 text encoder; the Missing Models "
     "panel downloads all three. No CLIP vision: TI2V takes the image as its first latent frame.\n\n**Sizes.** "
     "Set small: 320×192, 61 frames (16 latent frames = 2 blocks). LongLive 2.0 runs 1280×704 (latent 80×44); "
     "lengths 4·(8k−1)+1: 29, 61, 125, 253 … The 5B model needs a GPU (about 11 GB of weights in bf16).")
@@ -94,6 +96,8 @@ def _sample_and_save(model_key: str, cond_key: str, prefix: str, sampler_values=
 
 WORKFLOWS = {
     "clipwan_i2v_causal": {
+        "title": 'Image to video, block-causal (ClipWan nodes)',
+        "card": {'kind': 'video', 'caption': 'start image to video, block by block, shown as blocks end'},
         "note": CAUSAL_NOTE.format(title="Image to video, block-causal (all ClipWan nodes)",
                                    what="The start image's CLIP ViT-H features and VAE latent condition a Wan "
                                         "2.1 DiT sampled block by block with a KV cache; the frames appear on "
@@ -115,6 +119,8 @@ WORKFLOWS = {
         ],
     },
     "clipwan_i2v_causal_stream": {
+        "title": 'Image to video, streamed to an MP4',
+        "card": {'kind': 'stream', 'caption': 'each block decoded, played and appended to the file as it ends'},
         "note": CAUSAL_NOTE.format(title="Image to video, block-causal, streamed to a video file",
                                    what="Causal Wan Stream Video decodes each block with the Wan VAE as soon as "
                                         "it is final: the decoded frames play on the node while the next block "
@@ -140,6 +146,8 @@ WORKFLOWS = {
         ],
     },
     "clipwan_i2v_causal_core_nodes": {
+        "title": 'Image to video, block-causal, from core nodes',
+        "card": {'kind': 'video', 'caption': 'core CLIP vision, WanImageToVideo, UNETLoader feed it'},
         "note": CAUSAL_NOTE.format(title="Image to video, block-causal, from core nodes",
                                    what="ComfyUI's own Load CLIP Vision, CLIP Vision Encode, WanImageToVideo "
                                         "and Load Diffusion Model feed the ClipWan causal sampler."),
@@ -160,7 +168,48 @@ WORKFLOWS = {
             *_sample_and_save("model", "conditioning", "clipwan/i2v_causal_core"),
         ],
     },
+    "clipwan_i2v_causal_custom_sampler": {
+        "title": 'Causal Wan loop in SamplerCustomAdvanced',
+        "card": {'kind': 'custom', 'caption': 'core noise, guider and sigmas nodes drive the causal loop'},
+        "note": CAUSAL_NOTE.format(title="Image to video, block-causal, through core's SamplerCustomAdvanced",
+                                   what="The causal loop as a SAMPLER: core's RandomNoise gives the initial noise "
+                                        "and the seed, BasicGuider the model and conditioning (CFGGuider for "
+                                        "cfg > 1), and the SIGMAS of ModelSamplingSD3 (shift 5) + BasicScheduler "
+                                        "(simple, 4 steps) are every block's steps: 1, 0.9375, 0.8333, 0.625 — "
+                                        "Self-Forcing's warped 1000,750,500,250, so the video is the one Causal "
+                                        "Wan Sampler makes with the same seed. Any SIGMAS node (ManualSigmas, "
+                                        "another scheduler or step count) drives the loop the same way."),
+        "models": MODELS,
+        "description": "Image-to-video, block-causal, composed from core's custom-sampling nodes: RandomNoise, "
+                       "BasicGuider and BasicScheduler's sigmas drive the pack's causal loop (Causal Wan Loop "
+                       "Sampler) inside SamplerCustomAdvanced, as core's SamplerARVideo is driven.",
+        "nodes": [
+            ("image", "LoadImage", {"image": "example.png"}, "Start image"),
+            ("clip_vision", "CLIPVisionLoader", {"clip_name": CLIP_H}),
+            ("clip_encode", "CLIPVisionEncode", {"clip_vision": Link("clip_vision"), "image": Link("image"),
+                                                 "crop": "none"}),
+            *_text_nodes(),
+            ("conditioning", "WanImageToVideo", {"positive": Link("positive"), "negative": Link("negative"),
+                                                 "vae": Link("vae"), "start_image": Link("image"),
+                                                 "clip_vision_output": Link("clip_encode"), **VIDEO}),
+            ("model", "UNETLoader", {"unet_name": WAN_I2V}),
+            ("shift", "ModelSamplingSD3", {"model": Link("model"), "shift": 5.0}),
+            ("noise", "RandomNoise", {"noise_seed": 0}),
+            ("guider", "BasicGuider", {"model": Link("shift"), "conditioning": Link("conditioning", 0)}),
+            ("sigmas", "BasicScheduler", {"model": Link("shift"), "scheduler": "simple", "steps": 4,
+                                          "denoise": 1.0}),
+            ("loop", "CausalWanLoopSampler", {}),
+            ("sample", "SamplerCustomAdvanced", {"noise": Link("noise"), "guider": Link("guider"),
+                                                 "sampler": Link("loop"), "sigmas": Link("sigmas"),
+                                                 "latent_image": Link("conditioning", 2)}),
+            ("decode", "VAEDecode", {"samples": Link("sample", 0), "vae": Link("vae")}),
+            ("save", "SaveAnimatedWEBP", {"images": Link("decode"), "filename_prefix": "clipwan/i2v_custom_sampler",
+                                          "fps": 16.0, "lossless": False, "quality": 85}),
+        ],
+    },
     "clipwan_i2v_causal_mixed": {
+        "title": 'Image to video, block-causal, pack + core nodes',
+        "card": {'kind': 'video', 'caption': "the pack's CLIP loader with core encode and WanImageToVideo"},
         "note": CAUSAL_NOTE.format(title="Image to video, block-causal, mixed",
                                    what="The ClipWan CLIP loader (also reads Wan's original .pth and OpenCLIP "
                                         "files) feeds core CLIP Vision Encode; core WanImageToVideo feeds the "
@@ -183,8 +232,11 @@ WORKFLOWS = {
         ],
     },
     "clipwan_longlive_lora": {
+        "title": 'LongLive 1.0 with its LoRA, from a start image',
+        "card": {'kind': 'video', 'caption': 'long video in flat memory: attention sink 3 + window 12'},
         "note": ("## LongLive 1.0 as shipped, from a start image\n\n**Checkpoints.** `longlive_base.pt` "
-                 "(models/diffusion_models) and its LoRA `lora.pt` (models/loras) from "
+                 "(models/diffusion_models) and its LoRA `lora.pt`, saved as "
+                 f"`{LONGLIVE.lora_file}` (models/loras; the loader also finds it as `lora.pt`), from "
                  "Efficient-Large-Model/LongLive-1.3B; Apply Causal Wan LoRA merges the LoRA like LongLive's "
                  "PEFT setup (rank 256, alpha 256). The sampler carries the LongLive preset (sink 3 + window 12, "
                  "the start image as its own first latent frame; LongLive is text-to-video, so no CLIP vision). "
@@ -192,7 +244,7 @@ WORKFLOWS = {
                  f"length is {LONGLIVE.recommended_length} frames at 832×480 (the preset menu sets it)."),
         "models": {k: MODELS[k] for k in (UMT5, WAN_VAE, LONGLIVE.model_file, LONGLIVE.lora_file)},
         "description": "LongLive 1.0 as shipped, from a start image: longlive_base.pt through core Load "
-                       "Diffusion Model, its lora.pt applied by Apply Causal Wan LoRA, the sampler set to the "
+                       "Diffusion Model, its LoRA (longlive_lora.pt) applied by Apply Causal Wan LoRA, the sampler set to the "
                        "LongLive preset (sink 3 + window 12, independent first frame = the image; a t2v model "
                        "has no img_emb, so no CLIP vision) and a length that fits its blocks.",
         "nodes": [
@@ -207,6 +259,8 @@ WORKFLOWS = {
         ],
     },
     "clipwan_krea_realtime_stream": {
+        "title": 'Krea Realtime 14B, streamed to an MP4',
+        "card": {'kind': 'stream', 'blocks': (1, 3, 3, 3), 'caption': 'cache rebuilt from 3 clean frames before each block'},
         "note": ("## Krea Realtime 14B, streamed, from a start image\n\n**Checkpoints.** "
                  f"`{KREA.model_file}` (krea/krea-realtime-video, {KREA.license}; flat `model.*` keys, loaded "
                  "by Load Causal Wan Model) in models/diffusion_models, the Wan 2.1 VAE and the umt5 text "
@@ -237,6 +291,8 @@ WORKFLOWS = {
         ],
     },
     "clipwan_export_axera": {
+        "title": "Export Wan's CLIP to the Axera AX650N NPU",
+        "card": {'kind': 'export', 'caption': 'ONNX + Pulsar2 build inputs, calibrated on your images'},
         "note": ("## Export Wan's CLIP to the Axera AX650N NPU\n\n**Checkpoint.** `clip_vision_h.safetensors` "
                  "(ViT-H/14, the CLIP Wan 2.1 i2v uses; the Missing Models panel downloads it), or any CLIP vision "
                  "file the ClipWan loader reads. The export (ONNX + Pulsar2 configs + calibration set) runs on a "
@@ -255,6 +311,8 @@ WORKFLOWS = {
         ],
     },
     "clipwan_zero_shot": {
+        "title": 'CLIP zero-shot labels on an exported model',
+        "card": {'kind': 'zero_shot', 'caption': 'ranks your labels for an image (ONNX Runtime or the NPU)'},
         "note": ("## CLIP zero-shot on an exported model\n\n**Checkpoint.** None by default: the export node's "
                  "embedded default is a seeded random-init ViT-B/32, so the scores are meaningless until you pick "
                  "a real CLIP (OpenCLIP or Hugging Face CLIPModel file in models/clip) as its `source`. Runs on a "
@@ -272,6 +330,8 @@ WORKFLOWS = {
         ],
     },
     "clipwan_wan22_longlive2_i2v": {
+        "title": 'LongLive 2.0 (Wan 2.2 TI2V-5B), image to video',
+        "card": {'kind': 'video', 'blocks': (8,), 'image_first': False, 'caption': 'image clamped into the first block of 8, 4 UniPC steps'},
         "note": LONGLIVE2_NOTE,
         "models": MODELS,
         "description": "Wan 2.2 TI2V-5B causal image-to-video with LongLive 2.0: core Wan22ImageToVideoLatent puts "

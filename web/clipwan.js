@@ -13,14 +13,15 @@ import { app } from "../../scripts/app.js";
 import { api } from "../../scripts/api.js";
 import {
   FAMILY_WIDGET, LAYOUTS_PATH, PRESETS_PATH, applyLength, applyPreset, decodeFramePayload, familyChosen, hiddenKnobs,
-  markAdvanced, migrateWidgetValues, presetDetails, presetLabel, reportText, restoreByName,
+  markAdvanced, migrateWidgetValues, presetDetails, presetLabel, reportText, restoreByName, savedVideo,
 } from "./clipwan_logic.js";
 
 const EXTENSION = "clipwan.ui";
 const SAMPLER = "CausalWanSampler";
 // Nodes whose live frames the player shows: the sampler (previews, or tiny-decoder frames) and
 // Causal Wan Stream Video (decoded frames, plus a status line when a run is stopped).
-const PLAYERS = [SAMPLER, "CausalWanStreamVideo"];
+const STREAM = "CausalWanStreamVideo";
+const PLAYERS = [SAMPLER, STREAM];
 // Nodes that return their report as ui.text: shown on the node.
 const REPORTERS = ["ExportCLIPToAxmodel", "CLIPZeroShotAxera"];
 const MAX_PLAYER_FRAMES = 240; // ~30 s of preview at 8 fps
@@ -106,6 +107,7 @@ function showFrames(node, payload) {
   const { urls, block, totalBlocks } = decodeFramePayload(payload);
   if (!urls.length) return;
   const panel = framePanel(node);
+  showLive(panel);
   // A new run starts over: its first frames (frame_start 0), or an earlier block than the last one seen.
   // (Causal Wan Stream Video sends several pieces per block, so block 0 alone is not a new run.)
   const start = payload.frame_start ?? (block === 0 ? 0 : null);
@@ -133,6 +135,33 @@ function showFrames(node, payload) {
     node.imgs = urls.map((u) => Object.assign(new Image(), { src: u }));
   }
   node.setDirtyCanvas?.(true, true);
+}
+
+// The stream node's saved file plays in the same panel once the run is done (nodes/stream_nodes.py sends it
+// under its own key, not ComfyUI's "images", so no second player appears under this one).
+function showSavedVideo(node, video) {
+  const panel = framePanel(node);
+  if (panel.timer) clearInterval(panel.timer);
+  panel.timer = null;
+  if (!panel.video) {
+    panel.video = Object.assign(document.createElement("video"), { controls: true, loop: true, muted: true,
+      autoplay: true, playsInline: true });
+    panel.video.style.cssText = panel.img.style.cssText;
+    panel.root.append(panel.video);
+  }
+  panel.video.src = api.apiURL(video.path);
+  panel.video.type = video.mime;
+  panel.img.style.display = "none";
+  panel.video.style.display = "";
+  panel.label.textContent = `saved ${video.filename}`;
+  node.setDirtyCanvas?.(true, true);
+}
+
+function showLive(panel) {
+  if (!panel.video) return;
+  panel.video.pause?.();
+  panel.video.style.display = "none";
+  panel.img.style.display = "";
 }
 
 // ------------------------------------------------------------------------------------------------
@@ -257,6 +286,14 @@ app.registerExtension({
           },
         });
         return returned;
+      };
+    }
+    if (nodeData.name === STREAM) {
+      const onExecuted = nodeType.prototype.onExecuted;
+      nodeType.prototype.onExecuted = function (message) {
+        onExecuted?.apply(this, arguments);
+        const video = savedVideo(message);
+        if (video) showSavedVideo(this, video);
       };
     }
     if (REPORTERS.includes(nodeData.name)) {

@@ -148,3 +148,25 @@ export function reportText(message) {
   }
   return "";
 }
+
+// The stream node's saved video, in its `executed` message under a key of the pack's own (nodes/stream_nodes.py
+// VIDEO_UI_KEY): the frame player that showed the live frames then plays the file. The front end draws its own
+// preview for the keys below, so the node sends none of them: one player, not two stacked.
+export const VIDEO_OUTPUT = "clipwan_video";
+export const NATIVE_PREVIEW_KEYS = ["images", "gifs", "video", "animated", "audio", "3d"];
+
+/** {filename, path (a /view URL path), mime} of the first saved video in an `executed` ui dict, or null. */
+export function savedVideo(message) {
+  const items = message?.[VIDEO_OUTPUT];
+  const item = Array.isArray(items) ? items[0] : null;
+  if (!item || typeof item.filename !== "string" || !item.filename) return null;
+  const params = new URLSearchParams({ filename: item.filename, subfolder: item.subfolder ?? "",
+    type: item.type ?? "output" });
+  const mime = item.filename.toLowerCase().endsWith(".webm") ? "video/webm" : "video/mp4";
+  return { filename: item.filename, path: `/view?${params}`, mime };
+}
+
+/** The keys of an `executed` ui dict that make the front end add its own preview under the node. */
+export function nativePreviewKeys(message) {
+  return Object.keys(message ?? {}).filter((key) => NATIVE_PREVIEW_KEYS.includes(key));
+}

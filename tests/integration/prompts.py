@@ -41,7 +41,7 @@ LENGTH_KREA = 37
 def test_length(prompt: dict) -> int:
     """The pixel length the test server runs ``prompt`` at: one that fits its samplers' block layout."""
     samplers = [node["inputs"] for node in prompt.values()
-                if node["class_type"] in ("CausalWanSampler", "CausalWanStreamVideo")]
+                if node["class_type"] in ("CausalWanSampler", "CausalWanStreamVideo", "CausalWanLoopSampler")]
     if any(str(s.get("family", "")).startswith("Krea") for s in samplers):
         return LENGTH_KREA
     first = any(s.get("independent_first_frame") is True for s in samplers)

@@ -81,7 +81,7 @@ def _check_outputs(server, prompt: dict, entry: dict, length: int):
     for nid in P.node_ids(prompt, "CausalWanStreamVideo"):
         from comfyui_clipwan.wan.video.writer import read_video_frames
 
-        videos = outputs[nid]["images"]
+        videos = outputs[nid]["clipwan_video"]  # played by the node's frame player: one player, no "images"
         assert len(videos) == 1 and videos[0]["filename"].endswith(".mp4")
         assert read_video_frames(str(server.output_path(videos[0]))).shape == (length, 64, 64, 3)
 

@@ -105,7 +105,8 @@ def test_stream_node_plays_decoded_frames_and_writes_the_video(server):
     for raw in sent:
         assert Image.open(io.BytesIO(raw)).size == (64, 64)
     entry = server.wait_history(prompt_id)
-    saved = entry["outputs"][node]["images"][0]
+    saved = entry["outputs"][node]["clipwan_video"][0]  # one player: not ComfyUI's "images"
+    assert not {"images", "animated"} & set(entry["outputs"][node])
     assert saved["filename"].endswith(".mp4") and saved["type"] == "output"
     path = server.output_path(saved)
     assert read_video_frames(str(path)).shape == (P.TEST_SIZES["length"], 64, 64, 3)

@@ -16,6 +16,7 @@ only in training code) get placeholders.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 
@@ -72,7 +73,7 @@ def upstream():
     _forget_upstream_modules()
 
 
-def _upstream_pipeline(up, sd, frames, block, sink, window, i2v, texts):
+def _upstream_pipeline(up, sd, frames, block, sink, window, i2v, texts, relative_rope=False):
     model = up["Model"](model_type="ti2v", in_dim=48, out_dim=48, local_attn_size=window, sink_size=sink,
                         num_frame_per_block=block, **TINY)
     model.load_state_dict(sd, strict=True)
@@ -89,7 +90,8 @@ def _upstream_pipeline(up, sd, frames, block, sink, window, i2v, texts):
     args = up["OmegaConf"].create(dict(
         model_kwargs=dict(model_name="Wan2.2-TI2V-5B", timestep_shift=5.0, num_frame_per_block=block,
                           local_attn_size=window),
-        image_or_video_shape=[1, frames, 48, H, W], num_frame_per_block=block, inference=inference))
+        image_or_video_shape=[1, frames, 48, H, W], num_frame_per_block=block, inference=inference,
+        use_relative_rope=relative_rope))
 
     class Text:  # LongLive's WanTextEncoder interface over fixed embeddings
         def __call__(self, text_prompts):
@@ -110,12 +112,16 @@ class _FixedNoise:
         raise AssertionError("LongLive 2.0's UniPC loop draws no noise after the initial one")
 
 
-@pytest.mark.parametrize("frames,block,sink,window,i2v,switch", [
-    (48, 8, 8, 32, True, 3),  # the shipped i2v config: 6 blocks, the window rolls from block 4 on
-    (48, 8, 8, 32, False, 0),  # the shipped t2v config
-    (12, 2, 2, 6, True, 2),  # small blocks: rolling every block
+@pytest.mark.parametrize("frames,block,sink,window,i2v,switch,relative", [
+    (48, 8, 8, 32, True, 3, False),  # the shipped i2v config: 6 blocks, the window rolls from block 4 on
+    (48, 8, 8, 32, False, 0, False),  # the shipped t2v config
+    (12, 2, 2, 6, True, 2, False),  # small blocks: rolling every block
+    # its KV-cache relative RoPE (use_relative_rope: raw keys cached, roped at read in [sink | recent | block]
+    # order) = the pack's positions="slots"; the window slides, so absolute positions would differ
+    (48, 8, 8, 32, True, 3, True),
+    (24, 2, 2, 6, False, 0, True),
 ])
-def test_longlive2_loop_parity(upstream, tmp_path, frames, block, sink, window, i2v, switch):
+def test_longlive2_loop_parity(upstream, tmp_path, frames, block, sink, window, i2v, switch, relative):
     from comfyui_clipwan.wan import CausalWanModel, WanConfig
     from comfyui_clipwan.wan.sampling.loop import CausalSettings, PromptSwitch
     from comfyui_clipwan.wan.sampling.run import sample_causal
@@ -138,13 +144,14 @@ def test_longlive2_loop_parity(upstream, tmp_path, frames, block, sink, window, 
     noise = torch.randn(1, frames, 48, H, W, generator=g)  # LongLive's layout [B, F, C, H, W]
     image = torch.randn(1, 1, 48, H, W, generator=g) if i2v else None
 
-    pipe = _upstream_pipeline(upstream, src.state_dict(), frames, block, sink, window, i2v, texts)
+    pipe = _upstream_pipeline(upstream, src.state_dict(), frames, block, sink, window, i2v, texts, relative)
     with torch.no_grad():
         want = pipe.inference(noise=noise, text_prompts=[prompts], initial_latent=image, return_latents=True)
     want = want.permute(0, 2, 1, 3, 4)  # -> [B, C, F, H, W]
 
     settings = CausalSettings(steps="4", shift=5.0, frames_per_block=block, sink_size=sink, local_window=window,
-                              solver="unipc", first_frame="clamp", recache="none")
+                              solver="unipc", first_frame="clamp", recache="none",
+                              positions="slots" if relative else "absolute")
     switches = [PromptSwitch(switch, texts["b"][None])] if switch else []
     got = sample_causal(ours, torch.zeros(1, 48, frames, H, W), texts["a"][None], settings=settings,
                         first_frames=None if image is None else image.permute(0, 2, 1, 3, 4),
@@ -152,7 +159,15 @@ def test_longlive2_loop_parity(upstream, tmp_path, frames, block, sink, window, 
     assert want.abs().mean() > 0.1
     diff = (got - want).abs().max().item()
     print(f"LongLive 2.0 parity frames={frames} block={block} sink={sink} window={window} i2v={i2v} "
-          f"switch={switch}: max abs diff {diff:.2e}")
+          f"switch={switch} relative_rope={relative}: max abs diff {diff:.2e}")
     assert diff <= 1e-4
+    if relative:  # control: the absolute rule is told apart (the window slid, so the positions differ)
+        absolute = sample_causal(ours, torch.zeros(1, 48, frames, H, W), texts["a"][None],
+                                 settings=dataclasses.replace(settings, positions="absolute"),
+                                 first_frames=None if image is None else image.permute(0, 2, 1, 3, 4),
+                                 prompt_switches=switches, noise=_FixedNoise(noise.permute(0, 2, 1, 3, 4)))
+        wrong = (absolute - want).abs().max().item()
+        print(f"  absolute positions instead: {wrong:.2e}")
+        assert wrong > 1e-4 and wrong > 100 * diff  # the parity bound would catch the wrong rule
     if i2v:
         torch.testing.assert_close(got[:, :, :1], image.permute(0, 2, 1, 3, 4), atol=0, rtol=0)

@@ -38,7 +38,7 @@ from .cache import POSITION_MODES, KVCache
 from ..model.causal import CausalWanModel
 from .checks import check_finite_latent
 from ..vae.latent import check_latent
-from .scheduler import DEFAULT_SHIFT, DEFAULT_STEPS, denoising_schedule, renoise, x0_from_flow
+from .scheduler import DEFAULT_SHIFT, DEFAULT_STEPS, denoising_schedule, explicit_schedule, renoise, x0_from_flow
 from .unipc import UniPCSolver, unipc_schedule
 
 SOLVERS = ("renoise", "unipc")
@@ -65,7 +65,9 @@ class CausalSettings:
     # Causal Forcing++ 1/2-step configs (`denoising_step_list_first_chunk`): the first *generated* block (the
     # one after a start image, if any) runs this longer list; None = `steps` for every block
     first_block_steps: object = None
-    positions: str = "absolute"  # cached keys' RoPE positions: "absolute" frames, or "slots" (Reward Forcing)
+    # cached keys' RoPE positions: "absolute" frames, or "slots" = relative RoPE (Reward Forcing's slots; LongLive
+    # main's use_relative_rope is the same rule), which keeps positions bounded for videos of any length
+    positions: str = "absolute"
     sink_ema: Optional[float] = None  # Reward Forcing's EMA sink (0.999); None = the sink never changes
     recache: str = "joint"  # prompt switch: "joint" (LongLive), "blockwise" or "none" (see RECACHE_MODES)
     global_sink: bool = True  # joint re-cache: the sink keeps the old prompt's K/V (LongLive's shipped config)
@@ -89,6 +91,10 @@ class CausalSettings:
     # and Scope's kv_cache_attention_bias on the context frames after the first (1.0 = off, as Krea runs)
     keep_first_frame: bool = False
     context_bias: float = 1.0
+    # explicit per-block step sigmas (a ComfyUI SIGMAS list ending in 0, e.g. BasicScheduler / ManualSigmas, as the
+    # SAMPLER node gets them from SamplerCustomAdvanced): every block runs exactly these (scheduler.explicit_schedule)
+    # and steps / shift / warp are not used; None = the step list above
+    sigmas: Optional[Sequence[float]] = None
 
 
 @dataclasses.dataclass
@@ -219,6 +225,11 @@ class NoiseSource:
     def window_step(self, block: int, step: int, shape, window_shape, offset: int, device) -> torch.Tensor:
         return self.step(block, step, shape, device)
 
+    def block_initial(self, block: int, shape, device) -> torch.Tensor:
+        """The first step's noise of a block past the first segment of an endless run (``EndlessLoop``: a
+        run with no fixed length has no whole-video ``initial``)."""
+        raise NotImplementedError(f"{type(self).__name__} has no block_initial(): it cannot drive an endless run.")
+
 
 def step_noise(seed: int, block: int, step: int, shape, device) -> torch.Tensor:
     """Fresh noise for re-noising ``block`` to its step ``step`` (>= 1); CPU generator like ComfyUI, so
@@ -245,6 +256,9 @@ class SeededNoise(NoiseSource):
 
     def step(self, block, step, shape, device):
         return step_noise(self.seed, block, step, shape, device)
+
+    def block_initial(self, block, shape, device):
+        return step_noise(self.seed, block, 0, shape, device)  # step 0: never a re-noise (those are >= 1)
 
 
 class CoreARNoise(SeededNoise):
@@ -484,7 +498,17 @@ class CausalLoop:
         if s.solver not in SOLVERS or s.first_frame not in FIRST_FRAME_POLICIES:
             raise ValueError(f"solver '{s.solver}' / first_frame '{s.first_frame}': use a solver of {SOLVERS} "
                              f"and a first_frame policy of {FIRST_FRAME_POLICIES}.")
-        if s.solver == "unipc":
+        if s.sigmas is not None and (s.solver != "renoise" or s.first_block_steps is not None):
+            why = ("solver 'unipc' takes a step count (a Wan 2.2 model runs LongLive 2.0's UniPC loop: sample it with "
+                   "Causal Wan Sampler, steps 4)" if s.solver != "renoise" else
+                   f"first_block_steps {s.first_block_steps!r} is a step list of its own")
+            raise ValueError(f"explicit sigmas run the re-noise rule with the same sigmas in every block, but {why}; "
+                             f"drop the explicit sigmas or that setting.")
+        if s.sigmas is not None:
+            schedule = explicit_schedule(s.sigmas)
+            self.sigmas, self.timesteps = list(schedule.sigmas), list(schedule.timesteps)
+            self.first_schedule = (self.sigmas, self.timesteps)
+        elif s.solver == "unipc":
             self.unipc = unipc_schedule(_step_count(s.steps), s.shift)
             self.sigmas, self.timesteps = self.unipc[1][:-1], None
             self.first_schedule = (self.sigmas, None)
@@ -578,7 +602,7 @@ class CausalLoop:
     # --- one DiT evaluation -------------------------------------------------------------------------
     def _forward(self, kind: str, block: int, x, t_value, branch: _Branch, start: int, head: bool = True):
         self.hooks.on_forward_start(kind, block)
-        y = None if self.y is None else self.y[:, :, start:start + x.shape[2]]
+        y = self._block_concat(start, x.shape[2])
         x_in = dit.join_concat(self.cfg, x.to(self.device), y)
         t = t_value.to(self.device) if torch.is_tensor(t_value) else \
             torch.full((self.batch,), float(t_value), dtype=torch.float64, device=self.device)
@@ -601,6 +625,16 @@ class CausalLoop:
         """A self-attention mask for a forward over ``frames`` frames: none (a loop shape may add one)."""
         return None
 
+    # --- a block's slice of the run's tensors (an endless run, wan/sampling/endless.py, makes them per block)
+    def _block_noise(self, bi: int, start: int, n: int) -> torch.Tensor:
+        return self.initial[:, :, start:start + n]
+
+    def _block_latent(self, start: int, n: int) -> torch.Tensor:
+        return self.latent[:, :, start:start + n]
+
+    def _block_concat(self, start: int, n: int) -> Optional[torch.Tensor]:
+        return None if self.y is None else self.y[:, :, start:start + n]
+
     # --- the parts of one block ---------------------------------------------------------------------
     @torch.no_grad()
     def _denoise(self, bi: int, start: int, n: int) -> torch.Tensor:
@@ -610,13 +644,13 @@ class CausalLoop:
             return self.first_frames[:, :, start:start + n].float().to(self.device).expand(
                 self.batch, -1, -1, -1, -1)
         sigmas, timesteps = self._schedule(bi)
-        x = self.initial[:, :, start:start + n]
+        x = self._block_noise(bi, start, n)
         if self.settings.solver == "unipc":
             steps = _UniPCSteps(self.unipc)  # starts from the noise itself (its first σ is 0.9998)
         else:
             steps = _RenoiseSteps(sigmas, timesteps, self.noise, bi, self.device)
             if sigmas[0] < 1.0:
-                x = renoise(self.latent[:, :, start:start + n].float().to(self.device), x, sigmas[0])
+                x = renoise(self._block_latent(start, n).float().to(self.device), x, sigmas[0])
         clean = self.first_frames if self.clamp else None
         for j, t_step in enumerate(steps.timesteps):
             self.check_interrupt()

@@ -45,14 +45,26 @@ class FamilyPreset:
     recommended_length: int = 85  # pixel frames; (L-1)//4+1 latent frames fit the blocks
     guidance_scale: float = 1.0  # distilled: no CFG
     note: str = ""
+    # the names users save ``files`` under (same order; "" = the file's own name, already unmistakable): a bare
+    # ``lora.pt`` / ``model_bf16.pt`` would collide with other families' and other packs' files in models/
+    save_as: tuple = ()
+
+    def local_name(self, i: int) -> str:
+        """The name file ``i`` is saved under in ComfyUI's models folder (workflows and menus name this)."""
+        named = self.save_as[i] if i < len(self.save_as) else ""
+        return named or source_name(self.files[i])
+
+    def download_url(self, i: int) -> str:
+        owner, repo, path = self.files[i].split("/", 2)
+        return f"https://huggingface.co/{owner}/{repo}/resolve/main/{path}"
 
     @property
     def model_file(self) -> str:
-        return self.files[0].rsplit("/", 1)[-1]
+        return self.local_name(0)
 
     @property
     def lora_file(self) -> str:
-        return self.files[1].rsplit("/", 1)[-1] if len(self.files) > 1 else ""
+        return self.local_name(1) if len(self.files) > 1 else ""
 
     @property
     def latent_frames(self) -> int:
@@ -77,6 +89,11 @@ class FamilyPreset:
             if not _same_value(name, theirs, mine, values.get("warp_steps", self.warp_steps), self.warp_steps):
                 out.append(f"{name} {theirs} (family: {mine})")
         return out
+
+
+def source_name(file: str) -> str:
+    """The file's own name in its authors' repository (``.../models/lora.pt`` -> ``lora.pt``)."""
+    return file.rsplit("/", 1)[-1]
 
 
 def _same_value(name, given, wanted, given_warp, wanted_warp) -> bool:
@@ -109,7 +126,7 @@ PRESETS = (
         "CausVid", "tianweiy/CausVid", ("tianweiy/CausVid/autoregressive_checkpoint/model.pt",),
         "CC-BY-NC-SA-4.0", "Wan2.1-T2V-1.3B", "configs/wan_causal_dmd.yaml (warp_denoising_step: false)",
         steps="1000,757,522", shift=8.0, warp_steps=False, frames_per_block=3, checkpoint_entry="generator",
-        recommended_length=_len(22), note="3 unwarped steps at shift 8, blocks of 3"),
+        recommended_length=_len(22), save_as=("causvid_model.pt",), note="3 unwarped steps at shift 8, blocks of 3"),
     FamilyPreset(
         "LongLive 1.0", "NVlabs/LongLive (v1.0)",
         ("Efficient-Large-Model/LongLive-1.3B/models/longlive_base.pt",
@@ -117,23 +134,25 @@ PRESETS = (
         "Apache-2.0", "Wan2.1-T2V-1.3B", "configs/longlive_inference.yaml (use_ema: false, adapter rank 256 alpha 256)",
         steps="1000,750,500,250", shift=5.0, warp_steps=True, frames_per_block=3, sink_size=3, local_window=12,
         checkpoint_entry="generator", lora_rank=256, recommended_length=_len(121),
-        note="sink 3 + window 12 (flat memory), LoRA merged at load"),
+        save_as=("", "longlive_lora.pt"), note="sink 3 + window 12 (flat memory), LoRA merged at load"),
     FamilyPreset(
         "Causal Forcing chunk-wise", "thu-ml/Causal-Forcing", ("zhuhz22/Causal-Forcing/chunkwise/causal_forcing.pt",),
         "Apache-2.0", "Wan2.1-T2V-1.3B", "configs/causal_forcing_dmd_chunkwise.yaml (README: no --use_ema)",
         steps="1000,750,500,250", shift=5.0, warp_steps=True, frames_per_block=3, checkpoint_entry="generator",
-        recommended_length=_len(22), note="4 warped steps, blocks of 3"),
+        recommended_length=_len(22), save_as=("causal_forcing_chunkwise.pt",), note="4 warped steps, blocks of 3"),
     FamilyPreset(
         "Causal Forcing frame-wise", "thu-ml/Causal-Forcing", ("zhuhz22/Causal-Forcing/framewise/causal_forcing.pt",),
         "Apache-2.0", "Wan2.1-T2V-1.3B", "configs/causal_forcing_dmd_framewise.yaml + --use_ema (native i2v)",
         steps="1000,750,500,250", shift=5.0, warp_steps=True, frames_per_block=1, checkpoint_entry="generator_ema",
-        recommended_length=_len(21), note="4 warped steps, one latent frame per block; the authors' i2v model"),
+        recommended_length=_len(21), save_as=("causal_forcing_framewise.pt",),
+        note="4 warped steps, one latent frame per block; the authors' i2v model"),
     FamilyPreset(
         "Causal Forcing++ frame-wise 2-step", "thu-ml/Causal-Forcing",
         ("zhuhz22/Causal-Forcing/causal-forcing++/framewise-2step.pt",),
         "Apache-2.0", "Wan2.1-T2V-1.3B", "configs/causal_forcing_dmd_framewise_2step.yaml + --use_ema",
         steps="1000,500", shift=5.0, warp_steps=True, frames_per_block=1, checkpoint_entry="generator_ema",
         rules=(("first_block_steps", "1000,750,500,250"),), recommended_length=_len(21),
+        save_as=("causal_forcing_pp_framewise_2step.pt",),
         note="2 warped steps per frame (the authors run their first frame with 4: 1000,750,500,250; with a "
              "start image that frame is the image)"),
     FamilyPreset(
@@ -167,6 +186,7 @@ PRESETS = (
         steps="1000,750,500,250", shift=5.0, warp_steps=True, frames_per_block=3, sink_size=3, local_window=12,
         checkpoint_entry="generator", lora_rank=256,
         rules=(("loop", "memory"), ("memory_bank", 3), ("memory_interval", 3)), recommended_length=_len(121),
+        save_as=("memflow_base.pt", "memflow_lora.pt"),
         note="LongLive's sink 3 + window 12 plus a memory bank of 3 frames kept by relevance to the prompt "
              "(loop 'memory'); LoRA merged at load"),
     FamilyPreset(
@@ -174,6 +194,7 @@ PRESETS = (
         "Apache-2.0", "Wan2.2-TI2V-5B", "configs/inference_i2v.yaml (use_ema: false, sampling_steps 4, i2v: true)",
         steps="4", shift=5.0, warp_steps=True, frames_per_block=8, sink_size=8, local_window=32,
         independent_first_frame=False, checkpoint_entry="generator", recommended_length=_len(16),
+        save_as=("longlive2_model_bf16.pt",),
         note="Wan 2.2 TI2V-5B: 4 UniPC steps per block, blocks of 8 from frame 0 with the start image clamped "
              "into the first one, sink 8 + window 32 (the loop switches to these rules for any Wan 2.2 model)"),
 )
@@ -206,6 +227,24 @@ def family_preset(family) -> Optional[FamilyPreset]:
     return None if family in (None, "", CUSTOM_FAMILY) else get_preset(family)
 
 
+def alternative_names(name: str) -> list:
+    """Other names the same downloaded file may have: for an identifying name (``longlive_lora.pt``) the
+    authors' own name (``lora.pt``, what users who downloaded it earlier have); for an authors' name, the
+    identifying names of every file published under it (``lora.pt`` -> LongLive's and MemFlow's)."""
+    base = name.replace("\\", "/").rsplit("/", 1)[-1]
+    out = []
+    for p in PRESETS:
+        for i, file in enumerate(p.files):
+            local, source = p.local_name(i), source_name(file)
+            if local == source:
+                continue
+            if base == local:
+                out.append(source)
+            elif base == source:
+                out.append(local)
+    return list(dict.fromkeys(out))
+
+
 def web_payload(names: Optional[list] = None) -> dict:
     """``{name: {note, values, knobs, ...}}`` for the web presets menu (GET /clipwan/presets): ``values`` are
     every widget the family sets, ``knobs`` the ones its loop reads (the node shows only those for it)."""
@@ -226,8 +265,9 @@ def markdown_table() -> str:
     rows = ["| preset | file(s) to download | entry | steps (shift, warp) | blocks / sink / window | image route "
             "| length | license |", "|---|---|---|---|---|---|---|---|"]
     for p in PRESETS:
-        files = " + ".join(f"`{f.rsplit('/', 1)[-1]}`" for f in p.files) + \
-            f" (HF `{'/'.join(p.files[0].split('/')[:2])}`)"
+        files = " + ".join(f"`{p.local_name(i)}`" + ("" if p.local_name(i) == source_name(f) else
+                                                     f" (published as `{source_name(f)}`)")
+                           for i, f in enumerate(p.files)) + f" (HF `{'/'.join(p.files[0].split('/')[:2])}`)"
         warp = "warped" if p.warp_steps else "unwarped"
         route = {"first_frame": "start image = first latent frame", "clip": "CLIP features + concat",
                  "none": "none"}[p.image_route]

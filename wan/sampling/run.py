@@ -13,6 +13,7 @@ import torch
 from ..model.causal import CausalWanModel
 from .loop import (LOOP_SHAPES, CausalLoop, CausalSettings, NoiseSource, PromptSwitch, SamplerHooks, TimingHooks,
                    combine_hooks)
+from .endless import EndlessLoop
 from .memflow import MemoryLoop
 from .recompute import RecomputeLoop
 from .rolling import RollingLoop
@@ -34,9 +35,13 @@ def loop_class(shape: str):
         raise ValueError(f"loop shape '{shape}' is not one of {list(LOOP_SHAPES)}.") from None
 
 
-def iter_causal_blocks(model: CausalWanModel, latent: torch.Tensor, text: torch.Tensor, **kwargs) -> CausalLoop:
+def iter_causal_blocks(model: CausalWanModel, latent: torch.Tensor, text: torch.Tensor, *, endless: bool = False,
+                       **kwargs) -> CausalLoop:
     """Validate and set up a block-causal run (errors raise here), return it as an iterable of
-    ``BlockResult`` (see ``CausalLoop`` for the arguments); the loop shape comes from ``settings.loop``."""
+    ``BlockResult`` (see ``CausalLoop`` for the arguments); the loop shape comes from ``settings.loop``.
+    ``endless``: no last block, ``latent`` is the first segment (``EndlessLoop``, wan/sampling/endless.py)."""
+    if endless:
+        return EndlessLoop(model, latent, text, **kwargs)
     settings = kwargs.get("settings") or CausalSettings()
     return loop_class(settings.loop)(model, latent, text, **kwargs)
 

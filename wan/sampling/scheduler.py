@@ -133,6 +133,25 @@ def denoising_schedule(steps: Union[str, Sequence[float]], shift: float = DEFAUL
     return Schedule(tuple(ts), tuple(nearest_sigma(t, shift) for t in ts))
 
 
+def explicit_schedule(sigmas: Sequence[float]) -> Schedule:
+    """The schedule of explicit sigmas (a ComfyUI SIGMAS list: BasicScheduler, ManualSigmas, ...): one step per
+    sigma but the last, which must be 0 (a block is finished clean before it is cached). Step ``j`` runs the
+    model at timestep ``1000·σ_j`` (ComfyUI's flow ``sigma -> timestep``, no shift: the list is already
+    shifted), takes ``x0 = x - σ_j·flow`` and re-noises to ``σ_{j+1}``, as core's ``ar_video`` sampler does.
+    ``[1, 0.9375, 0.8333, 0.625, 0]`` (float32) is exactly ``denoising_schedule("1000,750,500,250", 5)``."""
+    values = [float(v) for v in (sigmas.flatten().tolist() if torch.is_tensor(sigmas) else sigmas)]
+    if len(values) < 2 or values[-1] != 0.0:
+        raise ValueError(f"explicit sigmas {values}: give at least one step and end the list with 0 (a causal "
+                         f"block must finish clean before it is cached), e.g. 1.0, 0.9375, 0.8333, 0.625, 0.")
+    steps = values[:-1]
+    if any(not 0.0 < v <= 1.0 for v in steps) or any(a <= b for a, b in zip(values, values[1:])):
+        raise ValueError(f"explicit sigmas {values} must be strictly decreasing flow sigmas in (0, 1] before the "
+                         f"closing 0 (a Wan model's scheduler output, e.g. BasicScheduler or ManualSigmas).")
+    # the product in float32, as ComfyUI's model_sampling.timestep and the upstream grid both compute it
+    timesteps = (torch.tensor(steps, dtype=torch.float32) * GRID_POINTS).tolist()
+    return Schedule(tuple(timesteps), tuple(steps))
+
+
 def denoising_sigmas(steps: Union[str, Sequence[float]], shift: float = DEFAULT_SHIFT,
                      warp: bool = True) -> torch.Tensor:
     """Sigmas (float64) of :func:`denoising_schedule`: [1000,750,500,250] at shift 5, warped ->

@@ -189,6 +189,9 @@ SETTINGS = (
             used_by="clamp: Wan 2.2 (LongLive 2.0); cache: the rest"),
     Setting("first_block_steps", "STRING", "The first generated block's own step list; None = steps.",
             field="first_block_steps", optional=True, nodes=(), used_by="Causal Forcing++ frame-wise 2-step"),
+    Setting("sigmas", "FLOAT", "Explicit per-block step sigmas (a ComfyUI SIGMAS list ending in 0); steps, shift "
+            "and warp are then not used; none = the step list.", field="sigmas", optional=True, nodes=(),
+            used_by="Causal Wan Loop Sampler (SamplerCustomAdvanced's SIGMAS)"),
     Setting("positions", "COMBO", "Cached keys' RoPE positions: absolute frames or cache slots.",
             field="positions", choices=POSITION_MODES, nodes=(), used_by="slots: Reward Forcing"),
     Setting("sink_ema", "FLOAT", "EMA rate of the sink (0.999); None = the sink never changes.", field="sink_ema",

@@ -75,6 +75,9 @@ class VideoStream:
         if not hasattr(decoder, "decode"):
             raise TypeError(f"decoder ({type(decoder).__name__}) has no decode(); pass vae.stream_decoder() of a "
                             f"WanVAE or a TAEHV.")
+        if keep_latent and loop_kwargs.get("endless"):
+            raise ValueError("keep_latent with an endless stream would hold a latent that grows without bound; "
+                             "read each block's latent from the stream instead (VideoBlock.latent).")
         self.loop = iter_causal_blocks(model, latent, text, **loop_kwargs)
         self.ring = None
         if getattr(self.loop, "needs_pixels", False):
