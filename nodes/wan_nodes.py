@@ -20,6 +20,7 @@ from ..wan.conditioning.inputs import WanLatentAdapter, build_sampler_inputs
 from ..wan.vae.latent import LatentPreviewer
 from ..wan.model.lora import merge_lora_file
 from ..wan.sampling import settings_spec as spec
+from ..wan.sampling.settings_spec import FAMILY_TOOLTIP  # noqa: F401  (other causal node modules use it)
 from ..wan.sampling.loop import PromptSwitch, SamplerHooks
 from ..wan.sampling.run import iter_causal_blocks
 
