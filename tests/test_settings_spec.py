@@ -102,6 +102,8 @@ def test_presets_are_checked_against_the_declaration():
         spec.check_preset(dataclasses.replace(ll, frames_per_block=0))
     with pytest.raises(ValueError, match=r"preset LongLive 1.0: steps: steps 'fast' must be"):
         spec.check_preset(dataclasses.replace(ll, steps="fast"))
+    with pytest.raises(ValueError, match=r"preset LongLive 1.0: recommended_length 81: the latent has 21 frames"):
+        spec.check_preset(dataclasses.replace(ll, recommended_length=81))  # 21 = 1 + 20: not blocks of 3
 
 
 def test_family_knobs_hide_what_the_loop_does_not_read():

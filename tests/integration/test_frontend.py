@@ -360,6 +360,7 @@ def test_presets_submenu_is_narrow(page):
     menu = page["presets_menu"]
     assert menu is not None and len(menu["entries"]) >= 10, menu
     assert menu["width"] <= MAX_PRESETS_MENU_PX, menu
+    print(f"presets submenu: {menu['width']:.0f} px wide, {len(menu['entries'])} entries")
 
 
 def test_sampler_shows_a_short_widget_list_and_the_family_knobs(page):

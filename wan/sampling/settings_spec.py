@@ -382,6 +382,13 @@ def check_preset(preset) -> None:
             problems.append(problem)
     if preset.checkpoint_entry not in ("auto", "generator_ema", "generator", "model"):
         problems.append(f"preset {preset.name}: checkpoint_entry '{preset.checkpoint_entry}' is not an entry.")
+    if preset.image_route not in ("first_frame", "clip", "none"):
+        problems.append(f"preset {preset.name}: image_route '{preset.image_route}' is not first_frame, clip or none.")
+    if not problems:  # the length the menu sets must be whole blocks (the authors' loops run no partial block)
+        try:
+            block_layout(preset.latent_frames, preset.frames_per_block, preset.independent_first_frame)
+        except ValueError as exc:
+            problems.append(f"preset {preset.name}: recommended_length {preset.recommended_length}: {exc}")
     if problems:
         raise ValueError(" ".join(problems))
 
