@@ -12,7 +12,7 @@ latent -> RGB approximation (PCA of the latent channels), not decoded video.
 
 from __future__ import annotations
 
-import dataclasses
+import json
 import os
 import sys
 import time
@@ -28,14 +28,11 @@ def register(sub) -> None:
                        description=__doc__.split("\n\n")[0])
     p.add_argument("--model", help="Wan 2.1 DiT file (.safetensors or Self-Forcing/CausVid/LongLive .pt); "
                                    "default: the embedded random-init i2v model")
-    p.add_argument("--entry", default=None, help="checkpoint entry (auto / generator_ema / generator / model); "
-                                                "default: the preset's, else auto")
+    p.add_argument("--entry", default=None, choices=ENTRIES,
+                   help="checkpoint entry (auto / generator_ema / generator / model); default: the family's "
+                        "entry where the file has it (--family), else auto")
     p.add_argument("--lora", help="LoRA file merged into --model (LongLive's lora.pt)")
     p.add_argument("--lora-strength", type=float, default=1.0)
-    p.add_argument("--preset", choices=_preset_names(), help="a released family's settings (docs/wan.md table): "
-                   "sets --steps/--shift/warp/--frames-per-block/--sink/--window/--independent-first-frame/"
-                   "--guidance and the default --entry, and runs the family's loop rules (EMA sink, first-block "
-                   "steps, loop shape ...)")
     p.add_argument("--clip", help="CLIP vision ViT-H/14 file (clip_vision_h.safetensors or Wan's .pth); "
                                   "default: the embedded random-init ViT-H/14 (4 blocks)")
     p.add_argument("--image", help="start image (PNG/JPEG...); default: a synthetic test image")
@@ -43,9 +40,9 @@ def register(sub) -> None:
                                      "line) or the authors' keyboard_condition/mouse_condition .json/.safetensors")
     p.add_argument("--text-embeds", help=".safetensors with a umt5 text embedding [L,4096] or [1,L,4096]; "
                                          "default: zeros (empty-prompt stand-in)")
-    p.add_argument("--negative-embeds", help="negative umt5 embedding (.safetensors), used with --guidance > 1")
+    p.add_argument("--negative-embeds", help="negative umt5 embedding (.safetensors), used with --guidance-scale > 1")
     p.add_argument("--prompt", help="text prompt, encoded with --text-encoder (umt5-xxl) and --tokenizer")
-    p.add_argument("--negative-prompt", help="negative prompt (used with --guidance > 1)")
+    p.add_argument("--negative-prompt", help="negative prompt (used with --guidance-scale > 1)")
     p.add_argument("--text-encoder", help="umt5-xxl encoder: Wan's models_t5_umt5-xxl-enc-bf16.pth or ComfyUI's "
                                           "umt5_xxl_*.safetensors")
     p.add_argument("--tokenizer", help="umt5-xxl tokenizer: a folder (Wan's google/umt5-xxl), tokenizer.json or "
@@ -56,7 +53,6 @@ def register(sub) -> None:
                                       "of --vae (much faster, approximate)")
     p.add_argument("--video", help="write the decoded video here while sampling (.mp4 H.264 or .webm VP9); needs "
                                    "--vae or --tiny-vae; the whole latent is then not kept")
-    p.add_argument("--fps", type=int, default=16, help="frames per second of --video (Wan: 16)")
     p.add_argument("--scores", action="store_true",
                    help="with --video: CLIP-score the frames as blocks are decoded and write VIDEO.clip_scores"
                         ".{csv,json,png} beside the video (CLIP-T vs --score-timeline or --prompt, CLIP-I vs "
@@ -73,42 +69,76 @@ def register(sub) -> None:
     p.add_argument("--width", type=int, default=128)
     p.add_argument("--height", type=int, default=128)
     p.add_argument("--length", type=int, default=25, help="pixel frames (1 + 4k); latent frames = (length-1)//4+1")
-    p.add_argument("--steps", default=None,
-                   help="timesteps per block, or a step count such as 4 (evenly spaced from 1000, then warped); "
-                        "default 1000,750,500,250 (Wan 2.2 TI2V / LongLive 2.0: 4 UniPC steps)")
-    p.add_argument("--shift", type=float, default=5.0)
-    p.add_argument("--no-warp", dest="warp", action="store_false",
-                   help="feed the timesteps as typed (CausVid's list) instead of warping them by --shift")
-    p.add_argument("--frames-per-block", type=int, default=3)
-    p.add_argument("--sink", type=int, default=0, help="attention sink frames")
-    p.add_argument("--window", type=int, default=0, help="local attention window in latent frames (0 = none)")
-    p.add_argument("--independent-first-frame", action="store_true")
-    p.add_argument("--guidance", type=float, default=1.0)
-    p.add_argument("--no-image", action="store_true", help="switch image conditioning off")
     p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16"])
-    p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="clipwan_out", help="output folder")
+    # the sampling settings (--family/--preset, --steps, --shift, --warp-steps, --frames-per-block, --sink-size,
+    # --local-window, --cache-dtype, --independent-first-frame, --guidance-scale, --image-conditioning, --seed,
+    # --fps): declared once in wan/sampling/settings_spec.py, old spellings kept as aliases
+    settings_spec().add_cli_options(p)
     p.set_defaults(func=run_sample)
 
 
-def _preset_names() -> list:
-    from ..wan.sampling.presets import preset_names
-
-    return preset_names()
+ENTRIES = ("auto", "generator_ema", "generator", "model")
 
 
-def apply_preset(args) -> None:
-    """Overwrite the sampling arguments with the preset's (the table in wan/sampling/presets.py)."""
-    if not getattr(args, "preset", None):
-        return
+def settings_spec():
+    from ..wan.sampling import settings_spec
+
+    return settings_spec
+
+
+def sample_values(args, log=print) -> dict:
+    """The sampling settings of ``args``, all checked before any model is loaded (errors name the flag).
+
+    Explicit flags win over the family's (``--family``/``--preset``) values, and the log says which; what
+    neither sets takes its default (``settings_spec``). The values are written back onto ``args`` under their
+    setting names (``args.sink_size``, ...). ``--length``/``--width``/``--height`` and the block layout are
+    checked here too: the CLI fits a length that is not whole blocks as the node does (a shorter last block)."""
+    spec = settings_spec()
+    explicit = spec.explicit_cli_values(args)
+    values = {s.name: s.widget_default for s in spec.cli_settings()}
+    family = explicit.get("family")
+    if family not in (None, "custom"):
+        from ..wan.sampling.presets import get_preset
+
+        preset = get_preset(family)
+        values.update({name: getattr(preset, name) for name in spec.PRESET_WIDGETS})
+        given = {k: v for k, v in explicit.items() if k in spec.PRESET_WIDGETS}
+        differences = preset.widget_differences({**given, "warp_steps": explicit.get("warp_steps",
+                                                                                     preset.warp_steps)})
+        if differences:  # an explicit flag wins over the family's value
+            flags = [spec.flag_of(d.split(" ", 1)[0]) + " " + d.split(" ", 1)[1] for d in differences]
+            log(f"wan: family {family} with the flags as given, which win over the family's values: "
+                f"{'; '.join(flags)}")
+    values.update(explicit)
+    spec.check_values(values, spec.flag_of)
+    for flag, value, least in (("--length", args.length, 1), ("--width", args.width, 16),
+                               ("--height", args.height, 16)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < least:
+            raise ValueError(f"{flag} {value} must be a whole number >= {least}.")
+    for flag, value in (("--width", args.width), ("--height", args.height)):
+        if value % 16:
+            raise ValueError(f"{flag} {value} must be a multiple of 16 (32 for a Wan 2.2 model).")
+    from ..wan.vae.latent import pixel_length_to_latent_frames
+
+    run_values = {k: v for k, v in values.items() if spec.get(k).field}
+    try:  # the block layout and the window, as the run will fit them
+        spec.run_settings(run_values, values["family"], None, pixel_length_to_latent_frames(args.length))
+    except ValueError as exc:
+        message = spec.with_flags(str(exc))
+        raise ValueError(f"--length {args.length}: {message}" if "latent has" in message else message) from None
+    for name, value in values.items():
+        setattr(args, name, value)
+    return values
+
+
+def _family_entry(values: dict):
+    """The checkpoint entry the family's authors load (a preference: a file without it loads as it is)."""
+    if values["family"] in (None, "custom"):
+        return None
     from ..wan.sampling.presets import get_preset
 
-    p = get_preset(args.preset)
-    args.steps, args.shift, args.warp = p.steps, p.shift, p.warp_steps
-    args.frames_per_block, args.sink, args.window = p.frames_per_block, p.sink_size, p.local_window
-    args.independent_first_frame, args.guidance = p.independent_first_frame, p.guidance_scale
-    if getattr(args, "entry", None) is None:
-        args.entry = p.checkpoint_entry
+    return get_preset(values["family"]).checkpoint_entry
 
 
 def synthetic_image(width: int = 128, height: int = 128) -> torch.Tensor:
@@ -139,19 +169,20 @@ def _load_tensor(path: str, what: str, dims: int) -> torch.Tensor:
 def run_pipeline(args, out_dir: str, log=print) -> dict:
     from ..clip_vision import default_clip_vision, load_clip_vision
     from ..outputs import forget_summary
-    from ..wan import CausalSettings, denormalize, sample_causal
+    from ..wan import denormalize, sample_causal
     from ..wan.sampling.budget import check_latent_fits
     from ..wan.model.causal import CausalWanModel, default_causal_wan
     from ..wan.model.checkpoint import resolve_dtype
     from ..wan.conditioning.inputs import build_sampler_inputs, check_image_latent, conditioning
     from ..wan.vae.latent import latent_format, pixel_length_to_latent_frames
     from ..wan.conditioning.image import i2v_latents
-    from ..wan.sampling.loop import loop_rules_for
     from ..wan.vae.wan21 import images_to_pixels
 
+    values = sample_values(args, log)  # every setting checked before any model is loaded
     os.makedirs(out_dir, exist_ok=True)
     forget_summary(os.path.join(out_dir, SUMMARY))  # this run replaces the files the previous summary describes
-    apply_preset(args)
+    if getattr(args, "scores", False) and not getattr(args, "video", None):
+        raise ValueError("--scores scores the decoded frames: give --video (and --vae or --tiny-vae) too.")
     if getattr(args, "lora", None) and not args.model:
         raise ValueError("--lora is merged into --model: give the base weights with --model (for LongLive: "
                          "longlive_base.pt).")
@@ -159,7 +190,7 @@ def run_pipeline(args, out_dir: str, log=print) -> dict:
     t0 = time.perf_counter()
     if args.model:
         model = CausalWanModel.from_file(args.model, dtype=dtype, entry=getattr(args, "entry", None) or "auto",
-                                         lora=getattr(args, "lora", None),
+                                         lora=getattr(args, "lora", None), prefer_entry=_family_entry(values),
                                          lora_strength=getattr(args, "lora_strength", 1.0))
     else:
         model = default_causal_wan(seed=args.seed, dtype=dtype)
@@ -170,10 +201,11 @@ def run_pipeline(args, out_dir: str, log=print) -> dict:
         f"{list(image.shape)}")
 
     clip_fea = None
-    if not args.no_image and not model.config.has_img_emb:
+    no_image = not values["image_conditioning"]
+    if not no_image and not model.config.has_img_emb:
         log("wan: the model is t2v (no img_emb): CLIP features are not used; the image enters only through "
             "--image-latent (route 3)")
-    elif not args.no_image:
+    elif not no_image:
         clip = load_clip_vision(args.clip) if args.clip else default_clip_vision("ViT-H/14", seed=args.seed,
                                                                                  layers=CLIP_DEMO_LAYERS)
         # Matrix-Game 2.0 stretches its (already centre-cropped) frame to 224x224: crop none
@@ -192,7 +224,7 @@ def run_pipeline(args, out_dir: str, log=print) -> dict:
     check_latent_fits((1, fmt.channels, frames, args.height // fmt.spatial, args.width // fmt.spatial))
     latent = torch.zeros(1, fmt.channels, frames, args.height // fmt.spatial, args.width // fmt.spatial)
     image_latent = mask = None
-    if args.image_latent and not args.no_image:
+    if args.image_latent and not no_image:
         given = _load_tensor(args.image_latent, "image latent", 5)
         check_image_latent(given, model.config, f"--image-latent '{args.image_latent}'")
         if tuple(given.shape[3:]) != tuple(latent.shape[3:]):
@@ -204,16 +236,16 @@ def run_pipeline(args, out_dir: str, log=print) -> dict:
         image_latent[:, :, :known] = given[:, :, :known]
         mask = torch.ones(1, 1, frames, *latent.shape[3:])
         mask[:, :, :known] = 0.0
-    elif vae is not None and not args.no_image and fmt.channels == 16:
+    elif vae is not None and not no_image and fmt.channels == 16:
         _, image_latent, mask = i2v_latents(args.width, args.height, args.length, 1, image,
                                             lambda pixels: vae.encode(images_to_pixels(pixels)))
         log(f"wan: start image encoded by the VAE into a latent {list(image_latent.shape)}")
-    elif not args.no_image:
+    elif not no_image:
         log("wan: route 1 only (CLIP features); routes 2/3 need the image's VAE latent (--vae or --image-latent)")
     # The same mapping as the sampler node: a ComfyUI-style CONDITIONING through wan.conditioning.inputs
     positive = conditioning(text, clip_vision_output=clip_fea, concat_latent_image=image_latent, concat_mask=mask)
     inputs = build_sampler_inputs(model.config, latent, positive, conditioning(negative) if negative is not None
-                                  else None, image_conditioning=not args.no_image, report=log)
+                                  else None, image_conditioning=not no_image, report=log)
     if inputs.concat is not None:
         log("wan: route 2 — image latent concatenated to the noise")
     if inputs.first_frames is not None:
@@ -224,18 +256,13 @@ def run_pipeline(args, out_dir: str, log=print) -> dict:
         else:
             log(f"wan: route 3 — image latent written into the KV cache as the first {known} frame(s)")
 
-    steps = args.steps or ("4" if model.config.generation == "Wan 2.2" else "1000,750,500,250")
-    settings = CausalSettings(steps=steps, shift=args.shift, warp=getattr(args, "warp", True),
-                              frames_per_block=args.frames_per_block,
-                              sink_size=args.sink, local_window=args.window,
-                              independent_first_frame=args.independent_first_frame, guidance_scale=args.guidance)
-    if getattr(args, "preset", None):  # the family's loop rules beyond the widgets (as the node's `family`)
-        from ..wan.sampling.presets import get_preset
-
-        settings = dataclasses.replace(settings, family=args.preset, **get_preset(args.preset).loop_rules())
-    settings = loop_rules_for(settings, model.config)  # Wan 2.2 TI2V: LongLive 2.0's UniPC + first-frame clamp
-    if getattr(args, "scores", False) and not getattr(args, "video", None):
-        raise ValueError("--scores scores the decoded frames: give --video (and --vae or --tiny-vae) too.")
+    # the node's rule: family loop rules, the model generation's rules, the block layout fitted to the length
+    run_values = {k: v for k, v in values.items() if settings_spec().get(k).field}
+    settings, notes = settings_spec().run_settings(run_values, values["family"], model.config,
+                                                   inputs.latent.shape[2])
+    for note in notes:
+        if not note.startswith("family "):  # the family's differences were logged with the flags
+            log(f"wan: {note}")
     if getattr(args, "video", None):
         return _stream_to_video(args, model, inputs, settings, vae, fmt, out_dir, t0, log, image)
     block_times = []
@@ -428,14 +455,10 @@ class _DemoArgs:
     width = height = 128
     length = 25
     steps = "1000,750,500,250"
-    shift = 5.0
-    warp = True
     frames_per_block = 3
-    sink = 1
-    window = 4
+    sink_size = 1
+    local_window = 4
     independent_first_frame = True
-    guidance = 1.0
-    no_image = False
     dtype = "fp32"
     prompt = negative_prompt = text_encoder = tokenizer = vae = tiny_vae = None
     demo_vae_dim = 8  # a random-init Wan 2.1 VAE at 1/12 width: encode + decode stay within seconds on a CPU

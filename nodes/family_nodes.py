@@ -47,7 +47,7 @@ class ApplyCausalWanLoRA:
     RETURN_NAMES = ("model",)
     OUTPUT_TOOLTIPS = ("The same MODEL with the LoRA added as weight patches (the base weights are not changed; "
                        "ComfyUI applies the patches when it loads the model).",)
-    SEARCH_ALIASES = ["longlive lora", "longlive", "causal lora", "peft lora", "clipwan"]
+    SEARCH_ALIASES = ["longlive lora", "longlive", "memflow lora", "memflow", "causal lora", "peft lora", "clipwan"]
     FUNCTION = "apply"
 
     @classmethod

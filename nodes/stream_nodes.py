@@ -21,14 +21,15 @@ from ..wan.vae.taehv import FILE_PREFIXES, TAEHV
 from ..wan.vae.wan21 import WanVAE
 from ..wan.vae.wan22 import adopt_vae
 from ..wan.video.writer import VideoWriter, check_fps
-from .score_nodes import PROMPTS_TOOLTIP, SCORER_TYPE, StreamScores
-from .wan_nodes import UI_EVENT, CausalWanSampler, _jpeg_base64, prepare_run
+from ..wan.sampling import settings_spec as spec
+from .score_nodes import SCORER_TYPE, StreamScores
+from .wan_nodes import FAMILY_ALIASES, UI_EVENT, _jpeg_base64, causal_node_inputs, prepare_run
 
 log = logging.getLogger("comfyui_clipwan")
 
-FORMATS = {"mp4 (H.264)": "mp4", "webm (VP9)": "webm"}
+FORMATS = spec.STREAM_FORMATS
+DECODERS = spec.STREAM_DECODERS
 VIDEO_UI_KEY = "clipwan_video"  # the executed message's saved file (web/clipwan_logic.js VIDEO_OUTPUT)
-DECODERS = ("wan vae", "tiny (taew2_1)")
 
 
 def stream_decoder(vae, decoder: str = DECODERS[0]):
@@ -54,13 +55,11 @@ def wan_vae_of(vae):
 
 
 # Optional live CLIP scores (default off: nothing connected, every 0 frames), advanced so the node stays compact.
-STREAM_SCORE_INPUTS = {
+# the live-score sockets (their widgets, score_every_n_frames and score_prompts, are in settings_spec)
+STREAM_SCORE_SOCKETS = {
     "score_clip": (SCORER_TYPE, {"tooltip": "Load CLIP for Scores (ClipWan): scores each decoded block (CLIP-T, "
                                             "CLIP-I, consistency), drawn live under the player and saved as "
                                             "CSV/JSON/PNG beside the video."}),
-    "score_every_n_frames": ("INT", {"default": 0, "min": 0, "max": 1000, "advanced": True,
-                                     "tooltip": "Score frames 0, n, 2n, ... as they are decoded; 0 = off."}),
-    "score_prompts": ("STRING", {"default": "", "multiline": True, "advanced": True, "tooltip": PROMPTS_TOOLTIP}),
     "score_reference": ("IMAGE", {"tooltip": "Start / reference image for CLIP-I (default: the first frame)."}),
 }
 
@@ -78,49 +77,32 @@ class CausalWanStreamVideo:
                        "(the whole video is not held in memory).",
                        "Full path of the saved video file.")
     SEARCH_ALIASES = ["stream video", "streaming decode", "causal video", "self forcing video", "longlive video",
-                      "endless video", "clipwan"]
+                      "endless video", "clipwan", *FAMILY_ALIASES, "vace"]
     OUTPUT_NODE = True
     FUNCTION = "stream"
 
     @classmethod
     def INPUT_TYPES(cls):
-        base = CausalWanSampler.INPUT_TYPES()
-        required = dict(base["required"])
-        required["vae"] = ("VAE", {"tooltip": "Wan 2.1 VAE (wan_2.1_vae.safetensors); its loaded weights are "
-                                              "used as they are, not copied."})
-        required["filename_prefix"] = ("STRING", {"default": "ClipWan/causal",
-                                                  "tooltip": "Output file name prefix (subfolders allowed)."})
-        required["format"] = (list(FORMATS), {"default": "mp4 (H.264)", "tooltip": "Video file format."})
-        required["fps"] = ("INT", {"default": 16, "min": 1, "max": 120, "tooltip": "Frames per second (Wan: 16)."})
-        required["decoder"] = (list(DECODERS), {
-            "default": DECODERS[0], "tooltip": "wan vae: the exact decode. tiny (taew2_1): the TAEHV approximation "
-                                               "from models/vae_approx, much faster."})
-        required["return_frames"] = ("BOOLEAN", {
-            "default": False, "tooltip": "Also output every decoded frame as IMAGE (memory grows with length)."})
-        optional = dict(base.get("optional", {}))
-        optional.update(STREAM_SCORE_INPUTS)
-        # after the sampler's optional inputs, so workflows saved before it keep their widget values
-        optional["until_stopped"] = ("BOOLEAN", {
-            "default": False, "advanced": True,
-            "tooltip": "Endless stream: ignore the latent's length (it is only the start) and keep sampling until "
-                       "Cancel; the file is fragmented MP4 (playable at every moment) and memory stays flat. Needs "
-                       "a local_window; positions become relative (LongLive's relative RoPE) so they stay inside "
-                       "the window at any length. Block loop families only."})
-        return {"required": required, "optional": optional, "hidden": dict(base["hidden"])}
+        return causal_node_inputs(spec.STREAM, {"vae": ("VAE", {
+            "tooltip": "Wan 2.1 VAE (wan_2.1_vae.safetensors); its loaded weights are used as they are, not "
+                       "copied."})}, STREAM_SCORE_SOCKETS)
 
-    def stream(self, model, positive, latent, seed, vae, filename_prefix="ClipWan/causal", format="mp4 (H.264)",
-               fps=16, decoder=DECODERS[0], return_frames=False, unique_id=None, score_clip=None,
-               score_every_n_frames=0, score_prompts="", score_reference=None, until_stopped=False, **sampler):
-        if format not in FORMATS:
-            raise ValueError(f"format '{format}' is not one of {list(FORMATS)}.")
+    def stream(self, model, positive, latent, seed, vae, unique_id=None, score_clip=None, score_reference=None,
+               actions=None, **widgets):
+        own = {s.name for s in spec.node_widgets(spec.STREAM)} - {s.name for s in spec.node_widgets(spec.SAMPLER)}
+        options = {name: widgets.pop(name, spec.get(name).widget_default) for name in sorted(own)}
+        spec.check_values(options)
+        filename_prefix, format, fps = options["filename_prefix"], options["format"], options["fps"]
+        decoder, return_frames = options["decoder"], options["return_frames"]
+        until_stopped = options["until_stopped"]
         if until_stopped and return_frames:
             raise ValueError("return_frames holds every decoded frame, so with until_stopped memory would grow "
                              "without bound: turn one of them off (the video file holds every frame).")
         # optional live CLIP scores (off by default); their inputs are checked before any block is sampled
-        scores = StreamScores.from_inputs(score_clip, score_every_n_frames, score_prompts, score_reference)
-        actions = sampler.get("actions")  # Matrix-Game 2.0's timeline: checked in prepare_run, run by the loop
+        scores = StreamScores.from_inputs(score_clip, options["score_every_n_frames"], options["score_prompts"],
+                                          score_reference)
         causal, inputs, settings, switches, _ = prepare_run(model, positive, latent, seed, unique_id=unique_id,
-                                                            **sampler)
+                                                            actions=actions, **widgets)
         if until_stopped:
             settings, note = endless_settings(settings)  # refuses a run that cannot be endless, before any work
             if note:

@@ -7,7 +7,6 @@ classes also run in plain Python (tests, the CLI).
 from __future__ import annotations
 
 import base64
-import dataclasses
 import io
 import logging
 
@@ -21,14 +20,21 @@ from ..wan.model.checkpoint import load_wan_state_dict, resolve_dtype
 from ..wan.conditioning.inputs import WanLatentAdapter, build_sampler_inputs
 from ..wan.vae.latent import LatentPreviewer
 from ..wan.model.lora import merge_lora_file
-from ..wan.sampling.presets import CUSTOM_FAMILY, family_choices, family_preset
-from ..wan.sampling.loop import CausalSettings, PromptSwitch, SamplerHooks, fit_block_layout, loop_rules_for
+from ..wan.sampling import settings_spec as spec
+from ..wan.sampling.settings_spec import FAMILY_TOOLTIP  # noqa: F401  (other causal node modules use it)
+from ..wan.sampling.loop import PromptSwitch, SamplerHooks
 from ..wan.sampling.run import iter_causal_blocks
 from ..wan.sampling.action_cache import check_actions
 
 log = logging.getLogger("comfyui_clipwan")
 UI_EVENT = "clipwan.causal_frames"
 PREVIEW_MAX_SIDE = 256
+
+
+# the causal families by the names users search for (the loader loads them, the sampler and the stream node run
+# them); "vace" finds the two causal nodes, which take VACE-style control
+FAMILY_ALIASES = ["krea", "krea realtime", "memflow", "rolling forcing", "rolling", "reward forcing", "reward",
+                  "causal forcing", "causal forcing++"]
 
 
 class WanI2VConditioning:
@@ -98,7 +104,7 @@ class LoadCausalWanModel:
     RETURN_NAMES = ("causal_model",)
     OUTPUT_TOOLTIPS = ("The Wan 2.1 diffusion model (a ComfyUI MODEL inside ComfyUI).",)
     SEARCH_ALIASES = ["self forcing", "self-forcing", "causvid", "longlive", "causal wan", "autoregressive wan",
-                      "clipwan", "load wan"]
+                      "clipwan", "load wan", *FAMILY_ALIASES]
     FUNCTION = "load"
 
     @classmethod
@@ -146,14 +152,6 @@ def _is_matrix_game(sd) -> bool:
     return "text_embedding.0.weight" not in sd or any(".action_model." in k for k in sd)
 
 
-FAMILY_TOOLTIP = (
-    "The released family whose loop rules this run follows beyond the widgets (Reward Forcing's EMA sink, Causal "
-    "Forcing++'s 4-step first block, the loop shapes of Rolling Forcing / Krea / MemFlow ...; docs/wan.md lists "
-    "them). Choosing one in the browser also fills the widgets with the authors' values (and the conditioning "
-    "node's length). The widgets always run as set: where they differ from the family's values the log says "
-    "which. custom = the widgets alone.")
-
-
 class CausalWanSampler:
     DESCRIPTION = ("Block-causal, KV-cached Wan 2.1 sampling (Self-Forcing / CausVid / LongLive inference): "
                    "frames are generated block by block with an attention sink and a local window, conditioned "
@@ -166,69 +164,18 @@ class CausalWanSampler:
     RETURN_NAMES = ("latent",)
     OUTPUT_TOOLTIPS = ("The sampled video latent (raw Wan VAE space): decode it with VAE Decode.",)
     SEARCH_ALIASES = ["self forcing", "self-forcing", "causvid", "longlive", "causal", "autoregressive video",
-                      "kv cache", "streaming video", "clipwan"]
+                      "kv cache", "streaming video", "clipwan", *FAMILY_ALIASES, "vace"]
     FUNCTION = "sample"
 
     @classmethod
     def INPUT_TYPES(cls):
-        return {
-            "required": {
-                "model": ("MODEL", {"tooltip": "Wan 2.1 DiT: from Load Diffusion Model or Load Causal Wan Model "
-                                               "(weights shared, not copied)."}),
-                "positive": ("CONDITIONING", {"tooltip": "Text conditioning (with image conditioning from "
-                                                         "Wan I2V Conditioning)."}),
-                "latent": ("LATENT", {"tooltip": "Wan video latent [B,16,T,H/8,W/8]; empty = from pure noise."}),
-                "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF,
-                                 "tooltip": "Noise seed (initial noise and per-step re-noising)."}),
-                "steps": ("STRING", {"default": "1000,750,500,250",
-                                     "tooltip": "Denoising timesteps per block (e.g. 1000,750,500,250), or a step "
-                                                "count such as 4 (evenly spaced from 1000, then warped)."}),
-                "shift": ("FLOAT", {"default": 5.0, "min": 0.01, "max": 100.0, "step": 0.1,
-                                    "tooltip": "Timestep shift (Self-Forcing/LongLive 5, CausVid 8)."}),
-                "warp_steps": ("BOOLEAN", {"default": True, "tooltip": (
-                    "On: each step k becomes the shifted grid timestep (Self-Forcing, LongLive, Causal Forcing). "
-                    "Off: the timesteps are fed as typed, sigma from the nearest grid point (CausVid).")}),
-                "frames_per_block": ("INT", {"default": 3, "min": 1, "max": 64,
-                                             "tooltip": "Latent frames generated per block."}),
-                "sink_size": ("INT", {"default": 0, "min": 0, "max": 1024,
-                                      "tooltip": "First latent frames kept in attention forever (with a window)."}),
-                "local_window": ("INT", {"default": 0, "min": 0, "max": 4096,
-                                         "tooltip": "Latent frames attended (sink + recent + block); 0 = all."}),
-                "cache_dtype": (["auto", "bf16", "fp16", "fp32"], {
-                    "default": "auto", "tooltip": "KV cache dtype; auto = the model's compute dtype."}),
-                "independent_first_frame": ("BOOLEAN", {
-                    "default": False, "tooltip": "First block = 1 latent frame (e.g. 21 latent frames with 3)."}),
-                "guidance_scale": ("FLOAT", {"default": 1.0, "min": 1.0, "max": 30.0, "step": 0.1,
-                                             "tooltip": "CFG scale; 1.0 = off (distilled models)."}),
-                "image_conditioning": ("BOOLEAN", {"default": True,
-                                                   "tooltip": "Use the image conditioning in `positive`."}),
-            },
-            "optional": {
-                "negative": ("CONDITIONING", {"tooltip": "Negative conditioning (used when guidance_scale > 1)."}),
-                "switch_positive": ("CONDITIONING", {"tooltip": "Prompt to switch to at switch_at_block "
-                                                                "(LongLive-style; needs switch_at_block >= 1)."}),
-                "switch_at_block": ("INT", {"default": 0, "min": 0, "max": 100000,
-                                            "tooltip": "Block index (1 or more) from which switch_positive "
-                                                       "replaces positive; 0 = no switch."}),
-                "actions": ("CLIPWAN_ACTIONS", {"tooltip": "Matrix-Game 2.0 keyboard / mouse actions (Matrix-Game "
-                                                           "Actions node); none = idle. Other models refuse it."}),
-                # last, so workflows saved before it keep their widgets_values (a missing value = "custom")
-                "family": (family_choices(), {"default": CUSTOM_FAMILY, "tooltip": FAMILY_TOOLTIP}),
-            },
-            "hidden": {"unique_id": "UNIQUE_ID"},
-        }
+        return causal_node_inputs(spec.SAMPLER)
 
-    def sample(self, model, positive, latent, seed, steps="1000,750,500,250", shift=5.0, warp_steps=True,
-               frames_per_block=3,
-               sink_size=0, local_window=0, cache_dtype="auto", independent_first_frame=False,
-               guidance_scale=1.0, image_conditioning=True, negative=None, switch_positive=None,
-               switch_at_block=0, family=CUSTOM_FAMILY, unique_id=None, actions=None):
+    def sample(self, model, positive, latent, seed, negative=None, switch_positive=None, unique_id=None,
+               actions=None, **widgets):
         causal, inputs, settings, switches, patcher = prepare_run(
-            model, positive, latent, seed, steps=steps, shift=shift, warp_steps=warp_steps,
-            frames_per_block=frames_per_block, sink_size=sink_size, local_window=local_window,
-            cache_dtype=cache_dtype, independent_first_frame=independent_first_frame, guidance_scale=guidance_scale,
-            image_conditioning=image_conditioning, negative=negative, switch_positive=switch_positive,
-            switch_at_block=switch_at_block, family=family, unique_id=unique_id, actions=actions)
+            model, positive, latent, seed, negative=negative, switch_positive=switch_positive, unique_id=unique_id,
+            actions=actions, **widgets)
         loop = iter_causal_blocks(causal, inputs.latent, inputs.text, seed=seed, settings=settings,
                                   negative_text=inputs.negative_text, clip_fea=inputs.clip_fea,
                                   concat=inputs.concat, first_frames=inputs.first_frames, prompt_switches=switches,
@@ -244,41 +191,71 @@ class CausalWanSampler:
         return ({"samples": inputs.to_raw(z).to(bridge.intermediate_device())},)
 
 
-def prepare_run(model, positive, latent, seed, steps="1000,750,500,250", shift=5.0, warp_steps=True,
-                frames_per_block=3, sink_size=0, local_window=0, cache_dtype="auto", independent_first_frame=False,
-                guidance_scale=1.0, image_conditioning=True, negative=None, switch_positive=None, switch_at_block=0,
-                family=CUSTOM_FAMILY, unique_id=None, actions=None):
+# the sockets of both causal nodes; their widgets come from wan/sampling/settings_spec.py
+SAMPLER_SOCKETS = {
+    "model": ("MODEL", {"tooltip": "Wan 2.1 DiT: from Load Diffusion Model or Load Causal Wan Model "
+                                   "(weights shared, not copied)."}),
+    "positive": ("CONDITIONING", {"tooltip": "Text conditioning (with image conditioning from "
+                                             "Wan I2V Conditioning)."}),
+    "latent": ("LATENT", {"tooltip": "Wan video latent [B,16,T,H/8,W/8]; empty = from pure noise."}),
+}
+OPTIONAL_SOCKETS = {
+    "negative": ("CONDITIONING", {"tooltip": "Negative conditioning (used when guidance_scale > 1)."}),
+    "switch_positive": ("CONDITIONING", {"tooltip": "Prompt to switch to at switch_at_block "
+                                                    "(LongLive-style; needs switch_at_block >= 1)."}),
+    "actions": ("CLIPWAN_ACTIONS", {"tooltip": "Matrix-Game 2.0 keyboard / mouse actions (Matrix-Game Actions "
+                                               "node); none = idle. Other models refuse it."}),
+}
+
+
+def causal_node_inputs(node: str, required_sockets: dict = None, optional_sockets: dict = None) -> dict:
+    """``INPUT_TYPES`` of a causal node: its sockets around the settings' widgets (``settings_spec``), in the
+    order saved workflows have them (the widgets from switch_at_block on were added after the optional sockets).
+    Only seed (and the sockets) are required; every other widget is optional with its old default, most under
+    the node's advanced section."""
+    required, optional = spec.node_inputs(node)
+    names = list(optional)
+    later = names[names.index("switch_at_block"):]
+    settings = {k: v for k, v in optional.items() if k not in later}
+    return {"required": {**SAMPLER_SOCKETS, **required, **(required_sockets or {})},
+            "optional": {**settings, **OPTIONAL_SOCKETS, **(optional_sockets or {}),
+                         **{k: optional[k] for k in later}},
+            "hidden": {"unique_id": "UNIQUE_ID"}}
+
+
+def prepare_run(model, positive, latent, seed, negative=None, switch_positive=None, unique_id=None, actions=None,
+                **widgets):
     """The sampler's widgets and sockets -> ``(CausalWanModel, SamplerInputs, CausalSettings, prompt switches,
     ModelPatcher or None)``; shared by Causal Wan Sampler and Causal Wan Stream Video (nodes/stream_nodes.py).
 
-    ``family`` (a preset name, or "custom") adds that family's loop rules (``FamilyPreset.loop_rules``) to the
-    widgets' settings; the widgets themselves are never overridden — where they differ from the family's
-    values one log line names them. A length that is not a whole number of blocks runs with a shorter last
-    block where the loop allows it (``fit_block_layout``), said in the log and on the node."""
-    preset = family_preset(family)
-    settings = CausalSettings(steps=steps, shift=shift, warp=warp_steps, frames_per_block=frames_per_block,
-                              sink_size=sink_size, local_window=local_window, cache_dtype=resolve_dtype(cache_dtype),
-                              independent_first_frame=independent_first_frame, guidance_scale=guidance_scale)
-    if preset is not None:
-        differences = preset.widget_differences(dict(
-            steps=steps, shift=shift, warp_steps=warp_steps, frames_per_block=frames_per_block, sink_size=sink_size,
-            local_window=local_window, independent_first_frame=independent_first_frame,
-            guidance_scale=guidance_scale))
-        if differences:
-            log.warning("Causal Wan Sampler: family %s with the widgets as set, which differ from the family's "
-                        "values: %s", preset.name, "; ".join(differences))
-        settings = dataclasses.replace(settings, family=preset.name, **preset.loop_rules())
+    ``widgets`` are the settings' widgets by name (``settings_spec``; missing ones take their defaults, as an
+    API prompt saved before a widget existed). ``family`` (a preset name, or "custom") adds that family's loop
+    rules to the widgets' settings; the widgets themselves are never overridden — where they differ from the
+    family's values one log line names them. A length that is not a whole number of blocks runs with a shorter
+    last block where the loop allows it (``fit_block_layout``), said in the log and on the node. The run rule
+    is ``settings_spec.run_settings``, the CLI's too."""
+    values = {**spec.widget_defaults(spec.SAMPLER), **widgets, "seed": seed}
+    unknown = sorted(set(values) - set(spec.widget_defaults(spec.SAMPLER)))
+    if unknown:
+        raise TypeError(f"prepare_run: unknown input(s) {unknown}.")
+    spec.check_values(values)  # every widget in range before the model is loaded
+    del values["seed"]
+    family, image_conditioning = values.pop("family"), values.pop("image_conditioning")
+    switch_at_block = values.pop("switch_at_block")
+    samples = latent.get("samples") if isinstance(latent, dict) else None
+    if torch.is_tensor(samples) and samples.dim() == 5:  # the block layout too, before the model is loaded
+        spec.run_settings(values, family, None, samples.shape[2])
     causal, adapter, patcher = causal_model_of(model, seed)
     check_actions(causal.config, actions)  # Matrix-Game 2.0's actions: refused before anything runs elsewhere
-    settings = loop_rules_for(settings, causal.config)
     noise_mask = latent.get("noise_mask")  # Wan22ImageToVideoLatent's start image
     inputs = build_sampler_inputs(causal.config, latent["samples"], positive, negative, switch_positive,
                                   image_conditioning, adapter, noise_mask=noise_mask,
                                   switch_at_block=switch_at_block if switch_positive is not None else None)
-    settings, note = fit_block_layout(settings, inputs.latent.shape[2])
-    if note:
+    settings, notes = spec.run_settings(values, family, causal.config, inputs.latent.shape[2])
+    for note in notes:
         log.warning("Causal Wan Sampler: %s", note)
-        bridge.progress_text(note, unique_id)
+        if not note.startswith("family "):
+            bridge.progress_text(note, unique_id)
     switches = []
     if inputs.switch_text is not None:
         switches.append(PromptSwitch(int(switch_at_block), inputs.switch_text))

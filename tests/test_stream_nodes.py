@@ -40,7 +40,8 @@ def test_registered_with_suffix():
     assert NODE_DISPLAY_NAME_MAPPINGS["CausalWanStreamVideo"] == "Causal Wan Stream Video (ClipWan)"
     assert NODE_CLASS_MAPPINGS["CausalWanStreamVideo"] is CausalWanStreamVideo
     inputs = CausalWanStreamVideo.INPUT_TYPES()
-    assert {"vae", "filename_prefix", "format", "fps", "decoder", "return_frames", "steps"} <= set(inputs["required"])
+    assert {"vae", "seed"} <= set(inputs["required"])  # the settings' widgets are optional (old defaults)
+    assert {"filename_prefix", "format", "fps", "decoder", "return_frames", "steps"} <= set(inputs["optional"])
 
 
 def test_writes_file_and_returns_frames(parts, tmp_path, monkeypatch):

@@ -330,11 +330,16 @@ def test_web_menu_labels_and_applies_python_presets():
       const chosen = [L.familyChosen(presets, "CausVid") === presets["CausVid"], L.familyChosen(presets, "custom"),
                       L.familyChosen(presets, "toString"), L.familyChosen(null, "CausVid")];
       return {{cond, lengths, labels: Object.entries(presets).map(([n, p]) => L.presetLabel(n, p)), widgets, missing,
+               details: Object.entries(presets).map(([n, p]) => L.presetDetails(n, p)),
+               hidden: [L.hiddenKnobs(presets["CausVid"]), L.hiddenKnobs(presets["LongLive 1.0"]), L.hiddenKnobs(null)],
                fired, chosen, path: L.PRESETS_PATH, family: L.FAMILY_WIDGET}};""")
-    assert out["labels"] == [
+    assert out["labels"] == ["LongLive 1.0 · 481 frames", "CausVid · 85 frames"]
+    assert out["details"] == [
         "LongLive 1.0 — sink 3 + window 12 (flat memory), LoRA merged at load (length 481, longlive_base.pt, "
         "+ LoRA longlive_lora.pt, entry generator)",
         "CausVid — 3 unwarped steps at shift 8, blocks of 3 (length 85, causvid_model.pt, entry generator)"]
+    # the family's knobs: CausVid attends everything, so its sink and window stay hidden; custom shows all
+    assert out["hidden"] == [["sink_size", "local_window"], [], []]
     assert out["widgets"] == [{"name": "steps", "value": "1000,757,522"}, {"name": "shift", "value": 8.0},
                               {"name": "warp_steps", "value": False}, {"name": "family", "value": "CausVid"}]
     assert sorted(out["missing"]) == ["frames_per_block", "guidance_scale", "independent_first_frame",
@@ -367,3 +372,22 @@ def test_web_logic_decodes_frames_reports_and_applies_presets():
     assert out["report"] == ["a\nb", "t", ""]
     assert out["widgets"] == [{"name": "shift", "value": 5.0}, {"name": "frames_per_block", "value": 3}]
     assert out["missing"] == ["nope"]
+
+
+# The presets submenu was 1,430 px wide with the notes in its labels and covered its parent menu; a label is the
+# family and the length it sets (the rest is logged when a preset is applied). 48 characters at the menu's 13 px
+# font is about 330 px.
+MAX_MENU_LABEL = 48
+
+
+@pytest.mark.skipif(NODE is None, reason="node (JavaScript) is not installed")
+def test_presets_menu_labels_are_short():
+    from comfyui_clipwan.wan.sampling.presets import web_payload
+
+    payload = web_payload()
+    labels = _run_js(f"const p = {json.dumps(payload)}; return Object.entries(p).map(([n, x]) => L.presetLabel(n, x));")
+    assert len(labels) == len(payload) and all(name in label for name, label in zip(payload, labels))
+    assert max(len(label) for label in labels) <= MAX_MENU_LABEL, labels
+    # the check can fail: the old label (note and files) of the longest family is far longer
+    old = _run_js(f"const p = {json.dumps(payload)}; return Object.entries(p).map(([n, x]) => L.presetDetails(n, x));")
+    assert max(len(label) for label in old) > 2 * MAX_MENU_LABEL

@@ -12,8 +12,9 @@
 import { app } from "../../scripts/app.js";
 import { api } from "../../scripts/api.js";
 import {
-  FAMILY_WIDGET, PRESETS_PATH, SCORE_COLORS, SCORE_LABELS, applyLength, applyPreset, decodeFramePayload,
-  familyChosen, mergeScores, presetLabel, reportText, savedVideo, scoreCaption, scoreChart,
+  FAMILY_WIDGET, LAYOUTS_PATH, PRESETS_PATH, SCORE_COLORS, SCORE_LABELS, applyLength, applyPreset, decodeFramePayload,
+  familyChosen, hiddenKnobs, markAdvanced, mergeScores, migrateWidgetValues, presetDetails, presetLabel, reportText,
+  restoreByName, savedVideo, scoreCaption, scoreChart,
 } from "./clipwan_logic.js";
 
 const EXTENSION = "clipwan.ui";
@@ -30,15 +31,21 @@ const PLAYER_MAX_HEIGHT = 360;
 const CHART_HEIGHT = 90; // the live CLIP-score chart under the player (only once scores arrive)
 const SVG_NS = "http://www.w3.org/2000/svg";
 let causalPresets = {}; // filled from the pack's Python preset table at setup
+let widgetLayouts = {}; // {node type: {layouts, defaults}}: how earlier versions saved the causal nodes' widgets
+
+async function fetchJson(path) {
+  try {
+    const response = await api.fetchApi(path);
+    if (response.ok) return await response.json();
+    console.warn(`[clipwan] ${path}: HTTP ${response.status}`);
+  } catch (error) {
+    console.warn(`[clipwan] could not load ${path}`, error);
+  }
+  return {};
+}
 
 async function loadPresets() {
-  try {
-    const response = await api.fetchApi(PRESETS_PATH);
-    if (response.ok) causalPresets = await response.json();
-    else console.warn(`[clipwan] ${PRESETS_PATH}: HTTP ${response.status}`);
-  } catch (error) {
-    console.warn(`[clipwan] could not load presets from ${PRESETS_PATH}`, error);
-  }
+  [causalPresets, widgetLayouts] = await Promise.all([fetchJson(PRESETS_PATH), fetchJson(LAYOUTS_PATH)]);
 }
 
 function findNode(nodeId) {
@@ -213,9 +220,27 @@ function showScores(node, panel, payload) {
 // ------------------------------------------------------------------------------------------------
 // Causal sampler: presets (context menu) and the family combo fill the widgets from the Python table
 // ------------------------------------------------------------------------------------------------
+// Only the knobs the family's loop reads are shown (the others keep the family's value); "custom" shows all.
+function showKnobs(node, preset) {
+  const hide = hiddenKnobs(preset);
+  const known = new Set(Object.values(causalPresets).flatMap((p) => Object.keys(p.values ?? {})));
+  let changed = false;
+  for (const widget of node.widgets ?? []) {
+    if (!known.has(widget.name) || widget.name === FAMILY_WIDGET) continue;
+    const hidden = hide.includes(widget.name);
+    if (Boolean(widget.hidden) !== hidden) {
+      widget.hidden = hidden;
+      changed = true;
+    }
+  }
+  if (changed) node.setSize?.([node.size[0], node.computeSize?.()[1] ?? node.size[1]]);
+}
+
 function applyFamily(node, name, preset) {
   const missing = applyPreset(node.widgets ?? [], preset);
   if (missing.length) console.warn(`[clipwan] preset ${name}: node has no widget ${missing.join(", ")}`);
+  console.info(`[clipwan] preset ${presetDetails(name, preset)}`);
+  showKnobs(node, preset);
   // the latent's length must fit the preset's blocks: set it where the latent is made
   const slot = node.findInputSlot?.("latent") ?? -1;
   const source = slot >= 0 ? node.getInputNode?.(slot) : null;
@@ -238,6 +263,7 @@ function watchFamilyCombo(node) {
     const result = callback?.apply(this, arguments);
     const preset = familyChosen(causalPresets, value);
     if (preset) applyFamily(node, value, preset);
+    else showKnobs(node, null);
     return result;
   };
 }
@@ -275,6 +301,25 @@ app.registerExtension({
       nodeType.prototype.onNodeCreated = function () {
         const result = onNodeCreated?.apply(this, arguments);
         watchFamilyCombo(this);
+        // The inputs marked advanced (settings_spec: `advanced` in their options, as core marks its own) go
+        // behind the node's "Show Advanced" menu entry: the canvas renderer reads `widget.advanced`, which
+        // this frontend (1.49) sets only for the Vue renderer and the properties panel (`options.advanced`).
+        if (markAdvanced(this.widgets ?? []).length && this.size) this.setSize?.([this.size[0], this.computeSize()[1]]);
+        return result;
+      };
+      // A workflow saved by an earlier version of the node: its widget values re-read by name (ComfyUI restored
+      // them by position, one widget off after an inserted input); then the saved family's knobs are shown.
+      const onConfigure = nodeType.prototype.onConfigure;
+      nodeType.prototype.onConfigure = function (info) {
+        const result = onConfigure?.apply(this, arguments);
+        const known = widgetLayouts[nodeData.name];
+        const named = migrateWidgetValues(known?.layouts, info?.widgets_values);
+        if (named) {
+          restoreByName(this.widgets ?? [], named, known.defaults);
+          console.info(`[clipwan] node ${this.id}: widget values saved by an earlier version, restored by name`);
+        }
+        const family = this.widgets?.find((w) => w.name === FAMILY_WIDGET)?.value;
+        showKnobs(this, familyChosen(causalPresets, family));
         return result;
       };
       const getExtraMenuOptions = nodeType.prototype.getExtraMenuOptions;

@@ -1,20 +1,77 @@
 // Pure helpers for clipwan.js: no DOM, no ComfyUI imports, so tests can run them under Node.
 //
 // The causal-model presets come from the Python table (wan/sampling/presets.py) through GET /clipwan/presets:
-// {name: {note, values, model_file, lora_file, checkpoint_entry, recommended_length, image_route, license}}.
+// {name: {note, values, knobs, model_file, lora_file, checkpoint_entry, recommended_length, image_route, license}}.
 // `values` are CausalWanSampler widget values, `family` (the combo whose loop rules the run follows) included;
+// `knobs` the ones the family's loop reads (the node shows those for it);
 // tests/test_workflows.py checks them against the node.
 // `recommended_length` goes to the `length` of the node feeding the sampler's latent (applyLength).
 
 export const PRESETS_PATH = "/clipwan/presets";
+export const LAYOUTS_PATH = "/clipwan/widget_layouts";
 export const FAMILY_WIDGET = "family";
 
-/** Context-menu label of a preset: what it sets and what else the user must choose to match it. */
+/** Context-menu label of a preset: short enough for a submenu (the family and the length it sets). */
 export function presetLabel(name, preset) {
+  return Number.isFinite(preset.recommended_length) ? `${name} · ${preset.recommended_length} frames` : name;
+}
+
+/** What the user must choose to match a preset (files, entry) and what it runs: logged when it is applied. */
+export function presetDetails(name, preset) {
   const extra = [`length ${preset.recommended_length}`, preset.model_file];
   if (preset.lora_file) extra.push(`+ LoRA ${preset.lora_file}`);
   if (preset.checkpoint_entry && preset.checkpoint_entry !== "auto") extra.push(`entry ${preset.checkpoint_entry}`);
   return `${name} — ${preset.note} (${extra.join(", ")})`;
+}
+
+/**
+ * The preset widgets to hide for a family: those it sets (`values`) but its loop does not read (`knobs`), e.g.
+ * sink and window for a family that attends everything. None for "custom" (null preset): every widget shows.
+ */
+export function hiddenKnobs(preset) {
+  if (!preset || !Array.isArray(preset.knobs)) return [];
+  return Object.keys(preset.values ?? {}).filter((name) => name !== FAMILY_WIDGET && !preset.knobs.includes(name));
+}
+
+/** Mark the widgets whose input options say `advanced` as advanced widgets; returns their names. */
+export function markAdvanced(widgets) {
+  const marked = [];
+  for (const widget of widgets) {
+    if (!widget.options?.advanced) continue;
+    widget.advanced = true;
+    marked.push(widget.name);
+  }
+  return marked;
+}
+
+/**
+ * Saved widget values read by name. ComfyUI restores `widgets_values` by position; a list saved by an earlier
+ * version of the node (before a widget was inserted) would land one widget off. `layouts` are the node's
+ * layouts, oldest first, the current one last (GET /clipwan/widget_layouts, built from the Python settings
+ * declaration). Returns {input name: value} for a list saved with an earlier layout (matched by length), null
+ * when it has the current layout or matches none.
+ */
+export function migrateWidgetValues(layouts, values) {
+  if (!Array.isArray(layouts) || !layouts.length || !Array.isArray(values)) return null;
+  if (values.length === layouts[layouts.length - 1].length) return null;
+  const layout = layouts.find((names) => names.length === values.length);
+  return layout ? Object.fromEntries(layout.map((name, i) => [name, values[i]])) : null;
+}
+
+/**
+ * Put migrated values on the node's widgets by name (a widget the old layout lacks gets its default); returns
+ * the names set. Display-only widgets (serialize false) are left alone.
+ */
+export function restoreByName(widgets, named, defaults) {
+  const set = [];
+  for (const widget of widgets) {
+    if (widget.serialize === false) continue;
+    if (Object.prototype.hasOwnProperty.call(named, widget.name)) widget.value = named[widget.name];
+    else if (Object.prototype.hasOwnProperty.call(defaults ?? {}, widget.name)) widget.value = defaults[widget.name];
+    else continue;
+    set.push(widget.name);
+  }
+  return set;
 }
 
 /**

@@ -239,3 +239,39 @@ def test_hundred_prompts_with_random_interrupts_stay_correct_and_flat(server):
 
 def np_equal(a, b) -> bool:
     return a.shape == b.shape and bool((a == b).all())
+
+
+def test_server_serves_advanced_inputs_search_aliases_and_widget_layouts(server):
+    """What the page gets for the causal nodes: advanced inputs (core's V1 option key, which the frontend hides
+    behind "show advanced"), the family search aliases, and the widget layouts saved workflows are migrated by."""
+    from comfyui_clipwan.nodes.settings_nodes import LAYOUTS_PATH, widget_layouts_payload
+    from comfyui_clipwan.wan.sampling.presets import web_payload
+
+    info = server.get("/object_info")
+    for node_id in ("CausalWanSampler", "CausalWanStreamVideo"):
+        served = info[node_id]
+        assert served["input"]["optional"]["shift"][1]["advanced"] is True
+        assert "advanced" not in served["input"]["required"]["seed"][1]
+        assert {"krea", "memflow", "rolling", "reward", "causal forcing", "vace"} <= set(served["search_aliases"])
+    assert server.get(LAYOUTS_PATH) == json.loads(json.dumps(widget_layouts_payload()))
+    assert server.get("/clipwan/presets") == json.loads(json.dumps(web_payload()))
+
+
+def test_api_prompt_of_the_first_version_runs(server):
+    """The flagship example's API prompt as the first version committed it (before warp_steps existed): inputs
+    added since are optional with their old defaults, so ComfyUI runs it (no required_input_missing)."""
+    import subprocess
+
+    rel = "example_workflows/api/clipwan_i2v_causal.json"
+    try:
+        shas = subprocess.run(["git", "-C", str(P.REPO_ROOT), "log", "--format=%H", "--reverse", "--", rel],
+                              capture_output=True, text=True, check=True).stdout.split()
+        old = json.loads(subprocess.run(["git", "-C", str(P.REPO_ROOT), "show", f"{shas[0]}:{rel}"],
+                                        capture_output=True, text=True, check=True).stdout)
+    except (OSError, subprocess.CalledProcessError, IndexError):
+        pytest.skip("no git history of the example workflows in this checkout")
+    sampler = P.node_ids(old, "CausalWanSampler")[0]
+    assert "warp_steps" not in old[sampler]["inputs"]  # it is that version
+    prompt = P.for_test_server(old)
+    entry = server.run_prompt(prompt, timeout=600)
+    _check_outputs(server, prompt, entry, P.test_length(prompt))

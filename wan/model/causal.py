@@ -75,9 +75,10 @@ class CausalWanModel:
 
     @classmethod
     def from_file(cls, path: str, dtype=None, device="cpu", entry: str = "auto", lora: Optional[str] = None,
-                  lora_strength: float = 1.0) -> "CausalWanModel":
-        """``lora``: a LoRA file (LongLive's lora.pt) merged into the weights before they are placed."""
-        sd, source = load_wan_state_dict(path, entry)
+                  lora_strength: float = 1.0, prefer_entry: Optional[str] = None) -> "CausalWanModel":
+        """``lora``: a LoRA file (LongLive's lora.pt) merged into the weights before they are placed;
+        ``prefer_entry``: with ``entry`` auto, the entry to take where the file has it (a family's)."""
+        sd, source = load_wan_state_dict(path, entry, prefer_entry)
         if lora:
             from .lora import merge_lora_file
 

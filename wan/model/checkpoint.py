@@ -29,8 +29,11 @@ def _is_tensor_dict(obj) -> bool:
     return isinstance(obj, Mapping) and any(isinstance(v, torch.Tensor) for v in obj.values())
 
 
-def select_state_dict(obj: Mapping, entry: str = "auto", source: str = "checkpoint") -> tuple[dict, str]:
-    """Pick the DiT tensor dict out of a checkpoint; returns (tensors, entry name or '')."""
+def select_state_dict(obj: Mapping, entry: str = "auto", source: str = "checkpoint",
+                      prefer: Optional[str] = None) -> tuple[dict, str]:
+    """Pick the DiT tensor dict out of a checkpoint; returns (tensors, entry name or ''). ``prefer`` (a family's
+    entry) is taken with ``entry`` auto where the file has it; a file without it (a flat .safetensors of the
+    same weights) loads by the auto rule instead of failing."""
     if not isinstance(obj, Mapping):
         raise ValueError(f"{source}: expected a dict of tensors, found {type(obj).__name__}.")
     if LORA_ENTRY in obj:
@@ -47,6 +50,8 @@ def select_state_dict(obj: Mapping, entry: str = "auto", source: str = "checkpoi
         return dict(obj[entry]), entry
     if flat:
         return dict(obj), ""
+    if prefer not in (None, "", "auto") and prefer in obj and _is_tensor_dict(obj[prefer]):
+        return dict(obj[prefer]), prefer
     for key in CONTAINER_KEYS:  # Self-Forcing: prefer the EMA generator, like its demo/inference --use_ema
         if key in obj and _is_tensor_dict(obj[key]):
             return dict(obj[key]), key
@@ -76,16 +81,17 @@ def strip_to_wan_keys(sd: Mapping, source: str = "checkpoint") -> dict:
     return {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
 
 
-def wan_state_dict_from(raw: Mapping, entry: str = "auto", name: str = "checkpoint") -> tuple[dict, str]:
+def wan_state_dict_from(raw: Mapping, entry: str = "auto", name: str = "checkpoint",
+                        prefer: Optional[str] = None) -> tuple[dict, str]:
     """Wan-named tensors of an already-read checkpoint (any reader) and where they came from."""
-    sd, picked = select_state_dict(raw, entry, name)
+    sd, picked = select_state_dict(raw, entry, name, prefer)
     sd = strip_to_wan_keys(sd, name + (f"['{picked}']" if picked else ""))
     return sd, name + (f" [{picked}]" if picked else "")
 
 
-def load_wan_state_dict(path: str, entry: str = "auto") -> tuple[dict, str]:
+def load_wan_state_dict(path: str, entry: str = "auto", prefer: Optional[str] = None) -> tuple[dict, str]:
     """Wan-named tensors of a weights file and a short description of where they came from."""
-    return wan_state_dict_from(read_file(path), entry, os.path.basename(path))
+    return wan_state_dict_from(read_file(path), entry, os.path.basename(path), prefer)
 
 
 def resolve_dtype(dtype: Optional[object]) -> Optional[torch.dtype]:

@@ -447,11 +447,21 @@ def loop_rules_for(settings: CausalSettings, config) -> CausalSettings:
 
 
 def _step_count(steps) -> int:
+    """The UniPC step count of ``steps``: a count ("4"), or the evenly spaced list that count expands to
+    ("1000,750,500,250", the sampler's default, is 4 steps), so the default runs on a Wan 2.2 model too."""
+    from .scheduler import expand_step_count, parse_steps
+
     text = str(steps).strip() if not isinstance(steps, (list, tuple)) else ""
-    if not text.isdigit() or int(text) < 1:
-        raise ValueError(f"the UniPC solver takes a number of steps (LongLive 2.0: 4), not '{steps}'; give e.g. "
-                         f"steps='4', or use solver 'renoise' for a timestep list.")
-    return int(text)
+    if text.isdigit() and int(text) >= 1:
+        return int(text)
+    try:
+        values = parse_steps(steps, True)
+    except ValueError:
+        values = None
+    if values and values == expand_step_count(len(values)):
+        return len(values)
+    raise ValueError(f"the UniPC solver (Wan 2.2 / LongLive 2.0) takes a number of steps, not the timesteps "
+                     f"'{steps}'; give e.g. steps='4' (or its evenly spaced list '1000,750,500,250').")
 
 
 def _check_known_frames(first_frames, latent, layout, clamp: bool = False) -> int:

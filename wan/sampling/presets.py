@@ -17,9 +17,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Optional
 
-# CausalWanSampler widgets a preset sets (the web menu sets exactly these; a test checks the node has them)
-SAMPLER_WIDGETS = ("steps", "shift", "warp_steps", "frames_per_block", "sink_size", "local_window",
-                   "independent_first_frame", "guidance_scale")
+from .settings_spec import PRESET_WIDGETS as SAMPLER_WIDGETS  # the widgets a preset sets (declared there)
+from .settings_spec import check_preset
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,9 +38,9 @@ class FamilyPreset:
     independent_first_frame: bool = True  # the start image is the first latent frame (its own block)
     checkpoint_entry: str = "auto"
     lora_rank: int = 0  # LoRA shipped separately (merged at load); alpha = rank in every released one
-    recache: str = "none"  # what a prompt switch re-encodes: "window" (LongLive) or "none"
     # the authors' loop rules that are not sampler widgets: ``CausalSettings`` fields as (name, value) pairs,
-    # e.g. (("positions", "slots"), ("sink_ema", 0.999)); the node and the CLI apply them for the chosen family
+    # e.g. (("positions", "slots"), ("sink_ema", 0.999)); the node and the CLI apply them for the chosen family.
+    # A prompt switch re-caches jointly by default (``CausalSettings.recache``, LongLive's and MemFlow's rule).
     rules: tuple = ()
     image_route: str = "first_frame"  # first_frame | clip | none
     recommended_length: int = 85  # pixel frames; (L-1)//4+1 latent frames fit the blocks
@@ -146,7 +145,7 @@ PRESETS = (
          "Efficient-Large-Model/LongLive-1.3B/models/lora.pt"),
         "Apache-2.0", "Wan2.1-T2V-1.3B", "configs/longlive_inference.yaml (use_ema: false, adapter rank 256 alpha 256)",
         steps="1000,750,500,250", shift=5.0, warp_steps=True, frames_per_block=3, sink_size=3, local_window=12,
-        checkpoint_entry="generator", lora_rank=256, recache="window", recommended_length=_len(121),
+        checkpoint_entry="generator", lora_rank=256, recommended_length=_len(121),
         save_as=("", "longlive_lora.pt"), note="sink 3 + window 12 (flat memory), LoRA merged at load"),
     FamilyPreset(
         "Causal Forcing chunk-wise", "thu-ml/Causal-Forcing", ("zhuhz22/Causal-Forcing/chunkwise/causal_forcing.pt",),
@@ -197,7 +196,7 @@ PRESETS = (
         "configs/inference.yaml, interactive_inference.yaml (use_ema: false, bank_size 3, record_interval 3, "
         "adapter rank 256 alpha 256)",
         steps="1000,750,500,250", shift=5.0, warp_steps=True, frames_per_block=3, sink_size=3, local_window=12,
-        checkpoint_entry="generator", lora_rank=256, recache="window",
+        checkpoint_entry="generator", lora_rank=256,
         rules=(("loop", "memory"), ("memory_bank", 3), ("memory_interval", 3)), recommended_length=_len(121),
         save_as=("memflow_base.pt", "memflow_lora.pt"),
         note="LongLive's sink 3 + window 12 plus a memory bank of 3 frames kept by relevance to the prompt "
@@ -243,6 +242,8 @@ PRESETS = (
 MATRIX_GAME_FAMILIES = {"universal": "Matrix-Game 2.0", "gta_drive": "Matrix-Game 2.0 GTA drive",
                         "templerun": "Matrix-Game 2.0 Temple Run"}
 
+for _preset in PRESETS:  # every field against the settings' declaration (a bad value fails at import)
+    check_preset(_preset)
 _BY_NAME = {p.name: p for p in PRESETS}
 
 
@@ -324,10 +325,14 @@ def check_family_fits(family, config) -> None:
 
 
 def web_payload(names: Optional[list] = None) -> dict:
-    """``{name: {note, values, ...}}`` for the web presets menu (GET /clipwan/presets)."""
+    """``{name: {note, values, knobs, ...}}`` for the web presets menu (GET /clipwan/presets): ``values`` are
+    every widget the family sets, ``knobs`` the ones its loop reads (the node shows only those for it)."""
     out = {}
+    from .settings_spec import family_knobs
+
     for p in PRESETS if names is None else [get_preset(n) for n in names]:
-        out[p.name] = {"note": p.note, "values": p.sampler_values(), "model_file": p.model_file,
+        out[p.name] = {"note": p.note, "values": p.sampler_values(), "knobs": family_knobs(p),
+                       "model_file": p.model_file,
                        "lora_file": p.lora_file, "checkpoint_entry": p.checkpoint_entry,
                        "recommended_length": p.recommended_length, "image_route": p.image_route,
                        "license": p.license}
