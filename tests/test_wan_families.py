@@ -362,8 +362,7 @@ def test_family_combo_is_the_last_input_and_lists_every_preset():
     """Appended after every earlier input, so workflows saved before it keep their widgets_values (the value
     it lacks is the default, "custom": the widgets alone, as before)."""
     # the stream node's own inputs added after it, in a later version, come after it for the same reason
-    later = {CausalWanSampler: [], CausalWanStreamVideo: ["score_clip", "score_every_n_frames", "score_prompts",
-                                                         "score_reference", "until_stopped"]}
+    later = {CausalWanSampler: [], CausalWanStreamVideo: ["score_every_n_frames", "score_prompts", "until_stopped"]}
     for node in (CausalWanSampler, CausalWanStreamVideo):
         spec = node.INPUT_TYPES()
         names = list(spec["optional"])

@@ -162,6 +162,8 @@ def _causal_api_nodes(history):
         wan22 = any(n["class_type"] == "Wan22ImageToVideoLatent" for n in prompt.values())
         for nid, node in prompt.items():
             if node["class_type"] in CAUSAL_NODES:
+                if str(node["inputs"].get("family", "")).startswith("Matrix-Game"):
+                    continue  # needs a Matrix-Game action model (tests/test_matrix_game.py runs that template)
                 widgets = {k: v for k, v in node["inputs"].items() if not isinstance(v, list)}
                 key = json.dumps([node["class_type"], widgets, wan22], sort_keys=True)
                 seen.setdefault(key, (f"{sha[:10]}:{rel} node {nid}", node, wan22))

@@ -313,10 +313,10 @@ def check_family_fits(family, config) -> None:
     mode = config.actions.mode if config.actions is not None else None
     wanted = next((m for m, name in MATRIX_GAME_FAMILIES.items() if name == preset.name), None)
     if mode != wanted:
-        fits = MATRIX_GAME_FAMILIES.get(mode, "a family without actions (e.g. Self-Forcing)")
-        raise ValueError(f"family '{preset.name}' is for "
-                         f"{'a Matrix-Game 2.0 model with ' + repr(wanted) + ' actions' if wanted else 'a model without action modules'}, "
-                         f"but the model is {config.describe()}. Choose family '{fits}' or 'custom'.")
+        needs = f"a Matrix-Game 2.0 model with {wanted!r} actions" if wanted else "a model without action modules"
+        fits = f"family '{MATRIX_GAME_FAMILIES[mode]}'" if mode else "a family of a model without actions"
+        raise ValueError(f"family '{preset.name}' is for {needs}, but the model is {config.describe()}. Choose "
+                         f"{fits} or 'custom'.")
     if config.size_name != "custom" and config.size_name != size:
         same_size = [p.name for p in PRESETS if _base_model(p) == (config.generation, config.size_name)]
         raise ValueError(f"family '{preset.name}' was distilled from {preset.base} ({size}), but the model is "

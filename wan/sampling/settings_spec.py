@@ -184,7 +184,7 @@ SETTINGS = (
     # last, so workflows saved before it keep their widgets_values (a missing value = "custom")
     Setting("family", "COMBO", FAMILY_TOOLTIP, default="custom", choices=_families, advanced=False, since=3,
             field="family", cli="--family", cli_aliases=("--preset",)),
-    # the stream node's inputs added after family (layout 4), so workflows saved before them keep their values
+    # the stream node's inputs added after family (layouts 4 and 5), so workflows saved before them keep their values
     Setting("score_every_n_frames", "INT", "Score frames 0, n, 2n, ... as they are decoded (with score_clip); "
             "0 = off.", default=0, min=0, max=1000, nodes=(STREAM,), since=4,
             used_by="Causal Wan Stream Video's live CLIP scores (the CLI: sample --scores)"),
@@ -194,7 +194,7 @@ SETTINGS = (
     Setting("until_stopped", "BOOLEAN", "Endless stream: ignore the latent's length (it is only the start) and keep "
             "sampling until Cancel; the file is fragmented MP4 (playable at every moment) and memory stays flat. "
             "Needs a local_window; positions become relative (LongLive's relative RoPE) so they stay inside the "
-            "window at any length. Block loop families only.", default=False, nodes=(STREAM,), since=4,
+            "window at any length. Block loop families only.", default=False, nodes=(STREAM,), since=5,
             used_by="Causal Wan Stream Video (block loop families with a window)"),
     # loop rules: set by a family (FamilyPreset.rules), a model generation (Wan 2.2) or the Python API
     Setting("solver", "COMBO", "Per-block step rule: renoise (x0 then fresh noise) or unipc (LongLive 2.0).",
