@@ -38,6 +38,8 @@ from .cache import POSITION_MODES, KVCache
 from ..model.causal import CausalWanModel
 from .checks import check_finite_latent
 from ..vae.latent import check_latent
+from ..conditioning.control import as_controls
+from ..model.vace import VaceStep
 from .scheduler import DEFAULT_SHIFT, DEFAULT_STEPS, denoising_schedule, renoise, x0_from_flow
 from .unipc import UniPCSolver, unipc_schedule
 
@@ -359,6 +361,22 @@ def _image_inputs(model: CausalWanModel, clip_fea, concat, first_frames):
     return clip_fea, concat, first_frames
 
 
+def _vace_controls(vace, cfg, latent_shape, settings) -> list:
+    controls = as_controls(vace)
+    if not controls:
+        return []
+    if not cfg.has_vace:
+        raise ValueError(f"VACE conditioning was given but the model has no VACE weights ({cfg.describe()}): load a "
+                         f"Wan2.1-VACE checkpoint, or a causal base with a VACE module file (vace_name).")
+    if settings.loop == "rolling":
+        raise ValueError("VACE on the 'rolling' loop (Rolling Forcing) has no rule: Daydream Scope defines causal "
+                         "VACE for the block loop (LongLive, Reward Forcing), MemFlow's memory loop and Krea's "
+                         "recompute loop only. Use one of those families, or drop the VACE conditioning.")
+    for c in controls:
+        c.check(latent_shape, cfg.vace_in_dim)
+    return controls
+
+
 def clamp_first_frames(x: torch.Tensor, t: torch.Tensor, clean: Optional[torch.Tensor], start: int):
     """The ``first_frame="clamp"`` policy (LongLive 2.0's i2v, Wan 2.2 TI2V's image conditioning).
 
@@ -461,7 +479,7 @@ class CausalLoop:
                  clip_fea: Optional[torch.Tensor] = None, concat: Optional[torch.Tensor] = None,
                  first_frames: Optional[torch.Tensor] = None, prompt_switches: Sequence[PromptSwitch] = (),
                  noise: Optional[NoiseSource] = None, hooks: Optional[SamplerHooks] = None,
-                 check_interrupt: Optional[Callable[[], None]] = None):
+                 check_interrupt: Optional[Callable[[], None]] = None, vace=None):
         s = settings or CausalSettings()
         cfg = model.config
         check_latent(latent, channels=cfg.out_dim)
@@ -523,6 +541,8 @@ class CausalLoop:
         self.total_steps = sum(len(self._schedule(bi)[0]) for bi in generated)
         self.branches: list = []
         self._started = False
+        self.vace = _vace_controls(vace, cfg, latent.shape, s)
+        self._vace_block: tuple = (None, None)
 
     def __len__(self) -> int:
         return len(self.layout)
@@ -575,9 +595,20 @@ class CausalLoop:
         out = dit.transformer(self.model.tree, self.cfg, x_in, t, branch.ctx,
                               start_frame=self._rope_start(kind, start),
                               kv_hook=self._kv_hook(kind, block, branch, start),
-                              attn_mask=self._attn_mask(kind, x.shape[2]), dtype=self.dtype, run_head=head)
+                              attn_mask=self._attn_mask(kind, x.shape[2]), dtype=self.dtype, run_head=head,
+                              vace=self._vace_step(kind, start, x.shape[2]))
         self.hooks.on_forward_end(kind, block)
         return out
+
+    def _vace_step(self, kind: str, start: int, n: int):
+        """The VACE input of a forward: the block's context on its denoising steps only. Scope's rule: the pass
+        that writes the cache (and Krea's recompute, a prompt switch's re-cache) runs without hints."""
+        if not self.vace or kind != "denoise":
+            return None
+        if self._vace_block[0] != (start, n):  # read once per block (a streamed control video advances here)
+            contexts = [(c.block(start, n).to(self.device), c.strength) for c in self.vace if c.strength != 0]
+            self._vace_block = ((start, n), VaceStep(contexts) if contexts else None)
+        return self._vace_block[1]
 
     def _kv_hook(self, kind: str, block: int, branch: _Branch, start: int):
         """The self-attention K/V a forward sees: the branch's cache (a loop shape may add to it)."""
