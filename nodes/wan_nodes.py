@@ -218,7 +218,7 @@ class CausalWanSampler:
         loop = iter_causal_blocks(causal, inputs.latent, inputs.text, seed=seed, settings=settings,
                                   negative_text=inputs.negative_text, clip_fea=inputs.clip_fea,
                                   concat=inputs.concat, first_frames=inputs.first_frames, prompt_switches=switches,
-                                  check_interrupt=bridge.check_interrupt)
+                                  check_interrupt=bridge.check_interrupt, vace=list(inputs.vace))
         loop.hooks = _RunReporter(patcher, unique_id, loop.total_steps, inputs.to_raw)
         note = getattr(loop, "fallback_note", None)  # a family rule this node cannot run (no decoded pixels)
         if note:
@@ -227,7 +227,10 @@ class CausalWanSampler:
         z = torch.zeros(inputs.latent.shape, dtype=torch.float32, device=causal.device)
         for block in loop:
             z[:, :, block.start_frame:block.start_frame + block.num_frames] = block.x0
-        return ({"samples": inputs.to_raw(z).to(bridge.intermediate_device())},)
+        out = inputs.to_raw(z)
+        if inputs.reference_raw is not None:  # WanVaceToVideo's reference frames back in front, for TrimVideoLatent
+            out = torch.cat([inputs.reference_raw.to(out), out], dim=2)
+        return ({"samples": out.to(bridge.intermediate_device())},)
 
 
 def prepare_run(model, positive, latent, seed, steps="1000,750,500,250", shift=5.0, warp_steps=True,
