@@ -81,10 +81,36 @@ def read_control(control, start: int, n: int) -> torch.Tensor:
     if torch.is_tensor(control):
         return control[:, :, start:start + n].float()
     out = control.read(start, n)
-    if out.shape[2] != n:
-        raise ValueError(f"the control video ended: {out.shape[2]} of {n} latent frames read at frame {start}; give "
-                         f"a control video at least as long as the video you generate.")
+    if out is None or out.shape[2] != n:
+        got = 0 if out is None else out.shape[2]
+        raise ValueError(f"the control video ended: {got} of {n} latent frames read at latent frame {start}; give a "
+                         f"control video at least as long as the video you generate (4 frames per latent frame "
+                         f"after the first).")
     return out.float()
+
+
+class VideoControl:
+    """A control video read and encoded block by block (a ``ControlSource``): each pixel frame ``c`` in [0, 1]
+    becomes WanVaceToVideo's ``inactive = (c - 0.5)(1 - m) + 0.5`` and ``reactive = (c - 0.5) m + 0.5`` (mask ``m``
+    = 1: everything is controlled, as that node's default), each half through its own streaming VAE encoder
+    (Scope keeps the two caches apart too), normalised, with the mask's 64 channels (ones) after them."""
+
+    def __init__(self, frames, vae, from_raw: Callable):
+        self.frames = iter(frames)
+        self.inactive, self.reactive = vae.stream_encoder(), vae.stream_encoder()
+        self.from_raw = from_raw
+        self.next_latent = 0
+
+    def read(self, start: int, n: int) -> Optional[torch.Tensor]:
+        from ..video.source import latent_frame_pixels
+
+        out = []
+        for pixels in latent_frame_pixels(self, start, n):
+            halves = [self.from_raw(enc.encode(pixels * 0 if enc is self.inactive else pixels * 2 - 1))
+                      for enc in (self.inactive, self.reactive)]
+            mask = torch.ones(halves[0].shape[0], MASK, *halves[0].shape[2:])
+            out.append(torch.cat(halves + [mask.to(halves[0])], dim=1))
+        return torch.cat(out, dim=2) if out else None
 
 
 def as_controls(vace) -> List[VaceControl]:

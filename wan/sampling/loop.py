@@ -377,6 +377,19 @@ def _vace_controls(vace, cfg, latent_shape, settings) -> list:
     return controls
 
 
+def _restyle_input(restyle, latent_shape, settings, sigmas):
+    if restyle is None:
+        return None
+    if settings.loop == "rolling" or settings.solver != "renoise":
+        raise ValueError("video-to-video has a rule for loops that start each block from one noise level (Krea's server, "
+                         "Self-Forcing-style blocks); the 'rolling' loop and the UniPC solver have none.")
+    if not sigmas or sigmas[0] >= 1.0:
+        raise ValueError("video-to-video needs a first step below 1000 (these steps start from pure noise, which "
+                         "ignores the input video): use steps=restyle_steps(strength) with a strength below 1.")
+    restyle.check(latent_shape)
+    return restyle
+
+
 def clamp_first_frames(x: torch.Tensor, t: torch.Tensor, clean: Optional[torch.Tensor], start: int):
     """The ``first_frame="clamp"`` policy (LongLive 2.0's i2v, Wan 2.2 TI2V's image conditioning).
 
@@ -479,7 +492,7 @@ class CausalLoop:
                  clip_fea: Optional[torch.Tensor] = None, concat: Optional[torch.Tensor] = None,
                  first_frames: Optional[torch.Tensor] = None, prompt_switches: Sequence[PromptSwitch] = (),
                  noise: Optional[NoiseSource] = None, hooks: Optional[SamplerHooks] = None,
-                 check_interrupt: Optional[Callable[[], None]] = None, vace=None):
+                 check_interrupt: Optional[Callable[[], None]] = None, vace=None, restyle=None):
         s = settings or CausalSettings()
         cfg = model.config
         check_latent(latent, channels=cfg.out_dim)
@@ -542,6 +555,7 @@ class CausalLoop:
         self.branches: list = []
         self._started = False
         self.vace = _vace_controls(vace, cfg, latent.shape, s)
+        self.restyle = _restyle_input(restyle, latent.shape, s, self.sigmas)
         self._vace_block: tuple = (None, None)
 
     def __len__(self) -> int:
@@ -636,8 +650,9 @@ class CausalLoop:
             steps = _UniPCSteps(self.unipc)  # starts from the noise itself (its first σ is 0.9998)
         else:
             steps = _RenoiseSteps(sigmas, timesteps, self.noise, bi, self.device)
-            if sigmas[0] < 1.0:
-                x = renoise(self.latent[:, :, start:start + n].float().to(self.device), x, sigmas[0])
+            if sigmas[0] < 1.0:  # Krea's v2v: the input video's frames (or the given latent) noised to the first σ
+                source = self.restyle.block(start, n) if self.restyle else self.latent[:, :, start:start + n]
+                x = renoise(source.float().to(self.device), x, sigmas[0])
         clean = self.first_frames if self.clamp else None
         for j, t_step in enumerate(steps.timesteps):
             self.check_interrupt()
