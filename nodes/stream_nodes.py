@@ -101,7 +101,8 @@ class CausalWanStreamVideo:
                            from_raw=inputs.from_raw, encode=encode, seed=seed,
                            settings=settings, negative_text=inputs.negative_text, clip_fea=inputs.clip_fea,
                            concat=inputs.concat, first_frames=inputs.first_frames, prompt_switches=switches,
-                           check_interrupt=bridge.check_interrupt, vace=list(inputs.vace))
+                           check_interrupt=bridge.check_interrupt, vace=list(inputs.vace),
+                           restyle=inputs.restyle)
         progress = bridge.Progress(len(run), node_id=unique_id)
         player = bridge.prompt_server() is not None
         kept, last = [], None

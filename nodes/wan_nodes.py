@@ -200,6 +200,11 @@ class CausalWanSampler:
                                                        "replaces positive; 0 = no switch."}),
                 # last, so workflows saved before it keep their widgets_values (a missing value = "custom")
                 "family": (family_choices(), {"default": CUSTOM_FAMILY, "tooltip": FAMILY_TOOLTIP}),
+                # sockets (no widget values): a control video / a video to restyle, streamed (nodes/control_nodes.py)
+                "vace_control": ("CLIPWAN_CONTROL", {"tooltip": "Causal VACE Control: a control video read block "
+                                                                "by block and/or a reference image (VACE models)."}),
+                "restyle": ("CLIPWAN_RESTYLE", {"tooltip": "Causal Video Restyle: an input video restyled block by "
+                                                           "block (video-to-video, Krea's strength rule)."}),
             },
             "hidden": {"unique_id": "UNIQUE_ID"},
         }
@@ -208,17 +213,19 @@ class CausalWanSampler:
                frames_per_block=3,
                sink_size=0, local_window=0, cache_dtype="auto", independent_first_frame=False,
                guidance_scale=1.0, image_conditioning=True, negative=None, switch_positive=None,
-               switch_at_block=0, family=CUSTOM_FAMILY, unique_id=None):
+               switch_at_block=0, family=CUSTOM_FAMILY, unique_id=None, vace_control=None, restyle=None):
         causal, inputs, settings, switches, patcher = prepare_run(
             model, positive, latent, seed, steps=steps, shift=shift, warp_steps=warp_steps,
             frames_per_block=frames_per_block, sink_size=sink_size, local_window=local_window,
             cache_dtype=cache_dtype, independent_first_frame=independent_first_frame, guidance_scale=guidance_scale,
             image_conditioning=image_conditioning, negative=negative, switch_positive=switch_positive,
-            switch_at_block=switch_at_block, family=family, unique_id=unique_id)
+            switch_at_block=switch_at_block, family=family, unique_id=unique_id, vace_control=vace_control,
+            restyle=restyle)
         loop = iter_causal_blocks(causal, inputs.latent, inputs.text, seed=seed, settings=settings,
                                   negative_text=inputs.negative_text, clip_fea=inputs.clip_fea,
                                   concat=inputs.concat, first_frames=inputs.first_frames, prompt_switches=switches,
-                                  check_interrupt=bridge.check_interrupt, vace=list(inputs.vace))
+                                  check_interrupt=bridge.check_interrupt, vace=list(inputs.vace),
+                                  restyle=inputs.restyle)
         loop.hooks = _RunReporter(patcher, unique_id, loop.total_steps, inputs.to_raw)
         note = getattr(loop, "fallback_note", None)  # a family rule this node cannot run (no decoded pixels)
         if note:
@@ -236,7 +243,7 @@ class CausalWanSampler:
 def prepare_run(model, positive, latent, seed, steps="1000,750,500,250", shift=5.0, warp_steps=True,
                 frames_per_block=3, sink_size=0, local_window=0, cache_dtype="auto", independent_first_frame=False,
                 guidance_scale=1.0, image_conditioning=True, negative=None, switch_positive=None, switch_at_block=0,
-                family=CUSTOM_FAMILY, unique_id=None):
+                family=CUSTOM_FAMILY, unique_id=None, vace_control=None, restyle=None):
     """The sampler's widgets and sockets -> ``(CausalWanModel, SamplerInputs, CausalSettings, prompt switches,
     ModelPatcher or None)``; shared by Causal Wan Sampler and Causal Wan Stream Video (nodes/stream_nodes.py).
 
@@ -263,6 +270,14 @@ def prepare_run(model, positive, latent, seed, steps="1000,750,500,250", shift=5
     inputs = build_sampler_inputs(causal.config, latent["samples"], positive, negative, switch_positive,
                                   image_conditioning, adapter, noise_mask=noise_mask,
                                   switch_at_block=switch_at_block if switch_positive is not None else None)
+    if vace_control is not None or restyle is not None:  # streamed inputs, sized like the video (nodes/control_nodes.py)
+        width, height = 8 * inputs.latent.shape[4], 8 * inputs.latent.shape[3]
+        if vace_control is not None:
+            inputs = dataclasses.replace(inputs, vace=inputs.vace + (vace_control.build(width, height,
+                                                                                        inputs.from_raw),))
+        if restyle is not None:
+            settings = dataclasses.replace(settings, steps=restyle.steps(settings.steps), warp=True)
+            inputs = dataclasses.replace(inputs, restyle=restyle.build(width, height, inputs.from_raw))
     settings, note = fit_block_layout(settings, inputs.latent.shape[2])
     if note:
         log.warning("Causal Wan Sampler: %s", note)

@@ -79,6 +79,7 @@ class SamplerInputs:
     # them back in front of its output, so the graph's TrimVideoLatent(trim_latent) removes them as for KSampler
     vace: tuple = ()
     reference_raw: Optional[torch.Tensor] = None
+    restyle: object = None  # video-to-video input (wan/conditioning/restyle.py), from the restyle socket
 
     @property
     def image_routes(self) -> list:
