@@ -10,6 +10,7 @@ import base64
 import dataclasses
 import io
 import logging
+import os
 
 import torch
 
@@ -119,13 +120,25 @@ class LoadCausalWanModel:
                                                   "(models/loras), with longlive_base.pt as model_name."}),
                 "lora_strength": ("FLOAT", {"default": 1.0, "min": -10.0, "max": 10.0, "step": 0.05,
                                             "tooltip": "LoRA scale (1.0 = as trained)."}),
+                "vace_name": (["none"] + bridge.list_model_files("diffusion_models"), {
+                    "default": "none", "tooltip": "Wan2.1-VACE weights put beside the model's blocks, as Daydream "
+                                                  "Scope runs LongLive / Self-Forcing / Krea with VACE: a VACE "
+                                                  "module file (Wan2_1-VACE_module_1_3B_bf16.safetensors) or a "
+                                                  "whole Wan2.1-VACE checkpoint of the same size."}),
             },
         }
 
     def load(self, model_name, weight_dtype="default", checkpoint_entry="auto", lora_name="none",
-             lora_strength=1.0):
+             lora_strength=1.0, vace_name="none"):
         path = bridge.resolve_model_path(model_name, "diffusion_models", "checkpoints")
         sd, source = load_wan_state_dict(path, checkpoint_entry)
+        if vace_name not in (None, "", "none"):  # before the LoRA, which touches the base blocks only (Scope's order)
+            from ..wan.model.checkpoint import read_file
+            from ..wan.model.vace import apply_vace, vace_state_dict_from
+
+            vace_path = bridge.resolve_model_path(vace_name, "diffusion_models")
+            sd = apply_vace(sd, vace_state_dict_from(read_file(vace_path), os.path.basename(vace_path)))
+            source = f"{source} + VACE {os.path.basename(vace_path)}"
         if lora_name not in (None, "", "none"):  # e.g. LongLive's lora.pt, merged before anything is placed
             sd, source = merge_lora_file(sd, bridge.resolve_model_path(lora_name, "loras"), lora_strength, source)
         dtype = resolve_dtype(weight_dtype)
