@@ -130,3 +130,21 @@ def test_restyle_streamed_input_equals_whole_latent(vae):
     reader = LatentFrames(pixel_frames(images, 48, 32), vae.stream_encoder(), normalize)
     b = sample_causal(model, torch.zeros(1, 16, 6, 4, 6), text, settings=settings, restyle=Restyle(reader))
     torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+def test_bench_control_quick(tmp_path):
+    import argparse
+    import json
+
+    from comfyui_clipwan.benchmarks import bench_control
+
+    parser = argparse.ArgumentParser()
+    bench_control.add_arguments(parser)
+    assert bench_control.run(parser.parse_args(["--quick", "--json", str(tmp_path / "b.json")])) == 0
+    figures = json.loads((tmp_path / "b.json").read_text())
+    dense, sparse = figures["vace"]
+    assert (dense["vace_blocks"], sparse["vace_blocks"]) == (5, 2)
+    assert dense["hint_ratio"] > 1.0 and figures["restyle"]["ratio"] > 0
+    mem = figures["memory"]
+    assert mem["long"]["control_frames_read"] == 24 and mem["long"]["blocks"] == 6
+    assert mem["peak_rss_ratio"] < 1.5
