@@ -49,8 +49,11 @@ def test_streaming_encoder_equals_whole_encode(vae):
     parts = [reader.read(0, 1), reader.read(1, 2), reader.read(3, 1)]
     assert reader.read(4, 3) is None  # the video ended (13 frames = 4 latent frames)
     torch.testing.assert_close(torch.cat(parts, 2), whole, atol=1e-5, rtol=1e-5)
+    # frames not asked for (a start image's blocks) are read and encoded all the same: what follows is unchanged
+    skipping = LatentFrames(pixel_frames(images, 48, 32), vae.stream_encoder())
+    torch.testing.assert_close(skipping.read(1, 3), whole[:, :, 1:], atol=1e-5, rtol=1e-5)
     with pytest.raises(ValueError, match="read block by block in order"):
-        LatentFrames(pixel_frames(images, 48, 32), vae.stream_encoder()).read(3, 3)
+        skipping.read(0, 1)
 
 
 def test_video_file_read_frame_by_frame(tmp_path):
@@ -148,3 +151,18 @@ def test_bench_control_quick(tmp_path):
     mem = figures["memory"]
     assert mem["long"]["control_frames_read"] == 24 and mem["long"]["blocks"] == 6
     assert mem["peak_rss_ratio"] < 1.5
+
+
+def test_streamed_control_after_a_start_image(vae):
+    """A start image's block is not denoised (no hints asked for): the control video is still read past it."""
+    model = CausalWanModel.random(VACE, seed=7)
+    images = _images(25)
+    text = torch.randn(1, 5, 4096, generator=torch.Generator().manual_seed(8))
+    settings = CausalSettings(steps="1000,750,500", frames_per_block=3, independent_first_frame=True)
+    start = torch.randn(1, 16, 1, 4, 6, generator=torch.Generator().manual_seed(9))
+    tensor = VideoControl(pixel_frames(images, 48, 32), vae, normalize).read(0, 7)
+    a = sample_causal(model, torch.zeros(1, 16, 7, 4, 6), text, settings=settings, first_frames=start,
+                      vace=VaceControl(control=tensor))
+    streamed = VaceControl(control=VideoControl(pixel_frames(images, 48, 32), vae, normalize))
+    b = sample_causal(model, torch.zeros(1, 16, 7, 4, 6), text, settings=settings, first_frames=start, vace=streamed)
+    torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)

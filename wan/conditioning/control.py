@@ -102,14 +102,15 @@ class VideoControl:
         self.next_latent = 0
 
     def read(self, start: int, n: int) -> Optional[torch.Tensor]:
-        from ..video.source import latent_frame_pixels
+        from ..video.source import latent_frame_pixels  # here: wan.video imports the loop, which imports this
 
         out = []
-        for pixels in latent_frame_pixels(self, start, n):
+        for wanted, pixels in latent_frame_pixels(self, start, n):
             halves = [self.from_raw(enc.encode(pixels * 0 if enc is self.inactive else pixels * 2 - 1))
                       for enc in (self.inactive, self.reactive)]
-            mask = torch.ones(halves[0].shape[0], MASK, *halves[0].shape[2:])
-            out.append(torch.cat(halves + [mask.to(halves[0])], dim=1))
+            if wanted:
+                mask = torch.ones(halves[0].shape[0], MASK, *halves[0].shape[2:])
+                out.append(torch.cat(halves + [mask.to(halves[0])], dim=1))
         return torch.cat(out, dim=2) if out else None
 
 

@@ -69,18 +69,24 @@ class LatentFrames:
 
     def read(self, start: int, n: int) -> Optional[torch.Tensor]:
         """Latent frames ``start .. start + n - 1`` (fewer where the video ends; None if none is left)."""
-        out = [self.from_raw(self.encoder.encode(self.prepare(pixels)))
-               for pixels in latent_frame_pixels(self, start, n)]
+        out = []
+        for wanted, pixels in latent_frame_pixels(self, start, n):
+            latent = self.from_raw(self.encoder.encode(self.prepare(pixels)))
+            if wanted:
+                out.append(latent)
         return torch.cat(out, dim=2) if out else None
 
 
 def latent_frame_pixels(reader, start: int, n: int) -> Iterator[torch.Tensor]:
-    """The pixel frames ``[1, 3, f, H, W]`` of latent frames ``start ..`` (1 for latent frame 0, then 4 each) from
-    ``reader.frames``, advancing ``reader.next_latent``; stops where the video ends."""
-    if start != reader.next_latent:
+    """``(wanted, pixel frames [1, 3, f, H, W])`` of the latent frames from ``reader.next_latent`` to ``start + n - 1``
+    (1 pixel frame for latent frame 0, then 4 each) from ``reader.frames``, advancing ``reader.next_latent``; those
+    before ``start`` come with ``wanted`` False (encode them, so the encoder's cache runs on, and drop them); stops
+    where the video ends."""
+    if start < reader.next_latent:
         raise ValueError(f"the input video is read block by block in order: asked for latent frame {start}, the next "
                          f"one is {reader.next_latent}.")
-    for k in range(start, start + n):
+    # frames the loop does not ask for (a start image's blocks) are still read, so what follows them is the same
+    for k in range(reader.next_latent, start + n):
         got = []
         for _ in range(1 if k == 0 else 4):
             frame = next(reader.frames, None)
@@ -88,4 +94,4 @@ def latent_frame_pixels(reader, start: int, n: int) -> Iterator[torch.Tensor]:
                 return
             got.append(frame)
         reader.next_latent += 1
-        yield torch.stack(got, dim=1)[None]
+        yield k >= start, torch.stack(got, dim=1)[None]
