@@ -1,4 +1,5 @@
-"""``comfyui-clipwan bench {clip,wan,axera,export-memory,stream,endless,weights}``: run one of the benchmarks in ``benchmarks/``.
+"""``comfyui-clipwan bench {clip,wan,axera,export-memory,stream,endless,control,weights}``: run one of the benchmarks in
+``benchmarks/``.
 
 Each benchmark module ``benchmarks/bench_<name>.py`` defines ``add_arguments(parser)`` and ``run(args) -> int``
 and prints its figures as ratios against peers measured in the same run.
@@ -16,6 +17,7 @@ BENCHMARKS = {
     "stream": "decode per block while sampling vs sample-then-decode: first frame, total time, peak RSS vs length",
     "endless": "an endless stream: time per block and RSS at latent frame 10,000 vs frame 100",
     "weights": "the pack's safetensors reader vs the safetensors library: load time, peak RSS, a truncated file",
+    "control": "VACE and video-to-video per block vs plain; peak RSS vs length of a streamed control video",
 }
 
 

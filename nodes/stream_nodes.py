@@ -88,7 +88,7 @@ class CausalWanStreamVideo:
                        "copied."})}, STREAM_SCORE_SOCKETS)
 
     def stream(self, model, positive, latent, seed, vae, unique_id=None, score_clip=None, score_reference=None,
-               actions=None, **widgets):
+               actions=None, vace_control=None, restyle=None, **widgets):
         own = {s.name for s in spec.node_widgets(spec.STREAM)} - {s.name for s in spec.node_widgets(spec.SAMPLER)}
         options = {name: widgets.pop(name, spec.get(name).widget_default) for name in sorted(own)}
         spec.check_values(options)
@@ -102,7 +102,8 @@ class CausalWanStreamVideo:
         scores = StreamScores.from_inputs(score_clip, options["score_every_n_frames"], options["score_prompts"],
                                           score_reference)
         causal, inputs, settings, switches, _ = prepare_run(model, positive, latent, seed, unique_id=unique_id,
-                                                            actions=actions, **widgets)
+                                                            actions=actions, vace_control=vace_control,
+                                                            restyle=restyle, **widgets)
         if until_stopped:
             settings, note = endless_settings(settings)  # refuses a run that cannot be endless, before any work
             if note:
@@ -116,7 +117,8 @@ class CausalWanStreamVideo:
                            from_raw=inputs.from_raw, encode=encode, seed=seed,
                            settings=settings, negative_text=inputs.negative_text, clip_fea=inputs.clip_fea,
                            concat=inputs.concat, first_frames=inputs.first_frames, prompt_switches=switches,
-                           check_interrupt=bridge.check_interrupt, actions=actions, endless=until_stopped)
+                           check_interrupt=bridge.check_interrupt, actions=actions, endless=until_stopped,
+                           vace=list(inputs.vace), restyle=inputs.restyle)
         # names reserved only once every input is valid (nothing left behind by a refused run)
         batch, _, _, h, w = inputs.latent.shape
         files = [bridge.video_save_path(filename_prefix if batch == 1 else f"{filename_prefix}_b{i}",

@@ -7,8 +7,10 @@ classes also run in plain Python (tests, the CLI).
 from __future__ import annotations
 
 import base64
+import dataclasses
 import io
 import logging
+import os
 
 import torch
 
@@ -127,6 +129,11 @@ class LoadCausalWanModel:
                                                   "(models/loras), with longlive_base.pt as model_name."}),
                 "lora_strength": ("FLOAT", {"default": 1.0, "min": -10.0, "max": 10.0, "step": 0.05,
                                             "tooltip": "LoRA scale (1.0 = as trained)."}),
+                "vace_name": (["none"] + bridge.list_model_files("diffusion_models"), {
+                    "default": "none", "tooltip": "Wan2.1-VACE weights put beside the model's blocks, as Daydream "
+                                                  "Scope runs LongLive / Self-Forcing / Krea with VACE: a VACE "
+                                                  "module file (Wan2_1-VACE_module_1_3B_bf16.safetensors) or a "
+                                                  "whole Wan2.1-VACE checkpoint of the same size."}),
             },
         }
 
@@ -136,9 +143,16 @@ class LoadCausalWanModel:
         return valid if valid is not True else validate_model_name(lora_name, "loras")
 
     def load(self, model_name, weight_dtype="default", checkpoint_entry="auto", lora_name="none",
-             lora_strength=1.0):
+             lora_strength=1.0, vace_name="none"):
         path = resolve_model_file(model_name, "diffusion_models", "checkpoints")
         sd, source = load_wan_state_dict(path, checkpoint_entry)
+        if vace_name not in (None, "", "none"):  # before the LoRA, which touches the base blocks only (Scope's order)
+            from ..wan.model.checkpoint import read_file
+            from ..wan.model.vace import apply_vace, vace_state_dict_from
+
+            vace_path = bridge.resolve_model_path(vace_name, "diffusion_models")
+            sd = apply_vace(sd, vace_state_dict_from(read_file(vace_path), os.path.basename(vace_path)))
+            source = f"{source} + VACE {os.path.basename(vace_path)}"
         if lora_name not in (None, "", "none"):  # e.g. LongLive's lora.pt, merged before anything is placed
             sd, source = merge_lora_file(sd, resolve_model_file(lora_name, "loras"), lora_strength, source)
         dtype = resolve_dtype(weight_dtype)
@@ -172,14 +186,15 @@ class CausalWanSampler:
         return causal_node_inputs(spec.SAMPLER)
 
     def sample(self, model, positive, latent, seed, negative=None, switch_positive=None, unique_id=None,
-               actions=None, **widgets):
+               actions=None, vace_control=None, restyle=None, **widgets):
         causal, inputs, settings, switches, patcher = prepare_run(
             model, positive, latent, seed, negative=negative, switch_positive=switch_positive, unique_id=unique_id,
-            actions=actions, **widgets)
+            actions=actions, vace_control=vace_control, restyle=restyle, **widgets)
         loop = iter_causal_blocks(causal, inputs.latent, inputs.text, seed=seed, settings=settings,
                                   negative_text=inputs.negative_text, clip_fea=inputs.clip_fea,
                                   concat=inputs.concat, first_frames=inputs.first_frames, prompt_switches=switches,
-                                  check_interrupt=bridge.check_interrupt, actions=actions)
+                                  check_interrupt=bridge.check_interrupt, actions=actions, vace=list(inputs.vace),
+                                  restyle=inputs.restyle)
         loop.hooks = _RunReporter(patcher, unique_id, loop.total_steps, inputs.to_raw)
         note = getattr(loop, "fallback_note", None)  # a family rule this node cannot run (no decoded pixels)
         if note:
@@ -188,7 +203,10 @@ class CausalWanSampler:
         z = torch.zeros(inputs.latent.shape, dtype=torch.float32, device=causal.device)
         for block in loop:
             z[:, :, block.start_frame:block.start_frame + block.num_frames] = block.x0
-        return ({"samples": inputs.to_raw(z).to(bridge.intermediate_device())},)
+        out = inputs.to_raw(z)
+        if inputs.reference_raw is not None:  # WanVaceToVideo's reference frames back in front, for TrimVideoLatent
+            out = torch.cat([inputs.reference_raw.to(out), out], dim=2)
+        return ({"samples": out.to(bridge.intermediate_device())},)
 
 
 # the sockets of both causal nodes; their widgets come from wan/sampling/settings_spec.py
@@ -205,6 +223,11 @@ OPTIONAL_SOCKETS = {
                                                     "(LongLive-style; needs switch_at_block >= 1)."}),
     "actions": ("CLIPWAN_ACTIONS", {"tooltip": "Matrix-Game 2.0 keyboard / mouse actions (Matrix-Game Actions "
                                                "node); none = idle. Other models refuse it."}),
+    # a control video / a video to restyle, streamed (nodes/control_nodes.py)
+    "vace_control": ("CLIPWAN_CONTROL", {"tooltip": "Causal VACE Control: a control video read block by block "
+                                                    "and/or a reference image (VACE models)."}),
+    "restyle": ("CLIPWAN_RESTYLE", {"tooltip": "Causal Video Restyle: an input video restyled block by block "
+                                               "(video-to-video, Krea's strength rule)."}),
 }
 
 
@@ -224,7 +247,7 @@ def causal_node_inputs(node: str, required_sockets: dict = None, optional_socket
 
 
 def prepare_run(model, positive, latent, seed, negative=None, switch_positive=None, unique_id=None, actions=None,
-                **widgets):
+                vace_control=None, restyle=None, **widgets):
     """The sampler's widgets and sockets -> ``(CausalWanModel, SamplerInputs, CausalSettings, prompt switches,
     ModelPatcher or None)``; shared by Causal Wan Sampler and Causal Wan Stream Video (nodes/stream_nodes.py).
 
@@ -252,6 +275,14 @@ def prepare_run(model, positive, latent, seed, negative=None, switch_positive=No
                                   image_conditioning, adapter, noise_mask=noise_mask,
                                   switch_at_block=switch_at_block if switch_positive is not None else None)
     settings, notes = spec.run_settings(values, family, causal.config, inputs.latent.shape[2])
+    if vace_control is not None or restyle is not None:  # streamed inputs, sized like the video (nodes/control_nodes.py)
+        width, height = 8 * inputs.latent.shape[4], 8 * inputs.latent.shape[3]
+        if vace_control is not None:
+            inputs = dataclasses.replace(inputs, vace=inputs.vace + (vace_control.build(width, height,
+                                                                                        inputs.from_raw),))
+        if restyle is not None:
+            settings = dataclasses.replace(settings, steps=restyle.steps(settings.steps), warp=True)
+            inputs = dataclasses.replace(inputs, restyle=restyle.build(width, height, inputs.from_raw))
     for note in notes:
         log.warning("Causal Wan Sampler: %s", note)
         if not note.startswith("family "):

@@ -23,6 +23,7 @@ import workflow_format as wf
 UI_FILES = sorted(wf.WORKFLOW_DIR.glob("*.json"))
 API_FILES = sorted(wf.API_DIR.glob("*.json"))
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp")
+VIDEO_EXTENSIONS = (".mp4", ".webm", ".mov")  # LoadVideo's file list
 
 
 @pytest.fixture(scope="module")
@@ -44,10 +45,12 @@ def _check_value(where: str, spec, value) -> list[str]:
         return [] if isinstance(value, str) else [f"{where}: expected a string, got {value!r}"]
     elif kind == "COMBO":
         choices = wf.combo_choices(spec)
-        if wf.is_file_list(spec) or not choices:
-            # Model/image file lists depend on the machine (and are empty outside ComfyUI for our nodes).
-            ok = isinstance(value, str) and value.lower().endswith(wf.MODEL_EXTENSIONS + IMAGE_EXTENSIONS)
-            return [] if ok else [f"{where}: expected a model or image file name, got {value!r}"]
+        if wf.is_file_list(spec) or choices in ([], ["none"]):
+            # Model/image file lists depend on the machine (and are empty outside ComfyUI for our nodes; an optional
+            # file such as lora_name / vace_name lists only "none" there).
+            ok = isinstance(value, str) and (value in choices or value.lower().endswith(
+                wf.MODEL_EXTENSIONS + IMAGE_EXTENSIONS + VIDEO_EXTENSIONS))
+            return [] if ok else [f"{where}: expected a model, image or video file name, got {value!r}"]
         return [] if value in choices else [f"{where}: {value!r} is not one of {choices}"]
     if kind in ("INT", "FLOAT"):
         lo, hi = opts.get("min", -math.inf), opts.get("max", math.inf)

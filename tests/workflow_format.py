@@ -128,7 +128,8 @@ def has_seed_control(name: str, spec) -> bool:
 
 
 def has_upload_widget(spec) -> bool:
-    return bool(input_options(spec).get("image_upload"))
+    options = input_options(spec)
+    return bool(options.get("image_upload") or options.get("video_upload"))
 
 
 def widget_slots(defn: dict) -> list[tuple[str | None, Any]]:
@@ -337,7 +338,7 @@ def write_examples() -> list[pathlib.Path]:
 # Inputs whose choices are the files on the recording machine: recorded as empty lists marked
 # "file_list", so the test accepts any name there (the workflows name the files users download).
 FILE_LIST_INPUTS = {("CLIPLoader", "clip_name"), ("CLIPVisionLoader", "clip_name"), ("VAELoader", "vae_name"),
-                    ("UNETLoader", "unet_name"), ("LoadImage", "image")}
+                    ("UNETLoader", "unet_name"), ("LoadImage", "image"), ("LoadVideo", "file")}
 
 
 def is_file_list(spec) -> bool:

@@ -117,6 +117,20 @@ LONGLIVE2_NOTE = (
     "lengths 4·(8k−1)+1: 29, 61, 125, 253 … The 5B model needs a GPU (about 11 GB of weights in bf16).")
 
 
+# Wan2.1-VACE: Comfy-Org's repackaged 1.3B VACE checkpoint (core loads it as its VaceWanModel) and the VACE module file
+# Daydream Scope puts beside LongLive / Self-Forcing (daydreamlive/WanVideo_comfy, Kijai's layout)
+WAN_VACE = "wan2.1_vace_1.3B_fp16.safetensors"
+VACE_MODULE = "Wan2_1-VACE_module_1_3B_bf16.safetensors"
+MODELS.update({
+    WAN_VACE: (f"{REPACKAGED}/diffusion_models/{WAN_VACE}", "diffusion_models"),
+    VACE_MODULE: (f"https://huggingface.co/daydreamlive/WanVideo_comfy/resolve/main/{VACE_MODULE}",
+                  "diffusion_models"),
+})
+VACE_NOTE = ("**Checkpoints.** `{model}` in models/diffusion_models, the Wan 2.1 VAE and the umt5 text encoder; the "
+             "Missing Models panel downloads them. VACE runs causally as Daydream Scope runs it: the reference image "
+             "stays in the conditioning (never in the denoised latent), each block's hints come from that block's "
+             "control frames, the pass that writes the KV cache runs without hints.\n\n" + SIZES_NOTE)
+
 
 def _text_nodes():
     return [
@@ -389,6 +403,86 @@ WORKFLOWS = {
                                                 "negative": Link("conditioning", 1),
                                                 "latent": Link("conditioning", 2), "vae": Link("vae"),
                                                 "filename_prefix": "clipwan/krea_realtime",
+                                                **KREA.sampler_values()}),
+        ],
+    },
+    "clipwan_vace_causal_core": {
+        "note": ("## VACE, block-causal, from core WanVaceToVideo\n\nAn ordinary VACE graph — core **WanVaceToVideo** "
+                 "with a control video and a reference image — with **Causal Wan Sampler** in place of KSampler: the "
+                 "sampler reads WanVaceToVideo's conditioning as it is, samples the video block by block and puts "
+                 "the reference frame back in front of its output, so **TrimVideoLatent** (trim_latent) removes it "
+                 "as after KSampler.\n\n" + VACE_NOTE.format(model=WAN_VACE)),
+        "models": {k: MODELS[k] for k in (UMT5, WAN_VAE, WAN_VACE)},
+        "description": "Core's WanVaceToVideo (control video + reference image) into the pack's causal sampler, "
+                       "TrimVideoLatent and VAE Decode as in core's VACE template: existing VACE graphs switch to "
+                       "block-causal sampling by swapping the sampler.",
+        "nodes": [
+            ("video", "LoadVideo", {"file": "control.mp4"}, "Control video (depth, pose, ...)"),
+            ("frames", "GetVideoComponents", {"video": Link("video")}),
+            ("image", "LoadImage", {"image": "example.png"}, "Reference image"),
+            *_text_nodes(),
+            ("conditioning", "WanVaceToVideo", {"positive": Link("positive"), "negative": Link("negative"),
+                                                "vae": Link("vae"), "control_video": Link("frames", 0),
+                                                "reference_image": Link("image"), **VIDEO}),
+            ("model", "UNETLoader", {"unet_name": WAN_VACE}),
+            ("sampler", "CausalWanSampler", {"model": Link("model"), "positive": Link("conditioning", 0),
+                                             "negative": Link("conditioning", 1), "latent": Link("conditioning", 2)}),
+            ("trim", "TrimVideoLatent", {"samples": Link("sampler"), "trim_amount": Link("conditioning", 3)}),
+            ("decode", "VAEDecode", {"samples": Link("trim"), "vae": Link("vae")}),
+            ("save", "SaveAnimatedWEBP", {"images": Link("decode"), "filename_prefix": "clipwan/vace_causal",
+                                          "fps": 16.0, "lossless": False, "quality": 85}),
+        ],
+    },
+    "clipwan_vace_longlive_stream": {
+        "note": ("## VACE on LongLive, streamed control video\n\n**Causal VACE Control** reads the control video "
+                 "frame by frame and encodes it block by block while **Causal Wan Stream Video** generates (bounded "
+                 "memory for any length); the reference image is encoded once. Load Causal Wan Model puts the VACE "
+                 "module beside LongLive's blocks (`vace_name`), as Scope does, then merges LongLive's LoRA.\n\n"
+                 + VACE_NOTE.format(model=f"{LONGLIVE.model_file}` + `{VACE_MODULE}` (+ `{LONGLIVE.lora_file}` in "
+                                          f"models/loras")),
+        "models": {k: MODELS[k] for k in (UMT5, WAN_VAE, LONGLIVE.model_file, LONGLIVE.lora_file, VACE_MODULE)},
+        "description": "LongLive 1.0 with Scope's VACE module, a control video streamed block by block through Causal "
+                       "VACE Control into Causal Wan Stream Video (reference image encoded once, in the "
+                       "conditioning only).",
+        "nodes": [
+            ("video", "LoadVideo", {"file": "control.mp4"}, "Control video (depth, pose, ...)"),
+            ("image", "LoadImage", {"image": "example.png"}, "Reference image"),
+            *_text_nodes(),
+            ("control", "CausalVaceControl", {"vae": Link("vae"), "control_video": Link("video"),
+                                              "reference_image": Link("image")}),
+            ("latent", "EmptyHunyuanLatentVideo", {**VIDEO, "batch_size": 1}),
+            ("model", "LoadCausalWanModel", {"model_name": LONGLIVE.model_file, "checkpoint_entry": "generator",
+                                             "lora_name": LONGLIVE.lora_file, "vace_name": VACE_MODULE}),
+            ("stream", "CausalWanStreamVideo", {"model": Link("model"), "positive": Link("positive"),
+                                                "negative": Link("negative"), "latent": Link("latent"),
+                                                "vae": Link("vae"), "vace_control": Link("control"),
+                                                "filename_prefix": "clipwan/vace_longlive",
+                                                **{k: v for k, v in LONGLIVE.sampler_values().items()
+                                                   if k != "independent_first_frame"}}),
+        ],
+    },
+    "clipwan_video_restyle_stream": {
+        "note": ("## Restyle a video, block by block (Krea's video-to-video)\n\n**Causal Video Restyle** reads the "
+                 "input video frame by frame, encodes it block by block, and each block starts from its frames "
+                 "noised to `strength` (Krea's rule: steps linspace(1000·strength, 0, n), warped); the output is "
+                 "aligned frame for frame with the input. Any causal family works; this graph uses Krea Realtime "
+                 "14B as its server runs v2v.\n\n**Checkpoints.** "
+                 f"`{KREA.model_file}` ({KREA.license}), the Wan 2.1 VAE and the umt5 text encoder.\n\n"
+                 + SIZES_NOTE),
+        "models": {k: MODELS[k] for k in (UMT5, WAN_VAE, KREA.model_file)},
+        "description": "Video-to-video restyle streamed in and out: the input video encoded block by block, noised "
+                       "to the strength and denoised with Krea's loop, each block decoded and appended to an MP4 "
+                       "as soon as it is final.",
+        "nodes": [
+            ("video", "LoadVideo", {"file": "input.mp4"}, "Video to restyle"),
+            *_text_nodes(),
+            ("restyle", "CausalVideoRestyle", {"vae": Link("vae"), "input_video": Link("video")}),
+            ("latent", "EmptyHunyuanLatentVideo", {**VIDEO, "length": 37, "batch_size": 1}),
+            ("model", "LoadCausalWanModel", {"model_name": KREA.model_file}),
+            ("stream", "CausalWanStreamVideo", {"model": Link("model"), "positive": Link("positive"),
+                                                "negative": Link("negative"), "latent": Link("latent"),
+                                                "vae": Link("vae"), "restyle": Link("restyle"),
+                                                "filename_prefix": "clipwan/restyle",
                                                 **KREA.sampler_values()}),
         ],
     },

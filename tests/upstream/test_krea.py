@@ -15,13 +15,15 @@ so what is compared is which pixel frame they re-encode and where its latent goe
 The model is tiny (dim 128, 2 heads, 2 layers) at the real frame size; 4 blocks (the first context frame is
 re-encoded before blocks 2 and 3). Measured: keep_first_frame=True 7.2e-7, the default 4.4e-6 (the fp16 casts of
 their VAE interface, mirrored by the stand-in, turn the 1e-7 differences of the latents into an occasional
-fp16 step); about 100 s for both tests on 2 CPU cores.
+fp16 step); about 100 s for both tests on 2 CPU cores. Video-to-video (``input_video``, strength 0.6: their
+``get_denoising_schedule`` gives 882.35, 803.57, 681.82, 468.75, 0; the v2v lines of ``__init__`` are made in
+their order, its ``encode_v2v`` called) vs the pack's ``Restyle``: 4.8e-7.
 
 Packages this needs beside the pack's own (pip names; the module-level imports on the path the test imports from the
 authors' tree, measured by an AST walk of the checkout, plus the test's own): diffusers, easydict, einops, fastapi,
-ftfy, msgpack, numpy, omegaconf, opencv-python-headless (cv2), Pillow, pydantic, python-dotenv (dotenv), regex,
-requests, safetensors, scipy, torch, torchvision, tqdm, transformers (release_server.py is a FastAPI server:
-fastapi, msgpack, python-dotenv and OpenCV are imported at its top)."""
+ftfy, msgpack, numpy, omegaconf, opencv-python-headless (cv2, also imported by its ``v2v.py``), Pillow, pydantic,
+python-dotenv (dotenv), python-multipart, regex, requests, safetensors, scipy, torch, torchvision, tqdm, transformers
+(release_server.py is a FastAPI server: fastapi, msgpack, python-dotenv and OpenCV are imported at its top)."""
 
 import asyncio
 import collections
@@ -121,7 +123,7 @@ def _import_server(monkeypatch):
     return rs
 
 
-def _their_run(tree, monkeypatch, sd, text, vae, keep_first_frame):
+def _their_run(tree, monkeypatch, sd, text, vae, keep_first_frame, input_video=None, strength=1.0):
     from omegaconf import OmegaConf
     from torch.nn.attention.flex_attention import flex_attention as eager_flex
 
@@ -151,7 +153,9 @@ def _their_run(tree, monkeypatch, sd, text, vae, keep_first_frame):
 
     # the VAE stand-in, in their module namespace: models.vae_decoder(z.half(), *cache) -> (pixels, cache) and
     # encode_video_latent(..., frames=[T, 3, H, W]) -> (latent [16, T, h, w], cache)
-    def encode_video_latent(vae_encoder, encode_vae_cache, *args, frames=None, **kwargs):
+    def encode_video_latent(vae_encoder, encode_vae_cache, *args, frames=None, video_path_or_url=None, **kwargs):
+        if frames is None:  # their encode_v2v (input_video): the video by name
+            frames = input_video[video_path_or_url]
         return vae.encode(frames), encode_vae_cache
 
     monkeypatch.setattr(rs, "encode_video_latent", encode_video_latent)
@@ -172,7 +176,9 @@ def _their_run(tree, monkeypatch, sd, text, vae, keep_first_frame):
                                                                                      device))
     models = rs.Models(text_encoder=Texts(), transformer=pipe.generator, pipeline=pipe, vae_encoder=None,
                        vae_decoder=decoder)
-    params = rs.GenerateParams(prompt="a prompt", seed=SEED, num_blocks=BLOCKS, keep_first_frame=keep_first_frame)
+    params = rs.GenerateParams(prompt="a prompt", seed=SEED, num_blocks=BLOCKS, keep_first_frame=keep_first_frame,
+                               input_video=None if input_video is None else next(iter(input_video)),
+                               strength=strength)
     assert (params.width, params.height, params.kv_cache_num_frames, params.num_denoising_steps,
             params.timestep_shift, params.webcam_mode) == (832, 480, 3, 5, 5.0, False)
 
@@ -220,6 +226,14 @@ def _their_run(tree, monkeypatch, sd, text, vae, keep_first_frame):
     s.models = models
     s.denoising_step_list = rs.get_denoising_schedule(s.zero_padded_timesteps, params.strength,
                                                       steps=params.num_denoising_steps)
+    if s.input_video is not None:  # the v2v lines of GenerationSession.__init__, in its order (its encode_v2v)
+        init_denoising_strength_scaled = s.denoising_step_list[0] / 1000
+        latents, _ = s.encode_v2v(s.input_video, max_frames=None, resample_to=None)
+        latents = latents[None].movedim(1, 2)
+        # fp32: theirs is bf16 (the same bf16 draw from self.rnd, held in fp32)
+        draw = torch.randn(latents.shape, dtype=torch.bfloat16, generator=s.rnd).float()
+        s.noise = latents * (1.0 - init_denoising_strength_scaled) + draw * init_denoising_strength_scaled
+        s.num_blocks = min(latents.shape[1] // s.num_frame_per_block - 1, params.num_blocks)
     s.last_pred = None
 
     for _ in range(BLOCKS):
@@ -303,3 +317,41 @@ def test_krea_default_reencoded_first_frame_parity(upstream_tree, monkeypatch, s
     print(f"re-encoding pixel frame 0 instead of 3 of that latent frame: per block "
           f"{', '.join(f'{d:.1e}' for d in per_block)}")
     assert max(per_block[:2]) <= 1e-4 and min(per_block[2:]) > 10 * 1e-4
+
+
+class ReplayKreaV2VNoise(ReplayKreaNoise):
+    """With ``input_video`` the session draws the whole video's noise (unused), then one draw the size of the input
+    video's latent: that one starts the blocks (our loop's initial noise), the re-noise draws follow."""
+
+    def __init__(self, seed, video_frames):
+        super().__init__(seed)
+        self.video_frames = video_frames
+
+    def initial(self, shape, device):
+        b, c, f, h, w = shape
+        torch.randn((b, f, c, h, w), generator=self.gen, dtype=torch.bfloat16)
+        draw = torch.randn((b, self.video_frames, c, h, w), generator=self.gen, dtype=torch.bfloat16)
+        return draw.float()[:, :f].permute(0, 2, 1, 3, 4).contiguous().to(device)
+
+
+def test_krea_v2v_parity(upstream_tree, monkeypatch, shared):
+    """Krea's video-to-video (``input_video``, ``strength`` 0.6): their ``get_denoising_schedule``, the start
+    ``latents·(1 - t0/1000) + noise·t0/1000`` and their block loop vs the pack's ``Restyle`` on the recompute loop.
+    The input video has 3 latent frames more than the 4 blocks (their session runs one block less than the video
+    holds); the VAE stand-in maps one pixel frame to one latent frame."""
+    from comfyui_clipwan.wan.conditioning.restyle import Restyle, restyle_steps
+
+    tree = upstream_tree("KREA")
+    sd, text, vae = shared
+    pixels = torch.rand(FRAMES + N, 3, H, W, generator=torch.Generator().manual_seed(3)) * 2 - 1
+    theirs = _their_run(tree, monkeypatch, sd, text, vae, keep_first_frame=True,
+                        input_video={"input.mp4": pixels}, strength=0.6)
+    latents = vae.encode(pixels)[None]  # [1, 16, frames, h, w]
+    settings = dataclasses.replace(KREA, keep_first_frame=True, steps=restyle_steps(0.6))
+    ours = sample_causal(_our_model(sd), torch.zeros(1, 16, FRAMES, H, W), text, settings=settings,
+                         noise=ReplayKreaV2VNoise(SEED, FRAMES + N), restyle=Restyle(latents[:, :, :FRAMES]))
+    _report(f"release_server.py input_video, strength 0.6, {BLOCKS} blocks", ours, theirs)
+    # sharp: the same run from pure noise (text-to-video) is far off
+    t2v = sample_causal(_our_model(sd), torch.zeros(1, 16, FRAMES, H, W), text,
+                        settings=dataclasses.replace(KREA, keep_first_frame=True), noise=ReplayKreaNoise(SEED))
+    assert (t2v - theirs).abs().max() > 1e-2

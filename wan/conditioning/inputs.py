@@ -24,6 +24,7 @@ from typing import Callable, Optional, Protocol
 import torch
 
 from . import image as cond
+from .control import VACE_KEYS, vace_from_conditioning
 from ..model.config import WanConfig
 from ..vae.latent import check_latent, denormalize, normalize
 
@@ -73,6 +74,12 @@ class SamplerInputs:
     ignored: tuple = ()  # human-readable descriptions of what the conditioning held and the sampler skips
     to_raw: Callable[[torch.Tensor], torch.Tensor] = denormalize
     from_raw: Callable[[torch.Tensor], torch.Tensor] = normalize  # the inverse of to_raw
+    # VACE (ComfyUI's WanVaceToVideo): one VaceControl per chained node, and the raw latent frames of the
+    # reference image(s) the node put in front of the latent; the loop denoises without them and the sampler puts
+    # them back in front of its output, so the graph's TrimVideoLatent(trim_latent) removes them as for KSampler
+    vace: tuple = ()
+    reference_raw: Optional[torch.Tensor] = None
+    restyle: object = None  # video-to-video input (wan/conditioning/restyle.py), from the restyle socket
 
     @property
     def image_routes(self) -> list:
@@ -143,10 +150,16 @@ def build_sampler_inputs(config: WanConfig, samples: torch.Tensor, positive: lis
     samples = samples.float()
     z = adapter.latent_in(samples) if torch.count_nonzero(samples) else samples
     text, extra = positive[0][0], dict(positive[0][1] or {})
-    ignored = _ignored_parts("positive", positive, IMAGE_KEYS)
+    used = IMAGE_KEYS + (VACE_KEYS if config.has_vace else ())
+    ignored = _ignored_parts("positive", positive, used)
     for name, other in (("negative", negative), ("switch_positive", switch_positive)):
         if other:  # their image keys are the positive's copies (Wan I2V Conditioning sets both): not "ignored"
-            ignored += _ignored_parts(name, other, IMAGE_KEYS)
+            ignored += _ignored_parts(name, other, used)
+    vace, refs = vace_from_conditioning(extra, samples.shape[2], adapter.latent_in) if config.has_vace else ([], 0)
+    reference_raw = None
+    if refs:  # references live in the conditioning only (Scope's causal VACE): not in the denoised latent
+        reference_raw = extra["vace_frames"][0][:, :16, :refs].float()
+        samples, z = samples[:, :, refs:], z[:, :, refs:]
     if not image_conditioning and any(extra.get(k) is not None for k in IMAGE_KEYS):
         ignored.append("positive: image conditioning (image_conditioning is off)")
     if not image_conditioning:
@@ -183,4 +196,5 @@ def build_sampler_inputs(config: WanConfig, samples: torch.Tensor, positive: lis
     return SamplerInputs(latent=z, text=text, negative_text=_text_of("negative", negative),
                          switch_text=_text_of("switch_positive", switch_positive), clip_fea=clip_fea,
                          concat=concat, first_frames=first_frames, ignored=tuple(ignored),
-                         to_raw=adapter.latent_out, from_raw=adapter.latent_in)
+                         to_raw=adapter.latent_out, from_raw=adapter.latent_in, vace=tuple(vace),
+                         reference_raw=reference_raw)

@@ -6,6 +6,7 @@ recognises it by ``is_clipwan_causal_model``.
 
 from __future__ import annotations
 
+import os
 from typing import Mapping, Optional
 
 import torch
@@ -13,7 +14,7 @@ from torch import nn
 
 from . import dit
 from ...weights import FilePages
-from .checkpoint import load_wan_state_dict, resolve_dtype
+from .checkpoint import load_wan_state_dict, read_file, resolve_dtype
 from .config import WanConfig, config_from_shapes
 
 
@@ -55,7 +56,7 @@ class CausalWanModel:
             raise ValueError(
                 f"{source} does not match {config.describe()}: missing keys {missing[:6]}"
                 f"{' ...' if len(missing) > 6 else ''}, unexpected keys {unexpected[:6]}"
-                f"{' ...' if len(unexpected) > 6 else ''}. Is it a plain Wan 2.1 / Wan 2.2 TI2V DiT (not VACE, S2V, Animate or a LoRA)?")
+                f"{' ...' if len(unexpected) > 6 else ''}. Is it a plain Wan 2.1 / Wan 2.2 TI2V DiT or Wan2.1-VACE (not S2V, Animate or a LoRA)?")
         tensors = {}
         pages = FilePages()  # a cast copy replaces a mapped file tensor: give its pages back (one model, not two)
         for k, v in sd.items():
@@ -75,10 +76,19 @@ class CausalWanModel:
 
     @classmethod
     def from_file(cls, path: str, dtype=None, device="cpu", entry: str = "auto", lora: Optional[str] = None,
-                  lora_strength: float = 1.0, prefer_entry: Optional[str] = None) -> "CausalWanModel":
+                  lora_strength: float = 1.0, prefer_entry: Optional[str] = None,
+                  vace: Optional[str] = None) -> "CausalWanModel":
         """``lora``: a LoRA file (LongLive's lora.pt) merged into the weights before they are placed;
-        ``prefer_entry``: with ``entry`` auto, the entry to take where the file has it (a family's)."""
+        ``prefer_entry``: with ``entry`` auto, the entry to take where the file has it (a family's). ``vace``: a
+        Wan2.1-VACE checkpoint or VACE module file whose VACE weights are put beside the base's blocks (Scope's
+        way of giving LongLive, Self-Forcing, Reward Forcing, MemFlow or Krea a VACE); the LoRA touches the base
+        blocks only, as in Scope (VACE is loaded first, the LoRA wraps it)."""
         sd, source = load_wan_state_dict(path, entry, prefer_entry)
+        if vace:
+            from .vace import apply_vace, vace_state_dict_from
+
+            sd = apply_vace(sd, vace_state_dict_from(read_file(vace), os.path.basename(vace)))
+            source = f"{source} + VACE {os.path.basename(vace)}"
         if lora:
             from .lora import merge_lora_file
 
@@ -110,11 +120,12 @@ class CausalWanModel:
     def state_dict(self) -> dict:
         return self.tree.state_dict()
 
-    def forward(self, x, t, text, clip_fea=None, y=None) -> torch.Tensor:
-        """Plain bidirectional forward (all frames at once) -> flow ``[B, 16, F, H, W]``."""
+    def forward(self, x, t, text, clip_fea=None, y=None, vace=None) -> torch.Tensor:
+        """Plain bidirectional forward (all frames at once) -> flow ``[B, 16, F, H, W]``; ``vace`` a
+        ``vace.VaceStep`` (Wan2.1-VACE models)."""
         with torch.no_grad():
             return dit.forward(self.tree, self.config, x.to(self.device), t, text, clip_fea, y,
-                               dtype=self.compute_dtype)
+                               dtype=self.compute_dtype, vace=vace)
 
     def __repr__(self) -> str:
         return f"CausalWanModel({self.config.describe()}, from {self.source}, compute {self.compute_dtype})"

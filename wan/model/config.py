@@ -25,6 +25,7 @@ KNOWN_SIZES = {
 }
 WAN22_LATENT_CHANNELS = 48  # Wan 2.2 VAE (16x spatial, 4x temporal); Wan 2.1's has 16
 HEAD_DIM = 128  # every released Wan 2.1 model; ComfyUI derives num_heads = dim // 128 the same way
+VACE_PREFIXES = ("vace_blocks.", "vace_patch_embedding.")  # Wan2.1-VACE's own modules (Wan, ComfyUI, Kijai/Scope)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,6 +45,10 @@ class WanConfig:
     # Matrix-Game 2.0: no text at all; the cross-attention attends the img_emb tokens through its plain k/v
     image_context_only: bool = False
     actions: Optional[ActionConfig] = None  # Matrix-Game 2.0's keyboard/mouse modules (wan/model/actions.py)
+    # Wan2.1-VACE (wan/model/vace.py): the main blocks that get a hint (one VACE block each, in order) and the
+    # channels of the VACE context (96 = inactive 16 | reactive 16 | 8x8 mask 64); () / 0 = no VACE
+    vace_layers: tuple = ()
+    vace_in_dim: int = 0
 
     @property
     def head_dim(self) -> int:
@@ -55,7 +60,13 @@ class WanConfig:
         return "Wan 2.2" if self.out_dim == WAN22_LATENT_CHANNELS else "Wan 2.1"
 
     @property
+    def has_vace(self) -> bool:
+        return bool(self.vace_layers)
+
+    @property
     def model_type(self) -> str:
+        if self.has_vace:
+            return "vace"
         if self.has_img_emb:
             return "i2v"
         # TI2V: one model for text- and image-to-video; the image enters as the clean first latent frame
@@ -76,17 +87,18 @@ class WanConfig:
         if self.image_context_only:
             name = f"Matrix-Game 2.0 ({name}, CLIP context only"
             name += f", {self.actions.describe()})" if self.actions else ", no action module)"
+        vace = f", {len(self.vace_layers)} VACE blocks, vace_in_dim {self.vace_in_dim}" if self.has_vace else ""
         return (f"{name} (dim {self.dim}, ffn {self.ffn_dim}, "
-                f"{self.num_heads} heads, {self.num_layers} layers, in_dim {self.in_dim})")
+                f"{self.num_heads} heads, {self.num_layers} layers, in_dim {self.in_dim}{vace})")
 
 
-def count_blocks(keys) -> int:
-    ids = {int(m.group(1)) for k in keys if (m := re.match(r"blocks\.(\d+)\.", k))}
+def count_blocks(keys, prefix: str = "blocks") -> int:
+    ids = {int(m.group(1)) for k in keys if (m := re.match(rf"{prefix}\.(\d+)\.", k))}
     if not ids:
         return 0
     if ids != set(range(max(ids) + 1)):
         missing = sorted(set(range(max(ids) + 1)) - ids)
-        raise ValueError(f"Wan checkpoint is missing transformer blocks {missing[:8]} (blocks.N.* keys); "
+        raise ValueError(f"Wan checkpoint is missing transformer blocks {missing[:8]} ({prefix}.N.* keys); "
                          f"the file is truncated or not a Wan 2.1 DiT.")
     return max(ids) + 1
 
@@ -110,7 +122,7 @@ def config_from_shapes(shapes: Mapping[str, Sequence[int]], num_heads: Optional[
     if patch != (1, 2, 2):
         raise ValueError(f"patch_embedding.weight has patch {patch}; Wan 2.1 and Wan 2.2 TI2V-5B use (1, 2, 2) "
                          f"(other patch sizes are not supported).")
-    return WanConfig(
+    base = WanConfig(
         dim=dim,
         ffn_dim=int(shapes["blocks.0.ffn.0.weight"][0]),
         num_heads=heads,
@@ -123,6 +135,11 @@ def config_from_shapes(shapes: Mapping[str, Sequence[int]], num_heads: Optional[
         image_context_only=image_only,
         actions=ActionConfig.from_shapes(shapes, dim),
     )
+    if not any(k.startswith(VACE_PREFIXES) for k in shapes):
+        return base
+    from .vace import vace_config_from_shapes  # the VACE rules live beside the VACE forward
+
+    return vace_config_from_shapes(shapes, base)
 
 
 def detect_config(state_dict: Mapping, num_heads: Optional[int] = None) -> WanConfig:

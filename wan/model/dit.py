@@ -122,6 +122,10 @@ class WanDiT(nn.Module):
         self.head = Head(cfg)
         if cfg.has_img_emb:
             self.img_emb = ImageEmbedding(d)
+        if cfg.has_vace:
+            from .vace import add_vace_modules  # VACE's modules and rules live in vace.py (it builds on this file)
+
+            add_vace_modules(self, cfg)
 
 
 def init_random(model: WanDiT, seed: int, std: float = 0.02) -> WanDiT:
@@ -189,6 +193,9 @@ class CrossContext:
     text_v: List[torch.Tensor]
     img_k: List[Optional[torch.Tensor]]
     img_v: List[Optional[torch.Tensor]]
+    # the VACE blocks' own cross-attention K/V of the text (Wan2.1-VACE: t2v cross-attention), empty without VACE
+    vace_k: List[torch.Tensor] = dataclasses.field(default_factory=list)
+    vace_v: List[torch.Tensor] = dataclasses.field(default_factory=list)
 
     @property
     def has_image(self) -> bool:
@@ -229,6 +236,10 @@ def encode_context(tree: nn.Module, cfg: WanConfig, text: torch.Tensor, clip_fea
         out.text_v.append(_heads(ca.v(ctx), h))
         out.img_k.append(None if img is None else _heads(ca.norm_k_img(ca.k_img(img)), h))
         out.img_v.append(None if img is None else _heads(ca.v_img(img), h))
+    for blk in getattr(tree, "vace_blocks", None) or ():
+        ca = blk.cross_attn
+        out.vace_k.append(_heads(ca.norm_k(ca.k(ctx)), h))
+        out.vace_v.append(_heads(ca.v(ctx), h))
     return out
 
 
@@ -286,14 +297,64 @@ def unpatchify(cfg: WanConfig, tokens: torch.Tensor, frames: int, h: int, w: int
     return x.reshape(b, cfg.out_dim, frames * pt, h * ph, w * pw)
 
 
+def run_block(blk: nn.Module, cfg: WanConfig, tokens: torch.Tensor, e0: torch.Tensor, cross: tuple, cos, sin,
+              frames: int, dtype: torch.dtype, kv_hook: Optional[Callable] = None,
+              attn_mask: Optional[torch.Tensor] = None, action: Optional[Callable] = None) -> torch.Tensor:
+    """One Wan attention block (``blocks[i]``, or a VACE block: same maths) on ``tokens [B, frames*s, dim]``.
+
+    ``e0 [B, F, 6, D]`` the per-frame time modulation, ``cross = (text_k, text_v, img_k, img_v)`` this block's
+    cross-attention K/V, ``cos/sin`` the RoPE tables of the tokens, ``kv_hook(k, v)`` what self-attention sees,
+    ``action(tokens)`` the block's Matrix-Game 2.0 action module, run between the cross-attention and the FFN."""
+    b = tokens.shape[0]
+    s = tokens.shape[1] // frames
+    nh = cfg.num_heads
+    mod = (_f32(blk.modulation, e0) + e0).unsqueeze(3)  # [B, F, 6, 1, D]
+    sh_a, sc_a, g_a, sh_f, sc_f, g_f = mod.unbind(2)  # each [B, F, 1, D]
+
+    def modulate(z, shift, scale):
+        zf = _layer_norm(z, cfg.eps).float().view(b, frames, s, -1)
+        return (zf * (1 + scale) + shift).flatten(1, 2).to(dtype)
+
+    def gated(y, gate):
+        return (y.float().view(b, frames, s, -1) * gate).flatten(1, 2).to(dtype)
+
+    # self-attention (RoPE at absolute frame positions; the cache hook adds earlier frames' K/V)
+    sa = blk.self_attn
+    z = modulate(tokens, sh_a, sc_a)
+    q = apply_rope(_heads(sa.norm_q(sa.q(z)), nh), cos, sin)
+    k = apply_rope(_heads(sa.norm_k(sa.k(z)), nh), cos, sin)
+    v = _heads(sa.v(z), nh)
+    if kv_hook is not None:
+        k, v = kv_hook(k, v)
+    tokens = tokens + gated(sa.o(_attention(q, k, v, attn_mask)), g_a)
+
+    # cross-attention: text and image attended separately and summed (Wan i2v); not gated
+    text_k, text_v, img_k, img_v = cross
+    ca = blk.cross_attn
+    z = _layer_norm(tokens, cfg.eps, blk.norm3)
+    q = _heads(ca.norm_q(ca.q(z)), nh)
+    y = _attention(q, text_k, text_v)
+    if img_k is not None:
+        y = y + _attention(q, img_k, img_v)
+    tokens = tokens + ca.o(y)
+    if action is not None:
+        tokens = action(tokens)
+
+    # feed-forward
+    return tokens + gated(blk.ffn(modulate(tokens, sh_f, sc_f)), g_f)
+
+
 def transformer(tree: nn.Module, cfg: WanConfig, x: torch.Tensor, t: torch.Tensor, ctx: CrossContext,
                 start_frame: int = 0, kv_hook: Optional[KVHook] = None, attn_mask: Optional[torch.Tensor] = None,
                 dtype: Optional[torch.dtype] = None, run_head: bool = True,
-                action_hook: Optional[ActionHook] = None) -> Optional[torch.Tensor]:
+                action_hook: Optional[ActionHook] = None, vace=None) -> Optional[torch.Tensor]:
     """One DiT evaluation on latent frames ``x [B, in_dim, F, H, W]`` whose first frame has absolute index
     ``start_frame``; ``t`` is ``[B]`` or per-frame ``[B, F]`` (0..1000). Returns the flow ``[B, 16, F, H, W]``
     (or None with ``run_head=False``: a cache-writing pass needs only the blocks). ``action_hook`` runs each
-    block's ``action_model`` (Matrix-Game 2.0) between the cross-attention and the FFN."""
+    block's ``action_model`` (Matrix-Game 2.0) between the cross-attention and the FFN.
+
+    ``vace`` (``wan/model/vace.py`` ``VaceStep``): the VACE context of these frames; its hints are added after
+    the main blocks they map to (Wan2.1-VACE), nothing else changes."""
     dtype = dtype or x.dtype
     b, _, frames, height, width = x.shape
     if height % 2 or width % 2:
@@ -303,51 +364,26 @@ def transformer(tree: nn.Module, cfg: WanConfig, x: torch.Tensor, t: torch.Tenso
         raise ValueError(f"latent height/width {height}x{width} must be even (Wan patches are 2x2 latent "
                          f"pixels): use an image size that is a multiple of {step} for a {cfg.generation} model.")
     h, w = height // 2, width // 2
-    s = h * w  # tokens per latent frame
     tokens = patchify(tree, cfg, x, dtype)
     t = t.reshape(b, -1) if t.dim() else t.reshape(1, 1).expand(b, 1)
     if t.shape[1] == 1:
         t = t.expand(b, frames)
     e, e0 = time_modulation(tree, cfg, t.to(tokens.device))  # [B,F,D], [B,F,6,D]
+    hints = vace.hints(tree, cfg, tokens, e0, ctx, (frames, h, w), dtype) if vace is not None else {}
     cos, sin = rope_cos_sin(cfg.head_dim, start_frame, frames, h, w, tokens.device)
-    nh = cfg.num_heads
     for i, blk in enumerate(tree.blocks):
-        mod = (_f32(blk.modulation, e0) + e0).unsqueeze(3)  # [B, F, 6, 1, D]
-        sh_a, sc_a, g_a, sh_f, sc_f, g_f = mod.unbind(2)  # each [B, F, 1, D]
-
-        def modulate(z, shift, scale):
-            zf = _layer_norm(z, cfg.eps).float().view(b, frames, s, -1)
-            return (zf * (1 + scale) + shift).flatten(1, 2).to(dtype)
-
-        def gated(y, gate):
-            return (y.float().view(b, frames, s, -1) * gate).flatten(1, 2).to(dtype)
-
-        # self-attention (RoPE at absolute frame positions; the cache hook adds earlier frames' K/V)
-        sa = blk.self_attn
-        z = modulate(tokens, sh_a, sc_a)
-        q = apply_rope(_heads(sa.norm_q(sa.q(z)), nh), cos, sin)
-        k = apply_rope(_heads(sa.norm_k(sa.k(z)), nh), cos, sin)
-        v = _heads(sa.v(z), nh)
-        if kv_hook is not None:
-            k, v = kv_hook(i, k, v)
-        tokens = tokens + gated(sa.o(_attention(q, k, v, attn_mask)), g_a)
-
-        # cross-attention: text and image attended separately and summed (Wan i2v); not gated
-        ca = blk.cross_attn
-        z = _layer_norm(tokens, cfg.eps, blk.norm3)
-        q = _heads(ca.norm_q(ca.q(z)), nh)
-        y = _attention(q, ctx.text_k[i], ctx.text_v[i])
-        if ctx.img_k[i] is not None:
-            y = y + _attention(q, ctx.img_k[i], ctx.img_v[i])
-        tokens = tokens + ca.o(y)
+        hook = None if kv_hook is None else (lambda k, v, i=i: kv_hook(i, k, v))
+        cross = (ctx.text_k[i], ctx.text_v[i], ctx.img_k[i], ctx.img_v[i])
+        action = None
         if action_hook is not None and hasattr(blk, "action_model"):
-            tokens = action_hook(i, blk.action_model, tokens, frames)
-
-        # feed-forward
-        tokens = tokens + gated(blk.ffn(modulate(tokens, sh_f, sc_f)), g_f)
+            action = (lambda z, i=i, blk=blk: action_hook(i, blk.action_model, z, frames))
+        tokens = run_block(blk, cfg, tokens, e0, cross, cos, sin, frames, dtype, hook, attn_mask, action)
+        if i in hints:
+            tokens = tokens + hints[i]
 
     if not run_head:
         return None
+    s = h * w
     hm = (_f32(tree.head.modulation, e).unsqueeze(0) + e.unsqueeze(2)).unsqueeze(3)  # [B, F, 2, 1, D]
     shift, scale = hm.unbind(2)
     z = _layer_norm(tokens, cfg.eps).float().view(b, frames, s, -1)
@@ -358,7 +394,7 @@ def transformer(tree: nn.Module, cfg: WanConfig, x: torch.Tensor, t: torch.Tenso
 
 def forward(tree: nn.Module, cfg: WanConfig, x: torch.Tensor, t: torch.Tensor, text: torch.Tensor,
             clip_fea: Optional[torch.Tensor] = None, y: Optional[torch.Tensor] = None,
-            dtype: Optional[torch.dtype] = None) -> torch.Tensor:
+            dtype: Optional[torch.dtype] = None, vace=None) -> torch.Tensor:
     """Plain bidirectional Wan forward (all frames attend to all frames), like Wan's ``WanModel.forward``.
 
     ``x [B, 16, F, H, W]`` noisy latent, ``y [B, 20, F, H, W]`` i2v concat (mask 4 | image latent 16),
@@ -367,7 +403,7 @@ def forward(tree: nn.Module, cfg: WanConfig, x: torch.Tensor, t: torch.Tensor, t
     dtype = dtype or model_dtype(tree)
     x = join_concat(cfg, x, y)
     ctx = encode_context(tree, cfg, text, clip_fea if cfg.has_img_emb else None, dtype, x.shape[0], x.device)
-    return transformer(tree, cfg, x, t, ctx, dtype=dtype)
+    return transformer(tree, cfg, x, t, ctx, dtype=dtype, vace=vace)
 
 
 def join_concat(cfg: WanConfig, x: torch.Tensor, y: Optional[torch.Tensor]) -> torch.Tensor:

@@ -39,6 +39,8 @@ from ..model.causal import CausalWanModel
 from .action_cache import ActionRun, check_actions
 from .checks import check_finite_latent
 from ..vae.latent import check_latent
+from ..conditioning.control import as_controls
+from ..model.vace import VaceStep
 from .scheduler import DEFAULT_SHIFT, DEFAULT_STEPS, denoising_schedule, explicit_schedule, renoise, x0_from_flow
 from .unipc import UniPCSolver, unipc_schedule
 
@@ -392,6 +394,35 @@ def _image_inputs(model: CausalWanModel, clip_fea, concat, first_frames):
     return clip_fea, concat, first_frames
 
 
+def _vace_controls(vace, cfg, latent_shape, settings) -> list:
+    controls = as_controls(vace)
+    if not controls:
+        return []
+    if not cfg.has_vace:
+        raise ValueError(f"VACE conditioning was given but the model has no VACE weights ({cfg.describe()}): load a "
+                         f"Wan2.1-VACE checkpoint, or a causal base with a VACE module file (vace_name).")
+    if settings.loop == "rolling":
+        raise ValueError("VACE on the 'rolling' loop (Rolling Forcing) has no rule: Daydream Scope defines causal "
+                         "VACE for the block loop (LongLive, Reward Forcing), MemFlow's memory loop and Krea's "
+                         "recompute loop only. Use one of those families, or drop the VACE conditioning.")
+    for c in controls:
+        c.check(latent_shape, cfg.vace_in_dim)
+    return controls
+
+
+def _restyle_input(restyle, latent_shape, settings, sigmas):
+    if restyle is None:
+        return None
+    if settings.loop == "rolling" or settings.solver != "renoise":
+        raise ValueError("video-to-video has a rule for loops that start each block from one noise level (Krea's server, "
+                         "Self-Forcing-style blocks); the 'rolling' loop and the UniPC solver have none.")
+    if not sigmas or sigmas[0] >= 1.0:
+        raise ValueError("video-to-video needs a first step below 1000 (these steps start from pure noise, which "
+                         "ignores the input video): use steps=restyle_steps(strength) with a strength below 1.")
+    restyle.check(latent_shape)
+    return restyle
+
+
 def clamp_first_frames(x: torch.Tensor, t: torch.Tensor, clean: Optional[torch.Tensor], start: int):
     """The ``first_frame="clamp"`` policy (LongLive 2.0's i2v, Wan 2.2 TI2V's image conditioning).
 
@@ -537,7 +568,7 @@ class CausalLoop:
                  clip_fea: Optional[torch.Tensor] = None, concat: Optional[torch.Tensor] = None,
                  first_frames: Optional[torch.Tensor] = None, prompt_switches: Sequence[PromptSwitch] = (),
                  noise: Optional[NoiseSource] = None, hooks: Optional[SamplerHooks] = None,
-                 check_interrupt: Optional[Callable[[], None]] = None, actions=None):
+                 check_interrupt: Optional[Callable[[], None]] = None, actions=None, vace=None, restyle=None):
         s = settings or CausalSettings()
         cfg = model.config
         check_latent(latent, channels=cfg.out_dim)
@@ -618,6 +649,9 @@ class CausalLoop:
         self.total_steps = sum(len(self._schedule(bi)[0]) for bi in generated)
         self.branches: list = []
         self._started = False
+        self.vace = _vace_controls(vace, cfg, latent.shape, s)
+        self.restyle = _restyle_input(restyle, latent.shape, s, self.sigmas)
+        self._vace_block: tuple = (None, None)
 
     def __len__(self) -> int:
         return len(self.layout)
@@ -681,9 +715,20 @@ class CausalLoop:
                               start_frame=self._rope_start(kind, start),
                               kv_hook=self._kv_hook(kind, block, branch, start),
                               attn_mask=self._attn_mask(kind, x.shape[2]), dtype=self.dtype, run_head=head,
-                              action_hook=None if branch.actions is None else branch.actions.hook(start, x.shape[2]))
+                              action_hook=None if branch.actions is None else branch.actions.hook(start, x.shape[2]),
+                              vace=self._vace_step(kind, start, x.shape[2]))
         self.hooks.on_forward_end(kind, block)
         return out
+
+    def _vace_step(self, kind: str, start: int, n: int):
+        """The VACE input of a forward: the block's context on its denoising steps only. Scope's rule: the pass
+        that writes the cache (and Krea's recompute, a prompt switch's re-cache) runs without hints."""
+        if not self.vace or kind != "denoise":
+            return None
+        if self._vace_block[0] != (start, n):  # read once per block (a streamed control video advances here)
+            contexts = [(c.block(start, n).to(self.device), c.strength) for c in self.vace if c.strength != 0]
+            self._vace_block = ((start, n), VaceStep(contexts) if contexts else None)
+        return self._vace_block[1]
 
     def _kv_hook(self, kind: str, block: int, branch: _Branch, start: int):
         """The self-attention K/V a forward sees: the branch's cache (a loop shape may add to it)."""
@@ -721,8 +766,9 @@ class CausalLoop:
             steps = _UniPCSteps(self.unipc)  # starts from the noise itself (its first σ is 0.9998)
         else:
             steps = _RenoiseSteps(sigmas, timesteps, self.noise, bi, self.device)
-            if sigmas[0] < 1.0:
-                x = renoise(self._block_latent(start, n).float().to(self.device), x, sigmas[0])
+            if sigmas[0] < 1.0:  # Krea's v2v: the input video's frames (or the given latent) noised to the first σ
+                source = self.restyle.block(start, n) if self.restyle else self._block_latent(start, n)
+                x = renoise(source.float().to(self.device), x, sigmas[0])
         clean = self.first_frames if self.clamp else None
         for j, t_step in enumerate(steps.timesteps):
             self.check_interrupt()

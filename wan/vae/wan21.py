@@ -470,6 +470,9 @@ class WanVAE:
     def stream_decoder(self) -> "StreamingDecoder":
         return StreamingDecoder(self)
 
+    def stream_encoder(self) -> "StreamingEncoder":
+        return StreamingEncoder(self)
+
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """Whole video through a fresh streaming decoder (bounded working memory)."""
         return self.stream_decoder().decode(z)
@@ -490,6 +493,35 @@ class WanVAE:
                 chunks.append(run_encoder(self.tree.encoder, self._prepare(pixels[:, :, s:e]), cache))
             mu = self.tree.conv1(torch.cat(chunks, dim=2)).chunk(2, dim=1)[0]
         return mu.float()
+
+
+class StreamingEncoder:
+    """Encode a video block after block: ``encode(pixels)`` takes the next pixel frames ``[B, 3, f, H, W]`` in
+    [-1, 1] (the video's first call starts with its first frame alone, as Wan encodes: 1, then 4 per latent frame)
+    and returns their raw latent means. The feature cache is carried from call to call, so the concatenated
+    outputs equal ``WanVAE.encode`` of the whole video; memory stays that of one chunk whatever the length."""
+
+    def __init__(self, vae: WanVAE):
+        self.vae = vae
+        self.cache = FeatureCache()
+        self.pixel_frames = 0
+
+    def encode(self, pixels: torch.Tensor) -> torch.Tensor:
+        if pixels.dim() != 5 or pixels.shape[1] != 3 or pixels.shape[3] % 8 or pixels.shape[4] % 8:
+            raise ValueError(f"pixels have shape {list(pixels.shape)}; the Wan VAE encodes [B, 3, frames, H, W] "
+                             f"with H and W multiples of 8.")
+        chunks, t, i = [], pixels.shape[2], 0
+        tree = self.vae.tree
+        with torch.no_grad():
+            while i < t:
+                size = 1 if self.pixel_frames == 0 else 4
+                if t - i < size:
+                    raise ValueError(f"{t - i} pixel frame(s) left over: after the first frame the Wan VAE encodes "
+                                     f"groups of 4 (one latent frame each).")
+                chunks.append(run_encoder(tree.encoder, self.vae._prepare(pixels[:, :, i:i + size]), self.cache))
+                i += size
+                self.pixel_frames += size
+            return tree.conv1(torch.cat(chunks, dim=2)).chunk(2, dim=1)[0].float()
 
 
 class StreamingDecoder:

@@ -256,6 +256,10 @@ class Wan22VAE(v21.WanVAE):
     files_hint = "Wan2.2_VAE.pth or ComfyUI's wan2.2_vae.safetensors"
     run_decoder = staticmethod(run_decoder)
 
+    def stream_encoder(self):
+        raise NotImplementedError("block-by-block encoding (VACE control videos, video-to-video) is built for the Wan "
+                                  "2.1 VAE (16 latent channels); the Wan 2.2 VAE encodes whole videos here.")
+
     def encode(self, pixels: torch.Tensor) -> torch.Tensor:
         """``[B, 3, 1+4k, H, W]`` in [-1, 1] -> raw latent mean ``[B, 48, 1+k, H/16, W/16]``, in chunks of
         1, 4, 4, ... frames through the feature cache, as Wan does."""
