@@ -407,6 +407,8 @@ WORKFLOWS = {
         ],
     },
     "clipwan_vace_causal_core": {
+        "title": 'VACE, block-causal, from core WanVaceToVideo',
+        "card": {'kind': 'video', 'caption': 'core VACE graph with the causal sampler'},
         "note": ("## VACE, block-causal, from core WanVaceToVideo\n\nAn ordinary VACE graph — core **WanVaceToVideo** "
                  "with a control video and a reference image — with **Causal Wan Sampler** in place of KSampler: the "
                  "sampler reads WanVaceToVideo's conditioning as it is, samples the video block by block and puts "
@@ -434,6 +436,8 @@ WORKFLOWS = {
         ],
     },
     "clipwan_vace_longlive_stream": {
+        "title": 'VACE on LongLive, streamed control video',
+        "card": {'kind': 'stream', 'caption': 'control video encoded block by block as it streams'},
         "note": ("## VACE on LongLive, streamed control video\n\n**Causal VACE Control** reads the control video "
                  "frame by frame and encodes it block by block while **Causal Wan Stream Video** generates (bounded "
                  "memory for any length); the reference image is encoded once. Load Causal Wan Model puts the VACE "
@@ -462,6 +466,8 @@ WORKFLOWS = {
         ],
     },
     "clipwan_video_restyle_stream": {
+        "title": 'Restyle a video, block by block (Krea v2v)',
+        "card": {'kind': 'stream', 'caption': "each block starts from the input's frames, noised"},
         "note": ("## Restyle a video, block by block (Krea's video-to-video)\n\n**Causal Video Restyle** reads the "
                  "input video frame by frame, encodes it block by block, and each block starts from its frames "
                  "noised to `strength` (Krea's rule: steps linspace(1000·strength, 0, n), warped); the output is "
