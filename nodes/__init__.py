@@ -6,10 +6,10 @@ A module may also define ``register_routes(prompt_server)`` for HTTP routes on C
 
 from __future__ import annotations
 
-from . import axera_nodes, clip_nodes, family_nodes, stream_nodes, wan_nodes
+from . import axera_nodes, clip_nodes, family_nodes, stream_nodes, timeline_nodes, wan_nodes
 from .comfy_bridge import prompt_server
 
-_AREAS = (clip_nodes, wan_nodes, family_nodes, stream_nodes, axera_nodes)
+_AREAS = (clip_nodes, wan_nodes, family_nodes, stream_nodes, timeline_nodes, axera_nodes)
 
 NODE_CLASS_MAPPINGS: dict = {}
 NODE_DISPLAY_NAME_MAPPINGS: dict = {}

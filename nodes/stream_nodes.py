@@ -10,6 +10,7 @@ video stays in the output folder and the node says so.
 from __future__ import annotations
 
 import logging
+from typing import Optional
 
 import torch
 
@@ -19,6 +20,7 @@ from ..wan.vae.taehv import FILE_PREFIXES, TAEHV
 from ..wan.vae.wan21 import WanVAE
 from ..wan.vae.wan22 import adopt_vae
 from ..wan.video.writer import VideoWriter
+from .timeline_nodes import end_run, record_timeline, run_timeline as live_timeline, schedule_label
 from .wan_nodes import UI_EVENT, CausalWanSampler, _jpeg_base64, prepare_run
 
 log = logging.getLogger("comfyui_clipwan")
@@ -89,6 +91,7 @@ class CausalWanStreamVideo:
             raise ValueError(f"format '{format}' is not one of {list(FORMATS)}.")
         causal, inputs, settings, switches, _ = prepare_run(model, positive, latent, seed, unique_id=unique_id,
                                                             **sampler)
+        timeline = live_timeline(sampler.get("timeline"), unique_id, fps)  # live prompts: POST /clipwan/live/...
         wan = wan_vae_of(vae)  # ComfyUI's loaded VAE adopted once, for the decoder and the encoder
         dec = stream_decoder(wan, decoder)
         batch, _, _, h, w = inputs.latent.shape
@@ -101,7 +104,7 @@ class CausalWanStreamVideo:
                            from_raw=inputs.from_raw, encode=encode, seed=seed,
                            settings=settings, negative_text=inputs.negative_text, clip_fea=inputs.clip_fea,
                            concat=inputs.concat, first_frames=inputs.first_frames, prompt_switches=switches,
-                           check_interrupt=bridge.check_interrupt)
+                           check_interrupt=bridge.check_interrupt, timeline=timeline)
         progress = bridge.Progress(len(run), node_id=unique_id)
         player = bridge.prompt_server() is not None
         kept, last = [], None
@@ -112,8 +115,12 @@ class CausalWanStreamVideo:
                 last = block.frames[:, -1]
                 if return_frames:
                     kept.append(block.frames)
-                self._show(unique_id, block, progress, player)
+                self._show(unique_id, block, progress, player, schedule_label(run.loop.schedule))
+                if timeline is not None and timeline.live is not None and block.block_done:
+                    timeline.live.mark_block_done(block.index)
         except BaseException:
+            record_timeline(timeline, run.loop.layout, writers)
+            end_run(timeline, unique_id)
             saved = [w.close() for w in writers]
             done = writers[0].frames_written
             if saved[0]:
@@ -125,6 +132,8 @@ class CausalWanStreamVideo:
             bridge.progress_text(message, unique_id)
             bridge.send_ui_event(UI_EVENT, {"node": unique_id, "status": message, "frames": []})
             raise
+        record_timeline(timeline, run.loop.layout, writers)
+        end_run(timeline, unique_id)
         paths = [w.close() for w in writers]
         bridge.progress_text(f"Saved {writers[0].frames_written} frames to {files[0][1]}.", unique_id)
         images = torch.cat(kept, dim=1).flatten(0, 1) if return_frames else last  # IMAGE [B*F, H, W, 3]
@@ -134,7 +143,7 @@ class CausalWanStreamVideo:
                                      paths[0])}
 
     @staticmethod
-    def _show(unique_id, piece, progress, player: bool) -> None:
+    def _show(unique_id, piece, progress, player: bool, prompt: Optional[str] = None) -> None:
         """The piece's decoded frames to the live player; the progress bar counts finished blocks (with the
         last frame as its picture only where no live player shows the frames)."""
         from PIL import Image
@@ -145,6 +154,8 @@ class CausalWanStreamVideo:
             payload = {"node": unique_id, "block": piece.index, "total_blocks": piece.total,
                        "frame_start": int(piece.frame_start), "decoded": True,
                        "frames": [_jpeg_base64(im) for im in images]}
+            if prompt:
+                payload["prompt"] = prompt
             bridge.send_ui_event(UI_EVENT, payload)
         if piece.block_done:
             progress.update_absolute(piece.index + 1, None if player else images[-1])

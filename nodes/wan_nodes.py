@@ -200,6 +200,10 @@ class CausalWanSampler:
                                                        "replaces positive; 0 = no switch."}),
                 # last, so workflows saved before it keep their widgets_values (a missing value = "custom")
                 "family": (family_choices(), {"default": CUSTOM_FAMILY, "tooltip": FAMILY_TOOLTIP}),
+                "timeline": ("CLIPWAN_TIMELINE", {"tooltip": (
+                    "A prompt timeline (Prompt Timeline nodes): any number of prompts, switched with the family's "
+                    "rule or blended; replaces positive's text (its image conditioning stays). Not together with "
+                    "switch_positive.")}),
             },
             "hidden": {"unique_id": "UNIQUE_ID"},
         }
@@ -208,17 +212,19 @@ class CausalWanSampler:
                frames_per_block=3,
                sink_size=0, local_window=0, cache_dtype="auto", independent_first_frame=False,
                guidance_scale=1.0, image_conditioning=True, negative=None, switch_positive=None,
-               switch_at_block=0, family=CUSTOM_FAMILY, unique_id=None):
+               switch_at_block=0, family=CUSTOM_FAMILY, unique_id=None, timeline=None):
+        from .timeline_nodes import run_timeline
+
         causal, inputs, settings, switches, patcher = prepare_run(
             model, positive, latent, seed, steps=steps, shift=shift, warp_steps=warp_steps,
             frames_per_block=frames_per_block, sink_size=sink_size, local_window=local_window,
             cache_dtype=cache_dtype, independent_first_frame=independent_first_frame, guidance_scale=guidance_scale,
             image_conditioning=image_conditioning, negative=negative, switch_positive=switch_positive,
-            switch_at_block=switch_at_block, family=family, unique_id=unique_id)
+            switch_at_block=switch_at_block, family=family, unique_id=unique_id, timeline=timeline)
         loop = iter_causal_blocks(causal, inputs.latent, inputs.text, seed=seed, settings=settings,
                                   negative_text=inputs.negative_text, clip_fea=inputs.clip_fea,
                                   concat=inputs.concat, first_frames=inputs.first_frames, prompt_switches=switches,
-                                  check_interrupt=bridge.check_interrupt)
+                                  check_interrupt=bridge.check_interrupt, timeline=run_timeline(timeline, None))
         loop.hooks = _RunReporter(patcher, unique_id, loop.total_steps, inputs.to_raw)
         note = getattr(loop, "fallback_note", None)  # a family rule this node cannot run (no decoded pixels)
         if note:
@@ -233,7 +239,7 @@ class CausalWanSampler:
 def prepare_run(model, positive, latent, seed, steps="1000,750,500,250", shift=5.0, warp_steps=True,
                 frames_per_block=3, sink_size=0, local_window=0, cache_dtype="auto", independent_first_frame=False,
                 guidance_scale=1.0, image_conditioning=True, negative=None, switch_positive=None, switch_at_block=0,
-                family=CUSTOM_FAMILY, unique_id=None):
+                family=CUSTOM_FAMILY, unique_id=None, timeline=None):
     """The sampler's widgets and sockets -> ``(CausalWanModel, SamplerInputs, CausalSettings, prompt switches,
     ModelPatcher or None)``; shared by Causal Wan Sampler and Causal Wan Stream Video (nodes/stream_nodes.py).
 
@@ -241,6 +247,9 @@ def prepare_run(model, positive, latent, seed, steps="1000,750,500,250", shift=5
     widgets' settings; the widgets themselves are never overridden — where they differ from the family's
     values one log line names them. A length that is not a whole number of blocks runs with a shorter last
     block where the loop allows it (``fit_block_layout``), said in the log and on the node."""
+    if timeline is not None and switch_positive is not None:
+        raise ValueError("both a timeline and switch_positive are connected: put the switch into the timeline (a Prompt "
+                         "Timeline node) and disconnect switch_positive.")
     preset = family_preset(family)
     settings = CausalSettings(steps=steps, shift=shift, warp=warp_steps, frames_per_block=frames_per_block,
                               sink_size=sink_size, local_window=local_window, cache_dtype=resolve_dtype(cache_dtype),

@@ -255,10 +255,16 @@ def load(path: str, switch_frames: Optional[Sequence[int]] = None, line: int = 1
         raise FileNotFoundError(f"timeline file '{path}' does not exist.")
     with open(path, encoding="utf-8") as f:
         raw = f.read()
-    name = os.path.basename(path)
+    return parse_any(raw, os.path.basename(path), switch_frames, line, fps, os.path.dirname(path),
+                     jsonl=path.endswith(".jsonl"))
+
+
+def parse_any(raw: str, name: str = "timeline text", switch_frames: Optional[Sequence[int]] = None, line: int = 1,
+              fps: Optional[float] = None, folder: str = "", jsonl: bool = False) -> Timeline:
+    """A timeline from its text, whichever of the formats it is (typed or pasted into the node, or read by ``load``)."""
     stripped = raw.lstrip()
-    if path.endswith(".jsonl") or (stripped.startswith("{") and "\n{" in stripped.strip() and
-                                   '"startTime"' not in raw and '"clipwan_timeline"' not in raw):
+    if jsonl or (stripped.startswith("{") and "\n{" in stripped.strip() and
+                 '"startTime"' not in raw and '"clipwan_timeline"' not in raw):
         return parse_interactive(raw, switch_frames, line, source=name)
     if stripped.startswith("{"):
         data = _json(raw, name)
@@ -267,7 +273,7 @@ def load(path: str, switch_frames: Optional[Sequence[int]] = None, line: int = 1
             if data.get("embeddings"):
                 from ...weights import read_weights
 
-                tensors = read_weights(os.path.join(os.path.dirname(path), data["embeddings"]), "timeline embeddings")
+                tensors = read_weights(os.path.join(folder, data["embeddings"]), "timeline embeddings")
             timeline = from_dict(data, name, tensors)
             timeline.fps = timeline.fps if fps is None else fps
             return timeline

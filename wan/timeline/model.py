@@ -122,12 +122,21 @@ class Timeline:
         self.fps = fps
         self.source = source
         self.live = None  # a LiveControl (wan/timeline/live.py) adds segments while a loop runs
+        self.encoder = None  # text -> embedding, kept for live prompts (ComfyUI: the timeline node's CLIP)
 
     def __len__(self) -> int:
         return len(self.segments)
 
     def __repr__(self) -> str:
         return f"Timeline({len(self.segments)} segment(s){', live' if self.live else ''} from {self.source!r})"
+
+    def copy(self) -> "Timeline":
+        """A timeline of its own (segments and prompts copied, embeddings shared): a run may add live segments to it
+        without touching the one it came from (ComfyUI caches node outputs)."""
+        out = Timeline([dataclasses.replace(s, prompts=[dataclasses.replace(p) for p in s.prompts])
+                        for s in self.segments], fps=self.fps, source=self.source)
+        out.encoder = self.encoder
+        return out
 
     # --- text -> embeddings ---------------------------------------------------------------------------
     def texts(self) -> list:

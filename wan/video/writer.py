@@ -70,6 +70,8 @@ class VideoWriter:
         self._partial = f"{base}.partial{ext or '.' + self.format}"
         self._container = None
         self._stream = None
+        # container tags (e.g. {"comment": ...}); may be filled in until close (then the file is remuxed with them)
+        self.metadata: dict = {}
 
     def _open(self, width: int, height: int) -> None:
         import av
@@ -114,7 +116,11 @@ class VideoWriter:
         finally:
             self._container.close()
             self._container = None
-        os.replace(self._partial, self.path)
+        if self.metadata:
+            _remux_with_metadata(self._partial, self.path, self.format, self.metadata)
+            os.remove(self._partial)
+        else:
+            os.replace(self._partial, self.path)
         return self.path
 
     def __enter__(self) -> "VideoWriter":
@@ -122,6 +128,21 @@ class VideoWriter:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _remux_with_metadata(source: str, target: str, fmt: str, metadata: dict) -> None:
+    """Copy the encoded stream into a new container that carries ``metadata`` (no re-encode): tags set before
+    the first frame would miss what is only known at the end (a live run's timeline)."""
+    import av
+
+    with av.open(source) as inp, av.open(target, mode="w", format=fmt) as out:
+        out.metadata.update({k: str(v) for k, v in metadata.items()})
+        stream = inp.streams.video[0]
+        copy = out.add_stream_from_template(stream)
+        for packet in inp.demux(stream):
+            if packet.dts is not None:
+                packet.stream = copy
+                out.mux(packet)
 
 
 def read_video_frames(path: str) -> np.ndarray:
