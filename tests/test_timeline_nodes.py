@@ -167,3 +167,22 @@ def test_live_prompt_over_http_applies_at_next_block_and_replays(parts, tmp_path
     without = CausalWanStreamVideo().stream(model, cond("ignored"), latent, vae=vae, timeline=plain,
                                             return_frames=True, **SAMPLER)
     assert (without["result"][1] - frames).abs().max() > 1e-3  # sharp: the live prompt changed the video
+
+
+@pytest.mark.skipif(__import__("shutil").which("node") is None, reason="node (JavaScript) is not installed")
+def test_web_live_prompt_request_matches_the_route():
+    """web/clipwan_logic.js builds the request the route takes (the same body live_request accepts)."""
+    import pathlib
+    import subprocess
+
+    logic = (pathlib.Path(tn.__file__).resolve().parents[1] / "web" / "clipwan_logic.js").as_uri()
+    script = (f"import * as L from {json.dumps(logic)};\nprocess.stdout.write(JSON.stringify([L.livePromptRequest('7', "
+              f"' a wolf ', 0), L.livePromptRequest('3:7', 'x', 2), L.livePromptRequest(7, '  '), "
+              f"L.decodeFramePayload({{prompt: 'prompt 2 from block 1: a wolf'}}).prompt, L.LIVE_PATH]));")
+    done = subprocess.run(["node", "--input-type=module", "-e", script], capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0, done.stderr
+    plain, blend, empty, label, path = json.loads(done.stdout)
+    assert plain == {"path": "/clipwan/live/7/prompt", "body": json.dumps({"text": "a wolf"}, separators=(",", ":"))}
+    assert blend["path"] == "/clipwan/live/3%3A7/prompt"
+    assert json.loads(blend["body"]) == {"text": "x", "transition": "blend", "blend_blocks": 2}
+    assert empty is None and label == "prompt 2 from block 1: a wolf" and path == tn.LIVE_PATH

@@ -4,6 +4,7 @@
 //   websocket event, one per finished block) and offers presets for the known causal models in the
 //   node's context menu (right click → "ClipWan presets"); picking a family in its `family` combo fills
 //   the widgets the same way.
+// - CausalWanStreamVideo: a prompt box under the player sends a new prompt to the running stream (live prompts).
 // - ExportCLIPToAxmodel / CLIPZeroShotAxera: show their report (export summary, label scores) on the node.
 //
 // Everything added here is display only (never serialized), so workflows saved with or without this
@@ -12,7 +13,8 @@
 import { app } from "../../scripts/app.js";
 import { api } from "../../scripts/api.js";
 import {
-  FAMILY_WIDGET, PRESETS_PATH, applyLength, applyPreset, decodeFramePayload, familyChosen, presetLabel, reportText,
+  FAMILY_WIDGET, PRESETS_PATH, applyLength, applyPreset, decodeFramePayload, familyChosen, livePromptRequest,
+  presetLabel, reportText,
 } from "./clipwan_logic.js";
 
 const EXTENSION = "clipwan.ui";
@@ -20,6 +22,8 @@ const SAMPLER = "CausalWanSampler";
 // Nodes whose live frames the player shows: the sampler (previews, or tiny-decoder frames) and
 // Causal Wan Stream Video (decoded frames, plus a status line when a run is stopped).
 const PLAYERS = [SAMPLER, "CausalWanStreamVideo"];
+// Nodes that take live prompts while they run (a text box + Send under the player; needs a timeline input).
+const LIVE = ["CausalWanStreamVideo"];
 // Nodes that return their report as ui.text: shown on the node.
 const REPORTERS = ["ExportCLIPToAxmodel", "CLIPZeroShotAxera"];
 const MAX_PLAYER_FRAMES = 240; // ~30 s of preview at 8 fps
@@ -96,7 +100,8 @@ function showFrames(node, payload) {
     node.setDirtyCanvas?.(true, true);
     return;
   }
-  const { urls, block, totalBlocks } = decodeFramePayload(payload);
+  const { urls, block, totalBlocks, prompt } = decodeFramePayload(payload);
+  if (payload?.node != null) node.__clipwanUniqueId = payload.node; // the id the live route knows (subgraphs: "a:b")
   if (!urls.length) return;
   const panel = framePanel(node);
   // A new run starts over: its first frames (frame_start 0), or an earlier block than the last one seen.
@@ -111,7 +116,8 @@ function showFrames(node, payload) {
   panel.total = (panel.total ?? 0) + urls.length;
   // Unbounded-length sampling can stream thousands of frames: the player keeps the most recent ones only.
   if (panel.frames.length > MAX_PLAYER_FRAMES) panel.frames.splice(0, panel.frames.length - MAX_PLAYER_FRAMES);
-  panel.label.textContent = `block ${block + 1} / ${totalBlocks} · ${panel.total} frames`;
+  panel.label.textContent = `block ${block + 1} / ${totalBlocks} · ${panel.total} frames` +
+    (prompt ? ` · ${prompt}` : "");
   // Play the frames so far as a loop. This player is the sampler's only preview: inside ComfyUI the node
   // sends its progress without preview images (see nodes/wan_nodes.py), so no second picture stacks up.
   if (panel.timer) clearInterval(panel.timer);
@@ -126,6 +132,44 @@ function showFrames(node, payload) {
     node.imgs = urls.map((u) => Object.assign(new Image(), { src: u }));
   }
   node.setDirtyCanvas?.(true, true);
+}
+
+// Live prompt box: type a prompt while the stream runs, Send -> POST /clipwan/live/<node id>/prompt; it takes
+// over at the next block (the player's label then says "prompt N from block B").
+function livePromptBox(node) {
+  if (node.__clipwanLive) return;
+  const root = document.createElement("div");
+  root.style.cssText = "display:flex;gap:4px;align-items:center;font:11px sans-serif;color:#ccc;";
+  const input = document.createElement("input");
+  input.type = "text";
+  input.placeholder = "new prompt while it plays (needs a timeline input)";
+  input.style.cssText = "flex:1;min-width:0;background:#222;color:#ddd;border:1px solid #444;padding:2px 4px;";
+  const blend = document.createElement("input");
+  blend.type = "number";
+  blend.min = "0";
+  blend.value = "0";
+  blend.title = "blend over this many blocks (0 = switch with the family's rule)";
+  blend.style.cssText = "width:3.5em;background:#222;color:#ddd;border:1px solid #444;";
+  const send = document.createElement("button");
+  send.textContent = "Send";
+  const status = document.createElement("span");
+  const submit = async () => {
+    const request = livePromptRequest(node.__clipwanUniqueId ?? node.id, input.value, blend.value);
+    if (!request) return;
+    try {
+      const response = await api.fetchApi(request.path, { method: "POST", body: request.body,
+                                                          headers: { "Content-Type": "application/json" } });
+      const answer = await response.json();
+      status.textContent = response.ok ? `sent (#${answer.id})` : (answer.error ?? `HTTP ${response.status}`);
+      if (response.ok) input.value = "";
+    } catch (error) {
+      status.textContent = String(error);
+    }
+  };
+  send.addEventListener("click", submit);
+  input.addEventListener("keydown", (event) => { if (event.key === "Enter") submit(); });
+  root.append(input, blend, send, status);
+  node.__clipwanLive = { root, widget: addDisplayWidget(node, "clipwan_live_prompt", root, 28) };
 }
 
 // ------------------------------------------------------------------------------------------------
@@ -193,6 +237,7 @@ app.registerExtension({
       nodeType.prototype.onNodeCreated = function () {
         const result = onNodeCreated?.apply(this, arguments);
         watchFamilyCombo(this);
+        if (LIVE.includes(nodeData.name)) livePromptBox(this);
         return result;
       };
       const getExtraMenuOptions = nodeType.prototype.getExtraMenuOptions;

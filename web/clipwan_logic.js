@@ -72,14 +72,29 @@ export function frameToDataUrl(frame) {
   return `data:${hit ? hit[1] : "image/png"};base64,${frame}`;
 }
 
-/** {urls, block, totalBlocks} from a `clipwan.causal_frames` event payload. */
+/** {urls, block, totalBlocks, prompt} from a `clipwan.causal_frames` event payload (`prompt`: the stream's
+ * latest prompt change, "prompt 3 from block 12: ...", or ""). */
 export function decodeFramePayload(payload) {
   const frames = Array.isArray(payload?.frames) ? payload.frames : [];
   return {
     urls: frames.map(frameToDataUrl).filter(Boolean),
     block: Number.isFinite(payload?.block) ? payload.block : 0,
     totalBlocks: Number.isFinite(payload?.total_blocks) ? payload.total_blocks : 0,
+    prompt: typeof payload?.prompt === "string" ? payload.prompt : "",
   };
+}
+
+// Live prompts (nodes/timeline_nodes.py): POST {text, transition, blend_blocks} to a running stream node.
+export const LIVE_PATH = "/clipwan/live";
+
+/** {path, body} of the request that sends `text` to the stream node `nodeId` (a subgraph id "a:b" is sent as is;
+ * `blendBlocks` > 0 blends over that many blocks instead of switching); null for an empty text. */
+export function livePromptRequest(nodeId, text, blendBlocks = 0) {
+  const prompt = typeof text === "string" ? text.trim() : "";
+  if (!prompt) return null;
+  const blocks = Math.max(0, Math.floor(Number(blendBlocks) || 0));
+  const body = blocks > 0 ? { text: prompt, transition: "blend", blend_blocks: blocks } : { text: prompt };
+  return { path: `${LIVE_PATH}/${encodeURIComponent(String(nodeId))}/prompt`, body: JSON.stringify(body) };
 }
 
 /** The report text from an `executed` message's ui dict ({report|text: str | [str]}), or "". */

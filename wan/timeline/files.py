@@ -237,7 +237,7 @@ def save(timeline: Timeline, path: str, layout: Optional[Sequence] = None, embed
         for i, s in enumerate(timeline.segments):
             for j, p in enumerate(s.prompts):
                 if p.embedding is not None:
-                    tensors[f"segment{i}.prompt{j}"] = p.embedding.detach().float().cpu().contiguous()
+                    tensors[f"segment{i}.prompt{j}"] = p.embedding.detach().float().cpu().clone()
     if tensors:
         from safetensors.torch import save_file
 
