@@ -1,4 +1,4 @@
-"""``comfyui-clipwan bench {clip,wan,axera,stream}``: run one of the benchmarks in ``benchmarks/``.
+"""``comfyui-clipwan bench {clip,wan,axera,stream,live}``: run one of the benchmarks in ``benchmarks/``.
 
 Each benchmark module ``benchmarks/bench_<name>.py`` defines ``add_arguments(parser)`` and ``run(args) -> int``
 and prints its figures as ratios against peers measured in the same run.
@@ -14,6 +14,7 @@ BENCHMARKS = {
     "axera": "ONNX Runtime vs torch eager latency for exported CLIP vision/text, export time",
     "export-memory": "Axera export of a real-size random-init ViT-H vision tower: peak RSS per stage, RSS held after",
     "stream": "decode per block while sampling vs sample-then-decode: first frame, total time, peak RSS vs length",
+    "live": "live prompts while streaming: blocks and seconds to take effect, time per block with a change pending",
 }
 
 
