@@ -91,7 +91,6 @@ class CausalWanStreamVideo:
             raise ValueError(f"format '{format}' is not one of {list(FORMATS)}.")
         causal, inputs, settings, switches, _ = prepare_run(model, positive, latent, seed, unique_id=unique_id,
                                                             **sampler)
-        timeline = live_timeline(sampler.get("timeline"), unique_id, fps)  # live prompts: POST /clipwan/live/...
         wan = wan_vae_of(vae)  # ComfyUI's loaded VAE adopted once, for the decoder and the encoder
         dec = stream_decoder(wan, decoder)
         batch, _, _, h, w = inputs.latent.shape
@@ -100,11 +99,16 @@ class CausalWanStreamVideo:
         writers = [VideoWriter(path, fps=fps, fmt=FORMATS[format]) for path, _, _ in files]
         # its encoder too (whichever decoder): Krea's loop re-encodes a decoded frame as a context frame
         encode = getattr(wan, "encode", None)
-        run = stream_video(causal, inputs.latent, inputs.text, decoder=dec, to_raw=inputs.to_raw,
-                           from_raw=inputs.from_raw, encode=encode, seed=seed,
-                           settings=settings, negative_text=inputs.negative_text, clip_fea=inputs.clip_fea,
-                           concat=inputs.concat, first_frames=inputs.first_frames, prompt_switches=switches,
-                           check_interrupt=bridge.check_interrupt, timeline=timeline)
+        timeline = live_timeline(sampler.get("timeline"), unique_id, fps)  # live prompts: POST /clipwan/live/...
+        try:
+            run = stream_video(causal, inputs.latent, inputs.text, decoder=dec, to_raw=inputs.to_raw,
+                               from_raw=inputs.from_raw, encode=encode, seed=seed,
+                               settings=settings, negative_text=inputs.negative_text, clip_fea=inputs.clip_fea,
+                               concat=inputs.concat, first_frames=inputs.first_frames, prompt_switches=switches,
+                               check_interrupt=bridge.check_interrupt, timeline=timeline)
+        except BaseException:
+            end_run(timeline, unique_id)  # refused inputs: no live route left behind
+            raise
         progress = bridge.Progress(len(run), node_id=unique_id)
         player = bridge.prompt_server() is not None
         kept, last = [], None
