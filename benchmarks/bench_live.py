@@ -12,7 +12,9 @@ on its worker thread, and the loop takes it at the next block boundary.
    sampled with it (its frames are final then).
 2. **Time per block with vs without a pending change**: each block sampled while a request is being encoded in the
    background against the same block of a run with no live changes (median of the ratios; goal ≤ 1.05x; each
-   kind runs ``--repeats`` times, alternating, and per block the fastest run counts). The block where a switch is
+   kind runs ``--repeats`` times, alternating, and per block the fastest run counts). Measured twice: with the text
+   encoded on the worker thread (on a CPU it shares the cores with the sampler), and with requests that carry a
+   ready embedding (the loop's own cost of a pending change). The block where a switch is
    applied runs LongLive's re-cache (one more forward over the window): reported apart, it is the family's rule.
 
 Usage: ``comfyui-clipwan bench live [--quick]``.
@@ -65,8 +67,10 @@ def _settings():
                           recache="joint", global_sink=True)
 
 
-def run_live(model, encoder, blocks: int, size_px: int, requests: int, seed: int, device) -> dict:
-    """One stream with ``requests`` live prompts, each sent after the first step of a block; per-block times."""
+def run_live(model, encoder, blocks: int, size_px: int, requests: int, seed: int, device,
+             pre_encoded: bool = False) -> dict:
+    """One stream with ``requests`` live prompts, each sent after the first step of a block; per-block times.
+    ``pre_encoded``: the requests carry their embedding (encoded before the run: what the loop itself costs)."""
     from ..wan.sampling.loop import SamplerHooks
     from ..wan.sampling.run import iter_causal_blocks
     from ..wan.timeline import LiveControl, parse_text
@@ -77,11 +81,14 @@ def run_live(model, encoder, blocks: int, size_px: int, requests: int, seed: int
     send_at = set(range(2, blocks - 1, max(1, (blocks - 3) // max(1, requests)))) if requests else set()
     send_at = set(sorted(send_at)[:requests])
     sent: dict = {}
+    ready = {f"prompt number {k + 2} a wolf howls": encoder(f"prompt number {k + 2} a wolf howls")
+             for k in range(requests)} if pre_encoded else {}
 
     class Hooks(SamplerHooks):
         def on_step(self, block, step, total_steps):
             if step == 0 and block in send_at and block not in sent:
-                sent[block] = live.request(f"prompt number {len(sent) + 2} a wolf howls")
+                text = f"prompt number {len(sent) + 2} a wolf howls"
+                sent[block] = live.request(text, embedding=ready.get(text))
 
     h = w = size_px // 8
     loop = iter_causal_blocks(model, torch.zeros(1, 16, 3 * blocks, h, w), None, seed=seed, settings=_settings(),
@@ -101,6 +108,29 @@ def run_live(model, encoder, blocks: int, size_px: int, requests: int, seed: int
     return {"times": times, "sent": sent, "events": events}
 
 
+def bookkeeping_us(encoder, blocks: int, rounds: int = 200) -> tuple:
+    """Microseconds the loop spends per block boundary in ``TextSchedule.take``: no change pending, and a ready live
+    change taken (inserted into the timeline, schedule rebuilt). Noise-free, unlike a per-block timing on a busy
+    machine."""
+    from ..wan.sampling.loop import block_layout
+    from ..wan.timeline import LiveControl, parse_text
+
+    timeline = parse_text("0: a red fox").encode(encoder)
+    timeline.live = LiveControl(None, threaded=False)
+    schedule = timeline.compile(block_layout(3 * blocks, 3))
+    embedding = encoder("a wolf")
+    t0 = time.perf_counter()
+    for i in range(rounds):
+        schedule.take(1 + i % (blocks - 1))
+    idle = (time.perf_counter() - t0) / rounds * 1e6
+    t0 = time.perf_counter()
+    for i in range(rounds):
+        timeline.live.request("a wolf", embedding=embedding)
+        schedule.take(1 + i % (blocks - 1))
+    taken = (time.perf_counter() - t0) / rounds * 1e6
+    return round(idle, 1), round(taken, 1)
+
+
 def run(args) -> int:
     from ..wan.model.causal import DEFAULT_CONFIG, CausalWanModel
 
@@ -113,12 +143,15 @@ def run(args) -> int:
     encoder = stand_in_encoder(args.encoder_layers, args.seed, device)
     encoder("warm up")
     run_live(model, encoder, 3, args.size, 0, args.seed, device)  # warm-up
-    plains, lives = [], []
-    for _ in range(max(1, args.repeats)):  # alternating, so a slow spell of the machine hits both kinds
+    plains, lives, readies = [], [], []
+    for _ in range(max(1, args.repeats)):  # alternating, so a slow spell of the machine hits every kind
         plains.append(run_live(model, encoder, args.blocks, args.size, 0, args.seed, device))
         lives.append(run_live(model, encoder, args.blocks, args.size, args.requests, args.seed, device))
-    plain = {"times": [min(r["times"][i] for r in plains) for i in range(args.blocks)]}
-    live = dict(lives[-1], times=[min(r["times"][i] for r in lives) for i in range(args.blocks)])
+        readies.append(run_live(model, encoder, args.blocks, args.size, args.requests, args.seed, device, True))
+    fastest = lambda runs: [min(r["times"][i] for r in runs) for i in range(args.blocks)]
+    plain = {"times": fastest(plains)}
+    live = dict(lives[-1], times=fastest(lives))
+    ready = dict(readies[-1], times=fastest(readies))
 
     sent = {rid: block for block, rid in live["sent"].items()}
     applied = [e for e in live["events"] if e["state"] == "applied"]
@@ -144,6 +177,16 @@ def run(args) -> int:
     }
     result["pending_over_plain"] = ratio(pending_b) if pending else None  # per block, against the same block
     result["switch_over_plain"] = ratio(switch_b) if switch else None
+    # the same with the embeddings given (no encoder running beside the sampler): the loop's own cost
+    ready_applied = {e["block"] for e in ready["events"] if e["state"] == "applied"}
+    ready_pending = sorted(set(ready["sent"]) - ready_applied)
+    result["pre_encoded_latency_blocks"] = [e["block"] - {r: b for b, r in ready["sent"].items()}[e["id"]]
+                                            for e in ready["events"] if e["state"] == "applied"]
+    result["pre_encoded_pending_over_plain"] = round(statistics.median(
+        ready["times"][b] / plain["times"][b] for b in ready_pending), 3) if ready_pending else None
+    result["pre_encoded_switch_over_plain"] = round(statistics.median(
+        ready["times"][b] / plain["times"][b] for b in sorted(ready_applied)), 3) if ready_applied else None
+    result["take_us_idle"], result["take_us_with_change"] = bookkeeping_us(encoder, args.blocks)
     print(f"live prompts on {device}, {args.size}x{args.size}, {args.blocks} blocks of 3 latent frames, LongLive rules:")
     print(f"  applied {len(applied)}/{len(sent)}; blocks from request to first block sampled with it: {latency_blocks} "
           f"(goal: 1 = the next block)")
@@ -152,6 +195,12 @@ def run(args) -> int:
     print(f"  time per block: plain {result['block_s_plain_median']} s, with a change pending "
           f"{result['block_s_pending_median']} s = {result['pending_over_plain']}x (goal <= 1.05x); the switch block "
           f"itself (LongLive's re-cache) {result['block_s_switch_median']} s = {result['switch_over_plain']}x")
+    print(f"  embeddings sent ready (no encoder beside the sampler): applied after {result['pre_encoded_latency_blocks']} "
+          f"block(s); block with the change pending {result['pre_encoded_pending_over_plain']}x, switch block "
+          f"{result['pre_encoded_switch_over_plain']}x")
+    print(f"  the loop's bookkeeping per block boundary: {result['take_us_idle']} us idle, "
+          f"{result['take_us_with_change']} us taking a change ({100 * result['take_us_with_change'] / 1e6 / plain_med:.3f} % "
+          f"of a block)")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(result, f, indent=2)

@@ -238,3 +238,20 @@ def test_live_prompt_applies_at_next_block_and_replays_exactly(model, tmp_path):
 def test_live_needs_an_encoder_for_text():
     with pytest.raises(ValueError, match="no text encoder"):
         LiveControl(None).request("a wolf")
+
+
+def test_bench_live_quick(tmp_path):
+    """``bench live --quick`` runs and reports every live request applied, the loop's per-boundary bookkeeping tiny."""
+    import argparse
+
+    from comfyui_clipwan.benchmarks import bench_live
+
+    parser = argparse.ArgumentParser()
+    bench_live.add_arguments(parser)
+    args = parser.parse_args(["--quick", "--repeats", "1", "--json", str(tmp_path / "b.json")])
+    assert bench_live.run(args) == 0
+    figures = json.loads((tmp_path / "b.json").read_text())
+    assert figures["applied"] == figures["requests"] == 2
+    assert all(b >= 1 for b in figures["latency_blocks"])  # never before the boundary after the request
+    assert figures["pre_encoded_latency_blocks"] == [1, 1]  # a ready change: the very next block
+    assert figures["take_us_with_change"] < 0.05 * 1e6 * figures["block_s_plain_median"]
