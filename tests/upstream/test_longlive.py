@@ -1,7 +1,9 @@
 """LongLive v1.0's own ``InteractiveCausalInferencePipeline`` vs ``sample_causal`` on shared tiny random weights,
 same noise (replayed through our noise hook), prompt switches included; and LongLive as its authors ship it, the
 base weights with their ``lora.pt`` applied through their own PEFT path. Runs when ``UPSTREAM_LONGLIVE_DIR``
-points at NVlabs/LongLive (branch ``v1.0``).
+points at NVlabs/LongLive (branch ``v1.0``). Its tree needs ``omegaconf``, ``easydict`` (its ``wan/configs``), ``peft``,
+``diffusers`` and ``einops`` beside torch. The 3-prompt test reads their interactive prompt file format through
+the pack's timeline reader.
 
 The tiny model keeps the real head layout (12 heads x 128) because the pipeline allocates its caches with
 those sizes; it has 2 layers and a small FFN. The pipeline's hard-coded 30 blocks / 1560 tokens per frame

@@ -6,7 +6,8 @@ MemFlow's model code hard-codes 1560 tokens per latent frame (Wan 1.3B at 480x83
 its bank formulas, so the latent here is the real 60x104 frame; the model keeps the real head layout (12 x 128,
 their cache allocation) with one layer and a small FFN. Bank 2 / record interval 1 / sink 1 / window 5 (their
 shipped 3 / 3 / 3 / 12 scaled down) make the bank fill after two blocks and compress at every block after,
-within a few blocks. Slow on CPU (a few minutes: full-size attention)."""
+within a few blocks. Slow on CPU (a few minutes: full-size attention). Its tree needs ``omegaconf``, ``easydict``, ``peft``,
+``diffusers`` and ``einops`` beside torch."""
 
 import pytest
 import torch
