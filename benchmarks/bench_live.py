@@ -187,7 +187,8 @@ def run(args) -> int:
     result["pre_encoded_switch_over_plain"] = round(statistics.median(
         ready["times"][b] / plain["times"][b] for b in sorted(ready_applied)), 3) if ready_applied else None
     result["take_us_idle"], result["take_us_with_change"] = bookkeeping_us(encoder, args.blocks)
-    print(f"live prompts on {device}, {args.size}x{args.size}, {args.blocks} blocks of 3 latent frames, LongLive rules:")
+    print(f"live prompts on {device}, {args.size}x{args.size}, {args.blocks} blocks of 3 latent frames, "
+          f"LongLive rules:")
     print(f"  applied {len(applied)}/{len(sent)}; blocks from request to first block sampled with it: {latency_blocks} "
           f"(goal: 1 = the next block)")
     print(f"  seconds from request to that block's frames: median {result['latency_s_median']} s "
@@ -195,11 +196,13 @@ def run(args) -> int:
     print(f"  time per block: plain {result['block_s_plain_median']} s, with a change pending "
           f"{result['block_s_pending_median']} s = {result['pending_over_plain']}x (goal <= 1.05x); the switch block "
           f"itself (LongLive's re-cache) {result['block_s_switch_median']} s = {result['switch_over_plain']}x")
-    print(f"  embeddings sent ready (no encoder beside the sampler): applied after {result['pre_encoded_latency_blocks']} "
+    print(f"  embeddings sent ready (no encoder beside the sampler): applied after "
+          f"{result['pre_encoded_latency_blocks']} "
           f"block(s); block with the change pending {result['pre_encoded_pending_over_plain']}x, switch block "
           f"{result['pre_encoded_switch_over_plain']}x")
     print(f"  the loop's bookkeeping per block boundary: {result['take_us_idle']} us idle, "
-          f"{result['take_us_with_change']} us taking a change ({100 * result['take_us_with_change'] / 1e6 / plain_med:.3f} % "
+          f"{result['take_us_with_change']} us taking a change "
+          f"({100 * result['take_us_with_change'] / 1e6 / plain_med:.3f} % "
           f"of a block)")
     if args.json:
         with open(args.json, "w") as f:

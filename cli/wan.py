@@ -47,8 +47,8 @@ def register(sub) -> None:
     p.add_argument("--timeline", help="prompt timeline file: plain text ('0: a fox' / '4: the fox jumps' / '8 blend 3: "
                    "...'), a Daydream Scope timeline JSON, a LongLive/MemFlow interactive JSONL (with --switch-frames) "
                    "or a saved .timeline.json; each prompt is encoded once with --text-encoder")
-    p.add_argument("--switch-frames", help="latent frames where each later prompt of an interactive JSONL starts (their "
-                                           "switch_frame_indices, e.g. 40,80,120,160,200)")
+    p.add_argument("--switch-frames", help="latent frames where each later prompt of an interactive JSONL starts "
+                                           "(their switch_frame_indices, e.g. 40,80,120,160,200)")
     p.add_argument("--timeline-line", type=int, default=1, help="which video (line) of an interactive JSONL (1-based)")
     p.add_argument("--text-encoder", help="umt5-xxl encoder: Wan's models_t5_umt5-xxl-enc-bf16.pth or ComfyUI's "
                                           "umt5_xxl_*.safetensors")

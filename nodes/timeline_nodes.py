@@ -29,7 +29,8 @@ log = logging.getLogger("comfyui_clipwan")
 TIMELINE_TYPE = "CLIPWAN_TIMELINE"
 LIVE_PATH = "/clipwan/live"
 MAX_CONDITIONINGS = 6
-TEXT_EXAMPLE = "0: a red fox walks through deep snow\n4: the fox jumps over a fallen log\n8 blend 3: a wolf howls at the moon"
+TEXT_EXAMPLE = ("0: a red fox walks through deep snow\n4: the fox jumps over a fallen log\n"
+                "8 blend 3: a wolf howls at the moon")
 
 
 def conditioning_text(conditioning, name: str):

@@ -36,7 +36,8 @@ def encoder(text):
 
 # --- files ----------------------------------------------------------------------------------------------------
 def test_plain_text_form():
-    t = parse_text("# a comment\n0: a red fox walks\n\n4: the fox jumps\n8 blend 3 slerp: a wolf :: 0.7 | a fox :: 0.3\n"
+    t = parse_text("# a comment\n0: a red fox walks\n\n4: the fox jumps\n"
+                   "8 blend 3 slerp: a wolf :: 0.7 | a fox :: 0.3\n"
                    "2.5s: at a time\nf40: at a latent frame", fps=16)
     assert [s.block for s in t.segments] == [0, 4, 8, None, None]
     assert t.segments[2].transition == "blend" and t.segments[2].blend_blocks == 3
@@ -231,7 +232,8 @@ def test_live_prompt_applies_at_next_block_and_replays_exactly(model, tmp_path):
     replay = _run(model, timeline=replay_t)
     assert torch.equal(replay, live_run)
     plain = _run(model, timeline=parse_text("0: a fox").encode(encoder))
-    assert torch.equal(plain[:, :, :4], live_run[:, :, :4]) and (plain[:, :, 4:] - live_run[:, :, 4:]).abs().max() > 1e-3
+    assert torch.equal(plain[:, :, :4], live_run[:, :, :4])
+    assert (plain[:, :, 4:] - live_run[:, :, 4:]).abs().max() > 1e-3
     t.live.close()
 
 

@@ -178,7 +178,7 @@ def test_web_live_prompt_request_matches_the_route():
     logic = (pathlib.Path(tn.__file__).resolve().parents[1] / "web" / "clipwan_logic.js").as_uri()
     script = (f"import * as L from {json.dumps(logic)};\nprocess.stdout.write(JSON.stringify([L.livePromptRequest('7', "
               f"' a wolf ', 0), L.livePromptRequest('3:7', 'x', 2), L.livePromptRequest(7, '  '), "
-              f"L.decodeFramePayload({{prompt: 'prompt 2 from block 1: a wolf'}}).prompt, L.LIVE_PATH]));")
+              f"L.framePrompt({{prompt: 'prompt 2 from block 1: a wolf'}}), L.LIVE_PATH]));")
     done = subprocess.run(["node", "--input-type=module", "-e", script], capture_output=True, text=True, timeout=30)
     assert done.returncode == 0, done.stderr
     plain, blend, empty, label, path = json.loads(done.stdout)

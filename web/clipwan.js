@@ -13,8 +13,8 @@
 import { app } from "../../scripts/app.js";
 import { api } from "../../scripts/api.js";
 import {
-  FAMILY_WIDGET, PRESETS_PATH, applyLength, applyPreset, decodeFramePayload, familyChosen, livePromptRequest,
-  presetLabel, reportText,
+  FAMILY_WIDGET, PRESETS_PATH, applyLength, applyPreset, decodeFramePayload, familyChosen, framePrompt,
+  livePromptRequest, presetLabel, reportText,
 } from "./clipwan_logic.js";
 
 const EXTENSION = "clipwan.ui";
@@ -100,7 +100,8 @@ function showFrames(node, payload) {
     node.setDirtyCanvas?.(true, true);
     return;
   }
-  const { urls, block, totalBlocks, prompt } = decodeFramePayload(payload);
+  const { urls, block, totalBlocks } = decodeFramePayload(payload);
+  const prompt = framePrompt(payload);
   if (payload?.node != null) node.__clipwanUniqueId = payload.node; // the id the live route knows (subgraphs: "a:b")
   if (!urls.length) return;
   const panel = framePanel(node);

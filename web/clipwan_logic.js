@@ -72,16 +72,19 @@ export function frameToDataUrl(frame) {
   return `data:${hit ? hit[1] : "image/png"};base64,${frame}`;
 }
 
-/** {urls, block, totalBlocks, prompt} from a `clipwan.causal_frames` event payload (`prompt`: the stream's
- * latest prompt change, "prompt 3 from block 12: ...", or ""). */
+/** {urls, block, totalBlocks} from a `clipwan.causal_frames` event payload. */
 export function decodeFramePayload(payload) {
   const frames = Array.isArray(payload?.frames) ? payload.frames : [];
   return {
     urls: frames.map(frameToDataUrl).filter(Boolean),
     block: Number.isFinite(payload?.block) ? payload.block : 0,
     totalBlocks: Number.isFinite(payload?.total_blocks) ? payload.total_blocks : 0,
-    prompt: typeof payload?.prompt === "string" ? payload.prompt : "",
   };
+}
+
+/** The stream's latest prompt change in a frame payload ("prompt 3 from block 12: ..."), or "". */
+export function framePrompt(payload) {
+  return typeof payload?.prompt === "string" ? payload.prompt : "";
 }
 
 // Live prompts (nodes/timeline_nodes.py): POST {text, transition, blend_blocks} to a running stream node.

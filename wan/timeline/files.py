@@ -110,7 +110,8 @@ def parse_scope(data: dict, source: str = "Scope timeline", raw: str = "", fps: 
     entries = data.get("prompts") if isinstance(data, dict) else None
     if not isinstance(entries, list) or not entries:
         raise ValueError(f"{source}: no 'prompts' list at the top level; a Scope timeline is {{\"prompts\": "
-                         f"[{{\"startTime\": 0, \"endTime\": 5, \"prompts\": [{{\"text\": \"...\", \"weight\": 100}}]}}]}}.")
+                         f"[{{\"startTime\": 0, \"endTime\": 5, \"prompts\": [{{\"text\": \"...\", "
+                         f"\"weight\": 100}}]}}]}}.")
     lines, text_lines = _key_lines(raw, "startTime"), _key_lines(raw, "text")
     segments, previous, texts_seen = [], -1.0, 0
     for i, entry in enumerate(entries):
