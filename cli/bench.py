@@ -1,5 +1,5 @@
-"""``comfyui-clipwan bench {clip,wan,axera,export-memory,stream,endless,control,weights}``: run one of the benchmarks in
-``benchmarks/``.
+"""``comfyui-clipwan bench {clip,wan,axera,export-memory,stream,endless,control,live,weights}``: run one of the
+benchmarks in ``benchmarks/``.
 
 Each benchmark module ``benchmarks/bench_<name>.py`` defines ``add_arguments(parser)`` and ``run(args) -> int``
 and prints its figures as ratios against peers measured in the same run.
@@ -18,6 +18,7 @@ BENCHMARKS = {
     "endless": "an endless stream: time per block and RSS at latent frame 10,000 vs frame 100",
     "weights": "the pack's safetensors reader vs the safetensors library: load time, peak RSS, a truncated file",
     "control": "VACE and video-to-video per block vs plain; peak RSS vs length of a streamed control video",
+    "live": "live prompts while streaming: blocks and seconds to take effect, time per block with a change pending",
 }
 
 

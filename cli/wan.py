@@ -43,6 +43,12 @@ def register(sub) -> None:
     p.add_argument("--negative-embeds", help="negative umt5 embedding (.safetensors), used with --guidance-scale > 1")
     p.add_argument("--prompt", help="text prompt, encoded with --text-encoder (umt5-xxl) and --tokenizer")
     p.add_argument("--negative-prompt", help="negative prompt (used with --guidance-scale > 1)")
+    p.add_argument("--timeline", help="prompt timeline file: plain text ('0: a fox' / '4: the fox jumps' / '8 blend 3: "
+                   "...'), a Daydream Scope timeline JSON, a LongLive/MemFlow interactive JSONL (with --switch-frames) "
+                   "or a saved .timeline.json; each prompt is encoded once with --text-encoder")
+    p.add_argument("--switch-frames", help="latent frames where each later prompt of an interactive JSONL starts "
+                                           "(their switch_frame_indices, e.g. 40,80,120,160,200)")
+    p.add_argument("--timeline-line", type=int, default=1, help="which video (line) of an interactive JSONL (1-based)")
     p.add_argument("--text-encoder", help="umt5-xxl encoder: Wan's models_t5_umt5-xxl-enc-bf16.pth or ComfyUI's "
                                           "umt5_xxl_*.safetensors")
     p.add_argument("--tokenizer", help="umt5-xxl tokenizer: a folder (Wan's google/umt5-xxl), tokenizer.json or "
@@ -214,6 +220,7 @@ def run_pipeline(args, out_dir: str, log=print) -> dict:
         log(f"wan: CLIP features {list(clip_fea.shape)} — {clip.source if hasattr(clip, 'source') else args.clip}")
 
     text, negative = _text_contexts(args, model, log)
+    timeline = _load_timeline(args, model, log)
     vae = _load_vae(args, model, dtype, log)
 
     fmt = latent_format(model.config.out_dim)  # Wan 2.1: 16 channels, 1/8; Wan 2.2: 48 channels, 1/16
@@ -264,7 +271,7 @@ def run_pipeline(args, out_dir: str, log=print) -> dict:
         if not note.startswith("family "):  # the family's differences were logged with the flags
             log(f"wan: {note}")
     if getattr(args, "video", None):
-        return _stream_to_video(args, model, inputs, settings, vae, fmt, out_dir, t0, log, image)
+        return _stream_to_video(args, model, inputs, settings, vae, fmt, out_dir, t0, log, image, timeline)
     block_times = []
     t_start = time.perf_counter()
 
@@ -275,10 +282,12 @@ def run_pipeline(args, out_dir: str, log=print) -> dict:
 
     z = sample_causal(model, inputs.latent, inputs.text, seed=args.seed, settings=settings,
                       negative_text=inputs.negative_text, clip_fea=inputs.clip_fea, concat=inputs.concat,
-                      first_frames=inputs.first_frames, on_block=on_block, actions=args.actions_timeline)
+                      first_frames=inputs.first_frames, on_block=on_block, actions=args.actions_timeline,
+                      timeline=timeline)
     summary = {"model": model.source, "config": model.config.describe(), "blocks": len(block_times),
                "first_block_s": round(block_times[0], 3), "sampling_s": round(block_times[-1], 3)}
     summary.update(_save_latent(z, inputs, model, fmt, out_dir, log))
+    summary.update(_save_timeline(timeline, z.shape[2], settings, out_dir, log))
     return _finish(summary, inputs, t0, out_dir)
 
 
@@ -361,6 +370,50 @@ def _text_contexts(args, model, log):
     return text, negative
 
 
+def _load_timeline(args, model, log):
+    """--timeline: the file read (any format), each prompt still without an embedding encoded once by umt5."""
+    path = getattr(args, "timeline", None)
+    if not path:
+        return None
+    from ..wan.timeline import load
+
+    frames = [int(x) for x in str(getattr(args, "switch_frames", None) or "").replace(" ", "").split(",") if x]
+    timeline = load(path, switch_frames=frames or None, line=getattr(args, "timeline_line", 1),
+                    fps=float(getattr(args, "fps", 16)))
+    texts = timeline.texts()
+    if texts:
+        if not args.text_encoder or not args.tokenizer:
+            raise ValueError(f"--timeline {path} has {len(texts)} prompt(s) to encode: give the umt5-xxl text encoder "
+                             f"and its tokenizer (--text-encoder models_t5_umt5-xxl-enc-bf16.pth --tokenizer PATH), or "
+                             f"a saved .timeline.json with its embeddings.")
+        from ..wan.text.umt5 import UMT5TextEncoder
+
+        encoder = UMT5TextEncoder.from_file(args.text_encoder, args.tokenizer)
+        if encoder.model.config.d_model != model.config.text_dim:
+            raise ValueError(f"text encoder {encoder.source} gives {encoder.model.config.d_model}-d features but the "
+                             f"model takes {model.config.text_dim}-d text; use Wan's umt5-xxl (4096-d).")
+        timeline.encode(encoder.encode)
+        del encoder
+    log(f"wan: timeline {timeline.source}: {len(timeline)} segment(s), {len(texts)} prompt(s) encoded once each")
+    return timeline
+
+
+def _save_timeline(timeline, frames: int, settings, out_dir: str, log) -> dict:
+    """The run's timeline with the block each segment took effect at (replay: --timeline this file)."""
+    if timeline is None:
+        return {}
+    from ..wan.sampling.loop import block_layout
+    from ..wan.timeline import save
+
+    layout = block_layout(frames, settings.frames_per_block, settings.independent_first_frame,
+                          settings.shorter_last_block)
+    path = save(timeline, os.path.join(out_dir, "wan_timeline.json"), layout)
+    prompts = [[block, timeline.segments[i].label] for block, i in timeline.resolved(layout)]
+    for block, label in prompts:
+        log(f"wan: block {block}: {label[:70]}")
+    return {"timeline": path, "timeline_prompts": prompts}
+
+
 def _load_vae(args, model, dtype, log):
     from ..wan.vae.wan21 import WanVAE, WanVAEConfig
     from ..wan.vae.wan22 import load_vae
@@ -393,7 +446,8 @@ def _video_scorer(args, image, log):
     return build_scorer(args, prompts, log, default_reference=image)
 
 
-def _stream_to_video(args, model, inputs, settings, vae, fmt, out_dir, t0, log, image=None) -> dict:
+def _stream_to_video(args, model, inputs, settings, vae, fmt, out_dir, t0, log, image=None,
+                     timeline=None) -> dict:
     """Sample and decode block by block into the video file (nothing of the whole video kept)."""
     from ..wan.video.stream import stream_video
     from ..wan.vae.taehv import TAEHV
@@ -412,7 +466,7 @@ def _stream_to_video(args, model, inputs, settings, vae, fmt, out_dir, t0, log, 
                        encode=getattr(vae, "encode", None), from_raw=inputs.from_raw, keep_latent=keep,
                        settings=settings, negative_text=inputs.negative_text, clip_fea=inputs.clip_fea,
                        concat=inputs.concat, first_frames=inputs.first_frames,
-                       actions=getattr(args, "actions_timeline", None))
+                       actions=getattr(args, "actions_timeline", None), timeline=timeline)
     t_start = time.perf_counter()
     first = None
     with VideoWriter(args.video, fps=args.fps) as writer:
@@ -440,6 +494,7 @@ def _stream_to_video(args, model, inputs, settings, vae, fmt, out_dir, t0, log, 
         summary["clip_score_means"] = scores["means"]
     if keep:
         summary.update(_save_latent(run.latent, inputs, model, fmt, out_dir, log))
+    summary.update(_save_timeline(timeline, inputs.latent.shape[2], settings, out_dir, log))
     return _finish(summary, inputs, t0, out_dir)
 
 
@@ -460,7 +515,7 @@ class _DemoArgs:
     local_window = 4
     independent_first_frame = True
     dtype = "fp32"
-    prompt = negative_prompt = text_encoder = tokenizer = vae = tiny_vae = None
+    prompt = negative_prompt = text_encoder = tokenizer = vae = tiny_vae = timeline = None
     demo_vae_dim = 8  # a random-init Wan 2.1 VAE at 1/12 width: encode + decode stay within seconds on a CPU
     fps = 16
     save_latent = True

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+from typing import Optional
 
 import torch
 
@@ -23,6 +24,7 @@ from ..wan.vae.wan22 import adopt_vae
 from ..wan.video.writer import VideoWriter, check_fps
 from ..wan.sampling import settings_spec as spec
 from .score_nodes import SCORER_TYPE, StreamScores
+from .timeline_nodes import end_run, record_timeline, run_timeline as live_timeline, schedule_label
 from .wan_nodes import FAMILY_ALIASES, UI_EVENT, _jpeg_base64, causal_node_inputs, prepare_run
 
 log = logging.getLogger("comfyui_clipwan")
@@ -88,7 +90,7 @@ class CausalWanStreamVideo:
                        "copied."})}, STREAM_SCORE_SOCKETS)
 
     def stream(self, model, positive, latent, seed, vae, unique_id=None, score_clip=None, score_reference=None,
-               actions=None, vace_control=None, restyle=None, **widgets):
+               actions=None, vace_control=None, restyle=None, timeline=None, **widgets):
         own = {s.name for s in spec.node_widgets(spec.STREAM)} - {s.name for s in spec.node_widgets(spec.SAMPLER)}
         options = {name: widgets.pop(name, spec.get(name).widget_default) for name in sorted(own)}
         spec.check_values(options)
@@ -103,7 +105,7 @@ class CausalWanStreamVideo:
                                           score_reference)
         causal, inputs, settings, switches, _ = prepare_run(model, positive, latent, seed, unique_id=unique_id,
                                                             actions=actions, vace_control=vace_control,
-                                                            restyle=restyle, **widgets)
+                                                            restyle=restyle, timeline=timeline, **widgets)
         if until_stopped:
             settings, note = endless_settings(settings)  # refuses a run that cannot be endless, before any work
             if note:
@@ -113,12 +115,17 @@ class CausalWanStreamVideo:
         check_fps(fps)
         # its encoder too (whichever decoder): Krea's loop re-encodes a decoded frame as a context frame
         encode = getattr(wan, "encode", None)
-        run = stream_video(causal, inputs.latent, inputs.text, decoder=dec, to_raw=inputs.to_raw,
-                           from_raw=inputs.from_raw, encode=encode, seed=seed,
-                           settings=settings, negative_text=inputs.negative_text, clip_fea=inputs.clip_fea,
-                           concat=inputs.concat, first_frames=inputs.first_frames, prompt_switches=switches,
-                           check_interrupt=bridge.check_interrupt, actions=actions, endless=until_stopped,
-                           vace=list(inputs.vace), restyle=inputs.restyle)
+        timeline = live_timeline(timeline, unique_id, fps)  # live prompts: POST /clipwan/live/...
+        try:
+            run = stream_video(causal, inputs.latent, inputs.text, decoder=dec, to_raw=inputs.to_raw,
+                               from_raw=inputs.from_raw, encode=encode, seed=seed,
+                               settings=settings, negative_text=inputs.negative_text, clip_fea=inputs.clip_fea,
+                               concat=inputs.concat, first_frames=inputs.first_frames, prompt_switches=switches,
+                               check_interrupt=bridge.check_interrupt, actions=actions, endless=until_stopped,
+                               vace=list(inputs.vace), restyle=inputs.restyle, timeline=timeline)
+        except BaseException:
+            end_run(timeline, unique_id)  # refused inputs: no live route left behind
+            raise
         # names reserved only once every input is valid (nothing left behind by a refused run)
         batch, _, _, h, w = inputs.latent.shape
         files = [bridge.video_save_path(filename_prefix if batch == 1 else f"{filename_prefix}_b{i}",
@@ -135,8 +142,16 @@ class CausalWanStreamVideo:
                 last = block.frames[:, -1]
                 if return_frames:
                     kept.append(block.frames)
-                self._show(unique_id, block, progress, player, None if scores is None else scores.update(block))
+                extra = dict(scores.update(block) or {}) if scores is not None else {}
+                prompt = schedule_label(run.loop.schedule)
+                if prompt:
+                    extra["prompt"] = prompt
+                self._show(unique_id, block, progress, player, extra)
+                if timeline is not None and timeline.live is not None and block.block_done:
+                    timeline.live.mark_block_done(block.index)
         except BaseException:
+            record_timeline(timeline, run.loop.layout[:run.blocks_done], writers)  # the blocks made (endless: no end)
+            end_run(timeline, unique_id)
             saved = [w.close() for w in writers]
             if scores is not None and saved[0] and scores.scorer.rows:
                 try:  # the scores of the frames in the shorter file; never hide the reason the run stopped
@@ -153,6 +168,8 @@ class CausalWanStreamVideo:
             bridge.progress_text(message, unique_id)
             bridge.send_ui_event(UI_EVENT, {"node": unique_id, "status": message, "frames": []})
             raise
+        record_timeline(timeline, run.loop.layout[:run.blocks_done], writers)
+        end_run(timeline, unique_id)
         paths = [w.close() for w in writers]
         saved_scores = scores.save(paths[0]) if scores is not None else None
         bridge.progress_text(f"Saved {writers[0].frames_written} frames to {files[0][1]}"
@@ -166,9 +183,10 @@ class CausalWanStreamVideo:
                                      paths[0])}
 
     @staticmethod
-    def _show(unique_id, piece, progress, player: bool, scores=None) -> None:
-        """The piece's decoded frames (and their CLIP scores, when on) to the live player; the progress bar
-        counts finished blocks (with the last frame as its picture only where no live player shows the frames)."""
+    def _show(unique_id, piece, progress, player: bool, extra: Optional[dict] = None) -> None:
+        """The piece's decoded frames (with its CLIP scores and the prompt playing, when there are) to the live
+        player; the progress bar counts finished blocks (with the last frame as its picture only where no live
+        player shows the frames)."""
         from PIL import Image
 
         frames = (piece.frames[0] * 255).round().to(torch.uint8).numpy()
@@ -177,7 +195,7 @@ class CausalWanStreamVideo:
             payload = {"node": unique_id, "block": piece.index, "total_blocks": piece.total,
                        "frame_start": int(piece.frame_start), "decoded": True,
                        "frames": [_jpeg_base64(im) for im in images]}
-            payload.update(scores or {})
+            payload.update(extra or {})
             bridge.send_ui_event(UI_EVENT, payload)
         if piece.block_done:  # an endless run (total 0) keeps its bar full: there is no last block
             progress.update_absolute(piece.index + 1 if piece.total else progress.total, None if player else images[-1])

@@ -186,15 +186,17 @@ class CausalWanSampler:
         return causal_node_inputs(spec.SAMPLER)
 
     def sample(self, model, positive, latent, seed, negative=None, switch_positive=None, unique_id=None,
-               actions=None, vace_control=None, restyle=None, **widgets):
+               actions=None, vace_control=None, restyle=None, timeline=None, **widgets):
+        from .timeline_nodes import run_timeline
+
         causal, inputs, settings, switches, patcher = prepare_run(
             model, positive, latent, seed, negative=negative, switch_positive=switch_positive, unique_id=unique_id,
-            actions=actions, vace_control=vace_control, restyle=restyle, **widgets)
+            actions=actions, vace_control=vace_control, restyle=restyle, timeline=timeline, **widgets)
         loop = iter_causal_blocks(causal, inputs.latent, inputs.text, seed=seed, settings=settings,
                                   negative_text=inputs.negative_text, clip_fea=inputs.clip_fea,
                                   concat=inputs.concat, first_frames=inputs.first_frames, prompt_switches=switches,
                                   check_interrupt=bridge.check_interrupt, actions=actions, vace=list(inputs.vace),
-                                  restyle=inputs.restyle)
+                                  restyle=inputs.restyle, timeline=run_timeline(timeline, None))
         loop.hooks = _RunReporter(patcher, unique_id, loop.total_steps, inputs.to_raw)
         note = getattr(loop, "fallback_note", None)  # a family rule this node cannot run (no decoded pixels)
         if note:
@@ -228,6 +230,9 @@ OPTIONAL_SOCKETS = {
                                                     "and/or a reference image (VACE models)."}),
     "restyle": ("CLIPWAN_RESTYLE", {"tooltip": "Causal Video Restyle: an input video restyled block by block "
                                                "(video-to-video, Krea's strength rule)."}),
+    "timeline": ("CLIPWAN_TIMELINE", {"tooltip": (
+        "A prompt timeline (Prompt Timeline nodes): any number of prompts, switched with the family's rule or "
+        "blended; replaces positive's text (its image conditioning stays). Not together with switch_positive.")}),
 }
 
 
@@ -247,7 +252,7 @@ def causal_node_inputs(node: str, required_sockets: dict = None, optional_socket
 
 
 def prepare_run(model, positive, latent, seed, negative=None, switch_positive=None, unique_id=None, actions=None,
-                vace_control=None, restyle=None, **widgets):
+                vace_control=None, restyle=None, timeline=None, **widgets):
     """The sampler's widgets and sockets -> ``(CausalWanModel, SamplerInputs, CausalSettings, prompt switches,
     ModelPatcher or None)``; shared by Causal Wan Sampler and Causal Wan Stream Video (nodes/stream_nodes.py).
 
@@ -257,6 +262,9 @@ def prepare_run(model, positive, latent, seed, negative=None, switch_positive=No
     family's values one log line names them. A length that is not a whole number of blocks runs with a shorter
     last block where the loop allows it (``fit_block_layout``), said in the log and on the node. The run rule
     is ``settings_spec.run_settings``, the CLI's too."""
+    if timeline is not None and switch_positive is not None:
+        raise ValueError("both a timeline and switch_positive are connected: put the switch into the timeline (a Prompt "
+                         "Timeline node) and disconnect switch_positive.")
     values = {**spec.widget_defaults(spec.SAMPLER), **widgets, "seed": seed}
     unknown = sorted(set(values) - set(spec.widget_defaults(spec.SAMPLER)))
     if unknown:

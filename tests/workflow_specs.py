@@ -492,6 +492,76 @@ WORKFLOWS = {
                                                 **KREA.sampler_values()}),
         ],
     },
+    "clipwan_longlive_live_timeline": {
+        "title": 'LongLive with a prompt timeline, steered live',
+        "card": {'kind': 'stream', 'caption': 'prompts switch on a timeline; type new ones as it plays'},
+        "note": ("## LongLive 1.0 streamed with a prompt timeline, steered live\n\n**Checkpoints.** `longlive_base.pt` "
+                 "(models/diffusion_models) + its `lora.pt` (models/loras) from Efficient-Large-Model/LongLive-1.3B, "
+                 "the Wan 2.1 VAE and the umt5 text encoder; the Missing Models panel downloads them. **Prompt "
+                 "Timeline from Text** encodes each line's prompt once (`START: prompt`, START a block, `2.5s` or "
+                 "`f40`; `START blend N: prompt` for a smooth change); the stream switches with LongLive's re-cache "
+                 "at each start. While it runs, type a prompt in the box under the frame player and press Send (or "
+                 "POST /clipwan/live/<node id>/prompt {\"text\": ...}): it takes over at the next block. The "
+                 "video's folder gets `<video>.timeline.json` (+ `.safetensors`) that replays the run exactly.\n\n"
+                 f"**Sizes.** Set for a CPU: 320×192, 37 frames (a first block of 1 latent frame, then 3 blocks of 3). LongLive's own "
+                 f"length is {LONGLIVE.recommended_length} frames at 832×480."),
+        "models": {k: MODELS[k] for k in (UMT5, WAN_VAE, LONGLIVE.model_file, LONGLIVE.lora_file)},
+        "description": "LongLive 1.0 streamed block by block with a typed prompt timeline (each prompt encoded "
+                       "once, switched with LongLive's KV re-cache or blended), and live prompts sent from the "
+                       "frame player while it plays; the run's timeline is saved beside the video for an exact "
+                       "replay.",
+        "nodes": [
+            *_text_nodes(),
+            ("timeline", "CausalWanTimelineFromText", {"clip": Link("text_encoder"), "text": (
+                "0: a red fox trots through fresh snow, soft morning light\n"
+                "2: the fox stops and looks up at a snowy owl on a branch\n"
+                "3 blend 2: the owl takes off over the white forest")}, "Prompt timeline"),
+            ("conditioning", "WanImageToVideo", {"positive": Link("positive"), "negative": Link("negative"),
+                                                 "vae": Link("vae"), **VIDEO, "length": 37}),
+            ("base", "UNETLoader", {"unet_name": LONGLIVE.model_file}),
+            ("model", "ApplyCausalWanLoRA", {"model": Link("base"), "lora_name": LONGLIVE.lora_file}),
+            ("stream", "CausalWanStreamVideo", {"model": Link("model"), "positive": Link("conditioning", 0),
+                                                "negative": Link("conditioning", 1), "latent": Link("conditioning", 2),
+                                                "vae": Link("vae"), "timeline": Link("timeline"),
+                                                "filename_prefix": "clipwan/longlive_timeline",
+                                                **LONGLIVE.sampler_values()}),
+        ],
+    },
+    "clipwan_prompt_timeline_conditionings": {
+        "title": 'Prompt timeline from several prompts',
+        "card": {'kind': 'video', 'caption': 'several prompts, each from its own block'},
+        "note": ("## Three prompts from three CLIP Text Encode nodes\n\n**Checkpoints.** `longlive_base.pt` + "
+                 "`lora.pt` (LongLive 1.0), the Wan 2.1 VAE and the umt5 text encoder. **Prompt Timeline from "
+                 "Conditionings** takes conditioning_1 from block 0 and each further one from its start block, "
+                 "all with one transition (switch: LongLive's re-cache; blend: over blend_blocks blocks).\n\n"
+                 "**Sizes.** Set for a CPU: 320×192, 37 frames (4 blocks)."),
+        "models": {k: MODELS[k] for k in (UMT5, WAN_VAE, LONGLIVE.model_file, LONGLIVE.lora_file)},
+        "description": "A prompt timeline built from CONDITIONING outputs (any text encoder node), fed to Causal "
+                       "Wan Sampler's timeline input: three prompts, switched at blocks 2 and 3 with the family's "
+                       "rule.",
+        "nodes": [
+            ("text_encoder", "CLIPLoader", {"clip_name": UMT5, "type": "wan"}),
+            ("prompt_1", "CLIPTextEncode", {"text": POSITIVE, "clip": Link("text_encoder")}, "Prompt 1"),
+            ("prompt_2", "CLIPTextEncode", {"text": "the fox stops and looks up at a snowy owl",
+                                            "clip": Link("text_encoder")}, "Prompt 2"),
+            ("prompt_3", "CLIPTextEncode", {"text": "the owl flies over the white forest",
+                                            "clip": Link("text_encoder")}, "Prompt 3"),
+            ("vae", "VAELoader", {"vae_name": WAN_VAE}),
+            ("timeline", "CausalWanTimelineFromConditionings", {
+                "conditioning_1": Link("prompt_1"), "conditioning_2": Link("prompt_2"), "start_block_2": 2,
+                "conditioning_3": Link("prompt_3"), "start_block_3": 3}, "Prompt timeline"),
+            ("conditioning", "WanImageToVideo", {"positive": Link("prompt_1"), "negative": Link("prompt_1"),
+                                                 "vae": Link("vae"), **VIDEO, "length": 37}),
+            ("base", "UNETLoader", {"unet_name": LONGLIVE.model_file}),
+            ("model", "ApplyCausalWanLoRA", {"model": Link("base"), "lora_name": LONGLIVE.lora_file}),
+            ("sampler", "CausalWanSampler", {"model": Link("model"), "positive": Link("conditioning", 0),
+                                             "latent": Link("conditioning", 2), "timeline": Link("timeline"),
+                                             **LONGLIVE.sampler_values()}),
+            ("decode", "VAEDecode", {"samples": Link("sampler"), "vae": Link("vae")}),
+            ("save", "SaveAnimatedWEBP", {"images": Link("decode"), "filename_prefix": "clipwan/prompt_timeline",
+                                          "fps": 16.0, "lossless": False, "quality": 85}),
+        ],
+    },
     "clipwan_export_axera": {
         "title": "Export Wan's CLIP to the Axera AX650N NPU",
         "card": {'kind': 'export', 'caption': 'ONNX + Pulsar2 build inputs, calibrated on your images'},

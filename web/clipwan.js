@@ -4,6 +4,7 @@
 //   websocket event, one per finished block) and offers presets for the known causal models in the
 //   node's context menu (right click → "ClipWan presets"); picking a family in its `family` combo fills
 //   the widgets the same way.
+// - CausalWanStreamVideo: a prompt box under the player sends a new prompt to the running stream (live prompts).
 // - ExportCLIPToAxmodel / CLIPZeroShotAxera: show their report (export summary, label scores) on the node.
 //
 // Everything added here is display only (never serialized), so workflows saved with or without this
@@ -13,8 +14,8 @@ import { app } from "../../scripts/app.js";
 import { api } from "../../scripts/api.js";
 import {
   FAMILY_WIDGET, LAYOUTS_PATH, PRESETS_PATH, SCORE_COLORS, SCORE_LABELS, applyLength, applyPreset, decodeFramePayload,
-  familyChosen, hiddenKnobs, markAdvanced, mergeScores, migrateWidgetValues, presetDetails, presetLabel, reportText,
-  restoreByName, savedVideo, scoreCaption, scoreChart,
+  familyChosen, framePrompt, hiddenKnobs, livePromptRequest, markAdvanced, mergeScores, migrateWidgetValues,
+  presetDetails, presetLabel, reportText, restoreByName, savedVideo, scoreCaption, scoreChart,
 } from "./clipwan_logic.js";
 
 const EXTENSION = "clipwan.ui";
@@ -23,6 +24,8 @@ const SAMPLER = "CausalWanSampler";
 // Causal Wan Stream Video (decoded frames, plus a status line when a run is stopped).
 const STREAM = "CausalWanStreamVideo";
 const PLAYERS = [SAMPLER, STREAM];
+// Nodes that take live prompts while they run (a text box + Send under the player; needs a timeline input).
+const LIVE = [STREAM];
 // Nodes that return their report as ui.text: shown on the node.
 const REPORTERS = ["ExportCLIPToAxmodel", "CLIPZeroShotAxera"];
 const MAX_PLAYER_FRAMES = 240; // ~30 s of preview at 8 fps
@@ -111,6 +114,8 @@ function showFrames(node, payload) {
     return;
   }
   const { urls, block, totalBlocks } = decodeFramePayload(payload);
+  const prompt = framePrompt(payload);
+  if (payload?.node != null) node.__clipwanUniqueId = payload.node; // the id the live route knows (subgraphs: "a:b")
   if (!urls.length) return;
   const panel = framePanel(node);
   showLive(panel);
@@ -128,9 +133,9 @@ function showFrames(node, payload) {
   // Unbounded-length sampling can stream thousands of frames: the player keeps the most recent ones only.
   if (panel.frames.length > MAX_PLAYER_FRAMES) panel.frames.splice(0, panel.frames.length - MAX_PLAYER_FRAMES);
   // an endless stream (until_stopped) has no last block: total_blocks is 0
-  panel.label.textContent = totalBlocks
+  panel.label.textContent = (totalBlocks
     ? `block ${block + 1} / ${totalBlocks} · ${panel.total} frames`
-    : `block ${block + 1} (until stopped) · ${panel.total} frames`;
+    : `block ${block + 1} (until stopped) · ${panel.total} frames`) + (prompt ? ` · ${prompt}` : "");
   // Play the frames so far as a loop. This player is the sampler's only preview: inside ComfyUI the node
   // sends its progress without preview images (see nodes/wan_nodes.py), so no second picture stacks up.
   if (panel.timer) clearInterval(panel.timer);
@@ -215,6 +220,44 @@ function showScores(node, panel, payload) {
     const wanted = node.computeSize?.();
     if (wanted && node.size && wanted[1] > node.size[1]) node.setSize?.([node.size[0], wanted[1]]);
   }
+}
+
+// Live prompt box: type a prompt while the stream runs, Send -> POST /clipwan/live/<node id>/prompt; it takes
+// over at the next block (the player's label then says "prompt N from block B").
+function livePromptBox(node) {
+  if (node.__clipwanLive) return;
+  const root = document.createElement("div");
+  root.style.cssText = "display:flex;gap:4px;align-items:center;font:11px sans-serif;color:#ccc;";
+  const input = document.createElement("input");
+  input.type = "text";
+  input.placeholder = "new prompt while it plays (needs a timeline input)";
+  input.style.cssText = "flex:1;min-width:0;background:#222;color:#ddd;border:1px solid #444;padding:2px 4px;";
+  const blend = document.createElement("input");
+  blend.type = "number";
+  blend.min = "0";
+  blend.value = "0";
+  blend.title = "blend over this many blocks (0 = switch with the family's rule)";
+  blend.style.cssText = "width:3.5em;background:#222;color:#ddd;border:1px solid #444;";
+  const send = document.createElement("button");
+  send.textContent = "Send";
+  const status = document.createElement("span");
+  const submit = async () => {
+    const request = livePromptRequest(node.__clipwanUniqueId ?? node.id, input.value, blend.value);
+    if (!request) return;
+    try {
+      const response = await api.fetchApi(request.path, { method: "POST", body: request.body,
+                                                          headers: { "Content-Type": "application/json" } });
+      const answer = await response.json();
+      status.textContent = response.ok ? `sent (#${answer.id})` : (answer.error ?? `HTTP ${response.status}`);
+      if (response.ok) input.value = "";
+    } catch (error) {
+      status.textContent = String(error);
+    }
+  };
+  send.addEventListener("click", submit);
+  input.addEventListener("keydown", (event) => { if (event.key === "Enter") submit(); });
+  root.append(input, blend, send, status);
+  node.__clipwanLive = { root, widget: addDisplayWidget(node, "clipwan_live_prompt", root, 28) };
 }
 
 // ------------------------------------------------------------------------------------------------
@@ -305,6 +348,7 @@ app.registerExtension({
         // behind the node's "Show Advanced" menu entry: the canvas renderer reads `widget.advanced`, which
         // this frontend (1.49) sets only for the Vue renderer and the properties panel (`options.advanced`).
         if (markAdvanced(this.widgets ?? []).length && this.size) this.setSize?.([this.size[0], this.computeSize()[1]]);
+        if (LIVE.includes(nodeData.name)) livePromptBox(this);
         return result;
       };
       // A workflow saved by an earlier version of the node: its widget values re-read by name (ComfyUI restored

@@ -139,6 +139,24 @@ export function decodeFramePayload(payload) {
   };
 }
 
+/** The stream's latest prompt change in a frame payload ("prompt 3 from block 12: ..."), or "". */
+export function framePrompt(payload) {
+  return typeof payload?.prompt === "string" ? payload.prompt : "";
+}
+
+// Live prompts (nodes/timeline_nodes.py): POST {text, transition, blend_blocks} to a running stream node.
+export const LIVE_PATH = "/clipwan/live";
+
+/** {path, body} of the request that sends `text` to the stream node `nodeId` (a subgraph id "a:b" is sent as is;
+ * `blendBlocks` > 0 blends over that many blocks instead of switching); null for an empty text. */
+export function livePromptRequest(nodeId, text, blendBlocks = 0) {
+  const prompt = typeof text === "string" ? text.trim() : "";
+  if (!prompt) return null;
+  const blocks = Math.max(0, Math.floor(Number(blendBlocks) || 0));
+  const body = blocks > 0 ? { text: prompt, transition: "blend", blend_blocks: blocks } : { text: prompt };
+  return { path: `${LIVE_PATH}/${encodeURIComponent(String(nodeId))}/prompt`, body: JSON.stringify(body) };
+}
+
 /** The report text from an `executed` message's ui dict ({report|text: str | [str]}), or "". */
 export function reportText(message) {
   for (const key of ["report", "text"]) {

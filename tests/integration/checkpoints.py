@@ -182,5 +182,31 @@ class ClipWanTestLoadedModels:
         return {"ui": {"loaded": names}}
 
 
-NODE_CLASS_MAPPINGS = {"ClipWanTestText": ClipWanTestText, "ClipWanTestLoadedModels": ClipWanTestLoadedModels}
+class _TestClip:
+    """A CLIP with ComfyUI's interface (tokenize / encode_from_tokens_scheduled) giving ClipWanTestText's tensors."""
+
+    def tokenize(self, text):
+        return text
+
+    def encode_from_tokens_scheduled(self, tokens):
+        return ClipWanTestText().encode(tokens)[0]
+
+
+class ClipWanTestClip:
+    """CLIPLoader's place where a pack node takes the CLIP itself (Prompt Timeline from Text)."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {}}
+
+    RETURN_TYPES = ("CLIP",)
+    FUNCTION = "load"
+    CATEGORY = "testing"
+
+    def load(self):
+        return (_TestClip(),)
+
+
+NODE_CLASS_MAPPINGS = {"ClipWanTestText": ClipWanTestText, "ClipWanTestLoadedModels": ClipWanTestLoadedModels,
+                       "ClipWanTestClip": ClipWanTestClip}
 '''

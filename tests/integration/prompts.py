@@ -59,7 +59,12 @@ def for_test_server(prompt: dict, sizes: dict | None = None) -> dict:
     for node_id, node in list(prompt.items()):
         kind, inputs = node["class_type"], node["inputs"]
         if kind == "CLIPLoader":
-            del prompt[node_id]
+            takes_clip = any(n["class_type"] not in ("CLIPTextEncode", "CLIPLoader") and [node_id, 0] in
+                             n["inputs"].values() for n in prompt.values())  # e.g. Prompt Timeline from Text
+            if takes_clip:
+                prompt[node_id] = {"class_type": "ClipWanTestClip", "inputs": {}}
+            else:
+                del prompt[node_id]
             continue
         if kind == "CLIPTextEncode":
             node["class_type"] = "ClipWanTestText"

@@ -1,7 +1,9 @@
 """LongLive v1.0's own ``InteractiveCausalInferencePipeline`` vs ``sample_causal`` on shared tiny random weights,
 same noise (replayed through our noise hook), prompt switches included; and LongLive as its authors ship it, the
 base weights with their ``lora.pt`` applied through their own PEFT path. Runs when ``UPSTREAM_LONGLIVE_DIR``
-points at NVlabs/LongLive (branch ``v1.0``).
+points at NVlabs/LongLive (branch ``v1.0``). Its tree needs ``omegaconf``, ``easydict`` (its ``wan/configs``), ``peft``,
+``diffusers`` and ``einops`` beside torch. The 3-prompt test reads their interactive prompt file format through
+the pack's timeline reader.
 
 The tiny model keeps the real head layout (12 heads x 128) because the pipeline allocates its caches with
 those sizes; it has 2 layers and a small FFN. The pipeline's hard-coded 30 blocks / 1560 tokens per frame
@@ -189,3 +191,43 @@ def test_longlive_lora_pipeline_parity(case, upstream_tree, monkeypatch, tmp_pat
     wrong_scale = (ours(CausalWanModel.from_state_dict(half)) - theirs).abs().max().item()
     print(f"{case}: without the LoRA {no_lora:.2e}; LoRA at alpha 8 (scale 0.5) {wrong_scale:.2e}")
     assert no_lora > 100 * 1e-4 and wrong_scale > 100 * 1e-4
+
+
+# --- a prompt timeline: three prompts from LongLive's interactive prompt file ------------------------------------
+def test_longlive_three_prompt_timeline_parity(upstream_tree, monkeypatch, tmp_path):
+    """Their ``interactive_inference.py`` input (a JSONL line of prompts + ``switch_frame_indices``) read by the pack's
+    timeline reader, each prompt encoded once, vs their ``InteractiveCausalInferencePipeline`` with the same prompts
+    and switch frames. Frame 7 is not a block start: both switch at the first block from it (frame 9)."""
+    upstream_tree("LONGLIVE")
+    from comfyui_clipwan.wan.timeline import load
+
+    fp32_attention(monkeypatch, "wan.modules.causal_model", "wan.modules.model")
+    frames, switch_frames, window, sink = 18, [7, 12], 6, 3
+    prompts = ["a boy stands on a lawn", "the boy starts to run", "the boy jumps"]
+    path = tmp_path / "interactive_example.jsonl"
+    path.write_text('{"prompts": ["%s", "%s", "%s"]}\n' % tuple(prompts))
+    pipe, sd = _their_pipeline(window, sink, True)
+    noise = torch.randn(1, frames, 16, H, W, generator=torch.Generator().manual_seed(7))
+    torch.manual_seed(42)
+    with torch.no_grad():
+        _, theirs = pipe.inference(noise, text_prompts_list=[[p] for p in prompts],
+                                   switch_frame_indices=switch_frames, return_latents=True)
+    theirs = theirs.permute(0, 2, 1, 3, 4)
+
+    encoded = []
+    timeline = load(str(path), switch_frames=switch_frames).encode(
+        lambda text: encoded.append(text) or Texts()([text])["prompt_embeds"])
+    assert encoded == prompts  # each prompt encoded once
+    settings = CausalSettings(steps=STEPS, shift=5.0, frames_per_block=3, sink_size=sink, local_window=window,
+                              global_sink=True, recache="joint")
+    ours = sample_causal(CausalWanModel.from_state_dict(sd), torch.zeros(1, 16, frames, H, W), None,
+                         settings=settings, timeline=timeline, noise=ReplayTorchGlobalNoise(noise, 42))
+    diff = (ours - theirs).abs().max().item()
+    print(f"\n3-prompt timeline: max |ours - LongLive| = {diff:.2e} (output scale {theirs.abs().max().item():.2f})")
+    assert theirs.abs().mean() > 0.1
+    assert diff <= 1e-4
+    # sharp: the third prompt one block late is far off from frame 12 on
+    late = load(str(path), switch_frames=[7, 13]).encode(lambda text: Texts()([text])["prompt_embeds"])
+    off = sample_causal(CausalWanModel.from_state_dict(sd), torch.zeros(1, 16, frames, H, W), None,
+                        settings=settings, timeline=late, noise=ReplayTorchGlobalNoise(noise, 42))
+    assert (off[:, :, :12] - theirs[:, :, :12]).abs().max() <= 1e-4 < (off[:, :, 12:] - theirs[:, :, 12:]).abs().max()

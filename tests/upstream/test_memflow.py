@@ -10,7 +10,7 @@ within a few blocks. Slow on CPU (a few minutes: full-size attention).
 
 Packages this needs beside the pack's own (pip names; the module-level imports on the path the test imports from the
 authors' tree, measured by an AST walk of the checkout, plus the test's own): diffusers, easydict, einops, ftfy,
-numpy, regex, scipy, torch, torchvision, tqdm, transformers; the test: omegaconf."""
+numpy, regex, scipy, torch, torchvision, tqdm, transformers; the test: omegaconf; with a LoRA: peft."""
 
 import pytest
 import torch
@@ -97,3 +97,29 @@ def test_memflow_interactive_pipeline_parity_with_switch(upstream_tree, monkeypa
     first, rest = (plain[:, :, :3] - theirs[:, :, :3]).abs().max(), (plain[:, :, 3:] - theirs[:, :, 3:]).abs().max()
     print(f"LongLive's loop without the bank vs MemFlow: {first:.2e} on block 0, {rest:.2e} after")
     assert first <= 1e-4 < rest
+
+
+def test_memflow_interactive_timeline_parity(upstream_tree, monkeypatch, tmp_path):
+    """MemFlow's interactive prompt file (its ``interactive_benchmark.jsonl`` format: one line of prompts per video,
+    the switch frames beside it) read by the pack's timeline reader, vs their interactive pipeline: three prompts."""
+    upstream_tree("MEMFLOW")
+    from comfyui_clipwan.wan.timeline import load
+
+    fp32_attention(monkeypatch, "wan.modules.causal_model", "wan.modules.model")
+    frames, switch_frames = 18, [6, 12]
+    prompts = ["a wizard in a chamber", "a dragon lands on his shoulder", "the wizard laughs"]
+    path = tmp_path / "interactive_benchmark.jsonl"
+    path.write_text('{"prompts": ["x", "y", "z"]}\n{"prompts": ["%s", "%s", "%s"]}\n' % tuple(prompts))
+    pipe, sd = _their_pipeline(interactive=True)
+    noise = torch.randn(1, frames, 16, H, W, generator=torch.Generator().manual_seed(7))
+    torch.manual_seed(42)
+    with torch.no_grad():
+        _, theirs = pipe.inference(noise, text_prompts_list=[[p] for p in prompts],
+                                   switch_frame_indices=switch_frames, return_latents=True)
+    theirs = theirs.permute(0, 2, 1, 3, 4)
+    timeline = load(str(path), switch_frames=switch_frames, line=2).encode(lambda t: Texts()([t])["prompt_embeds"])
+    settings = CausalSettings(steps=STEPS, shift=5.0, frames_per_block=3, sink_size=SINK, local_window=WINDOW,
+                              loop="memory", memory_bank=BANK, memory_interval=INTERVAL)
+    ours = sample_causal(CausalWanModel.from_state_dict(sd), torch.zeros(1, 16, frames, H, W), None,
+                         settings=settings, timeline=timeline, noise=ReplayTorchGlobalNoise(noise, 42))
+    _report("MemFlow interactive_inference.py, 3-prompt timeline (switches at frames 6, 12)", ours, theirs)

@@ -100,7 +100,8 @@ class EndlessLoop(CausalLoop):
         for sw in prompt_switches:
             if sw.start_block < 1:
                 raise ValueError(f"prompt switch at block {sw.start_block}: must be 1 or later.")
-        self.switches = {sw.start_block: sw.text for sw in prompt_switches}
+        if prompt_switches:  # (a timeline's changes, live ones included, are the base loop's: _prompt_at)
+            self.switches = {sw.start_block: sw.text for sw in prompt_switches}
         self.segment_frames = frames
         self.segment_blocks = len(self.layout)
         self.layout = EndlessLayout(self.layout, n)
@@ -132,8 +133,7 @@ class EndlessLoop(CausalLoop):
     def __iter__(self) -> Iterator[BlockResult]:
         self._start_run()
         for bi, (start, n) in enumerate(self.layout):
-            if bi in self.switches:
-                self._switch_prompt(bi, self.switches[bi])
+            self._prompt_at(bi)
             x0 = self._denoise(bi, start, n)
             check_finite_latent(x0, bi, start, self.dtype)
             self._remember(start, x0)

@@ -568,7 +568,8 @@ class CausalLoop:
                  clip_fea: Optional[torch.Tensor] = None, concat: Optional[torch.Tensor] = None,
                  first_frames: Optional[torch.Tensor] = None, prompt_switches: Sequence[PromptSwitch] = (),
                  noise: Optional[NoiseSource] = None, hooks: Optional[SamplerHooks] = None,
-                 check_interrupt: Optional[Callable[[], None]] = None, actions=None, vace=None, restyle=None):
+                 check_interrupt: Optional[Callable[[], None]] = None, actions=None, vace=None, restyle=None,
+                 timeline=None):
         s = settings or CausalSettings()
         cfg = model.config
         check_latent(latent, channels=cfg.out_dim)
@@ -637,6 +638,19 @@ class CausalLoop:
         self.latent, self.text, self.negative_text = latent, text, negative_text
         self.clip_fea, self.concat, self.first_frames = clip_fea, concat, first_frames
         self.switches = {sw.start_block: sw.text for sw in prompt_switches}
+        # a prompt timeline (wan/timeline): block 0's text and a change per later block, live changes included
+        self.schedule = None
+        if timeline is not None:
+            if prompt_switches:
+                raise ValueError("give prompt_switches or a timeline, not both: put the switch into the timeline "
+                                 "as a segment (node: disconnect switch_positive when a timeline is connected).")
+            self.schedule = timeline.compile(self.layout, text) if hasattr(timeline, "compile") else timeline
+            if self.schedule.initial is not None:
+                self.text = text = self.schedule.initial
+            if text is None:
+                raise ValueError("the timeline starts after block 0 and no text was given for the blocks before it; "
+                                 "start the timeline at block 0 or pass the positive text.")
+            self.switches = {b: ch.text for b, ch in self.schedule.changes.items()}
         self.noise = noise if noise is not None else SeededNoise(seed)
         self.hooks = hooks if hooks is not None else SamplerHooks()
         self.check_interrupt = check_interrupt or (lambda: None)
@@ -655,6 +669,11 @@ class CausalLoop:
 
     def __len__(self) -> int:
         return len(self.layout)
+
+    @property
+    def prompt_changes(self) -> bool:
+        """Can the prompt change during the run (switches, a timeline, or live changes to come)?"""
+        return bool(self.switches) or (self.schedule is not None and self.schedule.live is not None)
 
     @property
     def cache_nbytes(self) -> int:
@@ -790,7 +809,7 @@ class CausalLoop:
                 br.actions.commit()
 
     def _remember(self, start: int, x0: torch.Tensor) -> None:
-        if not self.switches or self.settings.recache == "none":
+        if not self.prompt_changes or self.settings.recache == "none":
             return
         for i in range(x0.shape[2]):
             self.recent[start + i] = x0[:, :, i:i + 1]
@@ -809,6 +828,26 @@ class CausalLoop:
         self.branches[0].ctx = self._encode(text, bi)
         RECACHE_MODES[self.settings.recache](self, bi, self.branches[0])
 
+    @torch.no_grad()
+    def _set_context(self, bi: int, text) -> None:
+        """A blend step (Scope's transition): only the cross-attention text changes, the cache stays."""
+        self.branches[0].ctx = self._encode(text, bi)
+
+    def _prompt_at(self, bi: int) -> None:
+        """Before block ``bi``: the prompt switch or the timeline's change (a live one included), if any."""
+        if self.schedule is None:
+            if bi in self.switches:
+                self._switch_prompt(bi, self.switches[bi])
+            return
+        change = self.schedule.take(bi)
+        if change is None:
+            return
+        self.switches[bi] = change.text
+        if change.rule == "switch" and bi > 0:
+            self._switch_prompt(bi, change.text)
+        else:
+            self._set_context(bi, change.text)
+
     # --- iteration ----------------------------------------------------------------------------------
     def _start_run(self) -> None:
         """Once per loop object (every loop shape): the run's caches, context and initial noise."""
@@ -821,8 +860,7 @@ class CausalLoop:
         self._start_run()
         total = len(self.layout)
         for bi, (start, n) in enumerate(self.layout):
-            if bi in self.switches:
-                self._switch_prompt(bi, self.switches[bi])
+            self._prompt_at(bi)
             x0 = self._denoise(bi, start, n)
             check_finite_latent(x0, bi, start, self.dtype)
             self._remember(start, x0)

@@ -143,11 +143,11 @@ class MemoryLoop(CausalLoop):
                              "no sink_ema, solver 'renoise'.")
         pipeline = s.memory_pipeline
         if pipeline == "auto":
-            pipeline = "interactive" if self.switches else "single"
-        if self.switches and pipeline != "interactive":
+            pipeline = "interactive" if self.prompt_changes else "single"
+        if self.prompt_changes and pipeline != "interactive":
             raise ValueError("MemFlow's single-prompt pipeline (memory_pipeline='single', its inference.py) has no "
                              "prompt switches; use memory_pipeline 'auto' or 'interactive' (interactive_inference.py).")
-        if self.switches and s.recache != "joint":
+        if self.prompt_changes and s.recache != "joint":
             raise ValueError(f"MemFlow re-caches at a prompt switch like LongLive (recache='joint'), not "
                              f"'{s.recache}'.")
         self.pipeline = pipeline

@@ -229,6 +229,11 @@ class RecomputeLoop(CausalLoop):
             br.cache.frames = frames
         self._position = context.shape[2]
 
+    @torch.no_grad()
+    def _switch_prompt(self, bi: int, text) -> None:
+        """Krea's server: the new prompt conditions the recompute and the block; nothing else to re-cache."""
+        self.branches[0].ctx = self._encode(text, bi)
+
     def _keep(self, start: int, x0: torch.Tensor) -> None:
         if start == 0:
             self._first = x0[:, :, :1]
@@ -243,8 +248,7 @@ class RecomputeLoop(CausalLoop):
         self._position = 0
         total = len(self.layout)
         for bi, (start, n) in enumerate(self.layout):
-            if bi in self.switches:  # the recompute below already uses the new prompt
-                self.branches[0].ctx = self._encode(self.switches[bi], bi)
+            self._prompt_at(bi)  # the recompute below already uses the new prompt
             if start + n > self.known:
                 self._recompute(bi, start)
             x0 = self._denoise(bi, start, n)

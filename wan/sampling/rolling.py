@@ -73,7 +73,7 @@ class RollingLoop(CausalLoop):
     def __init__(self, model, latent, text, **kwargs):
         super().__init__(model, latent, text, **kwargs)
         s = self.settings
-        refused = [(self.switches, "prompt switches (Rolling Forcing has none: a window denoises several blocks "
+        refused = [(self.prompt_changes, "prompt switches (Rolling Forcing has none: a window denoises several blocks "
                                    "at once, so no block boundary separates the prompts); remove the switch or "
                                    "use loop='block'"),
                    (s.solver != "renoise", f"solver '{s.solver}' (Rolling Forcing re-noises: use solver='renoise')"),

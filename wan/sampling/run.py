@@ -69,7 +69,8 @@ def sample_causal(model: CausalWanModel, latent: torch.Tensor, text: torch.Tenso
                   first_frames: Optional[torch.Tensor] = None, prompt_switches: Sequence[PromptSwitch] = (),
                   on_block: Optional[Callable] = None, check_interrupt: Optional[Callable[[], None]] = None,
                   stats: Optional[dict] = None, noise: Optional[NoiseSource] = None,
-                  hooks: Optional[SamplerHooks] = None, actions=None, vace=None, restyle=None) -> torch.Tensor:
+                  hooks: Optional[SamplerHooks] = None, actions=None, vace=None, restyle=None,
+                  timeline=None) -> torch.Tensor:
     """Sample a whole video latent block by block (``CausalLoop`` for the arguments) and return the clean
     latent, float32, same shape as ``latent``.
 
@@ -78,13 +79,16 @@ def sample_causal(model: CausalWanModel, latent: torch.Tensor, text: torch.Tenso
     forwards), ``cache_bytes`` and ``cache_frames``. ``check_interrupt()`` may raise to stop (nothing is
     returned then). ``actions``: a Matrix-Game 2.0 ``ActionTimeline`` (wan/conditioning/actions.py). ``vace``: a
     ``VaceControl`` (or a list: their hints add up) for a Wan2.1-VACE model; ``restyle``: a ``Restyle``
-    (video-to-video: each block starts from the input's frames at the first step)."""
+    (video-to-video: each block starts from the input's frames at the first step). ``timeline``
+    (``wan.timeline.Timeline``, encoded) replaces ``prompt_switches`` with any number of prompts, mixes and blends
+    (live changes too, through its ``LiveControl``)."""
     timing = TimingHooks(model.device) if stats is not None else None
     all_hooks = combine_hooks(hooks, timing, None if on_block is None else _LegacyBlockCallback(on_block))
     loop = iter_causal_blocks(model, latent, text, seed=seed, settings=settings, negative_text=negative_text,
                               clip_fea=clip_fea, concat=concat, first_frames=first_frames,
                               prompt_switches=prompt_switches, noise=noise, hooks=all_hooks,
-                              check_interrupt=check_interrupt, actions=actions, vace=vace, restyle=restyle)
+                              check_interrupt=check_interrupt, actions=actions, vace=vace, restyle=restyle,
+                              timeline=timeline)
     out = torch.zeros(latent.shape, dtype=torch.float32, device=model.device)
     for r in loop:
         out[:, :, r.start_frame:r.start_frame + r.num_frames] = r.x0

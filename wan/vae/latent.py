@@ -81,6 +81,17 @@ def pixel_length_to_latent_frames(length: int) -> int:
     return (int(length) - 1) // 4 + 1
 
 
+def pixel_frame_to_latent_frame(frame: int) -> int:
+    """The latent frame whose decode holds output frame ``frame`` (0-based): latent frame 0 is pixel frame 0, latent
+    frame k >= 1 pixel frames 4k-3 .. 4k — the same count as ``pixel_length_to_latent_frames(frame)``."""
+    return pixel_length_to_latent_frames(int(frame)) if int(frame) > 0 else 0
+
+
+def latent_frame_to_pixel_frame(frame: int) -> int:
+    """The first output frame decoded from latent frame ``frame`` (the inverse of the rule above)."""
+    return 0 if int(frame) <= 0 else 4 * (int(frame) - 1) + 1
+
+
 def check_latent(z: torch.Tensor, what: str = "latent", channels: int = LATENT_CHANNELS) -> None:
     """A 5-D Wan latent with ``channels`` channels (16 for Wan 2.1 models, 48 for Wan 2.2 TI2V), finite."""
     fmt = latent_format(channels)

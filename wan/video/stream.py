@@ -151,8 +151,8 @@ def stream_video(model, latent: torch.Tensor, text: torch.Tensor, *, vae=None, d
                  encode: Optional[Callable] = None, from_raw: Callable = normalize, **loop_kwargs) -> VideoStream:
     """Sample and decode block by block. ``vae``: a ``WanVAE`` (or TAEHV) whose ``stream_decoder()`` is used;
     or pass a ready ``decoder``. Other keyword arguments go to the causal loop (``seed``, ``settings``,
-    ``negative_text``, ``clip_fea``, ``concat``, ``first_frames``, ``prompt_switches``, ``hooks``,
-    ``check_interrupt`` ...). Errors in the inputs raise here, before any work."""
+    ``negative_text``, ``clip_fea``, ``concat``, ``first_frames``, ``prompt_switches`` or ``timeline`` (a prompt
+    timeline, live changes included: docs/timeline.md), ``hooks``, ``check_interrupt`` ...). Errors in the inputs raise here, before any work."""
     if decoder is None:
         if vae is None:
             raise ValueError("stream_video needs a decoder: pass vae=WanVAE.from_file('wan_2.1_vae.safetensors') "

@@ -105,6 +105,8 @@ class VideoWriter:
         self._container = None
         self._stream = None
         self._partial = None
+        # container tags (e.g. {"comment": ...}); may be filled in until close (then the file is remuxed with them)
+        self.metadata: dict = {}
         with _writing_lock:
             other = _writing.get(self.path)
             if other is not None:
@@ -186,6 +188,13 @@ class VideoWriter:
             self._container.close()
             self._container = None
             self._release()
+        if self.metadata:  # a second temporary of this writer's own, then published like the first
+            from ...outputs import temporary_beside
+
+            tagged = temporary_beside(self.path, "." + self.format)
+            _remux_with_metadata(self._partial, tagged, self.format, self.metadata)
+            os.remove(self._partial)
+            self._partial = tagged
         publish(self._partial, self.path)
         return self.path
 
@@ -228,6 +237,22 @@ def video_fps(path: str) -> float:
     with av.open(path) as container:
         rate = container.streams.video[0].average_rate
         return float(rate) if rate else 16.0
+
+
+def _remux_with_metadata(source: str, target: str, fmt: str, metadata: dict) -> None:
+    """Copy the encoded stream into a new container that carries ``metadata`` (no re-encode): tags set before
+    the first frame would miss what is only known at the end (a live run's timeline)."""
+    import av
+
+    with av.open(source) as inp, av.open(target, mode="w", format=fmt) as out:
+        out.flags |= av.container.Flags.bitexact.value  # reproducible, as the encode itself (no random ids)
+        out.metadata.update({k: str(v) for k, v in metadata.items()})
+        stream = inp.streams.video[0]
+        copy = out.add_stream_from_template(stream)
+        for packet in inp.demux(stream):
+            if packet.dts is not None:
+                packet.stream = copy
+                out.mux(packet)
 
 
 def read_video_frames(path: str) -> np.ndarray:

@@ -1,0 +1,68 @@
+"""Live prompts in a real ComfyUI: the flagship example streamed by Causal Wan Stream Video with a Prompt Timeline from
+Text on its timeline input; while it plays, a new prompt is POSTed to /clipwan/live/{node}/prompt. It takes over at a
+block boundary, the frame player says so, and the video gets its replayable timeline beside it and in its tags."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+from . import prompts as P
+from .test_stream import _stream_prompt
+
+
+async def _run_and_post(server, prompt: dict, node: str, text: str):
+    import aiohttp
+
+    events, answer = [], None
+    async with aiohttp.ClientSession() as session:
+        async with session.ws_connect(f"{server.url}/ws?clientId={server.client_id}", max_msg_size=0) as ws:
+            async with session.post(f"{server.url}/prompt",
+                                    json={"prompt": prompt, "client_id": server.client_id}) as r:
+                assert r.status == 200, await r.text()
+                prompt_id = (await r.json())["prompt_id"]
+            async for msg in ws:
+                if msg.type != aiohttp.WSMsgType.TEXT:
+                    continue
+                data = json.loads(msg.data)
+                kind, body = data["type"], data.get("data", {})
+                if body.get("prompt_id") not in (None, prompt_id):
+                    continue
+                events.append((kind, body))
+                if answer is None and kind == "clipwan.causal_frames" and body.get("frames"):
+                    async with session.post(f"{server.url}/api/clipwan/live/{node}/prompt", json={"text": text}) as r:
+                        answer = (r.status, await r.json(), body["block"])
+                if kind in ("execution_success", "execution_error", "execution_interrupted"):
+                    break
+    return prompt_id, events, answer
+
+
+def test_live_prompt_during_a_stream(server):
+    from comfyui_clipwan.wan.video.writer import read_video_frames
+
+    prompt, node = _stream_prompt(sizes={"length": 45}, prefix="ClipWan/live_timeline")  # 4 blocks of 3
+    prompt["901"] = {"class_type": "ClipWanTestClip", "inputs": {}}  # CLIPLoader's test stand-in
+    prompt["900"] = {"class_type": "CausalWanTimelineFromText",
+                     "inputs": {"clip": ["901", 0], "text": "0: a red fox walks through snow", "fps": 16.0}}
+    prompt[node]["inputs"]["timeline"] = ["900", 0]
+    prompt_id, events, answer = asyncio.run(_run_and_post(server, prompt, node, "a wolf howls at the moon"))
+    assert events[-1][0] == "execution_success", events[-1]
+    status, body, block_seen = answer
+    assert status == 200 and body["node"] == node, body
+    labels = [(b["block"], b.get("prompt")) for k, b in events if k == "clipwan.causal_frames" and "block" in b]
+    changed = [(blk, p) for blk, p in labels if p]
+    assert changed, labels
+    applied = int(changed[0][1].split("from block ")[1].split(":")[0])
+    # posted while block `block_seen` was being decoded: taken at the next boundary the encoding was ready for
+    assert block_seen < applied <= block_seen + 2 and changed[0][1].endswith("a wolf howls at the moon")
+    entry = server.wait_history(prompt_id)
+    saved = entry["outputs"][node]["images"][0]
+    path = server.output_path(saved)
+    assert read_video_frames(str(path)).shape[0] == 45
+    sidecar = json.loads(path.with_name(path.stem + ".timeline.json").read_text())
+    assert [(s["block"], s["prompts"][0]["text"]) for s in sidecar["segments"]] == [
+        (0, "a red fox walks through snow"), (applied, "a wolf howls at the moon")]
+    import av
+
+    with av.open(str(path)) as container:
+        assert json.loads(container.metadata["comment"])["prompts"][1] == [applied, "a wolf howls at the moon"]
