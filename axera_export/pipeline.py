@@ -31,14 +31,9 @@ from .onnx_export import (TEXT_INPUT, TEXT_OUTPUT, VISION_INPUT, VISION_OUTPUT, 
                           export_onnx, ort_session, parity)
 from .runtime import MANIFEST, MANIFEST_FORMAT
 from .sources import ClipSource, fp32_cpu, parse_parts
-from .tokenizer import tokenize
+from .tokenizer import VOCAB_FILE, default_vocab_path, tokenize
+from .vocabulary import DEFAULT_LABELS
 
-DEFAULT_LABELS = (
-    "person", "man", "woman", "child", "dog", "cat", "bird", "horse", "car", "bicycle", "airplane", "boat",
-    "train", "building", "city street", "road", "mountain", "beach", "sea", "forest", "flower", "tree", "sky",
-    "night", "sunset", "snow", "food", "indoor room", "portrait", "landscape", "drawing", "painting",
-    "anime illustration", "3d render", "text", "black and white photo",
-)
 DEFAULT_PROMPTS = tuple(f"a photo of {label}." for label in DEFAULT_LABELS)
 
 CPU_SPLIT = {
@@ -245,7 +240,10 @@ def _build(source: ClipSource, folder: str, parts, calib_images, prompts, npu_mo
         steps.append(pulsar2.BuildStep("text", "text.onnx", "pulsar2/text.json", "build/text", "text.axmodel",
                                        target, npu_mode))
         manifest["parts"]["text"] = _part_entry(onnx_t, par, calib, "pulsar2/text.json", CPU_SPLIT["text"])
-        manifest["parts"]["text"]["tokenizer"] = {"name": "open_clip SimpleTokenizer (CLIP BPE)",
+        # the vocabulary travels with the export: the board tokenizes without open_clip (or torch)
+        os.makedirs(os.path.join(folder, "tokenizer"), exist_ok=True)
+        shutil.copyfile(default_vocab_path(), os.path.join(folder, "tokenizer", VOCAB_FILE))
+        manifest["parts"]["text"]["tokenizer"] = {"name": "CLIP BPE", "vocab": f"tokenizer/{VOCAB_FILE}",
                                                   "context_length": tw.config.context_length}
         manifest["logit_scale"] = tw.logit_scale
 

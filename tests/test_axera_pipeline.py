@@ -291,7 +291,9 @@ def test_runtime_uses_axmodels_through_axengine_when_available(tmp_path, monkeyp
     ref = (math.exp(src.text.logit_scale) * img @ txt.T).softmax(-1).numpy()
     for row, probs in zip(got, ref):
         assert [label for label, _ in row] == [LABELS[i] for i in np.argsort(-probs, kind="stable")]
-        np.testing.assert_allclose([dict(row)[label] for label in LABELS], probs, atol=1e-5)
+        # 1e-4: the runtime preprocesses in numpy (float64 resize weights); torch's float32 resize differs by
+        # ~3e-5 and so lands ~0.1 % of pixels one 8-bit level apart (tests/test_axera_serve.py bounds this)
+        np.testing.assert_allclose([dict(row)[label] for label in LABELS], probs, atol=1e-4)
     assert _FakeAxSession.calls.count("pixel_values") == 2 and _FakeAxSession.calls.count("input_ids") == 5
     # int64 / float64 inputs are cast to what the session declares before they reach it
     ids64 = tokenize(["a cat"]).astype(np.int64)
