@@ -40,6 +40,11 @@ MODELS = ("clip",)
 EXPORT_ENV = "CLIPWAN_AXERA_EXPORT"  # a fixed export folder for the route (else: newest export in output/)
 
 
+def size_text(n: int) -> str:
+    """Bytes as the limits are said in messages: MiB from 1 MiB up, else KiB."""
+    return f"{n // (1024 * 1024)} MiB" if n >= 1024 * 1024 else f"{n // 1024} KiB"
+
+
 class RequestError(Exception):
     """A client error (or a busy/unready server): HTTP ``status`` and a message for the JSON body."""
 

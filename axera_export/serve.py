@@ -16,6 +16,7 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Optional
 
+from .interrogate import size_text
 from .service import ROUTES, InterrogationService, Reply
 
 DEFAULT_HOST = "127.0.0.1"
@@ -58,7 +59,7 @@ def _handler(service: InterrogationService):
                 return self._error(411, "Content-Length is required", close=True)
             limit = service.config.max_body_bytes
             if length > limit:  # refused before reading it; the connection is closed, not drained
-                return self._error(413, f"request body is larger than {limit // (1024 * 1024)} MiB", close=True)
+                return self._error(413, f"request body is larger than {size_text(limit)}", close=True)
             self._send(service.respond(kind, self.rfile.read(length)))
 
         def do_GET(self):  # noqa: N802

@@ -16,12 +16,13 @@ import contextlib
 import dataclasses
 import json
 import logging
+import sys
 import threading
 import time
 from typing import Callable, Optional, Sequence
 
 from .interrogate import (MAX_BODY_BYTES, Defaults, RequestError, RuntimeCache, classify, decode_image,
-                          parse_request, rank)
+                          parse_request, rank, size_text)
 from .vocabulary import DEFAULT_LABELS, DEFAULT_TEMPLATE, Vocabulary, load_or_build
 
 INTERROGATE_PATH = "/sdapi/v1/interrogate"
@@ -130,7 +131,8 @@ class InterrogationService:
         entries = list(self._vocab.values())
         ready = bool(entries)
         out = {"status": "ready" if ready else "starting", "queue": {"pending": self.queue.pending,
-                                                                    "max_waiting": self.queue.max_waiting}}
+                                                                    "max_waiting": self.queue.max_waiting},
+               "torch_loaded": "torch" in sys.modules}  # a board user can check the light path held
         if ready:
             runtime, vocab, info = entries[-1]
             out.update(folder=runtime.folder, backend=runtime.describe(), labels=len(vocab),
@@ -145,8 +147,7 @@ class InterrogationService:
             if kind not in ROUTES.values():
                 raise RequestError(404, f"no such endpoint; POST {INTERROGATE_PATH} or {STRUCTURED_PATH}")
             if len(body) > self.config.max_body_bytes:
-                raise RequestError(413, f"request body is larger than {self.config.max_body_bytes // (1024 * 1024)} "
-                                        f"MiB")
+                raise RequestError(413, f"request body is larger than {size_text(self.config.max_body_bytes)}")
             try:
                 payload = json.loads(body.decode("utf-8")) if body else None
             except (UnicodeDecodeError, json.JSONDecodeError) as exc:

@@ -252,10 +252,10 @@ class InterrogateService:
         return self.service.config.defaults.threshold
 
     async def _read_body(self, request) -> bytes:
-        from ..axera_export.interrogate import RequestError
+        from ..axera_export.interrogate import RequestError, size_text
 
         limit = self.service.config.max_body_bytes
-        too_big = RequestError(413, f"request body is larger than {limit // (1024 * 1024)} MiB")
+        too_big = RequestError(413, f"request body is larger than {size_text(limit)}")
         if request.content_length is not None and request.content_length > limit:
             raise too_big
         chunks, size = [], 0

@@ -221,6 +221,32 @@ def test_interrogate_concurrent_requests_are_serialised(exported):
     assert rt_module.max_concurrent_runs == 1  # the lock never let two session runs overlap
 
 
+def test_structured_route_in_comfyui_is_the_shared_service(exported):
+    """The aiohttp route answers exactly what the board's `serve` answers: both call InterrogationService."""
+    from comfyui_clipwan.axera_export.service import InterrogationService, ServiceConfig
+
+    _, out = exported
+    folder = out["result"][0]
+    service = InterrogateService(lambda: folder)
+    payload = {"image": _b64_png(5), "categories": {"pet": ["cat", "dog"], "vehicle": ["car", "boat", "train"]}}
+
+    async def structured(client):
+        r = await client.post("/structured", json=payload)
+        return r.status, await r.json()
+
+    async def main():
+        app = web.Application()
+        app.router.add_post("/structured", service.handle_structured)
+        async with TestClient(TestServer(app)) as client:
+            return await structured(client)
+
+    status, body = asyncio.run(main())
+    direct = InterrogationService(lambda: folder, ServiceConfig()).respond("structured", json.dumps(payload).encode())
+    assert status == 200 == direct.status and body == direct.payload
+    assert set(body["results"]) == {"pet", "vehicle"} and body["results"]["pet"]["winner"] in ("cat", "dog")
+    assert 0.5 <= body["results"]["pet"]["confidence"] <= 1.0
+
+
 def test_register_routes_adds_post_route():
     class FakeServer:
         routes = web.RouteTableDef()
