@@ -94,6 +94,7 @@ def export_clip(source: ClipSource, folder: str, parts="vision,text", calib_imag
     """
     parts = parse_parts(parts)
     source.require(parts)
+    target = pulsar2.resolve_target(target)
     _check_npu_mode(npu_mode, target)
     if precision not in pulsar2.PRECISIONS:
         raise ValueError(f"precision must be one of {pulsar2.PRECISIONS}, got {precision!r}")
@@ -171,6 +172,7 @@ def _build(source: ClipSource, folder: str, parts, calib_images, prompts, npu_mo
     heads = {}
     steps = []
     notes = []
+    checked = {}  # part → {pulsar2 version: "ok"}
     gen = torch.Generator().manual_seed(0)
 
     if "vision" in parts:
@@ -211,7 +213,7 @@ def _build(source: ClipSource, folder: str, parts, calib_images, prompts, npu_mo
             logging.getLogger(__name__).warning(warning)
         calib = image_calibration_tar(images, config, os.path.join(folder, "calib", "vision_calib.tar"), crop)
         cfg = pulsar2.vision_config(VISION_INPUT, "calib/vision_calib.tar", npu_mode, precision, target)
-        pulsar2.write_config(cfg, os.path.join(folder, "pulsar2", "vision.json"))
+        checked["vision"] = pulsar2.write_config(cfg, os.path.join(folder, "pulsar2", "vision.json"))
         steps.append(pulsar2.BuildStep("vision", "vision.onnx", "pulsar2/vision.json", "build/vision",
                                        "vision.axmodel", target, npu_mode))
         manifest["parts"]["vision"] = _part_entry(onnx_v, par, calib, "pulsar2/vision.json", CPU_SPLIT["vision"])
@@ -236,7 +238,7 @@ def _build(source: ClipSource, folder: str, parts, calib_images, prompts, npu_mo
         if not prompts:
             notes.append("text calibration used the built-in label prompts (no prompts given)")
         cfg = pulsar2.text_config(TEXT_INPUT, "calib/text_calib.tar", npu_mode, precision, target)
-        pulsar2.write_config(cfg, os.path.join(folder, "pulsar2", "text.json"))
+        checked["text"] = pulsar2.write_config(cfg, os.path.join(folder, "pulsar2", "text.json"))
         steps.append(pulsar2.BuildStep("text", "text.onnx", "pulsar2/text.json", "build/text", "text.axmodel",
                                        target, npu_mode))
         manifest["parts"]["text"] = _part_entry(onnx_t, par, calib, "pulsar2/text.json", CPU_SPLIT["text"])
@@ -248,9 +250,15 @@ def _build(source: ClipSource, folder: str, parts, calib_images, prompts, npu_mo
         manifest["logit_scale"] = tw.logit_scale
 
     np.savez(os.path.join(folder, "cpu_heads.npz"), **heads)
-    script = pulsar2.write_build_script(steps, folder, source.random_init)
+    docker = pulsar2.docker_version(target)
+    script = pulsar2.write_build_script(steps, folder, source.random_init, docker)
     manifest["build_script"] = os.path.basename(script)
-    manifest["build_commands"] = {s.part: {"native": s.native(), "docker": s.docker()} for s in steps}
+    manifest["build_commands"] = {s.part: {"native": s.native(), "docker": s.docker(docker)} for s in steps}
+    versions = pulsar2.toolchains_for(target)
+    manifest["pulsar2"] = {"configs_valid_for": versions, "docker_image": f"pulsar2:{docker}",
+                           "checked_against": {tc.version: tc.docs for tc in pulsar2.TOOLCHAINS.values()
+                                               if tc.version in versions},
+                           "checks": checked}
 
     builds = []
     if run_build and all(manifest["parts"][s.part]["checks"]["ok"] for s in steps):
@@ -292,6 +300,10 @@ def format_report(manifest: dict, folder: str) -> str:
     if manifest["random_init"]:
         lines.append("NOTE: random-init weights (the embedded default), not a pretrained CLIP.")
     lines.append(f"target {manifest['target_hardware']} {manifest['npu_mode']}, precision {manifest['precision']}")
+    if manifest.get("pulsar2"):
+        lines.append(f"Pulsar2 configs valid for {' and '.join(manifest['pulsar2']['configs_valid_for'])} "
+                     f"(checked against the config reference of each); docker default "
+                     f"{manifest['pulsar2']['docker_image']}")
     for part, p in manifest["parts"].items():
         c = p["checks"]
         par = c["parity"]

@@ -30,29 +30,26 @@ def antialias_weights(in_size: int, out_size: int) -> np.ndarray:
     scale = in_size / out_size
     support = 2.0 * scale if scale >= 1.0 else 2.0
     inv = 1.0 / scale if scale >= 1.0 else 1.0
-    weights = np.zeros((out_size, in_size), np.float64)
-    for i in range(out_size):
-        center = scale * (i + 0.5)
-        lo = max(int(center - support + 0.5), 0)
-        hi = min(int(center + support + 0.5), in_size)
-        taps = _cubic((np.arange(lo, hi) - center + 0.5) * inv, -0.5)
-        total = taps.sum()
-        weights[i, lo:hi] = taps / total if total != 0 else taps
-    return weights
+    center = scale * (np.arange(out_size) + 0.5)[:, None]
+    lo = np.maximum(np.trunc(center - support + 0.5), 0)  # the window PyTorch sums over, per output pixel
+    hi = np.minimum(np.trunc(center + support + 0.5), in_size)
+    j = np.arange(in_size)[None, :]
+    weights = np.where((j >= lo) & (j < hi), _cubic((j - center + 0.5) * inv, -0.5), 0.0)
+    total = weights.sum(axis=1, keepdims=True)
+    return np.divide(weights, total, out=weights, where=total != 0)
 
 
 def bicubic_weights(in_size: int, out_size: int) -> np.ndarray:
     """[out, in] weights of PyTorch's ``bicubic, align_corners=False`` without antialias (a = −0.75, the
     four taps clamped at the borders)."""
     scale = in_size / out_size
+    real = scale * (np.arange(out_size) + 0.5) - 0.5
+    base = np.floor(real)
+    t = (real - base)[:, None]
+    taps = _cubic(np.concatenate([t + 1, t, 1 - t, 2 - t], axis=1), -0.75)  # [out, 4]
+    cols = np.clip(base.astype(np.int64)[:, None] + np.arange(-1, 3)[None, :], 0, in_size - 1)
     weights = np.zeros((out_size, in_size), np.float64)
-    for i in range(out_size):
-        real = scale * (i + 0.5) - 0.5
-        base = int(np.floor(real))
-        t = real - base
-        taps = _cubic(np.array([t + 1, t, 1 - t, 2 - t]), -0.75)
-        for k, w in enumerate(taps):
-            weights[i, min(max(base - 1 + k, 0), in_size - 1)] += w
+    np.add.at(weights, (np.repeat(np.arange(out_size), 4), cols.ravel()), taps.ravel())
     return weights
 
 
@@ -102,7 +99,7 @@ def preprocess(images, image_size: int, mean, std, crop: str = "center") -> np.n
 
 
 def _resize(x: np.ndarray, wy: np.ndarray, wx: np.ndarray) -> np.ndarray:
-    """[B,H,W,3] → [B,len(wy),len(wx),3]: rows (Wy @ x) then columns (· Wxᵀ), in float32."""
-    wy, wx = wy.astype(np.float32), wx.astype(np.float32)
-    rows = np.einsum("oh,bhwc->bowc", wy, x, optimize=True)
-    return np.einsum("pw,bowc->bopc", wx, rows, optimize=True)
+    """[B,H,W,3] → [B,len(wy),len(wx),3]: per channel ``Wy @ x @ Wxᵀ`` (two BLAS matmuls), in float32."""
+    planes = np.ascontiguousarray(x.transpose(0, 3, 1, 2))  # [B,3,H,W]
+    out = wy.astype(np.float32) @ planes @ wx.T.astype(np.float32)
+    return out.transpose(0, 2, 3, 1)

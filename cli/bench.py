@@ -14,6 +14,8 @@ BENCHMARKS = {
     "axera": "ONNX Runtime vs torch eager latency for exported CLIP vision/text, export time",
     "export-memory": "Axera export of a real-size random-init ViT-H vision tower: peak RSS per stage, RSS held after",
     "stream": "decode per block while sampling vs sample-then-decode: first frame, total time, peak RSS vs length",
+    "serve": "board-side interrogation service: start-up time and RSS, torch-free path vs torch imported",
+    "label-cache": "interrogation over a large vocabulary: requests/s and load time, label cache vs re-encoding",
 }
 
 

@@ -84,8 +84,9 @@ class ExportCLIPToAxmodel:
                                "tower when a CLIP_VISION is connected."}),
                 "parts": (["both", "vision", "text"], {"default": "both",
                                                        "tooltip": "which towers to export (zero-shot needs both)"}),
-                "npu_mode": (["NPU3", "NPU2", "NPU1"], {"default": "NPU3",
-                             "tooltip": "AX650 NPU cores the model may use (NPU3 = all 3, fastest)"}),
+                "npu_mode": (["NPU3", "NPU2", "NPU1", "NPU4"], {"default": "NPU3",
+                             "tooltip": "NPU cores the model may use (AX650: NPU3 = all 3, fastest; AX620E/AX630C: "
+                                        "NPU1-2; AX8860: NPU1/2/4)"}),
                 "opset": ("INT", {"default": 14, "min": 11, "max": 20,
                                   "tooltip": "ONNX opset (Pulsar2 needs >= 11; 14 is what Axera's CLIP demos use)"}),
                 "precision": (["u16", "mixed"], {"default": "u16",
@@ -108,12 +109,17 @@ class ExportCLIPToAxmodel:
                 "crop": (["center", "none"], {"default": "center",
                          "tooltip": "preprocessing of calibration images: center = ComfyUI's CLIPVisionEncode, "
                                     "none = Wan's squash"}),
+                "target": (["AX650", "AX620E", "AX8860", "AX615", "AX637", "M76H", "M57"], {"default": "AX650",
+                           "advanced": True,
+                           "tooltip": "Pulsar2 target_hardware: AX650 (AX650N boards, M.2 cards), AX620E "
+                                      "(AX630C), AX8860 (Pulsar2 7.x only)"}),
             },
             "hidden": {"unique_id": "UNIQUE_ID"},
         }
 
     def export(self, source, parts, npu_mode, opset, precision, output_subfolder, run_pulsar2=True,
-               clip_vision=None, calibration_images=None, calibration_prompts="", crop="center", unique_id=None):
+               clip_vision=None, calibration_images=None, calibration_prompts="", crop="center", target="AX650",
+               unique_id=None):
         from ..axera_export import default_source, export_clip, load_source, parse_parts, vision_source
 
         folder = safe_output_folder(output_subfolder)
@@ -146,7 +152,8 @@ class ExportCLIPToAxmodel:
         images = [calibration_images] if calibration_images is not None else None
         prompts = [p.strip() for p in (calibration_prompts or "").splitlines() if p.strip()] or None
         result = export_clip(src, folder, parts=wanted, calib_images=images, prompts=prompts, npu_mode=npu_mode,
-                             opset=int(opset), crop=crop, precision=precision, run_build=bool(run_pulsar2),
+                             opset=int(opset), crop=crop, precision=precision, target=target,
+                             run_build=bool(run_pulsar2),
                              progress=on_stage)
         bar.update_absolute(bar.total)
         return {"ui": {"text": [result.report]}, "result": (result.folder, result.report)}
