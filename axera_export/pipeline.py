@@ -36,7 +36,11 @@ from .vocabulary import DEFAULT_LABELS
 
 DEFAULT_PROMPTS = tuple(f"a photo of {label}." for label in DEFAULT_LABELS)
 
+VISION_OUTPUTS = ("embeddings", "wan")
+WAN_OUTPUT = "image_penultimate"
 CPU_SPLIT = {
+    "wan": {"npu": "patch Conv → pre-LN → all encoder blocks but the last (output image_penultimate: Wan 2.1's "
+                   "i2v CLIP features)", "cpu": ["nothing: the features go to Wan's img_emb as they are"]},
     "vision": {"npu": "patch Conv → pre-LN → encoder blocks → post-LN of the CLS token (output image_pooled)",
                "cpu": ["visual_projection (fp32 GEMM)", "L2 normalisation"]},
     "text": {"npu": "token Gather (1-D ids) + positions → causal encoder blocks → final LN (output text_hidden)",
@@ -82,11 +86,14 @@ RECOMMENDED_CALIBRATION_IMAGES = 32  # the node's tooltip and the CLI help say "
 def export_clip(source: ClipSource, folder: str, parts="vision,text", calib_images: Optional[Sequence] = None,
                 prompts: Optional[Sequence[str]] = None, npu_mode: str = "NPU3", opset: int = 14,
                 crop: str = "center", precision: str = "u16", target: str = "AX650", run_build: bool = True,
-                parity_samples: int = 2, progress: Optional[Callable[[str], None]] = None) -> ExportResult:
+                parity_samples: int = 2, progress: Optional[Callable[[str], None]] = None,
+                vision_output: str = "embeddings") -> ExportResult:
     """Export the requested towers of ``source`` into ``folder``; see the module doc for the layout.
 
     ``calib_images``: IMAGE tensors [B,H,W,C]; none → synthetic colour fields (said so in the report).
     ``prompts``: calibration prompts for the text tower; none → the built-in label prompts.
+    ``vision_output``: ``embeddings`` (post-LN CLS; the CPU projects it: zero-shot) or ``wan`` (Wan 2.1's i2v
+    features: the hidden states after all blocks but the last, [1, 257, 1280] for ViT-H/14, no projection).
 
     Atomic: everything is built in a hidden folder beside ``folder`` (manifest last) and swapped in at the end,
     so an interrupted or failed export leaves the previous export untouched, and a manifest always describes the
@@ -96,6 +103,8 @@ def export_clip(source: ClipSource, folder: str, parts="vision,text", calib_imag
     source.require(parts)
     target = pulsar2.resolve_target(target)
     _check_npu_mode(npu_mode, target)
+    if vision_output not in VISION_OUTPUTS:
+        raise ValueError(f"vision_output must be one of {VISION_OUTPUTS}, got {vision_output!r}")
     if precision not in pulsar2.PRECISIONS:
         raise ValueError(f"precision must be one of {pulsar2.PRECISIONS}, got {precision!r}")
     say = progress or (lambda msg: None)
@@ -105,7 +114,7 @@ def export_clip(source: ClipSource, folder: str, parts="vision,text", calib_imag
     work = tempfile.mkdtemp(prefix=f".{os.path.basename(folder)}.partial-", dir=os.path.dirname(folder))
     try:
         manifest = _build(source, work, parts, calib_images, prompts, npu_mode, opset, crop, precision, target,
-                          run_build, parity_samples, say)
+                          run_build, parity_samples, say, vision_output)
         report = format_report(manifest, folder)
         with open(os.path.join(work, "report.txt"), "w") as f:
             f.write(report + "\n")
@@ -163,7 +172,7 @@ def release_memory() -> None:
 
 
 def _build(source: ClipSource, folder: str, parts, calib_images, prompts, npu_mode, opset, crop, precision,
-           target, run_build, parity_samples, say) -> dict:
+           target, run_build, parity_samples, say, vision_output="embeddings") -> dict:
     """Every file of the export written into ``folder`` (the hidden work folder); returns the manifest."""
     t_start = time.perf_counter()
     manifest = {"format": MANIFEST_FORMAT, "version": 1, "source": source.description,
@@ -178,18 +187,21 @@ def _build(source: ClipSource, folder: str, parts, calib_images, prompts, npu_mo
     if "vision" in parts:
         cv = source.vision
         config = cv.config
-        if config.proj_dim is None:
+        wan = vision_output == "wan"
+        if config.proj_dim is None and not wan:
             raise ValueError(f"{source.description}: the vision tower has no visual_projection; image embeddings "
                              f"for zero-shot need it (use a CLIPVisionModelWithProjection / full CLIP file)")
         # fp32 on the CPU (a CLIP_VISION from ComfyUI may sit on the GPU in fp16): exported and parity reference
         reference = fp32_cpu(cv)
         say(f"exporting vision tower {config.name} ({config.layers} layers) to ONNX opset {opset}")
         size = config.image_size
-        onnx_v = export_onnx(ExportGraph(reference.model, "pooled"), torch.zeros(1, 3, size, size),
-                             os.path.join(folder, "vision.onnx"), VISION_INPUT, VISION_OUTPUT, opset)
+        onnx_v = export_onnx(ExportGraph(reference.model, "penultimate" if wan else "pooled"),
+                             torch.zeros(1, 3, size, size), os.path.join(folder, "vision.onnx"), VISION_INPUT,
+                             WAN_OUTPUT if wan else VISION_OUTPUT, opset)
         release_memory()  # the tracer's graph and protobuf buffers
         check_export(onnx_v)
-        heads["visual_projection"] = reference.model.visual_projection.weight.detach().numpy()
+        if not wan:
+            heads["visual_projection"] = reference.model.visual_projection.weight.detach().numpy()
         say("checking vision parity (ONNX Runtime vs torch)")
         pixels = torch.randn(parity_samples, 3, size, size, generator=gen)
         sess = ort_session(onnx_v.path)
@@ -198,8 +210,12 @@ def _build(source: ClipSource, folder: str, parts, calib_images, prompts, npu_mo
         # reference in fp32 on the CPU: an fp16/GPU CLIP_VISION would otherwise fail a 1e-4 check by itself
         del sess
         release_memory()
-        ref = reference.encode(pixels).image_embeds.numpy()
-        par = parity(vision_head(pooled, heads["visual_projection"]), ref)
+        if wan:  # the features themselves are compared: there is no CPU head
+            ref = reference.encode(pixels, penultimate_only=True).penultimate_hidden_states.numpy()
+            par = parity(pooled, ref)
+        else:
+            ref = reference.encode(pixels).image_embeds.numpy()
+            par = parity(vision_head(pooled, heads["visual_projection"]), ref)
         images = list(calib_images) if calib_images else None
         if not images:
             images = synthetic_images()
@@ -216,8 +232,9 @@ def _build(source: ClipSource, folder: str, parts, calib_images, prompts, npu_mo
         checked["vision"] = pulsar2.write_config(cfg, os.path.join(folder, "pulsar2", "vision.json"))
         steps.append(pulsar2.BuildStep("vision", "vision.onnx", "pulsar2/vision.json", "build/vision",
                                        "vision.axmodel", target, npu_mode))
-        manifest["parts"]["vision"] = _part_entry(onnx_v, par, calib, "pulsar2/vision.json", CPU_SPLIT["vision"])
-        manifest["parts"]["vision"].update(config=_vision_config_json(config), crop=crop)
+        manifest["parts"]["vision"] = _part_entry(onnx_v, par, calib, "pulsar2/vision.json",
+                                                  CPU_SPLIT["wan" if wan else "vision"])
+        manifest["parts"]["vision"].update(config=_vision_config_json(config), crop=crop, output_kind=vision_output)
 
     if "text" in parts:
         tw = source.text

@@ -177,9 +177,26 @@ class ClipRuntime:
         c = self.vision_config
         return preprocess(images, c["image_size"], c["mean"], c["std"], self.crop)
 
+    @property
+    def vision_output(self) -> str:
+        """``embeddings`` (zero-shot export) or ``wan`` (Wan 2.1 i2v features export)."""
+        return self.manifest["parts"].get("vision", {}).get("output_kind", "embeddings")
+
+    def wan_features(self, images, pixels: Optional[np.ndarray] = None) -> np.ndarray:
+        """IMAGE [B,H,W,C] → Wan 2.1's i2v CLIP features [B, 257, 1280] (a ``vision_output="wan"`` export)."""
+        session = self._need("vision")
+        if self.vision_output != "wan":
+            raise ValueError(f"'{self.folder}' exports image embeddings, not Wan features; re-export with "
+                             f"vision_output='wan' (CLI --vision-output wan)")
+        pixels = self.pixels(images) if pixels is None else pixels
+        return np.concatenate([session.run(pixels[i:i + 1]) for i in range(len(pixels))]).astype(np.float32)
+
     def image_embeddings(self, images, normalize: bool = True, pixels: Optional[np.ndarray] = None) -> np.ndarray:
         """IMAGE [B,H,W,C] in [0,1] (torch or numpy) → [B, D] (or from ``pixels`` already preprocessed)."""
         session = self._need("vision")
+        if self.vision_output == "wan":
+            raise ValueError(f"'{self.folder}' is a Wan-features export (no CLS pooling, no projection): use "
+                             f"wan_features(), or re-export with vision_output='embeddings' for zero-shot")
         pixels = self.pixels(images) if pixels is None else pixels
         pooled = np.concatenate([session.run(pixels[i:i + 1]) for i in range(len(pixels))])
         return _normalize(vision_head(pooled, self._heads["visual_projection"]), normalize)

@@ -6,7 +6,9 @@ request: at a few ms per label on the NPU that is a minute. They are encoded onc
 milliseconds after. The cache records what it was made with — a SHA-256 over the text tower file that ran
 (``.axmodel`` or ``.onnx`` + its external data), the CPU text projection and the tokenizer vocabulary — plus the
 template; a cache made with anything else is not used (it is updated: rows of labels still in the list are
-kept only when the model matches, so a changed model re-encodes everything). Labels a request names that
+kept only when the model matches, so a changed model re-encodes everything). Hashing a 250 MB text model takes
+seconds on a board, so the cache also records each file's size and mtime: while they are unchanged the recorded
+hash stands, and any copy or rebuild (new mtime) makes the check hash the contents again. Labels a request names that
 are not in the cache are encoded on the fly (and remembered by the runtime's bounded prompt cache).
 
 numpy only (no torch): this is on the serving path.
@@ -98,9 +100,8 @@ def _file_digest(path: str, digest) -> None:
             digest.update(block)
 
 
-def model_fingerprint(runtime: ClipRuntime) -> str:
-    """SHA-256 over what text embeddings depend on: the text model file that runs (and its external data),
-    the text projection, the tokenizer vocabulary. Memoised per file identity (path, size, mtime)."""
+def model_files(runtime: ClipRuntime) -> list:
+    """The files text embeddings depend on: the text model that runs (+ external data), the BPE vocabulary."""
     session = runtime.parts["text"]
     files = [session.path]
     info = runtime.manifest["parts"]["text"]
@@ -111,6 +112,19 @@ def model_fingerprint(runtime: ClipRuntime) -> str:
         from .tokenizer import default_vocab_path
         vocab = default_vocab_path()
     files.append(vocab)
+    return files
+
+
+def file_identity(runtime: ClipRuntime) -> list:
+    """[name, size, mtime_ns] per model file: when unchanged since a cache was written, the cache's recorded
+    hash stands (copying or rebuilding a model changes its mtime, and then the contents are hashed again)."""
+    return [[os.path.basename(p), os.path.getsize(p), os.stat(p).st_mtime_ns] for p in model_files(runtime)]
+
+
+def model_fingerprint(runtime: ClipRuntime) -> str:
+    """SHA-256 over what text embeddings depend on: the text model file that runs (and its external data),
+    the tokenizer vocabulary, the text projection. Memoised per file identity (path, size, mtime)."""
+    files = model_files(runtime)
     key = tuple((p, os.path.getsize(p), os.stat(p).st_mtime_ns) for p in files)
     with _fingerprint_lock:
         if key in _FINGERPRINTS:
@@ -135,7 +149,9 @@ def cache_path(runtime: ClipRuntime, name: str) -> str:
 class Vocabulary:
     """Labels + their normalised prompt embeddings [N, D] (float32), as made by one text model."""
 
-    def __init__(self, labels: Sequence[str], embeddings: np.ndarray, template: str, fingerprint: str):
+    def __init__(self, labels: Sequence[str], embeddings: np.ndarray, template: str, fingerprint: str,
+                 files: Optional[list] = None):
+        self.files = files  # file_identity() of the model when the cache was made
         self.labels = list(labels)
         self.embeddings = np.ascontiguousarray(embeddings, np.float32)
         self.template = template
@@ -164,13 +180,13 @@ class Vocabulary:
                 progress(min(start + ENCODE_CHUNK, len(todo)), len(todo))
         dim = runtime._heads["text_projection"].shape[0]
         table = np.stack([rows[label] for label in labels]) if labels else np.zeros((0, dim), np.float32)
-        return cls(labels, table, template, fingerprint)
+        return cls(labels, table, template, fingerprint, file_identity(runtime))
 
     def save(self, path: str) -> str:
         """One ``.npz`` (no pickles): embeddings, labels, and the meta the check needs. Written atomically."""
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         meta = {"format": CACHE_FORMAT, "version": 1, "template": self.template, "fingerprint": self.fingerprint,
-                "count": len(self.labels), "dim": int(self.embeddings.shape[1])}
+                "count": len(self.labels), "dim": int(self.embeddings.shape[1]), "files": self.files}
         tmp = f"{path}.{os.getpid()}.part"
         with open(tmp, "wb") as f:
             np.savez(f, embeddings=self.embeddings, labels=np.array(self.labels, dtype=str),
@@ -185,7 +201,8 @@ class Vocabulary:
             meta = json.loads(str(data["meta"]))
             if meta.get("format") != CACHE_FORMAT:
                 raise ValueError(f"'{path}' is not a comfyui-clipwan label cache")
-            return cls(data["labels"].tolist(), data["embeddings"], meta["template"], meta["fingerprint"])
+            return cls(data["labels"].tolist(), data["embeddings"], meta["template"], meta["fingerprint"],
+                       meta.get("files"))
 
     def embeddings_for(self, runtime: ClipRuntime, labels: Sequence[str], template: Optional[str] = None
                        ) -> np.ndarray:
@@ -214,7 +231,8 @@ def load_or_build(runtime: ClipRuntime, labels: Sequence[str], template: str = D
         except (ValueError, KeyError, OSError, json.JSONDecodeError) as exc:
             why = f"unreadable cache ({type(exc).__name__}: {exc})"
         else:
-            fingerprint = model_fingerprint(runtime)
+            # same model files as when written (name, size, mtime): the recorded hash stands; else hash them
+            fingerprint = old.fingerprint if old.files == file_identity(runtime) else model_fingerprint(runtime)
             if old.fingerprint != fingerprint:
                 why = "made with another model"
             elif old.template != template:

@@ -154,12 +154,25 @@ def test_label_cache_roundtrip_check_and_on_the_fly(tiny, tmp_path):
     assert info["status"] == "encoded (made with template 'a photo of a {label}')"
     _, info = load_or_build(runtime, LABELS[:3], "{} in a painting", path=path)
     assert info["status"] == "encoded (label list changed)"
-    # a cache made with another model is refused: same labels, changed text projection
-    other = Vocabulary.load(path)
-    other.fingerprint = "0" * 64
-    other.save(path)
+    # a cache made with another model is refused: a real second export (other weights), same labels/template
+    other_folder = str(tmp_path / "other")
+    export_clip(default_source(seed=9, vision_layers=1, text_config=TextConfig(layers=1, width=64, heads=1,
+                                                                               mlp_dim=256)),
+                other_folder, parts="vision,text", parity_samples=1, run_build=False)
+    _, info = load_or_build(ClipRuntime(other_folder, backend="onnxruntime"), LABELS[:3], "{} in a painting",
+                            path=path)
+    assert info["status"] == "encoded (made with another model)"
+    # a cache whose recorded hash does not match the contents (files not recorded: hashed again) is refused
+    forged = Vocabulary.load(path)
+    forged.fingerprint, forged.files = "0" * 64, None
+    forged.save(path)
     _, info = load_or_build(runtime, LABELS[:3], "{} in a painting", path=path)
     assert info["status"] == "encoded (made with another model)"
+    # the same model copied (new mtime): contents hashed again, equal → the cache is used
+    text_onnx = os.path.join(folder, "text.onnx")
+    os.utime(text_onnx, ns=(os.stat(text_onnx).st_atime_ns, os.stat(text_onnx).st_mtime_ns + 10 ** 9))
+    _, info = load_or_build(ClipRuntime(folder, backend="onnxruntime"), LABELS[:3], "{} in a painting", path=path)
+    assert info["status"] == "loaded"
     # labels outside the cache: encoded on the fly, same numbers as cached ones
     mixed = vocab.embeddings_for(runtime, ["dog", "a brand new label", "cat"])
     np.testing.assert_allclose(mixed[0], vocab.embeddings[1], atol=0)
@@ -347,3 +360,80 @@ def test_provider_selection(monkeypatch):
         providers.choose("axcl", True)
     with pytest.raises(ValueError, match="backend must be one of"):
         providers.choose("npu", True)
+
+
+# --- Wan 2.1's CLIP ViT-H/14 vision tower for the NPU -----------------------------------------------------
+def _wan_keys(hf: dict, layers: int) -> dict:
+    """A canonical-named tower under the key names of Wan's models_clip_open-clip-xlm-roberta-large-vit-huge-14.pth."""
+    e = "vision_model.embeddings."
+    sd = {"visual.patch_embedding.weight": hf[e + "patch_embedding.weight"],
+          "visual.cls_embedding": hf[e + "class_embedding"].view(1, 1, -1),
+          "visual.pos_embedding": hf[e + "position_embedding.weight"].unsqueeze(0),
+          "visual.head": hf["visual_projection.weight"].t().contiguous(), "log_scale": torch.tensor(4.6052)}
+    for ours, theirs in (("pre_layrnorm", "pre_norm"), ("post_layernorm", "post_norm")):
+        for p in ("weight", "bias"):
+            sd[f"visual.{theirs}.{p}"] = hf[f"vision_model.{ours}.{p}"]
+    for n in range(layers):
+        layer = f"vision_model.encoder.layers.{n}."
+        for p in ("weight", "bias"):
+            sd[f"visual.transformer.{n}.attn.to_qkv.{p}"] = torch.cat([hf[f"{layer}self_attn.{x}_proj.{p}"]
+                                                                       for x in "qkv"])
+            for ours, theirs in (("layer_norm1", "norm1"), ("layer_norm2", "norm2"),
+                                 ("self_attn.out_proj", "attn.proj"), ("mlp.fc1", "mlp.0"), ("mlp.fc2", "mlp.2")):
+                sd[f"visual.transformer.{n}.{theirs}.{p}"] = hf[f"{layer}{ours}.{p}"]
+    return {k: v.contiguous() for k, v in sd.items()}
+
+
+def _wan_visual_oracle(sd: dict, pixels: torch.Tensor, layers: int, heads: int = 16) -> torch.Tensor:
+    """Wan's VisionTransformer forward written from its definition (wan/modules/clip.py: pre_norm, pre-LN blocks,
+    fused to_qkv, exact GELU), returning the output of transformer[:-1] as Wan's use_31_block does."""
+    F = torch.nn.functional
+    w = sd["visual.patch_embedding.weight"]
+    x = F.conv2d(pixels, w, stride=w.shape[-1]).flatten(2).transpose(1, 2)
+    x = torch.cat([sd["visual.cls_embedding"].expand(len(x), 1, -1), x], 1) + sd["visual.pos_embedding"]
+    x = F.layer_norm(x, x.shape[-1:], sd["visual.pre_norm.weight"], sd["visual.pre_norm.bias"], 1e-5)
+    for n in range(layers - 1):
+        p = f"visual.transformer.{n}."
+        b, s, c = x.shape
+        h = F.layer_norm(x, (c,), sd[p + "norm1.weight"], sd[p + "norm1.bias"], 1e-5)
+        q, k, v = F.linear(h, sd[p + "attn.to_qkv.weight"], sd[p + "attn.to_qkv.bias"]).view(
+            b, s, 3, heads, c // heads).permute(2, 0, 3, 1, 4)
+        attn = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(c // heads), -1) @ v
+        x = x + F.linear(attn.transpose(1, 2).reshape(b, s, c), sd[p + "attn.proj.weight"], sd[p + "attn.proj.bias"])
+        h = F.layer_norm(x, (c,), sd[p + "norm2.weight"], sd[p + "norm2.bias"], 1e-5)
+        x = x + F.linear(F.gelu(F.linear(h, sd[p + "mlp.0.weight"], sd[p + "mlp.0.bias"])), sd[p + "mlp.2.weight"],
+                         sd[p + "mlp.2.bias"])
+    return x
+
+
+def test_wan_clip_vision_tower_exports_wan_features_for_the_npu(tmp_path, monkeypatch):
+    from comfyui_clipwan.cli import main
+    from comfyui_clipwan.clip_vision import default_clip_vision
+
+    monkeypatch.setenv("PATH", "/usr/bin:/bin")
+    layers = 3
+    sd = _wan_keys(default_clip_vision("ViT-H/14", seed=5, layers=layers).state_dict_hf(), layers)
+    ckpt = tmp_path / "models_clip_open-clip-xlm-roberta-large-vit-huge-14.pth"
+    torch.save(sd, ckpt)
+    images = tmp_path / "imgs"
+    images.mkdir()
+    for i, size in enumerate([(300, 200), (160, 240)]):
+        Image.open(io.BytesIO(_png(i, size))).save(images / f"{i}.png")
+    out = tmp_path / "wan_npu"
+    assert main(["export-axera", "--source", str(ckpt), "--parts", "vision", "--vision-output", "wan",
+                 "--calib-images", str(images), "--out", str(out), "--no-build"]) == 0
+    manifest = json.load(open(out / "manifest.json"))
+    vision = manifest["parts"]["vision"]
+    assert vision["output"] == {"name": "image_penultimate", "shape": [1, 257, 1280], "dtype": "float32"}
+    assert vision["input"]["shape"] == [1, 3, 224, 224] and vision["crop"] == "none"
+    assert vision["checks"]["ok"] and vision["checks"]["ax650_op_issues"] == []
+    assert vision["calibration"]["count"] == 2
+    runtime = ClipRuntime(str(out), backend="onnxruntime")
+    image = torch.from_numpy(np.asarray(Image.open(images / "0.png").convert("RGB"), np.float32) / 255.0)[None]
+    got = runtime.wan_features(image)
+    with torch.no_grad():  # oracle: Wan's squash preprocessing (clip_vision, crop none) + Wan's forward above
+        ref = _wan_visual_oracle(sd, preprocess_images(image, CONFIGS["ViT-H/14"], "none"), layers).numpy()
+    assert got.shape == (1, 257, 1280)
+    np.testing.assert_allclose(got, ref, atol=2e-4)
+    with pytest.raises(ValueError, match="is a Wan-features export"):
+        runtime.image_embeddings(image)
