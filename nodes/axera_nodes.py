@@ -113,13 +113,17 @@ class ExportCLIPToAxmodel:
                            "advanced": True,
                            "tooltip": "Pulsar2 target_hardware: AX650 (AX650N boards, M.2 cards), AX620E "
                                       "(AX630C), AX8860 (Pulsar2 7.x only)"}),
+                "vision_output": (["embeddings", "wan"], {"default": "embeddings", "advanced": True,
+                                  "tooltip": "embeddings: CLS → projection (zero-shot, interrogation); wan: Wan 2.1's "
+                                             "i2v features (all blocks but the last, [1,257,1280] for ViT-H/14) — "
+                                             "set crop to none for Wan's own preprocessing"}),
             },
             "hidden": {"unique_id": "UNIQUE_ID"},
         }
 
     def export(self, source, parts, npu_mode, opset, precision, output_subfolder, run_pulsar2=True,
                clip_vision=None, calibration_images=None, calibration_prompts="", crop="center", target="AX650",
-               unique_id=None):
+               vision_output="embeddings", unique_id=None):
         from ..axera_export import default_source, export_clip, load_source, parse_parts, vision_source
 
         folder = safe_output_folder(output_subfolder)
@@ -153,7 +157,7 @@ class ExportCLIPToAxmodel:
         prompts = [p.strip() for p in (calibration_prompts or "").splitlines() if p.strip()] or None
         result = export_clip(src, folder, parts=wanted, calib_images=images, prompts=prompts, npu_mode=npu_mode,
                              opset=int(opset), crop=crop, precision=precision, target=target,
-                             run_build=bool(run_pulsar2),
+                             vision_output=vision_output, run_build=bool(run_pulsar2),
                              progress=on_stage)
         bar.update_absolute(bar.total)
         return {"ui": {"text": [result.report]}, "result": (result.folder, result.report)}
@@ -202,8 +206,9 @@ class CLIPZeroShotAxera:
                 "export_folder": ("STRING", {"default": "",
                                   "tooltip": "export folder (output of ExportCLIPToAxmodel, or relative to the "
                                              "output directory); empty = the newest export"}),
-                "backend": (["auto", "onnxruntime", "axengine"], {"default": "auto",
-                            "tooltip": "auto: .axmodel on the NPU when built and axengine is installed, else ONNX"}),
+                "backend": (["auto", "onnxruntime", "axengine", "axcl"], {"default": "auto",
+                            "tooltip": "auto: .axmodel on the NPU provider pyaxengine offers when built, else ONNX; "
+                                       "axengine: board NPU; axcl: AX650N PCIe/M.2 card via AXCL"}),
             },
         }
 
