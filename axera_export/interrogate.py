@@ -157,19 +157,27 @@ def rank(image_embedding: np.ndarray, text_embeddings: np.ndarray, labels: Seque
     """(caption, [(tag, score), ...]): the ``top_k`` best labels whose score ≥ threshold, best first; when none
     passes, the single best (Automatic1111 always answers a caption). ``softmax``: probability over the
     candidates (logit scale × cosine); ``cosine``: the raw similarity."""
-    cosine = np.asarray(text_embeddings, np.float64) @ np.asarray(image_embedding, np.float64)
+    cosine = _cosine(text_embeddings, image_embedding)
     scores = softmax(np.exp(logit_scale) * cosine) if score == "softmax" else cosine
-    order = np.argsort(-scores, kind="stable")[:top_k]
+    top = np.argpartition(-scores, top_k - 1)[:top_k] if top_k < len(scores) else np.arange(len(scores))
+    order = top[np.argsort(-scores[top], kind="stable")]
     tags = [(labels[i], float(scores[i])) for i in order if scores[i] >= threshold]
     if not tags:
         tags = [(labels[order[0]], float(scores[order[0]]))]
     return ", ".join(t for t, _ in tags), tags
 
 
+def _cosine(text_embeddings: np.ndarray, image_embedding: np.ndarray) -> np.ndarray:
+    """[N] cosines: the product in float32 (a 20 k × 512 table is not copied to float64 per request), the N
+    results in float64 for the softmax."""
+    table = np.asarray(text_embeddings, np.float32)
+    return (table @ np.asarray(image_embedding, np.float32)).astype(np.float64)
+
+
 def classify(image_embedding: np.ndarray, text_embeddings: np.ndarray, labels: Sequence[str],
              logit_scale: float) -> dict:
     """One category: the winner and its softmax probability within the category."""
-    probs = softmax(np.exp(logit_scale) * (np.asarray(text_embeddings, np.float64) @ image_embedding))
+    probs = softmax(np.exp(logit_scale) * _cosine(text_embeddings, image_embedding))
     best = int(np.argmax(probs))
     return {"winner": labels[best], "confidence": float(probs[best])}
 
