@@ -24,7 +24,6 @@ import warnings
 from typing import Callable, Optional, Union
 
 import numpy as np
-import torch
 
 DEFAULT_MAX_PIXELS = 100_000_000  # files on disk: 100 megapixels (10000×10000); PIL's own bomb limit is 179 M
 FRAME_MODES = ("first", "all")
@@ -66,9 +65,18 @@ def _to_float_rgb(frame) -> np.ndarray:
 
 def read_image(source: Union[str, os.PathLike, bytes], name: Optional[str] = None, frames: str = "first",
                max_pixels: Optional[int] = DEFAULT_MAX_PIXELS,
-               note: Optional[Callable[[str], None]] = None) -> torch.Tensor:
-    """An image file (path) or its bytes → ComfyUI IMAGE ``[F,H,W,3]`` float32 in [0,1] (F = 1 unless
-    ``frames="all"`` on an animated image). ``name`` is how messages call it (default: the quoted path)."""
+               note: Optional[Callable[[str], None]] = None):
+    """An image file (path) or its bytes → ComfyUI IMAGE ``[F,H,W,3]`` float32 torch tensor in [0,1] (F = 1
+    unless ``frames="all"`` on an animated image). ``name`` is how messages call it (default: the quoted path)."""
+    import torch  # here, not at module level: read_image_array serves boards without torch
+
+    return torch.from_numpy(read_image_array(source, name, frames, max_pixels, note))
+
+
+def read_image_array(source: Union[str, os.PathLike, bytes], name: Optional[str] = None, frames: str = "first",
+                     max_pixels: Optional[int] = DEFAULT_MAX_PIXELS,
+                     note: Optional[Callable[[str], None]] = None) -> np.ndarray:
+    """``read_image`` as a numpy array ``[F,H,W,3]`` float32 (the torch-free serving path)."""
     from PIL import Image, ImageOps, ImageSequence, UnidentifiedImageError
 
     if frames not in FRAME_MODES:
@@ -121,7 +129,7 @@ def read_image(source: Union[str, os.PathLike, bytes], name: Optional[str] = Non
     if total > 1 and note is not None:
         used = f"all {len(arrays)} frames" if frames == "all" else "the first frame"
         note(f"image {label} is animated ({total} frames): using {used}")
-    return torch.from_numpy(np.stack(arrays))
+    return np.stack(arrays)
 
 
 def _head(path: str) -> bytes:

@@ -4,18 +4,32 @@ Pure PyTorch/numpy/ONNX (no ComfyUI import). Entry points:
 
 * ``export_clip(source, folder, parts, calib_images, prompts, npu_mode, opset)`` → ``ExportResult``
 * sources: ``default_source(seed)`` (seeded random-init ViT-B/32 CLIP), ``load_source(path)``, ``vision_source(model)``
-* ``ClipRuntime(folder, backend="auto"|"axengine"|"onnxruntime")``: embeddings, similarity, zero-shot
+* ``ClipRuntime(folder, backend="auto"|"axengine"|"axcl"|"onnxruntime")``: embeddings, similarity, zero-shot
+* ``serve``/``service``/``vocabulary``: the board-side interrogation service (no torch on that path)
+
+Names load on first use (PEP 562): the serving path (runtime, tokenizer, vocabulary, service) is numpy +
+onnxruntime/axengine only, and importing this package must not pull torch in through the export side.
 """
 
-from .allowlist import AX650_OPS, OpIssue, check_ax650_ops
-from .pipeline import DEFAULT_LABELS, DEFAULT_PROMPTS, ExportResult, export_clip, format_report
-from .runtime import ClipRuntime, read_manifest
-from .sources import ClipSource, default_source, load_source, parse_parts, vision_source
-from .text_model import TextConfig, TextWeights, text_weights_from_state_dict
-from .tokenizer import tokenize
+import importlib
 
-__all__ = [
-    "AX650_OPS", "OpIssue", "check_ax650_ops", "DEFAULT_LABELS", "DEFAULT_PROMPTS", "ExportResult", "export_clip",
-    "format_report", "ClipRuntime", "read_manifest", "ClipSource", "default_source", "load_source", "parse_parts",
-    "vision_source", "TextConfig", "TextWeights", "text_weights_from_state_dict", "tokenize",
-]
+_EXPORTS = {
+    "allowlist": ("AX650_OPS", "OpIssue", "check_ax650_ops"),
+    "pipeline": ("DEFAULT_LABELS", "DEFAULT_PROMPTS", "ExportResult", "export_clip", "format_report"),
+    "runtime": ("ClipRuntime", "read_manifest"),
+    "sources": ("ClipSource", "default_source", "load_source", "parse_parts", "vision_source"),
+    "text_model": ("TextConfig", "TextWeights", "text_weights_from_state_dict"),
+    "tokenizer": ("tokenize",),
+}
+_WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
+
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name):
+    module = _WHERE.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value  # later look-ups skip this function (tests may still monkeypatch the name)
+    return value

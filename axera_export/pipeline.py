@@ -31,17 +31,16 @@ from .onnx_export import (TEXT_INPUT, TEXT_OUTPUT, VISION_INPUT, VISION_OUTPUT, 
                           export_onnx, ort_session, parity)
 from .runtime import MANIFEST, MANIFEST_FORMAT
 from .sources import ClipSource, fp32_cpu, parse_parts
-from .tokenizer import tokenize
+from .tokenizer import VOCAB_FILE, default_vocab_path, tokenize
+from .vocabulary import DEFAULT_LABELS
 
-DEFAULT_LABELS = (
-    "person", "man", "woman", "child", "dog", "cat", "bird", "horse", "car", "bicycle", "airplane", "boat",
-    "train", "building", "city street", "road", "mountain", "beach", "sea", "forest", "flower", "tree", "sky",
-    "night", "sunset", "snow", "food", "indoor room", "portrait", "landscape", "drawing", "painting",
-    "anime illustration", "3d render", "text", "black and white photo",
-)
 DEFAULT_PROMPTS = tuple(f"a photo of {label}." for label in DEFAULT_LABELS)
 
+VISION_OUTPUTS = ("embeddings", "wan")
+WAN_OUTPUT = "image_penultimate"
 CPU_SPLIT = {
+    "wan": {"npu": "patch Conv → pre-LN → all encoder blocks but the last (output image_penultimate: Wan 2.1's "
+                   "i2v CLIP features)", "cpu": ["nothing: the features go to Wan's img_emb as they are"]},
     "vision": {"npu": "patch Conv → pre-LN → encoder blocks → post-LN of the CLS token (output image_pooled)",
                "cpu": ["visual_projection (fp32 GEMM)", "L2 normalisation"]},
     "text": {"npu": "token Gather (1-D ids) + positions → causal encoder blocks → final LN (output text_hidden)",
@@ -87,11 +86,14 @@ RECOMMENDED_CALIBRATION_IMAGES = 32  # the node's tooltip and the CLI help say "
 def export_clip(source: ClipSource, folder: str, parts="vision,text", calib_images: Optional[Sequence] = None,
                 prompts: Optional[Sequence[str]] = None, npu_mode: str = "NPU3", opset: int = 14,
                 crop: str = "center", precision: str = "u16", target: str = "AX650", run_build: bool = True,
-                parity_samples: int = 2, progress: Optional[Callable[[str], None]] = None) -> ExportResult:
+                parity_samples: int = 2, progress: Optional[Callable[[str], None]] = None,
+                vision_output: str = "embeddings") -> ExportResult:
     """Export the requested towers of ``source`` into ``folder``; see the module doc for the layout.
 
     ``calib_images``: IMAGE tensors [B,H,W,C]; none → synthetic colour fields (said so in the report).
     ``prompts``: calibration prompts for the text tower; none → the built-in label prompts.
+    ``vision_output``: ``embeddings`` (post-LN CLS; the CPU projects it: zero-shot) or ``wan`` (Wan 2.1's i2v
+    features: the hidden states after all blocks but the last, [1, 257, 1280] for ViT-H/14, no projection).
 
     Atomic: everything is built in a hidden folder beside ``folder`` (manifest last) and swapped in at the end,
     so an interrupted or failed export leaves the previous export untouched, and a manifest always describes the
@@ -99,7 +101,10 @@ def export_clip(source: ClipSource, folder: str, parts="vision,text", calib_imag
     """
     parts = parse_parts(parts)
     source.require(parts)
+    target = pulsar2.resolve_target(target)
     _check_npu_mode(npu_mode, target)
+    if vision_output not in VISION_OUTPUTS:
+        raise ValueError(f"vision_output must be one of {VISION_OUTPUTS}, got {vision_output!r}")
     if precision not in pulsar2.PRECISIONS:
         raise ValueError(f"precision must be one of {pulsar2.PRECISIONS}, got {precision!r}")
     say = progress or (lambda msg: None)
@@ -109,7 +114,7 @@ def export_clip(source: ClipSource, folder: str, parts="vision,text", calib_imag
     work = tempfile.mkdtemp(prefix=f".{os.path.basename(folder)}.partial-", dir=os.path.dirname(folder))
     try:
         manifest = _build(source, work, parts, calib_images, prompts, npu_mode, opset, crop, precision, target,
-                          run_build, parity_samples, say)
+                          run_build, parity_samples, say, vision_output)
         report = format_report(manifest, folder)
         with open(os.path.join(work, "report.txt"), "w") as f:
             f.write(report + "\n")
@@ -167,7 +172,7 @@ def release_memory() -> None:
 
 
 def _build(source: ClipSource, folder: str, parts, calib_images, prompts, npu_mode, opset, crop, precision,
-           target, run_build, parity_samples, say) -> dict:
+           target, run_build, parity_samples, say, vision_output="embeddings") -> dict:
     """Every file of the export written into ``folder`` (the hidden work folder); returns the manifest."""
     t_start = time.perf_counter()
     manifest = {"format": MANIFEST_FORMAT, "version": 1, "source": source.description,
@@ -176,23 +181,27 @@ def _build(source: ClipSource, folder: str, parts, calib_images, prompts, npu_mo
     heads = {}
     steps = []
     notes = []
+    checked = {}  # part → {pulsar2 version: "ok"}
     gen = torch.Generator().manual_seed(0)
 
     if "vision" in parts:
         cv = source.vision
         config = cv.config
-        if config.proj_dim is None:
+        wan = vision_output == "wan"
+        if config.proj_dim is None and not wan:
             raise ValueError(f"{source.description}: the vision tower has no visual_projection; image embeddings "
                              f"for zero-shot need it (use a CLIPVisionModelWithProjection / full CLIP file)")
         # fp32 on the CPU (a CLIP_VISION from ComfyUI may sit on the GPU in fp16): exported and parity reference
         reference = fp32_cpu(cv)
         say(f"exporting vision tower {config.name} ({config.layers} layers) to ONNX opset {opset}")
         size = config.image_size
-        onnx_v = export_onnx(ExportGraph(reference.model, "pooled"), torch.zeros(1, 3, size, size),
-                             os.path.join(folder, "vision.onnx"), VISION_INPUT, VISION_OUTPUT, opset)
+        onnx_v = export_onnx(ExportGraph(reference.model, "penultimate" if wan else "pooled"),
+                             torch.zeros(1, 3, size, size), os.path.join(folder, "vision.onnx"), VISION_INPUT,
+                             WAN_OUTPUT if wan else VISION_OUTPUT, opset)
         release_memory()  # the tracer's graph and protobuf buffers
         check_export(onnx_v)
-        heads["visual_projection"] = reference.model.visual_projection.weight.detach().numpy()
+        if not wan:
+            heads["visual_projection"] = reference.model.visual_projection.weight.detach().numpy()
         say("checking vision parity (ONNX Runtime vs torch)")
         pixels = torch.randn(parity_samples, 3, size, size, generator=gen)
         sess = ort_session(onnx_v.path)
@@ -201,8 +210,12 @@ def _build(source: ClipSource, folder: str, parts, calib_images, prompts, npu_mo
         # reference in fp32 on the CPU: an fp16/GPU CLIP_VISION would otherwise fail a 1e-4 check by itself
         del sess
         release_memory()
-        ref = reference.encode(pixels).image_embeds.numpy()
-        par = parity(vision_head(pooled, heads["visual_projection"]), ref)
+        if wan:  # the features themselves are compared: there is no CPU head
+            ref = reference.encode(pixels, penultimate_only=True).penultimate_hidden_states.numpy()
+            par = parity(pooled, ref)
+        else:
+            ref = reference.encode(pixels).image_embeds.numpy()
+            par = parity(vision_head(pooled, heads["visual_projection"]), ref)
         images = list(calib_images) if calib_images else None
         if not images:
             images = synthetic_images()
@@ -216,11 +229,12 @@ def _build(source: ClipSource, folder: str, parts, calib_images, prompts, npu_mo
             logging.getLogger(__name__).warning(warning)
         calib = image_calibration_tar(images, config, os.path.join(folder, "calib", "vision_calib.tar"), crop)
         cfg = pulsar2.vision_config(VISION_INPUT, "calib/vision_calib.tar", npu_mode, precision, target)
-        pulsar2.write_config(cfg, os.path.join(folder, "pulsar2", "vision.json"))
+        checked["vision"] = pulsar2.write_config(cfg, os.path.join(folder, "pulsar2", "vision.json"))
         steps.append(pulsar2.BuildStep("vision", "vision.onnx", "pulsar2/vision.json", "build/vision",
                                        "vision.axmodel", target, npu_mode))
-        manifest["parts"]["vision"] = _part_entry(onnx_v, par, calib, "pulsar2/vision.json", CPU_SPLIT["vision"])
-        manifest["parts"]["vision"].update(config=_vision_config_json(config), crop=crop)
+        manifest["parts"]["vision"] = _part_entry(onnx_v, par, calib, "pulsar2/vision.json",
+                                                  CPU_SPLIT["wan" if wan else "vision"])
+        manifest["parts"]["vision"].update(config=_vision_config_json(config), crop=crop, output_kind=vision_output)
 
     if "text" in parts:
         tw = source.text
@@ -241,18 +255,27 @@ def _build(source: ClipSource, folder: str, parts, calib_images, prompts, npu_mo
         if not prompts:
             notes.append("text calibration used the built-in label prompts (no prompts given)")
         cfg = pulsar2.text_config(TEXT_INPUT, "calib/text_calib.tar", npu_mode, precision, target)
-        pulsar2.write_config(cfg, os.path.join(folder, "pulsar2", "text.json"))
+        checked["text"] = pulsar2.write_config(cfg, os.path.join(folder, "pulsar2", "text.json"))
         steps.append(pulsar2.BuildStep("text", "text.onnx", "pulsar2/text.json", "build/text", "text.axmodel",
                                        target, npu_mode))
         manifest["parts"]["text"] = _part_entry(onnx_t, par, calib, "pulsar2/text.json", CPU_SPLIT["text"])
-        manifest["parts"]["text"]["tokenizer"] = {"name": "open_clip SimpleTokenizer (CLIP BPE)",
+        # the vocabulary travels with the export: the board tokenizes without open_clip (or torch)
+        os.makedirs(os.path.join(folder, "tokenizer"), exist_ok=True)
+        shutil.copyfile(default_vocab_path(), os.path.join(folder, "tokenizer", VOCAB_FILE))
+        manifest["parts"]["text"]["tokenizer"] = {"name": "CLIP BPE", "vocab": f"tokenizer/{VOCAB_FILE}",
                                                   "context_length": tw.config.context_length}
         manifest["logit_scale"] = tw.logit_scale
 
     np.savez(os.path.join(folder, "cpu_heads.npz"), **heads)
-    script = pulsar2.write_build_script(steps, folder, source.random_init)
+    docker = pulsar2.docker_version(target)
+    script = pulsar2.write_build_script(steps, folder, source.random_init, docker)
     manifest["build_script"] = os.path.basename(script)
-    manifest["build_commands"] = {s.part: {"native": s.native(), "docker": s.docker()} for s in steps}
+    manifest["build_commands"] = {s.part: {"native": s.native(), "docker": s.docker(docker)} for s in steps}
+    versions = pulsar2.toolchains_for(target)
+    manifest["pulsar2"] = {"configs_valid_for": versions, "docker_image": f"pulsar2:{docker}",
+                           "checked_against": {tc.version: tc.docs for tc in pulsar2.TOOLCHAINS.values()
+                                               if tc.version in versions},
+                           "checks": checked}
 
     builds = []
     if run_build and all(manifest["parts"][s.part]["checks"]["ok"] for s in steps):
@@ -294,6 +317,10 @@ def format_report(manifest: dict, folder: str) -> str:
     if manifest["random_init"]:
         lines.append("NOTE: random-init weights (the embedded default), not a pretrained CLIP.")
     lines.append(f"target {manifest['target_hardware']} {manifest['npu_mode']}, precision {manifest['precision']}")
+    if manifest.get("pulsar2"):
+        lines.append(f"Pulsar2 configs valid for {' and '.join(manifest['pulsar2']['configs_valid_for'])} "
+                     f"(checked against the config reference of each); docker default "
+                     f"{manifest['pulsar2']['docker_image']}")
     for part, p in manifest["parts"].items():
         c = p["checks"]
         par = c["parity"]

@@ -4,6 +4,12 @@ The schema below is encoded from AXERA-TECH/pulsar2-docs-en ``user_guides_config
 ``quant``, ``input_processors``, ``output_processors``, ``compiler``); the configs follow AXERA-TECH/clip.axera's
 proven CLIP builds (whole graph U16, MinMax; text: Numpy int32 calibration).
 
+Two toolchain generations are in use (``TOOLCHAINS``; each checked against the docs commit it names). Between
+5.1 and 7.0 the config schema kept every field we write; what changed is which targets exist (7.0 adds AX615,
+AX637 and AX8860, whose ``npu_mode`` counts NPU cores: NPU1/NPU2/NPU4) and that ``onnx_opt.enable_onnxsim`` runs
+onnxslim instead of onnx-simplifier. Our graphs are exported static with constants folded, so we leave that
+option off under both. A config is validated against every toolchain that has its target; the manifest says which.
+
 Pulsar2 is not pip-installable (docker image ``pulsar2:<version>`` from Axera). When ``pulsar2`` is on PATH we
 run it and report exactly what happened; otherwise we say the inputs are ready and print the command.
 An ``.axmodel`` is reported only if the build exited 0 and the file exists.
@@ -20,10 +26,50 @@ import subprocess
 import time
 from typing import Optional
 
-TARGETS = {"AX650": ("NPU1", "NPU2", "NPU3"), "AX620E": ("NPU1", "NPU2"), "AX615": ("NPU1",),
-           "AX637": ("NPU1",), "AX8860": ("NPU1", "NPU2", "NPU3"), "M76H": ("NPU1", "NPU2", "NPU3"),
-           "M57": ("NPU1",)}
+@dataclasses.dataclass(frozen=True)
+class Toolchain:
+    version: str  # the docker image tag users load (pulsar2:<version>)
+    docs: str  # where its config reference was read
+    targets: dict  # target_hardware → npu modes
+    simplifier: str  # what onnx_opt.enable_onnxsim runs
+
+
+_AX650_FAMILY = {"AX650": ("NPU1", "NPU2", "NPU3"), "AX620E": ("NPU1", "NPU2"), "M76H": ("NPU1", "NPU2", "NPU3"),
+                 "M57": ("NPU1",)}
+TOOLCHAINS = {
+    "5": Toolchain("5.1", "AXERA-TECH/pulsar2-docs-en @70ca4c3 (2026-03-31; release notes up to Pulsar2 5.1), "
+                          "user_guides_config/config.md", dict(_AX650_FAMILY), "onnx-simplifier"),
+    "7": Toolchain("7.0", "AXERA-TECH/pulsar2-docs-en @83fa86a (2026-07-30; Pulsar2 7.0), "
+                          "user_guides_config/config.md and neutron/v6, v7/introduction.md",
+                   dict(_AX650_FAMILY, AX615=("NPU1", "NPU2"), AX637=("NPU1",), AX8860=("NPU1", "NPU2", "NPU4")),
+                   "onnxslim"),
+}
+# every target any supported toolchain knows, with the npu modes of the newest toolchain that has it
+TARGETS = {target: modes for tc in TOOLCHAINS.values() for target, modes in tc.targets.items()}
+# chips users name → Pulsar2's target_hardware (AX630C/AX631 are the AX620E family; AX650N/AX8850 cards: AX650)
+CHIPS = {"AX650N": "AX650", "AX8850": "AX650", "AX630C": "AX620E", "AX631": "AX620E"}
 DEFAULT_PULSAR2_VERSION = "5.1"
+
+
+def resolve_target(name: str) -> str:
+    """A chip or target name (case-insensitive) → Pulsar2's ``target_hardware``."""
+    key = str(name).strip().upper()
+    target = CHIPS.get(key, key)
+    if target not in TARGETS:
+        raise ValueError(f"target must be one of {sorted(TARGETS)} or a chip {sorted(CHIPS)}, got {name!r}")
+    return target
+
+
+def toolchains_for(target: str) -> list:
+    """The Pulsar2 versions (oldest first) whose docs list ``target``."""
+    return [tc.version for tc in TOOLCHAINS.values() if target in tc.targets]
+
+
+def docker_version(target: str) -> str:
+    """The image tag build_axmodel.sh uses by default: 5.1 (proven for CLIP) where it has the target, else the
+    oldest toolchain that has it."""
+    versions = toolchains_for(target)
+    return DEFAULT_PULSAR2_VERSION if DEFAULT_PULSAR2_VERSION in versions else versions[0]
 PRECISIONS = ("u16", "mixed")
 
 _DTYPES = ("U8", "S8", "U16", "S16", "FP32")
@@ -33,7 +79,7 @@ SCHEMA = {
     "input": str, "output_dir": str, "output_name": str, "work_dir": str,
     "model_type": ("ONNX", "QuantAxModel", "QuantONNX"),
     "target_hardware": tuple(TARGETS),
-    "npu_mode": ("NPU1", "NPU2", "NPU3"),
+    "npu_mode": ("NPU1", "NPU2", "NPU3", "NPU4"),
     "input_shapes": str,
     "onnx_opt": {"disable_onnx_optimization": bool, "enable_onnxsim": bool, "model_check": bool,
                  "disable_transformation_check": bool, "save_tensors_data": bool},
@@ -95,14 +141,24 @@ def _validate(value, schema, where: str, errors: list) -> None:
         errors.append(f"{where}: must be {schema.__name__}, got {type(value).__name__} {value!r}")
 
 
-def validate_config(config: dict) -> list[str]:
-    """Every problem in a Pulsar2 build config, each naming the key path ([] = valid)."""
+def validate_config(config: dict, version: Optional[str] = None) -> list[str]:
+    """Every problem in a Pulsar2 build config, each naming the key path ([] = valid). ``version``: "5" or "7"
+    (a toolchain of ``TOOLCHAINS``) checks the target and npu_mode against that toolchain; None: against the
+    newest toolchain that has the target."""
     errors: list = []
     _validate(config, SCHEMA, "config", errors)
     target = config.get("target_hardware", "AX650")
     mode = config.get("npu_mode", "NPU1")
-    if target in TARGETS and mode in SCHEMA["npu_mode"] and mode not in TARGETS[target]:
-        errors.append(f"config.npu_mode: {mode} is not available on {target} (choose {list(TARGETS[target])})")
+    if version is not None:
+        tc = TOOLCHAINS[str(version).split(".")[0]]
+        if target in TARGETS and target not in tc.targets:
+            errors.append(f"config.target_hardware: {target} is not a target of Pulsar2 {tc.version} "
+                          f"(it has {sorted(tc.targets)})")
+        modes = tc.targets.get(target)
+    else:
+        modes = TARGETS.get(target)
+    if modes and mode in SCHEMA["npu_mode"] and mode not in modes:
+        errors.append(f"config.npu_mode: {mode} is not available on {target} (choose {list(modes)})")
     for i, layer in enumerate(config.get("quant", {}).get("layer_configs", []) or []):
         if isinstance(layer, dict) and not any(k in layer for k in _LAYER_SELECTORS):
             errors.append(f"config.quant.layer_configs[{i}]: selects no layers (give one of {_LAYER_SELECTORS})")
@@ -168,14 +224,23 @@ def text_config(input_name: str, calib_tar: str, npu_mode: str = "NPU3", precisi
     return _model_config(target, npu_mode, quant, [{"tensor_name": input_name, "src_dtype": "S32"}])
 
 
-def write_config(config: dict, path: str) -> str:
+def write_config(config: dict, path: str) -> dict:
+    """Validate against every toolchain that has the config's target, then write. Returns
+    ``{"5.1": "ok", "7.0": "ok"}`` (what the manifest records as checked)."""
+    target = config.get("target_hardware", "AX650")
+    checked = {}
     errors = validate_config(config)
+    for key, tc in TOOLCHAINS.items():
+        if target in tc.targets:
+            found = validate_config(config, key)
+            errors += [e for e in found if e not in errors]
+            checked[tc.version] = "ok" if not found else "; ".join(found)
     if errors:
         raise ValueError("invalid Pulsar2 config:\n  " + "\n  ".join(errors))
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with open(path, "w") as f:
         json.dump(config, f, indent=2)
-    return path
+    return checked
 
 
 @dataclasses.dataclass

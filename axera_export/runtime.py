@@ -2,8 +2,12 @@
 
 Same API either way: image/text embeddings, cosine similarity, zero-shot labels. The CPU side of the split
 (visual/text projection, EOT pooling, normalisation) runs here in fp32 numpy, exactly as the manifest says.
+No torch: preprocessing is ``pixels.preprocess`` and tokenizing ``tokenizer`` (numpy), so a board serves with
+numpy + onnxruntime/axengine alone.
 
 * ``axengine`` is imported lazily: it raises ImportError at import time off-device (no libax_engine.so).
+* Which engine runs is chosen once per tower by ``providers.choose`` (explicit or auto) and said in
+  ``ClipRuntime.backends``.
 * One process-wide lock serialises every session call: the NPU must never run two requests at once, and
   ComfyUI's server may call us from several executor threads (concurrent interrogate requests).
 * Inputs are cast to the exact shape and dtype the session declares (axengine asserts both).
@@ -15,18 +19,18 @@ import collections
 import json
 import os
 import threading
-from typing import Sequence
+from typing import Optional, Sequence
 
 import numpy as np
-import torch
 
-from ..clip_vision import VisionConfig, preprocess_images
+from . import providers
 from .heads import text_head, vision_head
-from .tokenizer import tokenize
+from .pixels import preprocess
+from .tokenizer import VOCAB_FILE, tokenize
 
 MANIFEST = "manifest.json"
 MANIFEST_FORMAT = "comfyui-clipwan/axera-export"
-BACKENDS = ("auto", "axengine", "onnxruntime")
+BACKENDS = providers.BACKENDS
 DEFAULT_TEMPLATE = "a photo of {}."
 
 _SESSION_LOCK = threading.Lock()  # one accelerator, one request at a time
@@ -47,16 +51,16 @@ def _np_dtype(value, fallback: str) -> np.dtype:
 class _Session:
     """A loaded model file; ``run(x)`` casts x to the declared input and returns the first output."""
 
-    def __init__(self, path: str, backend: str, expected_shape, expected_dtype: str):
-        self.path, self.backend = path, backend
-        if backend == "axengine":
-            import axengine as axe  # ImportError off-device: caught by the caller
+    def __init__(self, path: str, choice: "providers.Choice", expected_shape, expected_dtype: str):
+        self.path, self.backend, self.provider = path, choice.engine, choice.provider
+        if choice.engine == "axengine":
+            import axengine as axe  # importable: providers.choose checked it
 
-            self._sess = axe.InferenceSession(path)
+            self._sess = axe.InferenceSession(path, providers=[choice.provider])
         else:
             import onnxruntime as ort
 
-            self._sess = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+            self._sess = ort.InferenceSession(path, providers=[choice.provider])
         arg = self._sess.get_inputs()[0]
         self.input_name = arg.name
         shape = [d if isinstance(d, int) and d > 0 else e for d, e in zip(list(arg.shape), expected_shape)]
@@ -122,8 +126,8 @@ def read_manifest(folder: str) -> dict:
 
 
 class ClipRuntime:
-    """Zero-shot CLIP on an exported folder. ``backend``: auto (axmodel when built and axengine works) |
-    axengine | onnxruntime."""
+    """Zero-shot CLIP on an exported folder. ``backend``: auto (axmodel on the NPU provider pyaxengine offers,
+    else ONNX Runtime) | axengine (board NPU) | axcl (PCIe/M.2 card) | onnxruntime; see ``providers``."""
 
     def __init__(self, folder: str, backend: str = "auto"):
         if backend not in BACKENDS:
@@ -135,35 +139,29 @@ class ClipRuntime:
         self.logit_scale = float(self.manifest.get("logit_scale", np.log(100.0)))
         self.random_init = bool(self.manifest.get("random_init"))
         self.parts = {}
-        self.backends = {}
+        self.backends = {}  # part → engine ("axengine" | "onnxruntime")
+        self.choices = {}  # part → providers.Choice (engine, provider, why)
         for part, info in self.manifest["parts"].items():
             self.parts[part] = self._open(part, info, backend)
         vision = self.manifest["parts"].get("vision")
-        self.vision_config = None
-        if vision:
-            c = dict(vision["config"])
-            c["mean"], c["std"] = tuple(c["mean"]), tuple(c["std"])
-            self.vision_config = VisionConfig(**c)
-            self.crop = vision.get("crop", "center")
+        self.vision_config = dict(vision["config"]) if vision else None
+        self.crop = vision.get("crop", "center") if vision else "center"
+        text = self.manifest["parts"].get("text")
+        vocab = os.path.join(self.folder, "tokenizer", VOCAB_FILE)
+        self.vocab_path = vocab if text and os.path.isfile(vocab) else None  # older exports: open_clip's copy
         self._text_cache = EmbeddingCache()
 
     def _open(self, part: str, info: dict, backend: str) -> _Session:
         shape, dtype = info["input"]["shape"], info["input"]["dtype"]
-        axmodel = info.get("axmodel")
-        if backend in ("auto", "axengine") and axmodel:
-            try:
-                session = _Session(os.path.join(self.folder, axmodel), "axengine", shape, dtype)
-                self.backends[part] = "axengine"
-                return session
-            except ImportError as exc:
-                if backend == "axengine":
-                    raise RuntimeError(f"backend 'axengine' needs the pyaxengine package on an Axera device: "
-                                       f"{exc}") from None
-        elif backend == "axengine":
-            raise RuntimeError(f"backend 'axengine': the {part} tower was not compiled to .axmodel in "
-                               f"'{self.folder}' (run build_axmodel.sh there first)")
-        self.backends[part] = "onnxruntime"
-        return _Session(os.path.join(self.folder, info["onnx"]), "onnxruntime", shape, dtype)
+        choice = providers.choose(backend, bool(info.get("axmodel")), part)
+        path = os.path.join(self.folder, info["axmodel"] if choice.engine == "axengine" else info["onnx"])
+        session = _Session(path, choice, shape, dtype)
+        self.backends[part], self.choices[part] = choice.engine, choice
+        return session
+
+    def describe(self) -> dict:
+        """Per tower, what runs it: ``{"vision": "axengine/AXCLRTExecutionProvider", ...}`` (responses, logs)."""
+        return {part: choice.label for part, choice in self.choices.items()}
 
     def _need(self, part: str) -> _Session:
         if part not in self.parts:
@@ -172,20 +170,52 @@ class ClipRuntime:
         return self.parts[part]
 
     # --- embeddings -----------------------------------------------------------------------------------
-    def image_embeddings(self, images, normalize: bool = True) -> np.ndarray:
-        """IMAGE [B,H,W,C] in [0,1] (torch or numpy) → [B, D]. Preprocessing = clip_vision.preprocess_images."""
+    def pixels(self, images) -> np.ndarray:
+        """IMAGE [B,H,W,C] in [0,1] (torch or numpy) → the vision graph's input [B,3,S,S] (``pixels.preprocess``,
+        the numpy twin of ``clip_vision.preprocess_images``). CPU only: callers may run it outside the device lock."""
+        self._need("vision")
+        c = self.vision_config
+        return preprocess(images, c["image_size"], c["mean"], c["std"], self.crop)
+
+    @property
+    def vision_output(self) -> str:
+        """``embeddings`` (zero-shot export) or ``wan`` (Wan 2.1 i2v features export)."""
+        return self.manifest["parts"].get("vision", {}).get("output_kind", "embeddings")
+
+    def wan_features(self, images, pixels: Optional[np.ndarray] = None) -> np.ndarray:
+        """IMAGE [B,H,W,C] → Wan 2.1's i2v CLIP features [B, 257, 1280] (a ``vision_output="wan"`` export)."""
         session = self._need("vision")
-        images = torch.as_tensor(np.asarray(images, dtype=np.float32)) if not isinstance(images, torch.Tensor) \
-            else images
-        pixels = preprocess_images(images, self.vision_config, self.crop).numpy()
+        if self.vision_output != "wan":
+            raise ValueError(f"'{self.folder}' exports image embeddings, not Wan features; re-export with "
+                             f"vision_output='wan' (CLI --vision-output wan)")
+        pixels = self.pixels(images) if pixels is None else pixels
+        return np.concatenate([session.run(pixels[i:i + 1]) for i in range(len(pixels))]).astype(np.float32)
+
+    def image_embeddings(self, images, normalize: bool = True, pixels: Optional[np.ndarray] = None) -> np.ndarray:
+        """IMAGE [B,H,W,C] in [0,1] (torch or numpy) → [B, D] (or from ``pixels`` already preprocessed)."""
+        session = self._need("vision")
+        if self.vision_output == "wan":
+            raise ValueError(f"'{self.folder}' is a Wan-features export (no CLS pooling, no projection): use "
+                             f"wan_features(), or re-export with vision_output='embeddings' for zero-shot")
+        pixels = self.pixels(images) if pixels is None else pixels
         pooled = np.concatenate([session.run(pixels[i:i + 1]) for i in range(len(pixels))])
         return _normalize(vision_head(pooled, self._heads["visual_projection"]), normalize)
 
     def text_embeddings(self, texts: Sequence[str], normalize: bool = True) -> np.ndarray:
         session = self._need("text")
-        ids = tokenize(list(texts), self.manifest["parts"]["text"]["input"]["shape"][1])
+        ids = tokenize(list(texts), self.manifest["parts"]["text"]["input"]["shape"][1], self.vocab_path)
         hidden = np.concatenate([session.run(ids[i:i + 1]) for i in range(len(ids))])
         return _normalize(text_head(hidden, ids, self._heads["text_projection"]), normalize)
+
+    def prompt_embeddings(self, prompts: Sequence[str]) -> np.ndarray:
+        """Normalised text embeddings [N, D], each prompt encoded once per runtime (bounded LRU cache)."""
+        known = {p: self._text_cache.get(p) for p in dict.fromkeys(prompts)}
+        missing = [p for p, emb in known.items() if emb is None]
+        if missing:
+            for prompt, emb in zip(missing, self.text_embeddings(missing)):
+                known[prompt] = emb
+                self._text_cache.put(prompt, emb)
+        return np.stack([known[p] for p in prompts])
 
     def similarity(self, images, texts: Sequence[str]) -> np.ndarray:
         """Cosine similarity [B images, N texts]."""
@@ -196,21 +226,23 @@ class ClipRuntime:
         labels = [str(label).strip() for label in labels if str(label).strip()]
         if not labels:
             raise ValueError("zero-shot needs at least one label")
-        if "{}" not in template:
-            raise ValueError(f"template must contain '{{}}' where the label goes, got {template!r}")
-        prompts = [template.format(label) for label in labels]
-        known = {p: self._text_cache.get(p) for p in dict.fromkeys(prompts)}
-        missing = [p for p, emb in known.items() if emb is None]
-        if missing:
-            for prompt, emb in zip(missing, self.text_embeddings(missing)):
-                known[prompt] = emb
-                self._text_cache.put(prompt, emb)
-        text = np.stack([known[p] for p in prompts])
-        logits = np.exp(self.logit_scale) * (self.image_embeddings(images) @ text.T)
-        logits -= logits.max(axis=-1, keepdims=True)
-        probs = np.exp(logits)
-        probs /= probs.sum(axis=-1, keepdims=True)
+        text = self.prompt_embeddings(fill_template(template, labels))
+        probs = softmax(np.exp(self.logit_scale) * (self.image_embeddings(images) @ text.T))
         return [sorted(zip(labels, map(float, row)), key=lambda t: -t[1]) for row in probs]
+
+
+def fill_template(template: str, labels: Sequence[str]) -> list:
+    """Prompts from a template holding ``{}`` or ``{label}`` where the label goes."""
+    if "{}" not in template and "{label}" not in template:
+        raise ValueError(f"template must contain '{{}}' or '{{label}}' where the label goes, got {template!r}")
+    return [template.replace("{label}", "{}").format(label) for label in labels]
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Softmax over the last axis (float64 inside: probabilities of thousands of labels sum to 1)."""
+    x = np.asarray(logits, np.float64)
+    x = np.exp(x - x.max(axis=-1, keepdims=True))
+    return x / x.sum(axis=-1, keepdims=True)
 
 
 def _normalize(x: np.ndarray, normalize: bool) -> np.ndarray:

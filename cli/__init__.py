@@ -14,12 +14,15 @@ import sys
 import time
 
 # Modules in this package that define register(subparsers) and optionally demo_step(args, out_dir).
-_COMMAND_MODULES = ("clip", "wan", "score", "axera", "bench")
+_COMMAND_MODULES = ("clip", "wan", "score", "axera", "bench", "serve")
+# Commands whose module keeps torch off its path (a board's service): parsed with that module alone, since the
+# other command modules import torch at module level.
+_LIGHT_COMMANDS = {"serve": "serve", "label-cache": "serve"}
 
 
-def _load_command_modules():
+def _load_command_modules(names=_COMMAND_MODULES):
     modules = []
-    for name in _COMMAND_MODULES:
+    for name in names:
         try:
             modules.append(importlib.import_module(f".{name}", __name__))
         except ModuleNotFoundError as exc:  # an area not built yet: its module is absent
@@ -28,12 +31,17 @@ def _load_command_modules():
     return modules
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(argv=None) -> argparse.ArgumentParser:
+    first = next((a for a in (argv or []) if not a.startswith("-")), None)
     parser = argparse.ArgumentParser(
         prog="comfyui-clipwan",
         description="CLIP ViT-H/14 features for Wan 2.1 i2v, block-causal Wan sampling, CLIP export to Axera.",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    if first in _LIGHT_COMMANDS:
+        for module in _load_command_modules((_LIGHT_COMMANDS[first],)):
+            module.register(sub)
+        return parser
     modules = _load_command_modules()
     demo = sub.add_parser(
         "demo",
@@ -96,7 +104,8 @@ TRACEBACK_ENV = "CLIPWAN_TRACEBACK"
 
 
 def main(argv=None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser(argv)
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)

@@ -22,11 +22,19 @@ def register(sub) -> None:
     p.add_argument("--calib-images", default=None, help="folder of calibration images (32+ recommended)")
     p.add_argument("--calib-prompts", default=None, help="text file, one calibration prompt per line")
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--npu-mode", default="NPU3", choices=["NPU1", "NPU2", "NPU3"])
+    p.add_argument("--npu-mode", default="NPU3", choices=["NPU1", "NPU2", "NPU3", "NPU4"],
+                   help="NPU cores the model may use (AX650: NPU1-3; AX620E/AX630C: NPU1-2; AX8860: NPU1/2/4)")
+    p.add_argument("--target", default="AX650",
+                   help="Pulsar2 target_hardware or chip: AX650 (AX650N boards and M.2 cards), AX620E (AX630C), "
+                        "AX8860 (Pulsar2 7.x only), AX615, AX637, M76H, M57 (default AX650)")
     p.add_argument("--opset", type=int, default=14)
     p.add_argument("--precision", default="u16", choices=["u16", "mixed"])
-    p.add_argument("--crop", default="center", choices=["center", "none"],
-                   help="image preprocessing (center = ComfyUI CLIPVisionEncode, none = Wan's squash)")
+    p.add_argument("--crop", default=None, choices=["center", "none"],
+                   help="image preprocessing (center = ComfyUI CLIPVisionEncode, none = Wan's squash; default: "
+                        "none for --vision-output wan, else center)")
+    p.add_argument("--vision-output", default="embeddings", choices=["embeddings", "wan"],
+                   help="embeddings: CLS → projection (zero-shot, interrogation); wan: Wan 2.1's i2v features "
+                        "(hidden states after all blocks but the last, [1,257,1280] for ViT-H/14)")
     p.add_argument("--no-build", action="store_true", help="do not run pulsar2 even if it is on PATH")
     p.add_argument("--seed", type=int, default=0, help="seed of the default model")
     p.set_defaults(func=run_export)
@@ -60,8 +68,10 @@ def run_export(args) -> int:
         with open(args.calib_prompts) as f:
             prompts = [line.strip() for line in f if line.strip()]
     result = export_clip(_source(args, parts), args.out, parts=parts, calib_images=images, prompts=prompts,
-                         npu_mode=args.npu_mode, opset=args.opset, crop=args.crop, precision=args.precision,
-                         run_build=not args.no_build, progress=print)
+                         npu_mode=args.npu_mode, opset=args.opset,
+                         crop=args.crop or ("none" if args.vision_output == "wan" else "center"),
+                         precision=args.precision, target=args.target, run_build=not args.no_build, progress=print,
+                         vision_output=args.vision_output)
     print(result.report)
     return 0 if result.ok else 1
 

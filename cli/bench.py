@@ -1,5 +1,5 @@
-"""``comfyui-clipwan bench {clip,wan,axera,export-memory,stream,endless,control,live,weights}``: run one of the
-benchmarks in ``benchmarks/``.
+"""``comfyui-clipwan bench {clip,wan,axera,export-memory,stream,endless,control,live,weights,serve,label-cache}``: run one
+of the benchmarks in ``benchmarks/``.
 
 Each benchmark module ``benchmarks/bench_<name>.py`` defines ``add_arguments(parser)`` and ``run(args) -> int``
 and prints its figures as ratios against peers measured in the same run.
@@ -19,6 +19,8 @@ BENCHMARKS = {
     "weights": "the pack's safetensors reader vs the safetensors library: load time, peak RSS, a truncated file",
     "control": "VACE and video-to-video per block vs plain; peak RSS vs length of a streamed control video",
     "live": "live prompts while streaming: blocks and seconds to take effect, time per block with a change pending",
+    "serve": "board-side interrogation service: start-up time and RSS, torch-free path vs torch imported",
+    "label-cache": "interrogation over a large vocabulary: requests/s and load time, label cache vs re-encoding",
 }
 
 

@@ -164,6 +164,14 @@ class VisionTransformer(nn.Module):
         b, _, w = hidden.shape
         return _layer_norm(hidden[:, :1].reshape(b, w), self.post_layernorm)
 
+    def penultimate(self, pixel_values: torch.Tensor, export: bool = False) -> torch.Tensor:
+        """Pixels → the output of all blocks but the last [B, tokens, W]: Wan's i2v features (the NPU graph
+        of a Wan-features export)."""
+        x = self.embed(pixel_values)
+        for block in self.layers[:-1]:
+            x = block(x, export=export)
+        return x
+
     def pooled(self, pixel_values: torch.Tensor, export: bool = False) -> torch.Tensor:
         """Pixels → post-LN CLS [B, W]: the NPU part of the tower (the projection runs on the CPU)."""
         x = self.embed(pixel_values)

@@ -84,8 +84,9 @@ class ExportCLIPToAxmodel:
                                "tower when a CLIP_VISION is connected."}),
                 "parts": (["both", "vision", "text"], {"default": "both",
                                                        "tooltip": "which towers to export (zero-shot needs both)"}),
-                "npu_mode": (["NPU3", "NPU2", "NPU1"], {"default": "NPU3",
-                             "tooltip": "AX650 NPU cores the model may use (NPU3 = all 3, fastest)"}),
+                "npu_mode": (["NPU3", "NPU2", "NPU1", "NPU4"], {"default": "NPU3",
+                             "tooltip": "NPU cores the model may use (AX650: NPU3 = all 3, fastest; AX620E/AX630C: "
+                                        "NPU1-2; AX8860: NPU1/2/4)"}),
                 "opset": ("INT", {"default": 14, "min": 11, "max": 20,
                                   "tooltip": "ONNX opset (Pulsar2 needs >= 11; 14 is what Axera's CLIP demos use)"}),
                 "precision": (["u16", "mixed"], {"default": "u16",
@@ -108,12 +109,21 @@ class ExportCLIPToAxmodel:
                 "crop": (["center", "none"], {"default": "center",
                          "tooltip": "preprocessing of calibration images: center = ComfyUI's CLIPVisionEncode, "
                                     "none = Wan's squash"}),
+                "target": (["AX650", "AX620E", "AX8860", "AX615", "AX637", "M76H", "M57"], {"default": "AX650",
+                           "advanced": True,
+                           "tooltip": "Pulsar2 target_hardware: AX650 (AX650N boards, M.2 cards), AX620E "
+                                      "(AX630C), AX8860 (Pulsar2 7.x only)"}),
+                "vision_output": (["embeddings", "wan"], {"default": "embeddings", "advanced": True,
+                                  "tooltip": "embeddings: CLS → projection (zero-shot, interrogation); wan: Wan 2.1's "
+                                             "i2v features (all blocks but the last, [1,257,1280] for ViT-H/14) — "
+                                             "set crop to none for Wan's own preprocessing"}),
             },
             "hidden": {"unique_id": "UNIQUE_ID"},
         }
 
     def export(self, source, parts, npu_mode, opset, precision, output_subfolder, run_pulsar2=True,
-               clip_vision=None, calibration_images=None, calibration_prompts="", crop="center", unique_id=None):
+               clip_vision=None, calibration_images=None, calibration_prompts="", crop="center", target="AX650",
+               vision_output="embeddings", unique_id=None):
         from ..axera_export import default_source, export_clip, load_source, parse_parts, vision_source
 
         folder = safe_output_folder(output_subfolder)
@@ -146,7 +156,8 @@ class ExportCLIPToAxmodel:
         images = [calibration_images] if calibration_images is not None else None
         prompts = [p.strip() for p in (calibration_prompts or "").splitlines() if p.strip()] or None
         result = export_clip(src, folder, parts=wanted, calib_images=images, prompts=prompts, npu_mode=npu_mode,
-                             opset=int(opset), crop=crop, precision=precision, run_build=bool(run_pulsar2),
+                             opset=int(opset), crop=crop, precision=precision, target=target,
+                             vision_output=vision_output, run_build=bool(run_pulsar2),
                              progress=on_stage)
         bar.update_absolute(bar.total)
         return {"ui": {"text": [result.report]}, "result": (result.folder, result.report)}
@@ -195,8 +206,9 @@ class CLIPZeroShotAxera:
                 "export_folder": ("STRING", {"default": "",
                                   "tooltip": "export folder (output of ExportCLIPToAxmodel, or relative to the "
                                              "output directory); empty = the newest export"}),
-                "backend": (["auto", "onnxruntime", "axengine"], {"default": "auto",
-                            "tooltip": "auto: .axmodel on the NPU when built and axengine is installed, else ONNX"}),
+                "backend": (["auto", "onnxruntime", "axengine", "axcl"], {"default": "auto",
+                            "tooltip": "auto: .axmodel on the NPU provider pyaxengine offers when built, else ONNX; "
+                                       "axengine: board NPU; axcl: AX650N PCIe/M.2 card via AXCL"}),
             },
         }
 
@@ -221,70 +233,68 @@ NODE_DISPLAY_NAME_MAPPINGS = {"ExportCLIPToAxmodel": "Export CLIP to Axera .axmo
                               "CLIPZeroShotAxera": "CLIP Zero-Shot on Axera export (ClipWan)"}
 
 
-# --- POST /sdapi/v1/interrogate -------------------------------------------------------------------------
+# --- POST /sdapi/v1/interrogate and /sdapi/v1/interrogate/structured --------------------------------------
+# The aiohttp front end of axera_export.service (the same handler `comfyui-clipwan serve` uses).
 INTERROGATE_PATH = "/sdapi/v1/interrogate"
+STRUCTURED_PATH = "/sdapi/v1/interrogate/structured"
 
 
 class InterrogateService:
-    """The route's logic; ``folder_resolver()`` names the export folder to use (raises if there is none)."""
+    """aiohttp adapter: reads the body (bounded), hands it to ``InterrogationService.respond`` in an executor
+    thread. ``folder_resolver()`` names the export folder to use (raises if there is none)."""
 
     def __init__(self, folder_resolver: Callable[[], str], labels=None, threshold: Optional[float] = None,
-                 max_body_bytes: Optional[int] = None):
-        from ..axera_export.interrogate import DEFAULT_THRESHOLD, MAX_BODY_BYTES, RuntimeCache
-        from ..axera_export.pipeline import DEFAULT_LABELS
+                 max_body_bytes: Optional[int] = None, **config):
+        from ..axera_export.interrogate import MAX_BODY_BYTES, Defaults
+        from ..axera_export.service import InterrogationService, ServiceConfig
 
-        self.folder_resolver = folder_resolver
-        self.labels = list(labels or DEFAULT_LABELS)
-        self.threshold = DEFAULT_THRESHOLD if threshold is None else threshold
-        self.max_body_bytes = max_body_bytes or MAX_BODY_BYTES
-        self.runtimes = RuntimeCache()
+        defaults = config.pop("defaults", None) or Defaults(**({} if threshold is None else {"threshold": threshold}))
+        self.service = InterrogationService(folder_resolver, ServiceConfig(
+            labels=list(labels) if labels else None, defaults=defaults,
+            max_body_bytes=max_body_bytes or MAX_BODY_BYTES, **config))
+
+    @property
+    def labels(self) -> list:
+        from ..axera_export.vocabulary import DEFAULT_LABELS
+
+        return list(self.service.config.labels or DEFAULT_LABELS)
+
+    @property
+    def threshold(self) -> float:
+        return self.service.config.defaults.threshold
 
     async def _read_body(self, request) -> bytes:
-        from ..axera_export.interrogate import RequestError
+        from ..axera_export.interrogate import RequestError, size_text
 
-        too_big = RequestError(413, f"request body is larger than {self.max_body_bytes // (1024 * 1024)} MiB")
-        if request.content_length is not None and request.content_length > self.max_body_bytes:
+        limit = self.service.config.max_body_bytes
+        too_big = RequestError(413, f"request body is larger than {size_text(limit)}")
+        if request.content_length is not None and request.content_length > limit:
             raise too_big
         chunks, size = [], 0
         async for chunk in request.content.iter_chunked(64 * 1024):  # also bounds chunked uploads
             size += len(chunk)
-            if size > self.max_body_bytes:
+            if size > limit:
                 raise too_big
             chunks.append(chunk)
         return b"".join(chunks)
 
-    def _run(self, parsed: dict) -> dict:
-        from ..axera_export.interrogate import RequestError, caption, decode_image
-
-        image = decode_image(parsed["image"])
-        try:
-            folder = self.folder_resolver()
-        except (FileNotFoundError, ValueError) as exc:
-            raise RequestError(503, f"no exported CLIP model to interrogate with: {exc}") from None
-        runtime = self.runtimes.get(folder)
-        text, _ = caption(runtime, image, parsed["labels"], parsed["threshold"])
-        return {"caption": text}
-
-    async def handle(self, request):
+    async def _handle(self, request, kind: str):
         from aiohttp import web
 
-        from ..axera_export.interrogate import RequestError, parse_request
+        from ..axera_export.interrogate import RequestError
 
         try:
             body = await self._read_body(request)
-            try:
-                payload = json.loads(body.decode("utf-8")) if body else None
-            except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-                raise RequestError(400, f"request body is not JSON: {exc}") from None
-            parsed = parse_request(payload, self.labels, self.threshold)
-            loop = asyncio.get_running_loop()
-            # Inference off the event loop; ClipRuntime's lock serialises the accelerator.
-            result = await loop.run_in_executor(None, self._run, parsed)
-            return web.json_response(result)
         except RequestError as exc:
             return web.json_response({"error": exc.message, "detail": exc.message}, status=exc.status)
-        except Exception as exc:  # never crash the server: report and keep serving
-            return web.json_response({"error": f"interrogation failed: {type(exc).__name__}: {exc}"}, status=500)
+        reply = await asyncio.get_running_loop().run_in_executor(None, self.service.respond, kind, body)
+        return web.json_response(reply.payload, status=reply.status, headers=reply.headers)
+
+    async def handle(self, request):
+        return await self._handle(request, "interrogate")
+
+    async def handle_structured(self, request):
+        return await self._handle(request, "structured")
 
 
 def _default_folder() -> str:
@@ -298,23 +308,21 @@ def _default_folder() -> str:
     return resolve_export_folder("")
 
 
-LABELS_ENV = "CLIPWAN_INTERROGATE_LABELS"  # a text file, one label per line (default: built-in list)
+LABELS_ENV = "CLIPWAN_INTERROGATE_LABELS"  # a text file (one label per line) or 'imagenet-21k'; default built-in
 THRESHOLD_ENV = "CLIPWAN_INTERROGATE_THRESHOLD"  # 0..1 (default 0.25)
 
 
 def service_from_env(environ=None) -> InterrogateService:
     """The route's service, configured from the environment (labels file, threshold)."""
+    from ..axera_export.vocabulary import resolve_labels
+
     env = os.environ if environ is None else environ
-    labels = None
+    labels, name = None, "default"
     if env.get(LABELS_ENV):
         try:
-            with open(env[LABELS_ENV]) as f:
-                labels = [line.strip() for line in f if line.strip()]
-        except (OSError, UnicodeDecodeError) as exc:
-            raise ValueError(f"{LABELS_ENV}={env[LABELS_ENV]!r} cannot be read ({type(exc).__name__}: "
-                             f"{getattr(exc, 'strerror', None) or exc}); give a text file, one label per line") from None
-        if not labels:
-            raise ValueError(f"{LABELS_ENV}={env[LABELS_ENV]!r} holds no labels (one per line)")
+            labels, name = resolve_labels(env[LABELS_ENV])
+        except (OSError, ValueError) as exc:
+            raise ValueError(f"{LABELS_ENV}={env[LABELS_ENV]!r}: {exc}") from None
     threshold = None
     if env.get(THRESHOLD_ENV):
         try:
@@ -323,11 +331,11 @@ def service_from_env(environ=None) -> InterrogateService:
             raise ValueError(f"{THRESHOLD_ENV} must be a number in [0, 1], got {env[THRESHOLD_ENV]!r}") from None
         if not 0.0 <= threshold <= 1.0:
             raise ValueError(f"{THRESHOLD_ENV} must be in [0, 1], got {threshold}")
-    return InterrogateService(_default_folder, labels=labels, threshold=threshold)
+    return InterrogateService(_default_folder, labels=labels, threshold=threshold, labels_name=name)
 
 
 class LazyInterrogateRoute:
-    """The route's handler; its service is built on the first request, not at ComfyUI start-up, so a bad
+    """The routes' handler; its service is built on the first request, not at ComfyUI start-up, so a bad
     environment variable cannot make the pack fail to import and onnx is not imported at start-up. A failed
     build is answered 503 with the reason and retried on the next request."""
 
@@ -335,7 +343,7 @@ class LazyInterrogateRoute:
         self._build = build
         self.service: Optional[InterrogateService] = None
 
-    async def handle(self, request):
+    async def _service(self):
         from aiohttp import web
 
         if self.service is None:
@@ -344,9 +352,17 @@ class LazyInterrogateRoute:
             except (OSError, ValueError) as exc:
                 return web.json_response({"error": f"the interrogate route is misconfigured: {exc}. Fix the "
                                                    f"environment variable and restart ComfyUI."}, status=503)
-        return await self.service.handle(request)
+        return None
+
+    async def handle(self, request):
+        return await self._service() or await self.service.handle(request)
+
+    async def handle_structured(self, request):
+        return await self._service() or await self.service.handle_structured(request)
 
 
 def register_routes(server) -> None:
-    """Called by nodes/__init__.py inside ComfyUI: adds POST /sdapi/v1/interrogate (also under /api)."""
-    server.routes.post(INTERROGATE_PATH)(LazyInterrogateRoute().handle)
+    """Called by nodes/__init__.py inside ComfyUI: adds both POST routes (also under /api)."""
+    route = LazyInterrogateRoute()
+    server.routes.post(INTERROGATE_PATH)(route.handle)
+    server.routes.post(STRUCTURED_PATH)(route.handle_structured)

@@ -190,4 +190,4 @@ def test_hf_full_clip_file_export_zero_shot_matches_transformers(tmp_path, monke
     ref = out.logits_per_image.softmax(-1).numpy()
     for row, probs in zip(ranked, ref):
         got = dict(row)
-        np.testing.assert_allclose([got[label] for label in labels], probs, atol=1e-5)
+        np.testing.assert_allclose([got[label] for label in labels], probs, atol=1e-4)  # see test_axera_pipeline

@@ -126,13 +126,15 @@ def test_interrogate_good_request_and_data_url(exported):
         return [(r.status, await r.json()) for r in (r1, r2, r3)]
 
     (s1, j1), (s2, j2), (s3, j3) = _with_client(service, calls)
-    assert s1 == s2 == s3 == 200 and list(j1) == ["caption"] and j1 == j2
-    # threshold 0 → every label, best first, exactly the runtime's ranking on the decoded image
+    assert s1 == s2 == s3 == 200 and list(j1) == ["caption", "interrogations", "backend"] and j1 == j2
+    assert j1["backend"] == {"vision": "onnxruntime/CPUExecutionProvider", "text": "onnxruntime/CPUExecutionProvider"}
+    # threshold 0 → every label, best first, exactly the runtime's zero-shot ranking on the decoded image
     image = torch.from_numpy(np.asarray(Image.open(io.BytesIO(base64.b64decode(b64))).convert("RGB"),
                                         dtype=np.float32) / 255.0)[None]
-    ranked = ClipRuntime(folder).zero_shot(image, ["cat", "dog"])[0]
+    ranked = ClipRuntime(folder).zero_shot(image, ["cat", "dog"], template="a photo of a {}")[0]
     assert j3["caption"] == ", ".join(label for label, _ in ranked)
-    assert len(j1["caption"].split(", ")) == len(axera_export.DEFAULT_LABELS)
+    assert [(t["tag"], pytest.approx(t["score"], abs=1e-5)) for t in j3["interrogations"]] == ranked
+    assert len(j1["caption"].split(", ")) == 10 == len(j1["interrogations"])  # top_k 10 of the 36 built-in
 
 
 def test_interrogate_default_threshold_keeps_only_confident_tags(exported):
@@ -148,8 +150,9 @@ def test_interrogate_default_threshold_keeps_only_confident_tags(exported):
 
     status, body = _with_client(service, call)
     image = torch.from_numpy(np.asarray(Image.open(io.BytesIO(base64.b64decode(b64))), np.float32) / 255.0)[None]
-    ranked = ClipRuntime(folder).zero_shot(image, ["cat", "dog", "car"])[0]
-    assert status == 200 and body["caption"] == ", ".join(l for l, p in ranked if p >= 0.25)
+    ranked = ClipRuntime(folder).zero_shot(image, ["cat", "dog", "car"], template="a photo of a {}")[0]
+    confident = [label for label, p in ranked if p >= 0.25] or [ranked[0][0]]  # none passing → the best one
+    assert status == 200 and body["caption"] == ", ".join(confident)
 
 
 def test_interrogate_client_errors_are_json_4xx(exported):
@@ -178,7 +181,7 @@ def test_interrogate_client_errors_are_json_4xx(exported):
         (400, "'image' is valid base64 but not an image PIL can read (PNG, JPEG, WebP…)"),
         (404, "unknown model 'deepdanbooru': this server interrogates with ['clip'] only"),
         (400, "missing 'image' (base64-encoded picture)"),
-        (400, "'threshold' must be a number in [0, 1], got 2"),
+        (400, "'threshold' must be a number in [0, 1] for score 'softmax', got 2"),
         (400, "request body is not JSON: Ex"),
         (413, "request body is larger than 16 MiB"),
     ]
@@ -201,7 +204,7 @@ def test_interrogate_concurrent_requests_are_serialised(exported):
 
     _, out = exported
     folder = out["result"][0]
-    service = InterrogateService(lambda: folder, threshold=0.0)
+    service = InterrogateService(lambda: folder, threshold=0.0, max_queue=8)  # 8 in line: none refused
     images = [_b64_png(i) for i in range(3)]
 
     async def calls(client):
@@ -218,13 +221,39 @@ def test_interrogate_concurrent_requests_are_serialised(exported):
     assert rt_module.max_concurrent_runs == 1  # the lock never let two session runs overlap
 
 
+def test_structured_route_in_comfyui_is_the_shared_service(exported):
+    """The aiohttp route answers exactly what the board's `serve` answers: both call InterrogationService."""
+    from comfyui_clipwan.axera_export.service import InterrogationService, ServiceConfig
+
+    _, out = exported
+    folder = out["result"][0]
+    service = InterrogateService(lambda: folder)
+    payload = {"image": _b64_png(5), "categories": {"pet": ["cat", "dog"], "vehicle": ["car", "boat", "train"]}}
+
+    async def structured(client):
+        r = await client.post("/structured", json=payload)
+        return r.status, await r.json()
+
+    async def main():
+        app = web.Application()
+        app.router.add_post("/structured", service.handle_structured)
+        async with TestClient(TestServer(app)) as client:
+            return await structured(client)
+
+    status, body = asyncio.run(main())
+    direct = InterrogationService(lambda: folder, ServiceConfig()).respond("structured", json.dumps(payload).encode())
+    assert status == 200 == direct.status and body == direct.payload
+    assert set(body["results"]) == {"pet", "vehicle"} and body["results"]["pet"]["winner"] in ("cat", "dog")
+    assert 0.5 <= body["results"]["pet"]["confidence"] <= 1.0
+
+
 def test_register_routes_adds_post_route():
     class FakeServer:
         routes = web.RouteTableDef()
 
     axera_nodes.register_routes(FakeServer)
     routes = [(r.method, r.path) for r in FakeServer.routes]
-    assert routes == [("POST", "/sdapi/v1/interrogate")]
+    assert routes == [("POST", "/sdapi/v1/interrogate"), ("POST", "/sdapi/v1/interrogate/structured")]
 
 
 def test_interrogate_labels_and_threshold_from_environment(tmp_path):

@@ -119,13 +119,13 @@ def test_config_schema_rejects_bad_configs():
     good = pulsar2.vision_config("pixel_values", "c.tar", "NPU3", "mixed")
     assert pulsar2.validate_config(good) == []
     bad = json.loads(json.dumps(good))
-    bad["npu_mode"] = "NPU4"
+    bad["npu_mode"] = "NPU5"
     bad["quant"]["calibration_method"] = "Median"
     bad["quant"]["layer_configs"][0]["data_type"] = "U12"
     bad["compiler"]["speed"] = 1
     bad["quant"]["input_configs"][0]["calibration_size"] = "all"
     assert pulsar2.validate_config(bad) == [
-        "config.npu_mode: 'NPU4' is not one of ['NPU1', 'NPU2', 'NPU3']",
+        "config.npu_mode: 'NPU5' is not one of ['NPU1', 'NPU2', 'NPU3', 'NPU4']",
         "config.quant.input_configs[0].calibration_size: must be an integer, got 'all'",
         "config.quant.layer_configs[0].data_type: 'U12' is not one of ['U8', 'S8', 'U16', 'S16', 'FP32']",
         "config.quant.calibration_method: 'Median' is not one of ['MinMax', 'Percentile', 'MSE', 'KL']",
@@ -138,6 +138,40 @@ def test_config_schema_rejects_bad_configs():
         "config.npu_mode: NPU3 is not available on AX620E (choose ['NPU1', 'NPU2'])"]
     with pytest.raises(ValueError, match="invalid Pulsar2 config:\n  config.npu_mode"):
         pulsar2.write_config(bad, "/tmp/never_written.json")
+
+
+def test_pulsar2_5_and_7_targets_and_modes(tmp_path):
+    """Per toolchain, from each version's config reference: 7.0 added AX615/AX637/AX8860; AX8860 counts cores
+    (NPU1/NPU2/NPU4); AX630C is the AX620E target; the same AX650 config is valid for both."""
+    ax650 = pulsar2.vision_config("pixel_values", "c.tar", "NPU3", "mixed")
+    assert pulsar2.validate_config(ax650, "5") == pulsar2.validate_config(ax650, "7") == []
+    assert pulsar2.write_config(ax650, str(tmp_path / "v.json")) == {"5.1": "ok", "7.0": "ok"}
+    ax8860 = pulsar2.text_config("input_ids", "t.tar", "NPU4", target="AX8860")
+    assert pulsar2.validate_config(ax8860, "7") == []
+    assert pulsar2.validate_config(ax8860, "5") == [
+        "config.target_hardware: AX8860 is not a target of Pulsar2 5.1 (it has ['AX620E', 'AX650', 'M57', 'M76H'])"]
+    assert pulsar2.write_config(ax8860, str(tmp_path / "t.json")) == {"7.0": "ok"}
+    assert pulsar2.validate_config(dict(ax8860, npu_mode="NPU3"), "7") == [
+        "config.npu_mode: NPU3 is not available on AX8860 (choose ['NPU1', 'NPU2', 'NPU4'])"]
+    assert pulsar2.validate_config(dict(ax650, npu_mode="NPU4")) == [
+        "config.npu_mode: NPU4 is not available on AX650 (choose ['NPU1', 'NPU2', 'NPU3'])"]
+    assert pulsar2.resolve_target("ax630c") == "AX620E" and pulsar2.resolve_target("AX650N") == "AX650"
+    assert pulsar2.docker_version("AX650") == "5.1" and pulsar2.docker_version("AX8860") == "7.0"
+    with pytest.raises(ValueError, match="target must be one of"):
+        pulsar2.resolve_target("AX9999")
+
+
+def test_export_for_ax8860_uses_pulsar2_7(tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", "/usr/bin:/bin")
+    result = export_clip(_tiny_source(), str(tmp_path / "out"), parts="text", target="AX8860", npu_mode="NPU4",
+                         parity_samples=1)
+    m = result.manifest
+    assert m["target_hardware"] == "AX8860" and m["pulsar2"]["configs_valid_for"] == ["7.0"]
+    assert m["pulsar2"]["docker_image"] == "pulsar2:7.0" and m["pulsar2"]["checks"] == {"text": {"7.0": "ok"}}
+    assert "@83fa86a" in m["pulsar2"]["checked_against"]["7.0"]
+    assert "pulsar2:7.0 pulsar2 build --input text.onnx" in result.report
+    assert "--target_hardware AX8860 --npu_mode NPU4" in result.report
+    assert 'PULSAR2_VERSION="${PULSAR2_VERSION:-7.0}"' in open(tmp_path / "out" / "build_axmodel.sh").read()
 
 
 def test_runtime_zero_shot_ranking_matches_torch(b32_export):
@@ -293,7 +327,9 @@ def test_runtime_uses_axmodels_through_axengine_when_available(tmp_path, monkeyp
     ref = (math.exp(src.text.logit_scale) * img @ txt.T).softmax(-1).numpy()
     for row, probs in zip(got, ref):
         assert [label for label, _ in row] == [LABELS[i] for i in np.argsort(-probs, kind="stable")]
-        np.testing.assert_allclose([dict(row)[label] for label in LABELS], probs, atol=1e-5)
+        # 1e-4: the runtime preprocesses in numpy (float64 resize weights); torch's float32 resize differs by
+        # ~3e-5 and so lands ~0.1 % of pixels one 8-bit level apart (tests/test_axera_serve.py bounds this)
+        np.testing.assert_allclose([dict(row)[label] for label in LABELS], probs, atol=1e-4)
     assert _FakeAxSession.calls.count("pixel_values") == 2 and _FakeAxSession.calls.count("input_ids") == 5
     # int64 / float64 inputs are cast to what the session declares before they reach it
     ids64 = tokenize(["a cat"]).astype(np.int64)

@@ -59,6 +59,15 @@ def test_server_lists_pack_nodes_as_declared(server):
                 assert tooltip and tooltip == wf.input_options(spec).get("tooltip"), (node_id, name)
 
 
+def test_interrogation_routes_are_served_by_the_shared_service(server):
+    """Both routes (and their /api twins) answer in a real ComfyUI with the service's own 4xx JSON."""
+    for path in ("/sdapi/v1/interrogate", "/sdapi/v1/interrogate/structured", "/api/sdapi/v1/interrogate/structured"):
+        status, body = server.request("POST", path, {"model": "clip"})
+        assert (status, body["error"]) == (400, "missing 'image' (base64-encoded picture)"), (path, status, body)
+    status, body = server.request("POST", "/sdapi/v1/interrogate/structured", {"image": "x", "categories": []})
+    assert status == 400 and body["error"].startswith("'categories' must be a non-empty object"), body
+
+
 def test_examples_are_listed_as_templates_and_served(server):
     ui_names = sorted(p.stem for p in (P.REPO_ROOT / "example_workflows").glob("*.json"))
     templates = server.get("/api/workflow_templates")
