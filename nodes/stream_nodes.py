@@ -17,6 +17,7 @@ import torch
 
 from . import comfy_bridge as bridge
 from ..wan.sampling.endless import endless_settings
+from ..wan.sampling.loop import block_layout
 from ..wan.video.stream import stream_video
 from ..wan.vae.taehv import FILE_PREFIXES, TAEHV
 from ..wan.vae.wan21 import WanVAE
@@ -110,6 +111,12 @@ class CausalWanStreamVideo:
             settings, note = endless_settings(settings)  # refuses a run that cannot be endless, before any work
             if note:
                 log.info("Causal Wan Stream Video: %s", note)
+        if scores is not None and timeline is not None and not options["score_prompts"].strip():
+            # CLIP-T follows the prompt timeline: each prompt from the first frame it conditions
+            layout = block_layout(inputs.latent.shape[2], settings.frames_per_block, settings.independent_first_frame,
+                                  settings.shorter_last_block)
+            scores = StreamScores.from_inputs(score_clip, options["score_every_n_frames"],
+                                              timeline.frame_prompts(layout), score_reference)
         wan = wan_vae_of(vae)  # ComfyUI's loaded VAE adopted once, for the decoder and the encoder
         dec = stream_decoder(wan, decoder)
         check_fps(fps)

@@ -164,3 +164,31 @@ def test_score_video_node_on_a_video_file_and_stream(scorer_models, tmp_path, mo
         rows = list(csv.DictReader(table["result"][1].splitlines()))
         assert [int(r["frame"]) for r in rows] == [0, 2, 4]
         assert all(abs(float(r["clip_t"]) - o.clip_t) < 1e-5 for r, o in zip(rows, offline.rows))
+
+
+def test_stream_scores_follow_a_connected_prompt_timeline(parts, scorer_models, tmp_path, monkeypatch):
+    """With a prompt timeline and no score_prompts, CLIP-T scores each frame against the timeline's prompt that
+    conditions it (the text timeline's switch at block 1 = latent frame 3 = pixel frame 9)."""
+    from comfyui_clipwan.nodes import timeline_nodes as tn
+
+    class TextClip:  # ComfyUI's CLIP interface, states of the model's text width
+        def tokenize(self, text):
+            return text
+
+        def encode_from_tokens_scheduled(self, tokens):
+            g = torch.Generator().manual_seed(sum(map(ord, tokens)))
+            return [[torch.randn(1, 5, 32, generator=g), {"pooled_output": None}]]
+
+    monkeypatch.chdir(tmp_path)
+    events = []
+    monkeypatch.setattr(bridge, "prompt_server", lambda: object())
+    monkeypatch.setattr(bridge, "send_ui_event", lambda ev, data, client_id=None: events.append(data) or True)
+    (timeline,) = tn.CausalWanTimelineFromText().build(TextClip(), "0: a red fox\n1: a blue whale")
+    out = _stream(parts, score_clip=scorer_models, score_every_n_frames=4, timeline=timeline, unique_id="4")
+    assert events[0]["score_segments"] == [[0, "a red fox"], [9, "a blue whale"]]
+    frames = out["result"][1]
+    offline = score_frames(scorer_models.vision, frames, scorer_models.text, "0: a red fox\n9: a blue whale",
+                           every_n=4)
+    live = [row for e in events for row in e.get("scores", [])]
+    assert [r["frame"] for r in live] == [r.frame for r in offline.rows]
+    assert all(abs(a["clip_t"] - b.clip_t) <= 1e-4 for a, b in zip(live, offline.rows))
