@@ -263,7 +263,9 @@ def test_preset_is_memflows_config_and_runs_its_loop_with_a_start_image():
     import dataclasses
 
     p = get_preset("MemFlow")
-    assert (p.model_file, p.lora_file, p.checkpoint_entry, p.lora_rank) == ("base.pt", "lora.pt", "generator", 256)
+    # saved under names that say whose files they are (published as base.pt / lora.pt)
+    assert (p.model_file, p.lora_file, p.checkpoint_entry, p.lora_rank) == ("memflow_base.pt", "memflow_lora.pt",
+                                                                            "generator", 256)
     assert (p.steps, p.shift, p.frames_per_block, p.sink_size, p.local_window) == ("1000,750,500,250", 5.0, 3, 3, 12)
     assert p.loop_rules() == {"loop": "memory", "memory_bank": 3, "memory_interval": 3}
     assert (p.latent_frames - 1) % p.frames_per_block == 0

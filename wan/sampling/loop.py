@@ -624,9 +624,6 @@ class CausalLoop:
             if not 0 < sw.start_block < len(self.layout):
                 raise ValueError(f"prompt switch at block {sw.start_block}: must be between 1 and "
                                  f"{len(self.layout) - 1}.")
-        _check_text_width(cfg, [("positive", text), ("negative", negative_text)] +
-                          [(f"switch_positive (the prompt switch at block {sw.start_block})", sw.text)
-                           for sw in prompt_switches])
 
         check_actions(cfg, actions)
         if cfg.actions is not None and (s.loop != "block" or self.guidance > 1.0 or s.positions != "absolute"):
@@ -651,6 +648,13 @@ class CausalLoop:
                 raise ValueError("the timeline starts after block 0 and no text was given for the blocks before it; "
                                  "start the timeline at block 0 or pass the positive text.")
             self.switches = {b: ch.text for b, ch in self.schedule.changes.items()}
+        # the texts this run reads (with a timeline: its own, not the positive it replaces), before the first block
+        _check_text_width(cfg, [("positive" if self.schedule is None else "the timeline's first prompt", text),
+                                ("negative", negative_text)] +
+                          [(f"switch_positive (the prompt switch at block {sw.start_block})", sw.text)
+                           for sw in prompt_switches] +
+                          [(f"the timeline's prompt at block {b}", t) for b, t in self.switches.items()
+                           if self.schedule is not None])
         self.noise = noise if noise is not None else SeededNoise(seed)
         self.hooks = hooks if hooks is not None else SamplerHooks()
         self.check_interrupt = check_interrupt or (lambda: None)
