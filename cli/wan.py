@@ -12,7 +12,6 @@ latent -> RGB approximation (PCA of the latent channels), not decoded video.
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import time

@@ -31,7 +31,8 @@ from . import comfy_bridge as bridge
 from ..wan.sampling.loop import CoreARNoise, NoiseSource, SamplerHooks, SeededNoise
 from ..wan.sampling.presets import CUSTOM_FAMILY, family_choices, family_preset
 from ..wan.sampling.run import iter_causal_blocks
-from .wan_nodes import FAMILY_TOOLTIP, prepare_run
+from .causal_run import prepare_run
+from ..wan.sampling.settings_spec import FAMILY_TOOLTIP
 
 log = logging.getLogger("comfyui_clipwan")
 

@@ -26,7 +26,7 @@ from ..wan.video.writer import VideoWriter, check_fps
 from ..wan.sampling import settings_spec as spec
 from .score_nodes import SCORER_TYPE, StreamScores
 from .timeline_nodes import end_run, record_timeline, run_timeline as live_timeline, schedule_label
-from .wan_nodes import FAMILY_ALIASES, UI_EVENT, _jpeg_base64, causal_node_inputs, prepare_run
+from .causal_run import FAMILY_ALIASES, UI_EVENT, causal_node_inputs, jpeg_base64, prepare_run
 
 log = logging.getLogger("comfyui_clipwan")
 
@@ -201,7 +201,7 @@ class CausalWanStreamVideo:
         if player:
             payload = {"node": unique_id, "block": piece.index, "total_blocks": piece.total,
                        "frame_start": int(piece.frame_start), "decoded": True,
-                       "frames": [_jpeg_base64(im) for im in images]}
+                       "frames": [jpeg_base64(im) for im in images]}
             payload.update(extra or {})
             bridge.send_ui_event(UI_EVENT, payload)
         if piece.block_done:  # an endless run (total 0) keeps its bar full: there is no last block

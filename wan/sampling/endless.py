@@ -27,7 +27,6 @@ from typing import Iterator, Optional, Sequence
 
 import torch
 
-from .checks import check_finite_latent
 from .loop import BlockResult, CausalLoop, CausalSettings, PromptSwitch, block_layout
 
 ENDLESS_TOTAL = 0  # ``BlockResult.total`` of an endless run: no last block
@@ -135,10 +134,6 @@ class EndlessLoop(CausalLoop):
         for bi, (start, n) in enumerate(self.layout):
             self._prompt_at(bi)
             x0 = self._denoise(bi, start, n)
-            check_finite_latent(x0, bi, start, self.dtype)
-            self._remember(start, x0)
-            result = BlockResult(bi, ENDLESS_TOTAL, start, x0)
-            self.hooks.on_block(result)
-            yield result
+            yield self._finish(bi, ENDLESS_TOTAL, start, x0)
             self.check_interrupt()
             self._cache_pass(bi, start, x0)

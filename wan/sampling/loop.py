@@ -812,6 +812,16 @@ class CausalLoop:
             if br.actions is not None:
                 br.actions.commit()
 
+    def _finish(self, bi: int, total: int, start: int, x0: torch.Tensor) -> BlockResult:
+        """The one sequence that ends a block in every loop shape: the clean latent checked finite, kept for what
+        later reads it (``_remember``; a loop shape keeps what its own rules re-read), and handed to the hooks as
+        the ``BlockResult`` the loop yields next (before the block's cache pass)."""
+        check_finite_latent(x0, bi, start, self.dtype)
+        self._remember(start, x0)
+        result = BlockResult(bi, total, start, x0)
+        self.hooks.on_block(result)
+        return result
+
     def _remember(self, start: int, x0: torch.Tensor) -> None:
         if not self.prompt_changes or self.settings.recache == "none":
             return
@@ -866,11 +876,7 @@ class CausalLoop:
         for bi, (start, n) in enumerate(self.layout):
             self._prompt_at(bi)
             x0 = self._denoise(bi, start, n)
-            check_finite_latent(x0, bi, start, self.dtype)
-            self._remember(start, x0)
-            result = BlockResult(bi, total, start, x0)
-            self.hooks.on_block(result)
-            yield result  # the block is final: stream it before the cache pass
+            yield self._finish(bi, total, start, x0)  # the block is final: stream it before the cache pass
             self.check_interrupt()
             self._cache_pass(bi, start, x0)
 

@@ -51,7 +51,6 @@ from typing import Callable, Iterator, Optional
 
 import torch
 
-from .checks import check_finite_latent
 from .loop import BlockResult, CausalLoop
 
 
@@ -234,7 +233,8 @@ class RecomputeLoop(CausalLoop):
         """Krea's server: the new prompt conditions the recompute and the block; nothing else to re-cache."""
         self.branches[0].ctx = self._encode(text, bi)
 
-    def _keep(self, start: int, x0: torch.Tensor) -> None:
+    def _remember(self, start: int, x0: torch.Tensor) -> None:
+        """What Krea's recompute re-reads: the first latent frame and the last clean frames after it."""
         if start == 0:
             self._first = x0[:, :, :1]
         for i in range(1 if start == 0 else 0, x0.shape[2]):
@@ -252,9 +252,5 @@ class RecomputeLoop(CausalLoop):
             if start + n > self.known:
                 self._recompute(bi, start)
             x0 = self._denoise(bi, start, n)
-            check_finite_latent(x0, bi, start, self.dtype)
-            self._keep(start, x0)
-            result = BlockResult(bi, total, start, x0)
-            self.hooks.on_block(result)
-            yield result  # the consumer decodes it (and pushes the pixels) before the next block's recompute
+            yield self._finish(bi, total, start, x0)  # the consumer decodes it (and pushes the pixels) before the next block's recompute
             self.check_interrupt()

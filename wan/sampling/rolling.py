@@ -55,7 +55,6 @@ from typing import Iterator
 import torch
 
 from .cache import KVCache
-from .checks import check_finite_latent
 from .loop import BlockResult, CausalLoop
 from .scheduler import renoise, x0_from_flow
 
@@ -159,9 +158,7 @@ class RollingLoop(CausalLoop):
         for bi, (start, n) in enumerate(self.layout[:len(self.layout) - len(self.generated)]):
             # the start image's blocks: clean latents, only written into the cache
             x0 = self.first_frames[:, :, start:start + n].float().to(self.device).expand(self.batch, -1, -1, -1, -1)
-            result = BlockResult(bi, total, start, x0)
-            self.hooks.on_block(result)
-            yield result
+            yield self._finish(bi, total, start, x0)
             self.check_interrupt()
             self._commit(bi, start, x0)
         noisy: dict = {}
@@ -172,10 +169,7 @@ class RollingLoop(CausalLoop):
                 noisy[blocks[-1]] = self._entering(blocks[-1])
             for bi, x0 in self._window(w, blocks, noisy).items():
                 start = self.layout[bi][0]
-                check_finite_latent(x0, bi, start, self.dtype)
-                result = BlockResult(bi, total, start, x0)
-                self.hooks.on_block(result)
-                yield result  # final: stream it before its cache pass
+                yield self._finish(bi, total, start, x0)  # final: stream it before its cache pass
                 if bi != self.generated[-1]:  # nothing reads the last block's K/V
                     self.check_interrupt()
                     self._commit(bi, start, x0)
