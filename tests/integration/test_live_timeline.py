@@ -56,7 +56,7 @@ def test_live_prompt_during_a_stream(server):
     # posted while block `block_seen` was being decoded: taken at the next boundary the encoding was ready for
     assert block_seen < applied <= block_seen + 2 and changed[0][1].endswith("a wolf howls at the moon")
     entry = server.wait_history(prompt_id)
-    saved = entry["outputs"][node]["images"][0]
+    saved = entry["outputs"][node]["clipwan_video"][0]  # the node's one player's file
     path = server.output_path(saved)
     assert read_video_frames(str(path)).shape[0] == 45
     sidecar = json.loads(path.with_name(path.stem + ".timeline.json").read_text())

@@ -97,7 +97,15 @@ def _check_outputs(server, prompt: dict, entry: dict, length: int):
 
 # Core builds the Wan 2.2 VAE at its real width only (704.7 M parameters), so that graph is not run at test
 # size here; tests/integration/test_wan22_core.py runs core's Wan22ImageToVideoLatent into the sampler instead.
-NOT_RUN = {"clipwan_wan22_longlive2_i2v": "needs core's real-size Wan 2.2 VAE"}
+NOT_RUN = {"clipwan_wan22_longlive2_i2v": "needs core's real-size Wan 2.2 VAE",
+           # Wan's CLIP .pth with its XLM-R text tower and tokenizer folder: test_stream.py runs the scored stream
+           # with the vision-only test file
+           "clipwan_stream_clip_scores": "needs Wan's two-tower CLIP file and its tokenizer folder",
+           # a control video in input/ and a VACE checkpoint: test_vace_core.py runs core's WanVaceToVideo into the
+           # causal sampler on core's own VaceWanModel
+           "clipwan_vace_causal_core": "needs a control video and a VACE checkpoint",
+           "clipwan_vace_longlive_stream": "needs a control video and a VACE module file",
+           "clipwan_video_restyle_stream": "needs an input video"}
 
 
 @pytest.mark.parametrize("name", sorted(P.load_examples()))
@@ -160,7 +168,7 @@ def test_sampler_streams_block_frames_to_the_page(server):
     assert [f["block"] for f in frames] == list(range(total))
     assert all(f["node"] == sampler and f["total_blocks"] == total for f in frames)
     sent = [base64.b64decode(b.split(",", 1)[-1]) for f in frames for b in f["frames"]]
-    assert len(sent) == (P.TEST_SIZES["length"] - 1) // 4 + 1  # one preview per latent frame
+    assert len(sent) == (P.test_length(prompt) - 1) // 4 + 1  # one preview per latent frame
     for raw in sent:
         Image.open(io.BytesIO(raw)).verify()
 
@@ -181,7 +189,7 @@ def test_interrupt_stops_the_sampler_and_the_next_prompt_runs(server):
     # The server is healthy: the next prompt runs to the end.
     prompt[sampler]["inputs"]["seed"] = 4242
     entry = server.run_prompt(prompt)
-    _check_outputs(server, prompt, entry, P.TEST_SIZES["length"])
+    _check_outputs(server, prompt, entry, P.test_length(prompt))
 
 
 def _frames(server, entry: dict, prompt: dict):

@@ -95,13 +95,13 @@ def test_stream_node_plays_decoded_frames_and_writes_the_video(server):
     prompt_id, events = asyncio.run(_watch(server, prompt, node, interrupt_after_progress=False))
     assert events[-1][0] == "execution_success", events[-1]
     frames = [body for kind, body in events if kind == "clipwan.causal_frames"]
-    latent_frames = (P.TEST_SIZES["length"] - 1) // 4 + 1
+    latent_frames = (P.test_length(prompt) - 1) // 4 + 1
     assert len(frames) == latent_frames  # one event per decoded latent frame, as soon as it is decoded
     assert sorted({f["block"] for f in frames}) == list(range(frames[0]["total_blocks"]))
     assert [f["frame_start"] for f in frames] == [0] + [1 + 4 * i for i in range(latent_frames - 1)]
     assert all(f["decoded"] and f["node"] == node for f in frames)
     sent = [base64.b64decode(b.split(",", 1)[-1]) for f in frames for b in f["frames"]]
-    assert len(sent) == P.TEST_SIZES["length"]  # every decoded frame reached the page
+    assert len(sent) == P.test_length(prompt)  # every decoded frame reached the page
     for raw in sent:
         assert Image.open(io.BytesIO(raw)).size == (64, 64)
     entry = server.wait_history(prompt_id)
@@ -109,7 +109,7 @@ def test_stream_node_plays_decoded_frames_and_writes_the_video(server):
     assert not {"images", "animated"} & set(entry["outputs"][node])
     assert saved["filename"].endswith(".mp4") and saved["type"] == "output"
     path = server.output_path(saved)
-    assert read_video_frames(str(path)).shape == (P.TEST_SIZES["length"], 64, 64, 3)
+    assert read_video_frames(str(path)).shape == (P.test_length(prompt), 64, 64, 3)
 
 
 def test_interrupted_stream_leaves_a_valid_shorter_file(server):
@@ -146,10 +146,10 @@ def test_stream_node_live_clip_scores(server):
     prompt_id, events = asyncio.run(_watch(server, prompt, node, interrupt_after_progress=False))
     assert events[-1][0] == "execution_success", events[-1]
     scores = [row for kind, body in events if kind == "clipwan.causal_frames" for row in body.get("scores", [])]
-    assert [r["frame"] for r in scores] == list(range(0, P.TEST_SIZES["length"], 4))
+    assert [r["frame"] for r in scores] == list(range(0, P.test_length(prompt), 4))
     assert scores[0]["clip_i"] == pytest.approx(100.0, abs=1e-3) and scores[0]["consistency"] is None
     assert all(r["clip_t"] is None and 0 < r["clip_i"] <= 100.01 for r in scores)  # vision-only: no CLIP-T
-    saved = server.wait_history(prompt_id)["outputs"][node]["images"][0]
+    saved = server.wait_history(prompt_id)["outputs"][node]["clipwan_video"][0]  # the node's one player's file
     video = server.output_path(saved)
     rows = read_csv(str(video)[:-4] + ".clip_scores.csv")
     assert [r.frame for r in rows] == [r["frame"] for r in scores]
