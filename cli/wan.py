@@ -180,7 +180,7 @@ def run_pipeline(args, out_dir: str, log=print) -> dict:
     from ..wan.model.checkpoint import resolve_dtype
     from ..wan.conditioning.inputs import build_sampler_inputs, check_image_latent, conditioning
     from ..wan.vae.latent import latent_format, pixel_length_to_latent_frames
-    from ..wan.conditioning.image import i2v_latents
+    from ..wan.conditioning.image import ImageRoutes, i2v_latents
     from ..wan.vae.wan21 import images_to_pixels
 
     values = sample_values(args, log)  # every setting checked before any model is loaded
@@ -207,7 +207,7 @@ def run_pipeline(args, out_dir: str, log=print) -> dict:
 
     clip_fea = None
     no_image = not values["image_conditioning"]
-    if not no_image and not model.config.has_img_emb:
+    if not no_image and not ImageRoutes(model.config).clip:
         log("wan: the model is t2v (no img_emb): CLIP features are not used; the image enters only through "
             "--image-latent (route 3)")
     elif not no_image:

@@ -21,6 +21,20 @@ from ..vae.latent import LATENT_CHANNELS, WAN22, pixel_length_to_latent_frames
 MASK_CHANNELS = 4  # Wan i2v: one mask channel per pixel frame folded into a latent frame
 
 
+class ImageRoutes:
+    """The one rule for which image routes a model reads, from its weights' config: (1) ``clip`` — CLIP vision
+    features through its ``img_emb`` (Wan i2v, Matrix-Game 2.0); (2) ``concat`` — the start image's latent and
+    mask concatenated to every block's channels (Wan i2v); (3) ``first_frames`` — the start image's clean latent
+    frames written into the cache (or clamped, Wan 2.2) when there are no concat channels (t2v causal models).
+    ``wan/conditioning/inputs.py`` maps a conditioning through it, the loop checks its inputs with it, the CLI
+    says which route runs."""
+
+    def __init__(self, config):
+        self.clip = bool(config.has_img_emb)
+        self.concat = bool(config.concat_channels)
+        self.first_frames = not self.concat
+
+
 def clip_features(clip_vision_output) -> Optional[torch.Tensor]:
     """``penultimate_hidden_states`` of a ClipVisionOutput (ours or ComfyUI's; attribute or item)."""
     if clip_vision_output is None:

@@ -170,24 +170,25 @@ def build_sampler_inputs(config: WanConfig, samples: torch.Tensor, positive: lis
         check_image_latent(image, config)
         _check_same_grid(image, samples)
     # a model without concat channels takes the image latent as first frames (below), not as a concat input
-    image_extra = extra if config.concat_channels else {k: v for k, v in extra.items()
+    reads = cond.ImageRoutes(config)
+    image_extra = extra if reads.concat else {k: v for k, v in extra.items()
                                                          if k not in ("concat_latent_image", "concat_mask")}
     routes = adapter.image_inputs(text, image_extra, z) if image_conditioning else {}
     clip_fea = routes.get("clip_fea")
     concat = first_frames = None
-    if config.concat_channels:
+    if reads.concat:
         concat = routes.get("concat")
     elif image is not None:  # t2v causal model: the known first latent frames go into the KV cache
         k = cond.known_prefix_frames(extra.get("concat_mask"), *image.shape[2:])
         first_frames = adapter.latent_in(image.float())[:, :, :k] if k else None
-    if noise_mask is not None and image_conditioning and first_frames is None and not config.concat_channels:
+    if noise_mask is not None and image_conditioning and first_frames is None and reads.first_frames:
         # Wan 2.2 TI2V: the LATENT's leading frames hold the start image's raw latent, its noise_mask is 0
         # there; they become the clean first frames (clamped by the loop), noise everywhere else.
         k = cond.known_prefix_frames(noise_mask, *samples.shape[2:])
         if k:
             first_frames = adapter.latent_in(samples[:, :, :k])
             z = torch.zeros_like(samples)
-    if clip_fea is not None and not config.has_img_emb:
+    if clip_fea is not None and not reads.clip:
         ignored.append(f"positive: clip_vision_output (the model {config.describe()} has no image embedding; use "
                        f"an i2v Wan model to condition on CLIP features)")
         clip_fea = None

@@ -40,6 +40,7 @@ from .action_cache import ActionRun, check_actions
 from .checks import check_finite_latent
 from ..vae.latent import check_latent
 from ..conditioning.control import as_controls
+from ..conditioning.image import ImageRoutes
 from ..model.vace import VaceStep
 from .scheduler import DEFAULT_SHIFT, DEFAULT_STEPS, denoising_schedule, explicit_schedule, renoise, x0_from_flow
 from .unipc import UniPCSolver, unipc_schedule
@@ -374,7 +375,8 @@ _warned_no_img_emb = set()
 
 def _image_inputs(model: CausalWanModel, clip_fea, concat, first_frames):
     cfg = model.config
-    if clip_fea is not None and not cfg.has_img_emb:
+    reads = ImageRoutes(cfg)
+    if clip_fea is not None and not reads.clip:
         key = id(model.tree)
         if key not in _warned_no_img_emb:
             _warned_no_img_emb.add(key)
@@ -384,12 +386,12 @@ def _image_inputs(model: CausalWanModel, clip_fea, concat, first_frames):
         clip_fea = None
     if clip_fea is not None:
         dit.check_clip_features(clip_fea)
-    if concat is not None and not cfg.concat_channels:
+    if concat is not None and not reads.concat:
         raise ValueError(
             f"the model is text-to-video (in_dim {cfg.in_dim}) and cannot take channel-concat image "
             f"conditioning; pass the start image as first-frame latents (route 3) instead — CausalWanSampler "
             f"does this from WanI2VConditioning's output.")
-    if first_frames is not None and cfg.concat_channels:
+    if first_frames is not None and not reads.first_frames:
         first_frames = None  # an i2v model sees the image through the concat channels (route 2)
     return clip_fea, concat, first_frames
 
