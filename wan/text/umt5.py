@@ -154,11 +154,9 @@ def load_tokenizer(path: str):
 
 def _check_sentencepiece(path: str) -> None:
     """Parse a spiece.model with sentencepiece itself: transformers 5's T5Tokenizer builds a default vocabulary
-    from a file it cannot read instead of failing."""
-    try:
-        import sentencepiece
-    except ImportError:
-        return
+    from a file it cannot read instead of failing (sentencepiece is a dependency of the pack)."""
+    import sentencepiece
+
     processor = sentencepiece.SentencePieceProcessor()
     processor.Load(path)  # raises on a file that is not a SentencePiece model
 
