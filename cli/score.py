@@ -83,7 +83,7 @@ def finish_scores(scorer, stem: str, title: str, theme: str = "light", log=print
 
 def run_score(args) -> int:
     from ..clip_vision.scores import score_chunks
-    from ..wan.video.writer import iter_video_frames
+    from ..wan.video.source import iter_video_frames
 
     if not os.path.isfile(args.video):
         raise FileNotFoundError(f"video not found: '{args.video}'")

@@ -80,13 +80,10 @@ def _check_scorer(clip_scorer):
 
 def _video_chunks(video, chunk: int = 16):
     """A ComfyUI VIDEO a chunk at a time (its stream source read with PyAV): never the whole video in memory."""
-    from ..wan.video.writer import iter_video_frames
+    from ..wan.video.source import iter_video_frames
 
-    if hasattr(video, "get_stream_source"):  # a file path, or a BytesIO PyAV opens
-        yield from iter_video_frames(video.get_stream_source(), chunk)
-        return
-    if isinstance(video, (str, os.PathLike)):
-        yield from iter_video_frames(os.fspath(video), chunk)
+    if hasattr(video, "get_stream_source") or isinstance(video, (str, os.PathLike)):  # a VIDEO (file or BytesIO)
+        yield from iter_video_frames(video if hasattr(video, "get_stream_source") else os.fspath(video), chunk)
         return
     raise ValueError(f"video ({type(video).__name__}) is not a ComfyUI VIDEO: connect Load Video or a node that "
                      f"outputs VIDEO, or connect an IMAGE batch to images")

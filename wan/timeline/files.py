@@ -28,8 +28,6 @@ import os
 import re
 from typing import Optional, Sequence
 
-import torch
-
 from .model import Prompt, Segment, Timeline
 
 FORMAT_VERSION = 1

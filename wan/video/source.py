@@ -13,7 +13,10 @@ feature cache is carried, so what it hands out equals an encode of the whole vid
 
 from __future__ import annotations
 
+import os
 from typing import Callable, Iterator, Optional
+
+import numpy as np
 
 import torch
 import torch.nn.functional as F
@@ -43,14 +46,36 @@ def pixel_frames(video, width: int, height: int) -> Iterator[torch.Tensor]:
         for f in range(video.shape[0]):
             yield fit_frame(video[f, :, :, :3].permute(2, 0, 1).float(), width, height)
         return
-    source = video.get_stream_source() if hasattr(video, "get_stream_source") else video
+    for frames in iter_video_frames(video, chunk=1):
+        yield fit_frame(frames[0].permute(2, 0, 1), width, height)
+
+
+def iter_video_frames(path, chunk: int = 16):
+    """The frames of a video file (a path, a file object, or ComfyUI's VIDEO: its ``get_stream_source()``), ``chunk``
+    at a time, as IMAGE tensors ``[F, H, W, 3]`` float32 in 0..1 (only one chunk is held at a time). A missing or
+    unreadable file is a clear error naming it. The pack's one reader of video files."""
     import av
 
-    with av.open(source) as container:
-        stream = container.streams.video[0]
-        for frame in container.decode(stream):
-            rgb = torch.from_numpy(frame.to_ndarray(format="rgb24")).permute(2, 0, 1).float() / 255.0
-            yield fit_frame(rgb, width, height)
+    if hasattr(path, "get_stream_source"):
+        path = path.get_stream_source()
+    if isinstance(path, (str, os.PathLike)) and not os.path.isfile(path):
+        raise FileNotFoundError(f"video not found: '{path}'")
+    try:
+        container = av.open(path)
+    except (av.error.FFmpegError, OSError) as exc:
+        raise ValueError(f"'{path}' is not a video file PyAV/FFmpeg can read ({exc}); give an .mp4, .webm, .mov "
+                         f"or .gif file") from None
+    with container:
+        if not container.streams.video:
+            raise ValueError(f"'{path}' has no video stream")
+        frames = []
+        for frame in container.decode(video=0):
+            frames.append(frame.to_ndarray(format="rgb24"))
+            if len(frames) == chunk:
+                yield torch.from_numpy(np.stack(frames)).float() / 255.0
+                frames = []
+        if frames:
+            yield torch.from_numpy(np.stack(frames)).float() / 255.0
 
 
 class LatentFrames:

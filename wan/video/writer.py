@@ -205,40 +205,6 @@ class VideoWriter:
         self.close()
 
 
-def iter_video_frames(path, chunk: int = 16):
-    """The frames of a video file (a path, or a file object such as ComfyUI's in-memory VIDEO stream), ``chunk``
-    at a time, as IMAGE tensors ``[F, H, W, 3]`` float32 in 0..1 (only one chunk is held at a time). A missing or
-    unreadable file is a clear error naming it."""
-    import av
-
-    if isinstance(path, (str, os.PathLike)) and not os.path.isfile(path):
-        raise FileNotFoundError(f"video not found: '{path}'")
-    try:
-        container = av.open(path)
-    except (av.error.FFmpegError, OSError) as exc:
-        raise ValueError(f"'{path}' is not a video file PyAV/FFmpeg can read ({exc}); give an .mp4, .webm, .mov "
-                         f"or .gif file") from None
-    with container:
-        if not container.streams.video:
-            raise ValueError(f"'{path}' has no video stream")
-        frames = []
-        for frame in container.decode(video=0):
-            frames.append(frame.to_ndarray(format="rgb24"))
-            if len(frames) == chunk:
-                yield torch.from_numpy(np.stack(frames)).float() / 255.0
-                frames = []
-        if frames:
-            yield torch.from_numpy(np.stack(frames)).float() / 255.0
-
-
-def video_fps(path: str) -> float:
-    import av
-
-    with av.open(path) as container:
-        rate = container.streams.video[0].average_rate
-        return float(rate) if rate else 16.0
-
-
 def _remux_with_metadata(source: str, target: str, fmt: str, metadata: dict) -> None:
     """Copy the encoded stream into a new container that carries ``metadata`` (no re-encode): tags set before
     the first frame would miss what is only known at the end (a live run's timeline)."""
