@@ -326,13 +326,13 @@ def _actions(args, model, log):
         return None
     from ..wan.conditioning.actions import load_actions
 
-    from ..wan.sampling.action_cache import pixel_frames
+    from ..wan.vae.latent import latent_frames_to_pixel_length
     from ..wan.vae.latent import pixel_length_to_latent_frames
 
     timeline = load_actions(args.actions)
     check_actions(model.config, timeline)
     mode = timeline.resolve_mode(model.config.actions.mode)
-    timeline.tensors(mode, pixel_frames(pixel_length_to_latent_frames(args.length)), args.frames_per_block)
+    timeline.tensors(mode, latent_frames_to_pixel_length(pixel_length_to_latent_frames(args.length)), args.frames_per_block)
     log(f"wan: {timeline.describe()}")
     return timeline
 

@@ -32,7 +32,8 @@ from typing import Optional
 
 import torch
 
-from ..model.actions import MODES, TIME_RATIO
+from ..model.actions import MODES
+from ..vae.latent import TIME_RATIO
 
 CAM_VALUE = 0.1  # the authors' interface: one camera key press = 0.1
 KEYS = {

@@ -32,9 +32,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..vae.latent import TIME_RATIO  # actions are given per pixel frame, the DiT sees latent frames
+
 ROPE_DIMS = (8, 28, 28)  # the authors' rope_dim_list = mouse_qk_dim_list (sums to the 64-d action heads)
 ROPE_THETA = 256.0
-TIME_RATIO = 4  # Wan VAE: one latent frame = 4 pixel frames (the first: 1)
 PREFIX = "action_model."
 
 # the authors' three released action layouts (configs/distilled_model/*/config.json)

@@ -15,13 +15,9 @@ from typing import Optional
 import torch
 
 from ..conditioning.actions import ActionTimeline, block_pixel_frames
-from ..model.actions import TIME_RATIO, ActionConfig, apply_actions, pixel_windows
+from ..model.actions import ActionConfig, apply_actions, pixel_windows
 from .cache import KVCache
-
-
-def pixel_frames(latent_frames: int) -> int:
-    """Pixel frames of a latent of ``latent_frames`` (Wan VAE: 1 + 4·(T-1))."""
-    return 1 + TIME_RATIO * (latent_frames - 1)
+from ..vae.latent import latent_frames_to_pixel_length
 
 
 def check_actions(config, actions: Optional[ActionTimeline]) -> None:
@@ -43,7 +39,7 @@ class ActionRun:
         mode = acfg.mode
         timeline = timeline if timeline is not None else ActionTimeline()  # no timeline: idle
         mode = timeline.resolve_mode(mode)
-        kb, ms = timeline.tensors(mode, pixel_frames(latent_frames), int(settings.frames_per_block))
+        kb, ms = timeline.tensors(mode, latent_frames_to_pixel_length(latent_frames), int(settings.frames_per_block))
         self.keyboard = kb[None].repeat(batch, 1, 1).to(device)
         self.mouse = None if ms is None else ms[None].repeat(batch, 1, 1).to(device)
         capacity = int(settings.local_window) or latent_frames

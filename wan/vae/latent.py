@@ -76,9 +76,17 @@ def denormalize(z: torch.Tensor) -> torch.Tensor:
     return z * std + mean
 
 
+TIME_RATIO = 4  # the Wan VAE's time compression: one latent frame = 4 pixel frames (the first: 1)
+
+
 def pixel_length_to_latent_frames(length: int) -> int:
     """Wan VAE: 1 + 4k pixel frames -> 1 + k latent frames (``(length - 1) // 4 + 1``)."""
-    return (int(length) - 1) // 4 + 1
+    return (int(length) - 1) // TIME_RATIO + 1
+
+
+def latent_frames_to_pixel_length(frames: int) -> int:
+    """The pixel frames a latent of ``frames`` latent frames decodes to (1 + 4·(frames - 1))."""
+    return 1 + TIME_RATIO * (int(frames) - 1)
 
 
 def pixel_frame_to_latent_frame(frame: int) -> int:
@@ -89,7 +97,7 @@ def pixel_frame_to_latent_frame(frame: int) -> int:
 
 def latent_frame_to_pixel_frame(frame: int) -> int:
     """The first output frame decoded from latent frame ``frame`` (the inverse of the rule above)."""
-    return 0 if int(frame) <= 0 else 4 * (int(frame) - 1) + 1
+    return 0 if int(frame) <= 0 else TIME_RATIO * (int(frame) - 1) + 1
 
 
 def check_latent(z: torch.Tensor, what: str = "latent", channels: int = LATENT_CHANNELS) -> None:
