@@ -122,7 +122,8 @@ class CausalWanStreamVideo:
         check_fps(fps)
         # its encoder too (whichever decoder): Krea's loop re-encodes a decoded frame as a context frame
         encode = getattr(wan, "encode", None)
-        timeline = live_timeline(timeline, unique_id, fps)  # live prompts: POST /clipwan/live/...
+        # live prompts: POST /clipwan/live/...
+        timeline = live_timeline(timeline, unique_id, fps, encode_priority=options["live_encode_priority"])
         try:
             run = stream_video(causal, inputs.latent, inputs.text, decoder=dec, to_raw=inputs.to_raw,
                                from_raw=inputs.from_raw, encode=encode, seed=seed,

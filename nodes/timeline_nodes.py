@@ -20,6 +20,7 @@ import threading
 from typing import Dict, Optional
 
 from ..wan.timeline import LiveControl, Prompt, Segment, Timeline
+from ..wan.timeline.live import DEFAULT_ENCODER_PRIORITY
 from ..wan.timeline.blend import INTERPOLATIONS
 from ..wan.timeline.files import parse_any
 from ..wan.timeline.model import TRANSITIONS
@@ -138,16 +139,18 @@ _RUNS: Dict[str, LiveControl] = {}
 _RUNS_LOCK = threading.Lock()
 
 
-def run_timeline(timeline: Optional[Timeline], node_id, fps: Optional[float] = None) -> Optional[Timeline]:
+def run_timeline(timeline: Optional[Timeline], node_id, fps: Optional[float] = None,
+                 encode_priority: str = DEFAULT_ENCODER_PRIORITY) -> Optional[Timeline]:
     """The timeline a run uses: a copy (live changes must not touch ComfyUI's cached node output), with the output
-    fps and, for a stream, a ``LiveControl`` registered under the node's id for the HTTP route."""
+    fps and, for a stream, a ``LiveControl`` registered under the node's id for the HTTP route (its encoding
+    thread at ``encode_priority``)."""
     if timeline is None:
         return None
     run = timeline.copy()
     if run.fps is None and fps is not None:
         run.fps = float(fps)
     if node_id is not None:
-        run.live = LiveControl(run.encoder)
+        run.live = LiveControl(run.encoder, priority=encode_priority)
         with _RUNS_LOCK:
             _RUNS[str(node_id)] = run.live
     return run

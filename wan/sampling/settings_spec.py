@@ -23,6 +23,7 @@ import dataclasses
 import math
 from typing import Callable, Optional, Sequence
 
+from ..timeline.live import DEFAULT_ENCODER_PRIORITY, ENCODER_PRIORITIES
 from .cache import POSITION_MODES
 from .loop import (FIRST_FRAME_POLICIES, LOOP_SHAPES, RECACHE_MODES, SOLVERS, WAN22_LOOP_RULES, CausalSettings,
                    block_layout, check_window, fit_block_layout, loop_rules_for)
@@ -196,6 +197,13 @@ SETTINGS = (
             "Needs a local_window; positions become relative (LongLive's relative RoPE) so they stay inside the "
             "window at any length. Block loop families only.", default=False, nodes=(STREAM,), since=5,
             used_by="Causal Wan Stream Video (block loop families with a window)"),
+    Setting("live_encode_priority", "COMBO", "How a prompt typed while the stream runs is encoded beside the "
+            "sampler. normal: at once, sharing the CPU (on a CPU-only host blocks slow down while it encodes, "
+            "about 2x on 2 cores); background: at the lowest OS priority (Linux), so blocks keep their pace and "
+            "the prompt waits for spare CPU (later blocks; a fully busy machine can hold it back). No difference "
+            "when the encoder runs on a GPU beside idle cores.", default=DEFAULT_ENCODER_PRIORITY,
+            choices=tuple(ENCODER_PRIORITIES),
+            nodes=(STREAM,), since=6, used_by="Causal Wan Stream Video's live prompts"),
     # loop rules: set by a family (FamilyPreset.rules), a model generation (Wan 2.2) or the Python API
     Setting("solver", "COMBO", "Per-block step rule: renoise (x0 then fresh noise) or unipc (LongLive 2.0).",
             field="solver", choices=SOLVERS, nodes=(), used_by="unipc: Wan 2.2 (LongLive 2.0); renoise: the rest"),

@@ -3,6 +3,12 @@ is encoded on a worker thread (not the sampling thread), and the loop takes the 
 block boundary (``TextSchedule.take``), which inserts it into the timeline at that block — so the timeline saved
 after the run replays the run exactly.
 
+On a CPU host the encoder and the sampler share the cores. The worker thread can run at the lowest OS
+priority on request (``priority="background"``; Linux: the thread's nice value, which the intra-op threads it starts
+inherit): the scheduler gives the sampler the cores and the encoder the gaps, so blocks keep their pace, at the
+cost of a later block for the change — and a machine kept fully busy by other work can hold the change back, which
+is why ``normal`` (encode at once, sharing the cores) is the default. ``bench live`` measures both.
+
 Timing of every request is kept (``events``): when it was asked, when its embedding was ready, the block it was
 applied at and when that block's first frame was out (``mark_block_done``) — what ``bench live`` reports.
 """
@@ -10,6 +16,8 @@ applied at and when that block's first frame was out (``mark_block_done``) — w
 from __future__ import annotations
 
 import itertools
+import os
+import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -20,20 +28,41 @@ import torch
 from .model import Prompt, Segment, TRANSITIONS
 
 
+# name -> nice value of the encoding thread (Linux; elsewhere the thread runs at normal priority)
+ENCODER_PRIORITIES = {"normal": 0, "background": 19}
+DEFAULT_ENCODER_PRIORITY = "normal"
+
+
+def _set_thread_priority(priority: str) -> None:
+    """Runs first on the worker thread. Only Linux has per-thread nice values (``setpriority`` on a thread id);
+    on macOS the same call would address a process, so other platforms keep normal priority."""
+    nice = ENCODER_PRIORITIES[priority]
+    if nice and sys.platform.startswith("linux"):
+        try:
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), nice)
+        except OSError:  # a sandbox may forbid it: the thread keeps normal priority
+            pass
+
+
 class LiveControl:
     """``encoder(text) -> [1, L, D]`` encodes typed prompts (None: only embeddings are accepted).
     ``request(...)`` returns the request's id at once; encoding runs on one worker thread (``threaded=False``
-    encodes in the caller, for hosts where the encoder must not run beside the sampler)."""
+    encodes in the caller, for hosts where the encoder must not run beside the sampler). ``priority``: one of
+    ``ENCODER_PRIORITIES`` for the worker thread."""
 
     def __init__(self, encoder: Optional[Callable[[str], torch.Tensor]] = None, threaded: bool = True,
-                 clock: Callable[[], float] = time.perf_counter):
+                 clock: Callable[[], float] = time.perf_counter, priority: str = DEFAULT_ENCODER_PRIORITY):
+        if priority not in ENCODER_PRIORITIES:
+            raise ValueError(f"encoder priority '{priority}' is not one of {list(ENCODER_PRIORITIES)}.")
         self.encoder = encoder
+        self.priority = priority
         self.clock = clock
         self._lock = threading.Lock()
         self._ready: List[Segment] = []  # encoded, waiting for a block boundary (oldest first)
         self._ids = itertools.count(1)
         self.events: Dict[int, dict] = {}
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="clipwan-live-encode") if threaded else None
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="clipwan-live-encode",
+                                        initializer=_set_thread_priority, initargs=(priority,)) if threaded else None
         self.closed = False
 
     # --- from any thread ---------------------------------------------------------------------------------
