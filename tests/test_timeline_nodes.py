@@ -170,8 +170,9 @@ def test_live_prompt_over_http_applies_at_next_block_and_replays(parts, tmp_path
     assert (without["result"][1] - frames).abs().max() > 1e-3  # sharp: the live prompt changed the video
 
 
-def test_stream_node_live_encode_priority_reaches_the_live_control(parts, monkeypatch):
+def test_stream_node_live_encode_priority_reaches_the_live_control(parts, tmp_path, monkeypatch):
     """The stream node's ``live_encode_priority`` widget is the priority of its live prompts' encoding thread."""
+    monkeypatch.chdir(tmp_path)
     model, vae = parts
     seen = {}
 

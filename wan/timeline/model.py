@@ -172,7 +172,10 @@ class Timeline:
         if segment.block is not None:
             return int(segment.block)
         frame = self.start_frame(segment)
-        return next((bi for bi, (start, _) in enumerate(layout) if start >= frame), len(layout))
+        for bi, (start, _) in enumerate(layout):  # an endless layout has no length, but always such a block
+            if start >= frame:
+                return bi
+        return len(layout)
 
     def resolved(self, layout: Sequence) -> list:
         """``[(block, index)]`` of the segments in effect, ordered by block; per block the last listed wins;
@@ -217,15 +220,30 @@ class TextSchedule:
     ready live segment at ``block`` and rebuilds; ``applied`` lists ``(block, segment index, rule)`` in order."""
 
     def __init__(self, timeline: Timeline, layout: Sequence, text: Optional[torch.Tensor] = None):
-        self.timeline, self.layout, self.base = timeline, list(layout), text
+        self.timeline, self.base = timeline, text
+        # an endless run's layout has no length (wan/sampling/endless.py EndlessLayout): the schedule is built on
+        # the prefix that reaches the last segment, grown when a live change lands past it
+        self._source = layout
+        self.endless = not hasattr(layout, "__len__")
         self.applied: list = []
         self._build()
+
+    def _reach(self) -> list:
+        """The layout the schedule is built on: all of a fixed run's; of an endless run, the blocks up to the end of
+        the last segment's transition."""
+        if not self.endless:
+            return list(self._source)
+        last = 0
+        for seg in self.timeline.segments:
+            last = max(last, self.timeline.start_block(seg, self._source) + max(1, int(seg.blend_blocks)))
+        return self._source[:last + 1]
 
     @property
     def live(self):
         return self.timeline.live
 
     def _build(self) -> None:
+        self.layout = self._reach()
         self.initial: Optional[torch.Tensor] = None
         self.changes: Dict[int, TextChange] = {}
         current = self.base  # the embedding in use before a block (None: not known, a blend there snaps)
