@@ -83,6 +83,11 @@ class EndlessLoop(CausalLoop):
                  prompt_switches: Sequence[PromptSwitch] = (), **kwargs):
         s = kwargs.get("settings") or CausalSettings()
         endless_settings(s)  # refuses what cannot run endlessly (the caller chose the positions)
+        if getattr(model.config, "actions", None) is not None:
+            # its action caches and per-frame key tensors are sized for a known length, at absolute positions
+            raise ValueError("Matrix-Game 2.0 runs a known length (its authors' loop: absolute positions, action "
+                             "tensors per frame); an endless stream is not available for it. Set a length "
+                             "instead of 'until stopped' and steer it with live keys.")
         n, first = int(s.frames_per_block), 1 if s.independent_first_frame else 0
         whole = block_layout(latent.shape[2], n, s.independent_first_frame, shorter_last_block=True)
         whole = [(start, size) for start, size in whole if size == n or (start, size) == (0, first)]
