@@ -99,6 +99,12 @@ class CausalSettings:
     # SAMPLER node gets them from SamplerCustomAdvanced): every block runs exactly these (scheduler.explicit_schedule)
     # and steps / shift / warp are not used; None = the step list above
     sigmas: Optional[Sequence[float]] = None
+    # LongLive 2.0's multi-shot mode, read at a timeline's scene cuts (wan/sampling/multishot.py): the cut block's
+    # first sink_size frames pinned as the new shot's sink beside the video's first ones, RoPE frame positions moved
+    # by (cuts so far)·multi_shot_rope_offset, and scene_cut_prefix put before the cut block's prompt text
+    multi_shot_sink: bool = False
+    multi_shot_rope_offset: float = 0.0
+    scene_cut_prefix: str = ""
     # the released family (``wan/presets.py`` name) whose loop rules these settings carry, "" for none: checked
     # against the model (generation and size) before the run, and named in any error the loop's rules raise
     family: str = ""
@@ -643,7 +649,8 @@ class CausalLoop:
             if prompt_switches:
                 raise ValueError("give prompt_switches or a timeline, not both: put the switch into the timeline "
                                  "as a segment (node: disconnect switch_positive when a timeline is connected).")
-            self.schedule = timeline.compile(self.layout, text) if hasattr(timeline, "compile") else timeline
+            self.schedule = timeline.compile(self.layout, text, s.scene_cut_prefix) if hasattr(timeline, "compile") \
+                else timeline
             if self.schedule.initial is not None:
                 self.text = text = self.schedule.initial
             if text is None:
@@ -700,12 +707,14 @@ class CausalLoop:
         s = self.settings
         return min(int(s.local_window), self.latent.shape[2]) if s.local_window else self.latent.shape[2]
 
+    cache_class = KVCache  # a loop shape may keep its cache by other rules (multishot.py's ShotCache)
+
     def _new_cache(self) -> KVCache:
         s, cfg = self.settings, self.cfg
         capacity = self.cache_capacity()
-        return KVCache(cfg.num_layers, self.batch, cfg.num_heads, cfg.head_dim, self.tokens_per_frame, capacity,
-                       int(s.sink_size), int(s.local_window), s.cache_dtype or self.dtype, self.device,
-                       positions=s.positions, sink_ema=s.sink_ema)
+        return self.cache_class(cfg.num_layers, self.batch, cfg.num_heads, cfg.head_dim, self.tokens_per_frame,
+                                capacity, int(s.sink_size), int(s.local_window), s.cache_dtype or self.dtype, self.device,
+                                positions=s.positions, sink_ema=s.sink_ema)
 
     def _encode(self, text, block: int):
         self.hooks.on_forward_start("context", block)

@@ -196,6 +196,22 @@ SETTINGS = (
             "Needs a local_window; positions become relative (LongLive's relative RoPE) so they stay inside the "
             "window at any length. Block loop families only.", default=False, nodes=(STREAM,), since=5,
             used_by="Causal Wan Stream Video (block loop families with a window)"),
+    # LongLive 2.0's multi-shot mode (layout 6; wan/sampling/multishot.py): what a timeline's scene cut ('12 cut: ...')
+    # does. Off / 0 / empty = no multi-shot mode: a timeline with a cut is then refused, naming the family
+    Setting("multi_shot_sink", "BOOLEAN", "Multi-shot attention sink (LongLive 2.0) at a timeline's scene cuts: the cut "
+            "block's first sink_size frames are pinned as the new shot's sink next to the video's first sink_size "
+            "frames (which stay); the previous shot's sink is evicted as the window slides.",
+            field="multi_shot_sink", since=6, cli="--multi-shot-sink",
+            used_by="scene cuts in a timeline (LongLive 2.0: on)", used_when=lambda s: s.multi_shot_sink),
+    Setting("multi_shot_rope_offset", "FLOAT", "Multi-shot RoPE offset φ: after the k-th scene cut every frame's RoPE "
+            "position moves by k·φ (LongLive 2.0: 8). Absolute positions only (LongLive's relative RoPE ignores it).",
+            field="multi_shot_rope_offset", min=0.0, max=1024.0, step=1.0, since=6, cli="--multi-shot-rope-offset",
+            used_by="scene cuts in a timeline (LongLive 2.0: 8)", used_when=lambda s: s.multi_shot_rope_offset != 0),
+    Setting("scene_cut_prefix", "STRING", "Text put before a scene cut's prompt for the cut block only, before "
+            "encoding (LongLive 2.0: 'The scene transitions. '); the shot's later blocks get the prompt alone.",
+            field="scene_cut_prefix", since=6, cli="--scene-cut-prefix",
+            used_by="scene cuts in a timeline (LongLive 2.0: 'The scene transitions. ')",
+            used_when=lambda s: bool(s.scene_cut_prefix)),
     # loop rules: set by a family (FamilyPreset.rules), a model generation (Wan 2.2) or the Python API
     Setting("solver", "COMBO", "Per-block step rule: renoise (x0 then fresh noise) or unipc (LongLive 2.0).",
             field="solver", choices=SOLVERS, nodes=(), used_by="unipc: Wan 2.2 (LongLive 2.0); renoise: the rest"),
@@ -365,7 +381,8 @@ def run_settings(values: dict, family=None, config=None, num_frames: Optional[in
 # Family presets
 # --------------------------------------------------------------------------------------------------
 PRESET_WIDGETS = ("steps", "shift", "warp_steps", "frames_per_block", "sink_size", "local_window",
-                  "independent_first_frame", "guidance_scale")  # what a preset sets on the node (and the CLI)
+                  "independent_first_frame", "guidance_scale", "multi_shot_sink", "multi_shot_rope_offset",
+                  "scene_cut_prefix")  # what a preset sets on the node (and the CLI)
 
 
 def family_settings(preset) -> CausalSettings:

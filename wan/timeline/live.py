@@ -28,6 +28,9 @@ class LiveControl:
     def __init__(self, encoder: Optional[Callable[[str], torch.Tensor]] = None, threaded: bool = True,
                  clock: Callable[[], float] = time.perf_counter):
         self.encoder = encoder
+        # the run's scene-cut prefix, set by a multi-shot loop (wan/sampling/multishot.py); None: the run has no
+        # multi-shot mode and a live scene cut is refused
+        self.cut_prefix: Optional[str] = None
         self.clock = clock
         self._lock = threading.Lock()
         self._ready: List[Segment] = []  # encoded, waiting for a block boundary (oldest first)
@@ -49,6 +52,12 @@ class LiveControl:
                              "(it holds the CLIP) to the sampler's timeline input, or send an embedding.")
         if transition not in TRANSITIONS:
             raise ValueError(f"transition '{transition}' is not one of {list(TRANSITIONS)}.")
+        if transition == "cut" and self.cut_prefix is None:
+            raise ValueError("this run has no multi-shot mode (LongLive 2.0's scene cuts): send transition 'switch' or "
+                             "'blend', or run family LongLive 2.0 (multi_shot_sink on) to cut live.")
+        if transition == "cut" and self.cut_prefix and embedding is not None:
+            raise ValueError(f"a live scene cut is encoded as {self.cut_prefix!r} + its text: send the text, not an "
+                             f"embedding.")
         segment = Segment([Prompt(text or "(embedding)", 1.0, embedding)], block=0, transition=transition,
                           blend_blocks=int(blend_blocks), interpolation=interpolation).check("live prompt")
         segment.block = None
@@ -68,6 +77,8 @@ class LiveControl:
     def _encode(self, rid: int, segment: Segment) -> None:
         try:
             segment.prompts[0].embedding = self.encoder(segment.prompts[0].text)
+            if segment.transition == "cut" and self.cut_prefix:  # the cut block's text, off the sampling thread too
+                segment.cut_embedding(self.cut_prefix, self.encoder)
         except Exception as exc:  # the run goes on with its prompt; the error is reported on the request
             with self._lock:
                 self.events[rid].update(state="failed", error=str(exc))
