@@ -43,8 +43,9 @@ def register(sub) -> None:
     p.add_argument("--prompt", help="text prompt, encoded with --text-encoder (umt5-xxl) and --tokenizer")
     p.add_argument("--negative-prompt", help="negative prompt (used with --guidance-scale > 1)")
     p.add_argument("--timeline", help="prompt timeline file: plain text ('0: a fox' / '4: the fox jumps' / '8 blend 3: "
-                   "...'), a Daydream Scope timeline JSON, a LongLive/MemFlow interactive JSONL (with --switch-frames) "
-                   "or a saved .timeline.json; each prompt is encoded once with --text-encoder")
+                   "...' / '12 cut: ...' a scene cut), a Daydream Scope timeline JSON, a LongLive/MemFlow interactive "
+                   "JSONL (with --switch-frames), LongLive 2.0's per-block prompts ('[0,1,2] ...') or multi-shot "
+                   "caption folder, or a saved .timeline.json; each prompt is encoded once with --text-encoder")
     p.add_argument("--switch-frames", help="latent frames where each later prompt of an interactive JSONL starts "
                                            "(their switch_frame_indices, e.g. 40,80,120,160,200)")
     p.add_argument("--timeline-line", type=int, default=1, help="which video (line) of an interactive JSONL (1-based)")
@@ -374,12 +375,17 @@ def _load_timeline(args, model, log):
     path = getattr(args, "timeline", None)
     if not path:
         return None
+    from ..wan.sampling.loop import block_layout
     from ..wan.timeline import load
+    from ..wan.vae.latent import pixel_length_to_latent_frames
 
     frames = [int(x) for x in str(getattr(args, "switch_frames", None) or "").replace(" ", "").split(",") if x]
+    prefix = getattr(args, "scene_cut_prefix", "") or ""  # scene cuts: the cut block's text is prefix + prompt
+    blocks = len(block_layout(pixel_length_to_latent_frames(args.length), args.frames_per_block,
+                              args.independent_first_frame, shorter_last_block=True))  # a LongLive shot folder's
     timeline = load(path, switch_frames=frames or None, line=getattr(args, "timeline_line", 1),
-                    fps=float(getattr(args, "fps", 16)))
-    texts = timeline.texts()
+                    fps=float(getattr(args, "fps", 16)), blocks=blocks, cut_prefix=prefix or None)
+    texts = timeline.texts() + timeline.cut_texts(prefix)
     if texts:
         if not args.text_encoder or not args.tokenizer:
             raise ValueError(f"--timeline {path} has {len(texts)} prompt(s) to encode: give the umt5-xxl text encoder "
@@ -391,7 +397,7 @@ def _load_timeline(args, model, log):
         if encoder.model.config.d_model != model.config.text_dim:
             raise ValueError(f"text encoder {encoder.source} gives {encoder.model.config.d_model}-d features but the "
                              f"model takes {model.config.text_dim}-d text; use Wan's umt5-xxl (4096-d).")
-        timeline.encode(encoder.encode)
+        timeline.encode(encoder.encode, cut_prefix=prefix)
         del encoder
     log(f"wan: timeline {timeline.source}: {len(timeline)} segment(s), {len(texts)} prompt(s) encoded once each")
     return timeline

@@ -73,3 +73,30 @@ def test_timeline_errors(files, tmp_path, capsys):
     bad.write_text("0: a fox\n3 blend: a wolf\n")
     assert main(_base(files, tmp_path) + ["--timeline", str(bad)]) == 2
     assert "t.txt, line 2: 'blend' without the number of blocks" in capsys.readouterr().err
+
+
+def test_scene_cuts_through_the_cli(files, tmp_path, capsys):
+    """A '1 cut: ...' line plays with the multi-shot flags (the cut block encoded with the prefix: one more text),
+    and is refused without them, naming the family and the fix, before the model samples."""
+    enc = ["--text-encoder", str(files / "umt5_xxl_fp16.safetensors"), "--tokenizer", str(files / "tokenizer.json")]
+    cut = tmp_path / "shots.txt"
+    cut.write_text("0: a red fox\n1 cut: a wolf\n")
+    shots = ["--multi-shot-sink", "--multi-shot-rope-offset", "8", "--scene-cut-prefix", "red "]
+    assert main(_base(files, tmp_path / "a") + enc + shots + ["--timeline", str(cut)]) == 0
+    assert "2 segment(s), 3 prompt(s) encoded once each" in capsys.readouterr().out
+    summary = json.loads((tmp_path / "a" / "wan_summary.json").read_text())
+    assert summary["timeline_prompts"] == [[0, "a red fox"], [1, "a wolf"]]
+    switch = tmp_path / "switch.txt"
+    switch.write_text("0: a red fox\n1: a wolf\n")
+    assert main(_base(files, tmp_path / "b") + enc + ["--timeline", str(switch)]) == 0
+    first = load_file(str(tmp_path / "a" / "wan_latent.safetensors"))["latent_tensor"]
+    plain = load_file(str(tmp_path / "b" / "wan_latent.safetensors"))["latent_tensor"]
+    assert torch.equal(first[:, :, :3], plain[:, :, :3]) and (first[:, :, 3:] - plain[:, :, 3:]).abs().max() > 1e-3
+    # replayed from the saved timeline (the prefixed embedding inside), with the same flags and no encoder
+    assert main(_base(files, tmp_path / "c") + shots + ["--timeline", str(tmp_path / "a" / "wan_timeline.json")]) == 0
+    again = load_file(str(tmp_path / "c" / "wan_latent.safetensors"))["latent_tensor"]
+    assert torch.equal(again, first)
+    capsys.readouterr()
+    assert main(_base(files, tmp_path / "d") + enc + ["--timeline", str(cut)]) == 2
+    err = capsys.readouterr().err
+    assert "family 'custom' has no multi-shot mode" in err and "shots.txt, line 2" in err

@@ -192,6 +192,11 @@ class Timeline:
                 s.cut_embedding(cut_prefix, encoder)
         return self
 
+    def cut_texts(self, prefix: str) -> list:
+        """The scene cuts' ``prefix + text`` still without an embedding (none without a prefix)."""
+        return list(dict.fromkeys(prefix + p.text for s in self.segments if s.transition == "cut" and prefix
+                                  for p in s.prompts if prefix not in p.cut_embeddings))
+
     @property
     def has_cuts(self) -> bool:
         return any(s.transition == "cut" for s in self.segments)
