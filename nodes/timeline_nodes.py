@@ -2,7 +2,7 @@
 with a CLIP that encodes each prompt once), the live registry of running streams, and the HTTP routes that change a
 running stream's prompt:
 
-* ``POST /clipwan/live/{node_id}/prompt`` with JSON ``{"text": "...", "transition": "switch"|"blend",
+* ``POST /clipwan/live/{node_id}/prompt`` with JSON ``{"text": "...", "transition": "switch"|"blend"|"cut",
   "blend_blocks": N, "interpolation": "linear"|"slerp"}`` -> ``{"id": ..., "node": ...}`` (404: no stream of that
   node is running; 400: a bad request, the message says why). The text is encoded off the sampling thread with the
   timeline's CLIP and applied at the next block boundary with the family's switch rule (or blended).
@@ -71,7 +71,9 @@ class CausalWanTimelineFromConditionings:
             "conditioning_1": ("CONDITIONING", {"tooltip": "The first prompt (from block 0)."}),
             "transition": (list(TRANSITIONS), {"default": "switch", "tooltip": (
                 "switch: the family's own switch rule at the start block (LongLive's re-cache, MemFlow's bank ...); "
-                "blend: the text embedding moves to the new prompt over blend_blocks blocks (Scope's blender).")}),
+                "blend: the text embedding moves to the new prompt over blend_blocks blocks (Scope's blender); "
+                "cut: a scene cut, LongLive 2.0's multi-shot sink (the causal node's scene_cut_prefix must be empty "
+                "here: a conditioning has no text to prefix).")}),
             "blend_blocks": ("INT", {"default": 3, "min": 1, "max": 1000,
                                      "tooltip": "Blocks a blend takes (transition blend)."}),
             "interpolation": (list(INTERPOLATIONS), {"default": "linear", "tooltip": "How a blend moves: linear or "
@@ -115,7 +117,9 @@ class CausalWanTimelineFromText:
             "clip": ("CLIP", {"tooltip": "Wan's umt5-xxl text encoder (Load CLIP, type wan)."}),
             "text": ("STRING", {"multiline": True, "default": TEXT_EXAMPLE, "tooltip": (
                 "One line per prompt: 'START: prompt' (START = block, 2.5s or f40), 'START blend N [linear|slerp]: "
-                "prompt', mixes 'a :: 0.7 | b :: 0.3'; or a pasted Scope timeline JSON / interactive JSONL line.")}),
+                "prompt', 'START cut: prompt' (a scene cut: LongLive 2.0's multi-shot mode), mixes 'a :: 0.7 | b :: "
+                "0.3'; or a pasted Scope timeline JSON / interactive JSONL line / LongLive 2.0 per-block prompt "
+                "file.")}),
             "fps": ("FLOAT", {"default": 16.0, "min": 1.0, "max": 240.0, "step": 1.0,
                               "tooltip": "Output frames per second, for starts in seconds (Wan: 16)."}),
         }, "optional": {
@@ -170,7 +174,7 @@ def live_request(node_id, body: dict) -> dict:
         raise LookupError(f"no Causal Wan Stream Video with a timeline is running as node {node_id}; start one (with a "
                           f"Prompt Timeline node on its timeline input) first.")
     if not isinstance(body, dict) or not str(body.get("text", "")).strip():
-        raise ValueError('send JSON {"text": "the new prompt"} (optional: "transition": "switch"|"blend", '
+        raise ValueError('send JSON {"text": "the new prompt"} (optional: "transition": "switch"|"blend"|"cut", '
                          '"blend_blocks": N, "interpolation": "linear"|"slerp").')
     rid = live.request(str(body["text"]), transition=str(body.get("transition", "switch")),
                        blend_blocks=int(body.get("blend_blocks", 0) or (3 if body.get("transition") == "blend" else 0)),

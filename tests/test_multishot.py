@@ -150,6 +150,22 @@ def test_loop_positions_texts_and_cache_per_block(model, monkeypatch, positions)
     assert torch.equal(changes[4].text, encoder("a lighthouse at dusk"))
 
 
+def test_endless_stream_runs_the_cuts(model):
+    from comfyui_clipwan.wan.sampling.endless import endless_settings
+    from comfyui_clipwan.wan.sampling.multishot import EndlessMultiShotLoop
+
+    settings, _ = endless_settings(SHOTS)
+    loop = iter_causal_blocks(model, torch.zeros(1, 16, 16, H, W), None, seed=3, settings=settings, endless=True,
+                              timeline=parse_text(TIMELINE).encode(encoder, cut_prefix=PREFIX))
+    assert isinstance(loop, EndlessMultiShotLoop)
+    cached = []
+    for r in loop:
+        cached.append(list(loop.branches[0].cache.frames) + list(range(r.start_frame, r.start_frame + 2)))
+        if r.index == 10:
+            break
+    assert cached == longlive_buffers(block_layout(22, 2), {3, 5}, 2, 6)
+
+
 def test_cut_changes_the_video_from_the_cut_on(model):
     timeline = parse_text(TIMELINE).encode(encoder, cut_prefix=PREFIX)
     shots = _run(model, timeline)
@@ -157,7 +173,8 @@ def test_cut_changes_the_video_from_the_cut_on(model):
     assert torch.equal(shots[:, :, :6], before[:, :, :6])  # nothing happens before the first cut
     switches = _run(model, parse_text(TIMELINE.replace(" cut:", ":")).encode(encoder),
                     settings=dataclasses.replace(SHOTS, scene_cut_prefix=""))
-    assert torch.equal(shots[:, :, :6], switches[:, :, :6]) and (shots[:, :, 6:] - switches[:, :, 6:]).abs().max() > 1e-3
+    assert torch.equal(shots[:, :, :6], switches[:, :, :6])
+    assert (shots[:, :, 6:] - switches[:, :, 6:]).abs().max() > 1e-3
     no_pin = _run(model, timeline, settings=dataclasses.replace(SHOTS, multi_shot_sink=False))
     assert (shots[:, :, 8:] - no_pin[:, :, 8:]).abs().max() > 1e-3  # the pin shows once the window slides past it
     # the prefix is encoded when the timeline is compiled if its encoder is kept (the ComfyUI text node's case)

@@ -22,6 +22,7 @@ omegaconf, Pillow, regex, scipy, torch, torchvision, tqdm, transformers."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import sys
 
@@ -56,6 +57,7 @@ def upstream():
     import utils.config as ll_config
     import wan_5b.modules.causal_model as ll_causal
     from pipeline.causal_diffusion_inference import CausalDiffusionInferencePipeline
+    from utils import dataset as ll_dataset
     from utils.scheduler import FlowMatchScheduler
     from utils.wan_5b_wrapper import WanDiffusionWrapper
 
@@ -71,7 +73,7 @@ def upstream():
     ll_config.wan_default_config["Wan2.2-TI2V-5B"].update(num_heads=TINY["num_heads"],
                                                           num_transformer_blocks=TINY["num_layers"])
     yield dict(Pipeline=CausalDiffusionInferencePipeline, Wrapper=WanDiffusionWrapper, Model=ll_causal.CausalWanModel,
-               Scheduler=FlowMatchScheduler, OmegaConf=OmegaConf)
+               Scheduler=FlowMatchScheduler, OmegaConf=OmegaConf, dataset=ll_dataset)
     ll_config.wan_default_config["Wan2.2-TI2V-5B"].update(saved)
     # its utils/ is a regular package (an __init__.py), which would shadow the other trees' utils/ folders
     sys.path.remove(LL_DIR)
@@ -263,3 +265,33 @@ def test_longlive2_multi_shot_parity(upstream, tmp_path, frames, block, sink, wi
             assert value > 5 * max(diff, 2e-5), name
         else:  # a rule that cannot act here (LongLive's code agrees: the parity holds either way)
             assert value <= 1e-4, name
+
+
+@pytest.mark.parametrize("blocks,durations", [(8, None), (7, None), (8, "3, 2, 9"), (10, "2 2"), (4, "1,1,1")])
+def test_longlive2_shot_folders_read_as_its_datasets_do(upstream, tmp_path, blocks, durations):
+    """A multi-shot caption folder (one JSON per shot, shot_durations.txt or not) gives per block exactly the text
+    its MultiTextConcatDataset gives (the scene-cut prefix at each later shot's first block); a multi-line i2v prompt
+    file's shots spread as its ImagePromptDataset spreads them."""
+    from comfyui_clipwan.wan.timeline.files import load_longlive_shots, longlive_shot_prompts
+
+    folder = tmp_path / "caption" / "video1"
+    folder.mkdir(parents=True)
+    captions = ["a red fox in the snow", "a lighthouse at dusk", "a train crossing a bridge"]
+    for i, caption in enumerate(captions, 1):
+        (folder / f"{i:06d}.json").write_text(json.dumps({"caption": caption}))
+    if durations:
+        (folder / "shot_durations.txt").write_text(durations)
+    theirs = upstream["dataset"].MultiTextConcatDataset(str(tmp_path), num_blocks=blocks, deterministic=True)[0]
+    timeline = load_longlive_shots(str(folder), blocks)
+    layout = [(b, 1) for b in range(blocks)]
+    starts = dict(timeline.resolved(layout))
+    ours, segment = [], None
+    for b in range(blocks):  # the text each block is conditioned on (a cut block: prefix + prompt)
+        segment = timeline.segments[starts[b]] if b in starts else segment
+        ours.append((SCENE_CUT if b in starts and segment.transition == "cut" else "") + segment.prompts[0].text)
+    assert ours == theirs["prompts"]
+    image_prompts = upstream["dataset"].ImagePromptDataset.__new__(upstream["dataset"].ImagePromptDataset)
+    image_prompts.num_blocks, image_prompts.scene_cut_prefix, image_prompts.prompt_dir = blocks, SCENE_CUT, tmp_path
+    (tmp_path / "fox.txt").write_text("\n".join(captions) + "\n")
+    assert longlive_shot_prompts(captions, blocks) == image_prompts._load_prompts(tmp_path / "fox.png")
+

@@ -713,8 +713,8 @@ class CausalLoop:
         s, cfg = self.settings, self.cfg
         capacity = self.cache_capacity()
         return self.cache_class(cfg.num_layers, self.batch, cfg.num_heads, cfg.head_dim, self.tokens_per_frame,
-                                capacity, int(s.sink_size), int(s.local_window), s.cache_dtype or self.dtype, self.device,
-                                positions=s.positions, sink_ema=s.sink_ema)
+                                capacity, int(s.sink_size), int(s.local_window), s.cache_dtype or self.dtype,
+                                self.device, positions=s.positions, sink_ema=s.sink_ema)
 
     def _encode(self, text, block: int):
         self.hooks.on_forward_start("context", block)

@@ -198,8 +198,8 @@ SETTINGS = (
             used_by="Causal Wan Stream Video (block loop families with a window)"),
     # LongLive 2.0's multi-shot mode (layout 6; wan/sampling/multishot.py): what a timeline's scene cut ('12 cut: ...')
     # does. Off / 0 / empty = no multi-shot mode: a timeline with a cut is then refused, naming the family
-    Setting("multi_shot_sink", "BOOLEAN", "Multi-shot attention sink (LongLive 2.0) at a timeline's scene cuts: the cut "
-            "block's first sink_size frames are pinned as the new shot's sink next to the video's first sink_size "
+    Setting("multi_shot_sink", "BOOLEAN", "Multi-shot attention sink (LongLive 2.0) at a timeline's scene cuts: the "
+            "cut block's first sink_size frames are pinned as the new shot's sink next to the video's first sink_size "
             "frames (which stay); the previous shot's sink is evicted as the window slides.",
             field="multi_shot_sink", since=6, cli="--multi-shot-sink",
             used_by="scene cuts in a timeline (LongLive 2.0: on)", used_when=lambda s: s.multi_shot_sink),

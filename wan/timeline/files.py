@@ -74,7 +74,8 @@ def parse_text(text: str, source: str = "timeline text", fps: Optional[float] = 
         if m["rule"] == "blend" and not m["n"]:
             _fail(where, "'blend' without the number of blocks", "write e.g. '8 blend 4: ...'")
         if m["rule"] != "blend" and (m["n"] or m["method"]):
-            _fail(where, f"'{m['rule']}' takes no number of blocks or interpolation", f"write e.g. '8 {m['rule']}: ...'")
+            _fail(where, f"'{m['rule']}' takes no number of blocks or interpolation",
+                  f"write e.g. '8 {m['rule']}: ...'")
         seg = Segment(prompts, transition=m["rule"] or "switch", blend_blocks=int(m["n"] or 0),
                       interpolation=m["method"] or "linear", source=where)
         if start.startswith("f"):
@@ -280,8 +281,8 @@ def load_longlive_shots(folder: str, blocks: Optional[int], cut_prefix: Optional
     the numeric order of their names, ``global.json`` skipped, and an optional ``shot_durations.txt`` of blocks per
     shot), for a run of ``blocks`` blocks."""
     if blocks is None:
-        raise ValueError(f"{folder}: a LongLive multi-shot caption folder spreads its shots over the run's blocks; give "
-                         f"the number of blocks (the CLI does: --length / --frames-per-block).")
+        raise ValueError(f"{folder}: a LongLive multi-shot caption folder spreads its shots over the run's blocks; "
+                         f"give the number of blocks (the CLI does: --length / --frames-per-block).")
     names = sorted((n for n in os.listdir(folder) if n.endswith(".json") and n != "global.json"),
                    key=lambda n: (n[:-5].isdigit(), int(n[:-5]) if n[:-5].isdigit() else 0, n[:-5]))
     if not names:
