@@ -110,5 +110,6 @@ def test_until_stopped_refusals(parts, tmp_path, monkeypatch):
 
 def test_until_stopped_is_an_optional_input_after_the_others():
     optional = list(CausalWanStreamVideo.INPUT_TYPES()["optional"])
-    assert optional[-1] == "until_stopped"  # saved workflows keep their widget values
+    # saved workflows keep their widget values: until_stopped (layout 5) after the others, only layout 6's after it
+    assert optional[-4:] == ["until_stopped", "multi_shot_sink", "multi_shot_rope_offset", "scene_cut_prefix"]
     assert CausalWanStreamVideo.INPUT_TYPES()["optional"]["until_stopped"][1]["default"] is False
