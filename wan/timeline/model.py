@@ -197,14 +197,6 @@ class Timeline:
         return list(dict.fromkeys(prefix + p.text for s in self.segments if s.transition == "cut" and prefix
                                   for p in s.prompts if prefix not in p.cut_embeddings))
 
-    @property
-    def has_cuts(self) -> bool:
-        return any(s.transition == "cut" for s in self.segments)
-
-    def cut_blocks(self, layout: Sequence) -> list:
-        """The blocks (>= 1) where a scene cut takes effect in a run of ``layout``."""
-        return [b for b, i in self.resolved(layout) if b > 0 and self.segments[i].transition == "cut"]
-
     # --- where segments start ----------------------------------------------------------------------------
     def start_frame(self, segment: Segment) -> int:
         """The latent frame a segment starts at (blocks are resolved against a layout elsewhere)."""
