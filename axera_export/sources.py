@@ -39,6 +39,8 @@ class ClipSource:
     random_init: bool
     vision: Optional[ClipVisionModel] = None
     text: Optional[TextWeights] = None
+    family: str = "clip"  # families.FAMILIES key: the rules the export and the runtime follow
+    tokenizer_path: Optional[str] = None  # a tokenizer file/folder the family reads (None: the family's default)
 
     def require(self, parts) -> None:
         if "vision" in parts and self.vision is None:
@@ -84,6 +86,18 @@ def text_overrides(path: str) -> dict:
 
 
 def load_source(path: str, parts=PARTS, text_act: Optional[str] = None) -> ClipSource:
+    """A checkpoint of any family ``families`` knows (recognised by its key names), reading only the towers
+    asked for; ``text_act`` applies to CLIP files."""
+    from . import families
+
+    path = os.fspath(path)
+    family, _ = families.detect(open_checkpoint(path, "CLIP").keys)
+    if family.name == "clip":
+        return load_clip_source(path, parts, text_act)
+    return family.load(path, parts)
+
+
+def load_clip_source(path: str, parts=PARTS, text_act: Optional[str] = None) -> ClipSource:
     """A full CLIP checkpoint (HF ``CLIPModel`` or OpenCLIP ``CLIP``), reading only the towers asked for.
 
     Hyper-parameters shapes cannot tell come from an HF ``config.json`` beside the file when there is one;

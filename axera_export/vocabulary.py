@@ -101,17 +101,13 @@ def _file_digest(path: str, digest) -> None:
 
 
 def model_files(runtime: ClipRuntime) -> list:
-    """The files text embeddings depend on: the text model that runs (+ external data), the BPE vocabulary."""
+    """The files text embeddings depend on: the text model that runs (+ external data), the tokenizer files."""
     session = runtime.parts["text"]
     files = [session.path]
     info = runtime.manifest["parts"]["text"]
     if session.backend == "onnxruntime" and info.get("external_data"):
         files.append(os.path.join(runtime.folder, info["external_data"]))
-    vocab = runtime.vocab_path
-    if vocab is None:
-        from .tokenizer import default_vocab_path
-        vocab = default_vocab_path()
-    files.append(vocab)
+    files.extend(runtime.tokenizer.files[name] for name in sorted(runtime.tokenizer.files))
     return files
 
 

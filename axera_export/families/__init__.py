@@ -1,0 +1,80 @@
+"""CLIP-like model families the Axera export knows: what differs between them, declared once per family.
+
+A *family* is one way of turning a checkpoint into an image/text embedding pair and a score: CLIP (OpenAI /
+OpenCLIP / HF ``CLIPModel``), SigLIP (...). The export pipeline, the runtime and the interrogation service are
+written once and ask the family of the source (export side) or of the manifest (serving side) for every rule
+below. One module per family in this folder; ``FAMILIES`` is the registry (order = detection order).
+
+The interface (``base.Family``; a family module defines one subclass instance named ``FAMILY``)
+------------------------------------------------------------------------------------------------
+
+Declared values (class attributes):
+
+* ``name``: the manifest's ``family.name`` and the registry key (``"clip"``); ``title``: for reports/docs.
+* ``layouts``: the checkpoint layouts it reads (docs table), e.g. ``("hf", "openclip")``.
+* ``score_rule``: ``"softmax"`` (softmax over the candidates of ``exp(logit_scale)·cos``, CLIP) or
+  ``"sigmoid"`` (``sigmoid(exp(logit_scale)·cos + logit_bias)`` per label, SigLIP).
+* ``text_pooling``: which hidden state of the text graph is the text embedding before the head:
+  ``"eot_argmax"`` (the position of the largest id: CLIP's end-of-text), ``"last"`` (the last position; the
+  tokenizer pads to the context length, SigLIP), ``"first"`` (CLS, BERT-like).
+
+Export side (may import torch, always inside the methods: the serving path imports this package too):
+
+* ``detect(keys) -> layout | None``: the layout when this family's towers are in these state-dict keys.
+* ``load(path, parts) -> ClipSource``: the towers asked for, from a checkpoint file in one of ``layouts``
+  (``ClipSource.family`` = ``name``); ``default_source(seed, **sizes)``: seeded random-init at real key names.
+* ``vision_heads(vision) / text_heads(text) -> {name: ndarray}``: the fp32 CPU-side weights saved in
+  ``cpu_heads.npz`` (projections, biases).
+* ``export_tokenizer(source) -> Tokenizer``: the tokenizer of the source (ids [N, context] int32) and the
+  files an export carries under ``tokenizer/``.
+* ``manifest_block(source) -> dict``: the manifest's ``family`` entry: ``name``, ``score_rule``,
+  ``logit_scale``, ``logit_bias``, ``text_pooling``, ``tokenizer`` ({kind, files, context_length, ...}).
+  Image preprocessing (size, mean/std, crop/resize) lives in ``parts.vision.config`` / ``crop`` as before.
+
+Serving side (numpy only, from the manifest; never torch):
+
+* ``tokenizer(block, folder) -> Tokenizer``: rebuilt from the files the export carries.
+* ``vision_head(pooled, heads)`` / ``text_head(hidden, ids, heads)``: the CPU part after each NPU graph
+  (pooling, projection, bias), fp32, not normalised.
+* ``probabilities(cosine, block)``: the score rule over a [..., N] table of cosines.
+
+The default methods of ``base.Family`` implement CLIP's rules; a family overrides only what differs.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable, Optional
+
+from .base import Family, Tokenizer
+from .clip import FAMILY as CLIP
+
+FAMILIES = {f.name: f for f in (CLIP,)}
+DEFAULT_FAMILY = CLIP.name
+
+
+def get_family(name: Optional[str]) -> Family:
+    """The family registered as ``name`` (None: CLIP, what exports before families were)."""
+    family = FAMILIES.get(name or DEFAULT_FAMILY)
+    if family is None:
+        raise ValueError(f"unknown model family {name!r}; this version knows {sorted(FAMILIES)}: update "
+                         f"comfyui-clipwan or re-export the model")
+    return family
+
+
+def of_manifest(manifest: dict) -> Family:
+    """The family an export manifest was written for (manifests without a ``family`` entry are CLIP)."""
+    return get_family((manifest.get("family") or {}).get("name"))
+
+
+def detect(keys: Iterable[str]) -> tuple:
+    """``(family, layout)`` of a checkpoint from its key names; nothing recognised → ``(CLIP, None)``: CLIP's
+    loaders then raise their detailed "no tower found" errors naming the keys they expect."""
+    keys = set(keys)
+    for family in FAMILIES.values():
+        layout = family.detect(keys)
+        if layout is not None:
+            return family, layout
+    return CLIP, None
+
+
+__all__ = ["FAMILIES", "DEFAULT_FAMILY", "Family", "Tokenizer", "detect", "get_family", "of_manifest"]
