@@ -40,7 +40,7 @@ def _config_json(path: Optional[str]) -> dict:
         return {}
 
 
-def vision_overrides(cfg: Mapping, layout: str) -> dict:
+def vision_overrides(cfg: Mapping) -> dict:
     """What shapes cannot tell the vision tower: QuickGELU for cn_clip, the HF config's fields otherwise."""
     vision = cfg.get("vision_config") if isinstance(cfg.get("vision_config"), Mapping) else {}
     out = {"act": VISION_ACT}
@@ -78,6 +78,44 @@ def load_cnclip(path: str, parts=("vision", "text"), context_length: Optional[in
             raise ValueError(f"'{path}': {exc}") from None
     vision = None
     if "vision" in parts:
-        layout = "hf" if text is None or text.layout == "hf" else "cn_clip"
-        vision = cnclip_vision(sd, vision_overrides(cfg, layout), source=f"'{os.path.basename(path)}'")
+        vision = cnclip_vision(sd, vision_overrides(cfg), source=f"'{os.path.basename(path)}'")
     return vision, text
+
+
+# chinese-clip-vit-base-patch16: ViT-B/16 + RoBERTa-wwm-ext-base-chinese (cn_clip model_configs), 512-d embeds
+BASE_SIZES = dict(vision_layers=12, vision_width=768, patch_size=16, image_size=224, text_layers=12, width=768,
+                  vocab_size=21128, proj_dim=512)
+
+
+def random_cnclip_state_dict(seed: int = 0, **sizes) -> tuple[dict, dict]:
+    """A seeded random-init Chinese-CLIP under the real HF ``ChineseCLIPModel`` key names; ``sizes`` override
+    ``BASE_SIZES``. Returns ``(state_dict, config)`` with ``config`` an HF-style ``{"vision_config": {...},
+    "text_config": {...}}`` of what shapes cannot tell (64-wide heads, as every release; QuickGELU vision)."""
+    from ..clip_vision.config import VisionConfig
+    from ..clip_vision.loader import _init_std
+    from ..clip_vision.model import VisionTransformer, internal_to_canonical
+    from .towers.bert import BertConfig, random_state_dict
+
+    s = dict(BASE_SIZES, **sizes)
+    unknown = set(s) - set(BASE_SIZES)
+    if unknown:
+        raise ValueError(f"unknown Chinese-CLIP size(s) {sorted(unknown)}; known: {sorted(BASE_SIZES)}")
+    vw, tw = s["vision_width"], s["width"]
+    text_cfg = BertConfig(vocab_size=s["vocab_size"], width=tw, layers=s["text_layers"], heads=max(1, tw // 64),
+                          mlp_dim=4 * tw, proj_dim=s["proj_dim"])
+    sd = random_state_dict(text_cfg, seed=seed, layout="hf")
+    vcfg = VisionConfig(name="ViT", image_size=s["image_size"], patch_size=s["patch_size"], width=vw,
+                        layers=s["vision_layers"], heads=max(1, vw // 64), mlp_dim=4 * vw, act=VISION_ACT,
+                        proj_dim=s["proj_dim"])
+    g = torch.Generator().manual_seed(seed + 1)
+    model = VisionTransformer(vcfg)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            std = _init_std(name, vcfg)
+            if std is None:
+                p.copy_(torch.ones(p.shape) if name.endswith("weight") else torch.zeros(p.shape))
+            else:
+                p.copy_(torch.randn(p.shape, generator=g) * std)
+    sd.update({k: v.clone() for k, v in internal_to_canonical(model).items()})
+    return sd, {"vision_config": {"hidden_act": VISION_ACT, "num_attention_heads": vcfg.heads},
+                "text_config": {"num_attention_heads": text_cfg.heads}}

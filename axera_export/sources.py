@@ -48,7 +48,8 @@ class ClipSource:
         if "text" in parts and self.text is None:
             raise ValueError(f"{self.description} has no text tower (a CLIP_VISION / vision-only file); "
                              f"export parts=vision, or give a full CLIP checkpoint")
-        if "text" in parts and self.text.projection is None:
+        # CLIP's zero-shot needs the projection; Jina-CLIP's text head may be an identity (no proj) by design
+        if "text" in parts and self.text.projection is None and self.family == "clip":
             raise ValueError(f"{self.description}: the text tower has no 'text_projection' (a text-encoder-only "
                              f"file such as clip_l.safetensors); zero-shot needs a full CLIP checkpoint")
 

@@ -47,8 +47,10 @@ from typing import Iterable, Optional
 
 from .base import Family, Tokenizer
 from .clip import FAMILY as CLIP
+from .cnclip import FAMILY as CNCLIP
+from .jinaclip import FAMILY as JINACLIP
 
-FAMILIES = {f.name: f for f in (CLIP,)}
+FAMILIES = {f.name: f for f in (CLIP, CNCLIP, JINACLIP)}
 DEFAULT_FAMILY = CLIP.name
 
 

@@ -44,12 +44,13 @@ _MARKERS = ("blocks.0.attn.q_proj.weight", "blocks.0.attn.qkv.weight")
 
 @dataclasses.dataclass(frozen=True)
 class EvaConfig:
-    image_size: int
-    patch_size: int
-    width: int
-    layers: int
-    heads: int
-    mlp_dim: int
+    name: str = dataclasses.field(default="EVA02", compare=False)
+    image_size: int = 224
+    patch_size: int = 14
+    width: int = 1024
+    layers: int = 24
+    heads: int = 16
+    mlp_dim: int = 2730
     swiglu: bool = True
     subln: bool = True
     rope: bool = True
@@ -206,6 +207,8 @@ class EvaVisionTower(nn.Module):
             x = block(x, rope)
         return self.norm(x)[:, :1].reshape(b, c.width)  # a Slice, not a 0-D Gather
 
+    pooled = forward  # the export pipeline traces ``tower.pooled(pixels, export=True)`` (as for CLIP's tower)
+
 
 def linear_head(pooled: np.ndarray, weight: Optional[np.ndarray], bias: Optional[np.ndarray] = None) -> np.ndarray:
     """CPU side of a tower head in fp32: ``pooled @ W.T (+ b)``; None = identity head."""
@@ -235,6 +238,51 @@ class EvaWeights:
         hw = None if self.head_weight is None else self.head_weight.numpy()
         hb = None if self.head_bias is None else self.head_bias.numpy()
         return torch.from_numpy(linear_head(pooled, hw, hb))
+
+
+@dataclasses.dataclass
+class EvaOutput:
+    image_embeds: torch.Tensor
+
+
+class EvaVisionModel:
+    """What the export pipeline asks of a vision source (``ClipVisionModel``'s fp32-CPU surface): ``config``,
+    ``model.pooled``, ``encode(pixels).image_embeds`` (head applied, Matryoshka-truncated when asked)."""
+
+    dtype = torch.float32
+    device = torch.device("cpu")
+
+    def __init__(self, weights: EvaWeights, source: str, truncate_dim: Optional[int] = None):
+        self.weights, self.source, self.layout = weights, source, weights.layout
+        self.truncate_dim = truncate_dim
+        self.model = weights.build()
+
+    @property
+    def config(self) -> EvaConfig:
+        """The tower's config with ``proj_dim`` = the embedding size the CPU head gives (the width for an
+        identity head; the Matryoshka size when truncated): what ``proj_dim`` means to the export pipeline."""
+        c = self.weights.config
+        return dataclasses.replace(c, proj_dim=self.truncate_dim or c.proj_dim or c.width)
+
+    def head(self) -> dict:
+        """The CPU head as ``cpu_heads.npz`` entries (rows cut to ``truncate_dim``: Matryoshka)."""
+        w, b = self.weights.head_weight, self.weights.head_bias
+        if w is None:
+            if not self.truncate_dim:
+                return {}
+            w = torch.eye(self.config.width)
+        d = self.truncate_dim or w.shape[0]
+        out = {"visual_projection": w[:d].numpy()}
+        if b is not None:
+            out["visual_projection_bias"] = b[:d].numpy()
+        return out
+
+    def encode(self, pixel_values: torch.Tensor) -> EvaOutput:
+        with torch.inference_mode():
+            pooled = self.model(pixel_values.float()).numpy()
+        h = self.head()
+        return EvaOutput(torch.from_numpy(linear_head(pooled, h.get("visual_projection"),
+                                                      h.get("visual_projection_bias"))))
 
 
 def find_root(keys) -> str:

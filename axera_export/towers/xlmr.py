@@ -152,17 +152,36 @@ class XlmrWeights:
     logit_scale: float
     lora_task: Optional[str]
     layout: str
+    truncate_dim: Optional[int] = None  # Matryoshka: keep the first d dimensions (rows of the CPU head)
 
     def build(self) -> XlmrTextTower:
         tower = XlmrTextTower(self.config)
         tower.load_state_dict(self.state_dict, strict=True)
         return tower.eval().requires_grad_(False)
 
+    def head(self) -> dict:
+        """The CPU head as ``cpu_heads.npz`` entries: projection (identity when the checkpoint has none and no
+        truncation is asked) with its rows cut to ``truncate_dim``."""
+        w, b = self.projection, self.projection_bias
+        if w is None:
+            if not self.truncate_dim:
+                return {}
+            w = torch.eye(self.config.width)
+        d = self.truncate_dim or w.shape[0]
+        out = {"text_projection": w[:d].numpy()}
+        if b is not None:
+            out["text_projection_bias"] = b[:d].numpy()
+        return out
+
     def encode(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """Reference torch path: ids → (projected, truncated) text embeddings, not normalised."""
         with torch.inference_mode():
             pooled = self.build()(input_ids)
-        if self.projection is not None:
-            pooled = F.linear(pooled, self.projection, self.projection_bias)
+        h = self.head()
+        if "text_projection" in h:
+            bias = h.get("text_projection_bias")
+            pooled = F.linear(pooled, torch.from_numpy(h["text_projection"]),
+                              None if bias is None else torch.from_numpy(bias))
         return pooled
 
 
