@@ -92,11 +92,18 @@ def test_families_detect_their_checkpoints(tmp_path):
     assert families.detect(["text_model.encoder.layers.0.self_attn.q_proj.weight"])[0].name == "clip"
 
 
-def test_cnclip_export_and_runtime_match_transformers(tmp_path):
-    model, path = _hf_cnclip(tmp_path / "cn")
+@pytest.fixture(scope="module")
+def cn_export(tmp_path_factory):
+    """A tiny HF ChineseCLIPModel saved as an HF folder, loaded by family detection and exported once."""
+    tmp = tmp_path_factory.mktemp("cnclip")
+    model, path = _hf_cnclip(tmp / "cn")
     source = load_source(path)
     assert source.family == "cnclip" and source.text.config.context_length == 52
-    result = export_clip(source, str(tmp_path / "out"), parity_samples=2, run_build=False, crop="none")
+    return model, export_clip(source, str(tmp / "out"), parity_samples=2, run_build=False, crop="none")
+
+
+def test_cnclip_export_and_runtime_match_transformers(cn_export):
+    model, result = cn_export
     assert result.ok, result.report
     m = result.manifest
     assert m["family"]["name"] == "cnclip" and m["family"]["text_pooling"] == "first"
@@ -184,3 +191,37 @@ def test_runtime_serves_both_families_without_torch(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["jinaclip", "ok", "cnclip", "ok"]
+
+
+def test_service_structured_endpoint_on_a_cnclip_export(cn_export):
+    """POST /sdapi/v1/interrogate/structured on a Chinese-CLIP export: per category the winner and its
+    confidence = softmax within the category, vs transformers' ChineseCLIPModel on the decoded pixels."""
+    import base64
+    import io
+
+    from PIL import Image
+
+    from comfyui_clipwan.axera_export.interrogate import decode_image
+    from comfyui_clipwan.axera_export.service import InterrogationService, ServiceConfig
+
+    model, result = cn_export
+    buf = io.BytesIO()
+    Image.fromarray((_image()[0] * 255).astype(np.uint8)).save(buf, format="PNG")
+    b64 = base64.b64encode(buf.getvalue()).decode()
+    categories = {"animal": ["猫", "狗", "鸟"], "thing": ["车", "照片"]}
+    service = InterrogationService(lambda: result.folder, ServiceConfig(labels=LABELS, template="{}", cache=False,
+                                                                        backend="onnxruntime"))
+    reply = service.respond("structured", json.dumps({"image": b64, "categories": categories}).encode())
+    assert reply.status == 200, reply.payload
+    runtime = ClipRuntime(result.folder, backend="onnxruntime")
+    pixels = torch.from_numpy(runtime.pixels(decode_image(b64)))
+    with torch.no_grad():
+        img = getattr(o := model.get_image_features(pixel_values=pixels), "pooler_output", o).numpy()
+    for name, values in categories.items():
+        ids = torch.from_numpy(runtime.tokenizer(values))
+        with torch.no_grad():
+            out = model.get_text_features(input_ids=ids.long(), attention_mask=(ids != 0).long())
+        ref = _softmax_rule(img, getattr(out, "pooler_output", out).numpy(), math.log(20.0))[0]
+        got = reply.payload["results"][name]
+        assert got["winner"] == values[int(ref.argmax())]
+        assert abs(got["confidence"] - ref.max()) < 1e-4
