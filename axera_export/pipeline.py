@@ -233,7 +233,7 @@ def _build(source: ClipSource, folder: str, parts, calib_images, prompts, npu_mo
         steps.append(pulsar2.BuildStep("vision", "vision.onnx", "pulsar2/vision.json", "build/vision",
                                        "vision.axmodel", target, npu_mode))
         manifest["parts"]["vision"] = _part_entry(onnx_v, par, calib, "pulsar2/vision.json",
-                                                  CPU_SPLIT["wan" if wan else "vision"])
+                                                  CPU_SPLIT["wan"] if wan else _split(family, "vision"))
         manifest["parts"]["vision"].update(config=_vision_config_json(config), crop=crop, output_kind=vision_output)
 
     if "text" in parts:
@@ -260,7 +260,7 @@ def _build(source: ClipSource, folder: str, parts, calib_images, prompts, npu_mo
         checked["text"] = pulsar2.write_config(cfg, os.path.join(folder, "pulsar2", "text.json"))
         steps.append(pulsar2.BuildStep("text", "text.onnx", "pulsar2/text.json", "build/text", "text.axmodel",
                                        target, npu_mode))
-        manifest["parts"]["text"] = _part_entry(onnx_t, par, calib, "pulsar2/text.json", CPU_SPLIT["text"])
+        manifest["parts"]["text"] = _part_entry(onnx_t, par, calib, "pulsar2/text.json", _split(family, "text"))
         # the tokenizer files travel with the export: the board tokenizes without open_clip (or torch)
         os.makedirs(os.path.join(folder, "tokenizer"), exist_ok=True)
         for name, path in tokenizer.files.items():
@@ -297,6 +297,11 @@ def _build(source: ClipSource, folder: str, parts, calib_images, prompts, npu_mo
     manifest["notes"] = notes
     manifest["seconds"] = round(time.perf_counter() - t_start, 2)
     return manifest
+
+
+def _split(family, part: str) -> dict:
+    """The NPU/CPU split of ``part`` as the family states it (``cpu_split``), else CLIP's."""
+    return (getattr(family, "cpu_split", None) or {}).get(part) or CPU_SPLIT[part]
 
 
 def _vision_config_json(config) -> dict:

@@ -225,3 +225,26 @@ def test_service_structured_endpoint_on_a_cnclip_export(cn_export):
         got = reply.payload["results"][name]
         assert got["winner"] == values[int(ref.argmax())]
         assert abs(got["confidence"] - ref.max()) < 1e-4
+
+
+def test_tokenizer_json_matches_transformers_fast_tokenizer(tmp_path):
+    """Fixed-length ids of an XLM-R-style tokenizer.json vs transformers' own wrapper of the same file
+    (``padding="max_length"``, ``truncation=True``): special tokens kept, </s> last when cut, <pad> = 1."""
+    from transformers import PreTrainedTokenizerFast
+
+    from comfyui_clipwan.axera_export.hf_tokenizers import TokenizerJson
+
+    path = _tokenizer_json(tmp_path)
+    texts = ["a photo of a cat", "the dog in the snow", "car " * 40, "zebra!"]
+    ours = TokenizerJson(path, 16)(texts)
+    ref = PreTrainedTokenizerFast(tokenizer_file=path, pad_token="<pad>", bos_token="<s>", eos_token="</s>",
+                                  unk_token="<unk>")(texts, padding="max_length", truncation=True, max_length=16)
+    np.testing.assert_array_equal(ours, np.array(ref["input_ids"], np.int32))
+    assert ours.dtype == np.int32 and ours[2, -1] == 2 and ours[0, -1] == 1
+
+
+def test_manifest_states_each_familys_split(cn_export):
+    _, result = cn_export
+    text = result.manifest["parts"]["text"]["split"]
+    assert "[CLS]" in text["npu"] and not any("EOT" in x for x in text["cpu"])
+    assert "EOT" not in result.report and "[CLS] row by Slice" in result.report

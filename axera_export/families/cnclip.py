@@ -31,6 +31,9 @@ class CnClipFamily(Family):
     score_rule = "softmax"
     text_pooling = "first"  # pooled in the NPU graph: text_head gets [B, width]
     default_crop = "none"
+    cpu_split = {"text": {"npu": "token Gather (1-D ids) + positions + token type → LN → post-LN BERT layers with "
+                                 "the pad mask (ids == 0) → [CLS] row by Slice (output text_hidden [1, width])",
+                          "cpu": ["text_projection (fp32 GEMM)", "L2 normalisation"]}}
 
     def detect(self, keys) -> Optional[str]:
         for key in keys:

@@ -30,6 +30,13 @@ class JinaClipFamily(Family):
     score_rule = "softmax"
     text_pooling = "mean"  # pooled in the NPU graph: text_head gets [B, width]
     default_crop = "center"
+    cpu_split = {
+        "vision": {"npu": "patch Conv → +CLS/positions → EVA02 blocks (2D RoPE, SwiGLU, sub-LN) → norm of the CLS "
+                          "token (output image_pooled)",
+                   "cpu": ["head (fp32 GEMM + bias; Matryoshka rows)", "L2 normalisation"]},
+        "text": {"npu": "token Gather (1-D ids) + token type → LN → post-LN rotary encoder layers (LoRA merged) "
+                        "with the pad mask (ids == 1) → mean over the non-pad tokens (output text_hidden [1, width])",
+                 "cpu": ["projection when the checkpoint has one (fp32; Matryoshka rows)", "L2 normalisation"]}}
 
     def detect(self, keys) -> Optional[str]:
         for key in keys:
