@@ -310,3 +310,52 @@ def random_siglip_state_dict(image_size: int = 224, patch_size: int = 16, width:
     sd[f"{V}head.mlp.fc1.weight"], sd[f"{V}head.mlp.fc1.bias"] = normal(mlp_dim, width), torch.zeros(mlp_dim)
     sd[f"{V}head.mlp.fc2.weight"], sd[f"{V}head.mlp.fc2.bias"] = normal(width, mlp_dim), torch.zeros(width)
     return sd
+
+
+# --- scoring (clip_vision.scores): the SigLIP pair behind the CLIP-score interfaces -----------------------------
+def is_siglip_file(path: str) -> bool:
+    """Whether a checkpoint holds a SigLIP tower (key names only; nothing is loaded)."""
+    from .checkpoint import open_checkpoint
+    from .siglip_layouts import detect_layout
+
+    return detect_layout(open_checkpoint(path, "CLIP").keys) is not None
+
+
+class SiglipTextModule(nn.Module):
+    """Token ids → SigLIP text embedding: the tower, the hidden state at the last position, ``text_model.head``."""
+
+    def __init__(self, weights):
+        super().__init__()
+        self.tower = weights.build()
+        self.head = nn.Linear(weights.config.width, weights.projection.shape[0])
+        self.head.load_state_dict({"weight": weights.projection, "bias": weights.projection_bias})
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.head(self.tower(ids)[:, -1])
+
+
+def siglip_score_models(path: str, tokenizer: Optional[str] = None, text: bool = True) -> tuple:
+    """``(SiglipVisionModel, TextTower | None)`` of a SigLIP checkpoint for ``clip_vision.scores``; the tokenizer
+    (``spiece.model`` / SigLIP2 ``tokenizer.json``) from ``tokenizer`` (file or folder) or beside the file."""
+    from ..axera_export.families.siglip import FAMILY
+    from .text_tower import TextTower
+
+    has_text = text and detect_text(path)
+    vision, weights, _ = load_siglip(path, ("vision", "text") if has_text else ("vision",))
+    if not has_text:
+        return vision, None
+    c = weights.config
+    tok = FAMILY.find_tokenizer(os.fspath(tokenizer) if tokenizer else os.path.dirname(os.path.abspath(path)),
+                                c.vocab_size, c.context_length)
+    return vision, TextTower(SiglipTextModule(weights), lambda prompts: torch.from_numpy(tok(prompts)).long(),
+                             "siglip", f"'{path}'", weights.projection.shape[0])
+
+
+def detect_text(path: str) -> bool:
+    from .checkpoint import open_checkpoint
+    from .siglip_layouts import strip_wrapper
+
+    keys = list(open_checkpoint(path, "SigLIP").keys)
+    prefix = strip_wrapper(keys)
+    return any(k[len(prefix):] in (f"{T}embeddings.token_embedding.weight", "text.token_embedding.weight")
+               for k in keys)

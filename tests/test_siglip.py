@@ -296,3 +296,45 @@ def test_serve_cli_without_torch(exported, tmp_path):
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+# --- #22: CLIP scores with a SigLIP checkpoint ------------------------------------------------------------------
+def test_video_scores_with_siglip_match_transformers(tmp_path, spiece):
+    """CLIP-T / CLIP-I / consistency of a SigLIP file = 100 · cos of transformers' get_image_features /
+    get_text_features (pixels (x - 0.5) / 0.5 of frames at the tower's size, 8-bit levels so ComfyUI's centre
+    preprocessing changes nothing; its own tokenizer padded to 64)."""
+    import shutil
+
+    from safetensors.torch import save_file
+
+    from comfyui_clipwan.clip_vision.scores import load_score_models, score_frames
+
+    config = _siglip_config()
+    model = _hf_model(config, seed=5)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp_path / "model.safetensors"))
+    config.save_pretrained(str(tmp_path))
+    shutil.copyfile(spiece, tmp_path / "spiece.model")  # an HF repo folder: the tokenizer beside the weights
+    vision, text = load_score_models(str(tmp_path / "model.safetensors"))
+    assert text.kind == "siglip"
+    rng = np.random.default_rng(0)
+    frames = torch.from_numpy(rng.integers(0, 256, (5, 32, 32, 3)).astype(np.float32) / 255.0)
+    reference = torch.from_numpy(rng.integers(0, 256, (1, 32, 32, 3)).astype(np.float32) / 255.0)
+    prompts = [(0, "a photo of a cat"), (3, "a red car at night")]
+    rows = score_frames(vision, frames, text, prompts, reference).rows
+
+    def image_features(x):
+        with torch.no_grad():
+            f = _features(model.get_image_features(pixel_values=(x.permute(0, 3, 1, 2) - 0.5) / 0.5))
+        return torch.nn.functional.normalize(f, dim=-1)
+
+    ids = transformers.SiglipTokenizer(vocab_file=spiece)([p for _, p in prompts], padding="max_length",
+                                                          max_length=64, return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        txt = torch.nn.functional.normalize(_features(model.get_text_features(input_ids=ids)), dim=-1)
+    img, ref = image_features(frames), image_features(reference)[0]
+    segment = [0, 0, 0, 1, 1]
+    np.testing.assert_allclose([r.clip_t for r in rows], [100 * float(img[i] @ txt[segment[i]]) for i in range(5)],
+                               atol=1e-4)
+    np.testing.assert_allclose([r.clip_i for r in rows], (100 * img @ ref).numpy(), atol=1e-4)
+    np.testing.assert_allclose([r.consistency for r in rows[1:]],
+                               [100 * float(img[i] @ img[i - 1]) for i in range(1, 5)], atol=1e-4)

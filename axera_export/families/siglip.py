@@ -72,13 +72,17 @@ class SiglipFamily(Family):
 
     # --- tokenizer -------------------------------------------------------------------------------------
     def export_tokenizer(self, source) -> Tokenizer:
+        if source.tokenizer_path is None:
+            raise ValueError(f"{source.description}: SigLIP's tokenizer is not bundled; give the folder (or file) "
+                             f"holding spiece.model (SigLIP) or tokenizer.json (SigLIP2) as tokenizer=...")
+        return self.find_tokenizer(source.tokenizer_path, source.text.config.vocab_size,
+                                   source.text.config.context_length)
+
+    def find_tokenizer(self, where: str, vocab: int, context_length: int) -> Tokenizer:
+        """The tokenizer in ``where`` (a file, or a folder holding ``spiece.model`` / ``tokenizer.json``) for a
+        text tower of ``vocab`` tokens; clear errors naming the file and where to put it."""
         from ..siglip_tokenizer import GEMMA_CONFIG_FILE, GEMMA_FILE, SPIECE_FILE, missing_file
 
-        vocab = source.text.config.vocab_size
-        where = source.tokenizer_path
-        if where is None:
-            raise ValueError(f"{source.description}: SigLIP's tokenizer is not bundled; give the folder (or file) "
-                             f"holding {SPIECE_FILE} (SigLIP) or {GEMMA_FILE} (SigLIP2) as tokenizer=...")
         folder = where if os.path.isdir(where) else os.path.dirname(os.path.abspath(where))
         candidates = [where] if os.path.isfile(where) else \
             [os.path.join(folder, n) for n in ((GEMMA_FILE, SPIECE_FILE) if vocab == GEMMA_VOCAB
@@ -92,7 +96,7 @@ class SiglipFamily(Family):
         config = os.path.join(folder, GEMMA_CONFIG_FILE)
         if kind == GEMMA and os.path.isfile(config):
             files[GEMMA_CONFIG_FILE] = config
-        tokenizer = self._build(kind, files, source.text.config.context_length)
+        tokenizer = self._build(kind, files, context_length)
         size = tokenizer.info["vocab_size"]
         if size > vocab:
             raise ValueError(f"the tokenizer '{path}' has {size} tokens but the text tower only {vocab}: it belongs "
