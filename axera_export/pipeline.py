@@ -83,13 +83,14 @@ RECOMMENDED_CALIBRATION_IMAGES = 32  # the node's tooltip and the CLI help say "
 
 def export_clip(source: ClipSource, folder: str, parts="vision,text", calib_images: Optional[Sequence] = None,
                 prompts: Optional[Sequence[str]] = None, npu_mode: str = "NPU3", opset: int = 14,
-                crop: str = "center", precision: str = "u16", target: str = "AX650", run_build: bool = True,
+                crop: Optional[str] = None, precision: str = "u16", target: str = "AX650", run_build: bool = True,
                 parity_samples: int = 2, progress: Optional[Callable[[str], None]] = None,
                 vision_output: str = "embeddings") -> ExportResult:
     """Export the requested towers of ``source`` into ``folder``; see the module doc for the layout.
 
     ``calib_images``: IMAGE tensors [B,H,W,C]; none → synthetic colour fields (said so in the report).
     ``prompts``: calibration prompts for the text tower; none → the built-in label prompts.
+    ``crop``: image preprocessing (``center`` | ``none``); None → the family's (CLIP: center, SigLIP: none).
     ``vision_output``: ``embeddings`` (post-LN CLS; the CPU projects it: zero-shot) or ``wan`` (Wan 2.1's i2v
     features: the hidden states after all blocks but the last, [1, 257, 1280] for ViT-H/14, no projection).
 
@@ -103,6 +104,11 @@ def export_clip(source: ClipSource, folder: str, parts="vision,text", calib_imag
     _check_npu_mode(npu_mode, target)
     if vision_output not in VISION_OUTPUTS:
         raise ValueError(f"vision_output must be one of {VISION_OUTPUTS}, got {vision_output!r}")
+    family = families.get_family(source.family)
+    if vision_output == "wan" and family.name != "clip":
+        raise ValueError(f"vision_output='wan' exports Wan 2.1's CLIP ViT-H/14 features; {source.description} is a "
+                         f"{family.title} model: export it with vision_output='embeddings'")
+    crop = crop or family.default_crop
     if precision not in pulsar2.PRECISIONS:
         raise ValueError(f"precision must be one of {pulsar2.PRECISIONS}, got {precision!r}")
     say = progress or (lambda msg: None)
@@ -232,8 +238,9 @@ def _build(source: ClipSource, folder: str, parts, calib_images, prompts, npu_mo
         checked["vision"] = pulsar2.write_config(cfg, os.path.join(folder, "pulsar2", "vision.json"))
         steps.append(pulsar2.BuildStep("vision", "vision.onnx", "pulsar2/vision.json", "build/vision",
                                        "vision.axmodel", target, npu_mode))
+        split = {**CPU_SPLIT, **family.cpu_split}
         manifest["parts"]["vision"] = _part_entry(onnx_v, par, calib, "pulsar2/vision.json",
-                                                  CPU_SPLIT["wan"] if wan else _split(family, "vision"))
+                                                  split["wan" if wan else "vision"])
         manifest["parts"]["vision"].update(config=_vision_config_json(config), crop=crop, output_kind=vision_output)
 
     if "text" in parts:
@@ -260,7 +267,8 @@ def _build(source: ClipSource, folder: str, parts, calib_images, prompts, npu_mo
         checked["text"] = pulsar2.write_config(cfg, os.path.join(folder, "pulsar2", "text.json"))
         steps.append(pulsar2.BuildStep("text", "text.onnx", "pulsar2/text.json", "build/text", "text.axmodel",
                                        target, npu_mode))
-        manifest["parts"]["text"] = _part_entry(onnx_t, par, calib, "pulsar2/text.json", _split(family, "text"))
+        manifest["parts"]["text"] = _part_entry(onnx_t, par, calib, "pulsar2/text.json",
+                                                {**CPU_SPLIT, **family.cpu_split}["text"])
         # the tokenizer files travel with the export: the board tokenizes without open_clip (or torch)
         os.makedirs(os.path.join(folder, "tokenizer"), exist_ok=True)
         for name, path in tokenizer.files.items():
@@ -297,11 +305,6 @@ def _build(source: ClipSource, folder: str, parts, calib_images, prompts, npu_mo
     manifest["notes"] = notes
     manifest["seconds"] = round(time.perf_counter() - t_start, 2)
     return manifest
-
-
-def _split(family, part: str) -> dict:
-    """The NPU/CPU split of ``part`` as the family states it (``cpu_split``), else CLIP's."""
-    return (getattr(family, "cpu_split", None) or {}).get(part) or CPU_SPLIT[part]
 
 
 def _vision_config_json(config) -> dict:

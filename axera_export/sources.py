@@ -86,16 +86,18 @@ def text_overrides(path: str) -> dict:
     return {k: v for k, v in out.items() if v is not None}
 
 
-def load_source(path: str, parts=PARTS, text_act: Optional[str] = None) -> ClipSource:
+def load_source(path: str, parts=PARTS, text_act: Optional[str] = None,
+                tokenizer: Optional[str] = None) -> ClipSource:
     """A checkpoint of any family ``families`` knows (recognised by its key names), reading only the towers
-    asked for; ``text_act`` applies to CLIP files."""
+    asked for; ``text_act`` applies to CLIP files, ``tokenizer`` (a file or folder) to families whose
+    tokenizer is not bundled (SigLIP: default = the checkpoint's folder)."""
     from . import families
 
     path = os.fspath(path)
     family, _ = families.detect(open_checkpoint(path, "CLIP").keys)
     if family.name == "clip":
         return load_clip_source(path, parts, text_act)
-    return family.load(path, parts)
+    return family.load(path, parse_parts(parts), tokenizer)
 
 
 def load_clip_source(path: str, parts=PARTS, text_act: Optional[str] = None) -> ClipSource:

@@ -300,12 +300,16 @@ def score_frames(vision, frames: torch.Tensor, text=None, prompts=None, referenc
 def load_score_models(path: Optional[str] = None, tokenizer=None, seed: int = 0, text: bool = True):
     """``(vision, text tower or None)`` of one CLIP checkpoint (both towers read from the same file: Wan's .pth,
     a full OpenCLIP / HF CLIP file), or without ``path`` the embedded default pair (seeded random-init ViT-B/32
-    CLIP, not pretrained). A vision-only file gives ``text=None`` (CLIP-I and consistency only)."""
+    CLIP, not pretrained). A vision-only file gives ``text=None`` (CLIP-I and consistency only). SigLIP / SigLIP2
+    files (HF or open_clip) load their own towers; ``tokenizer``: their spiece.model / tokenizer.json."""
     from .loader import default_clip_vision, load_clip_vision
+    from .siglip import is_siglip_file, siglip_score_models
     from .text_tower import default_text_tower, load_text_tower
 
     if path is None:
         return default_clip_vision("ViT-B/32", seed=seed), (default_text_tower(seed) if text else None)
+    if is_siglip_file(path):
+        return siglip_score_models(path, tokenizer, text)
     vision = load_clip_vision(path)
     if not text:
         return vision, None

@@ -12,16 +12,20 @@ Declared values (class attributes):
 
 * ``name``: the manifest's ``family.name`` and the registry key (``"clip"``); ``title``: for reports/docs.
 * ``layouts``: the checkpoint layouts it reads (docs table), e.g. ``("hf", "openclip")``.
+* ``default_crop``: the image preprocessing (``pixels.CROP_MODES``): ``"center"`` (CLIP: short side to the
+  tower's size, centre crop) or ``"none"`` (squash, SigLIP); size and mean/std come from the vision config.
 * ``score_rule``: ``"softmax"`` (softmax over the candidates of ``exp(logit_scale)·cos``, CLIP) or
   ``"sigmoid"`` (``sigmoid(exp(logit_scale)·cos + logit_bias)`` per label, SigLIP).
 * ``text_pooling``: which hidden state of the text graph is the text embedding before the head:
   ``"eot_argmax"`` (the position of the largest id: CLIP's end-of-text), ``"last"`` (the last position; the
-  tokenizer pads to the context length, SigLIP), ``"first"`` (CLS, BERT-like).
+  tokenizer pads to the context length, SigLIP), ``"first"`` (CLS, BERT-like: Chinese-CLIP), ``"mean"`` (over
+  the non-pad tokens: Jina-CLIP). Chinese-CLIP and Jina-CLIP pool inside the NPU graph (their text graphs output
+  [1, width]) and override ``text_head``; the name then documents what the graph does.
 
 Export side (may import torch, always inside the methods: the serving path imports this package too):
 
 * ``detect(keys) -> layout | None``: the layout when this family's towers are in these state-dict keys.
-* ``load(path, parts) -> ClipSource``: the towers asked for, from a checkpoint file in one of ``layouts``
+* ``load(path, parts, tokenizer=None) -> ClipSource``: the towers asked for, from a checkpoint file in one of ``layouts``
   (``ClipSource.family`` = ``name``); ``default_source(seed, **sizes)``: seeded random-init at real key names.
 * ``vision_heads(vision) / text_heads(text) -> {name: ndarray}``: the fp32 CPU-side weights saved in
   ``cpu_heads.npz`` (projections, biases).
@@ -49,8 +53,10 @@ from .base import Family, Tokenizer
 from .clip import FAMILY as CLIP
 from .cnclip import FAMILY as CNCLIP
 from .jinaclip import FAMILY as JINACLIP
+from .siglip import FAMILY as SIGLIP
 
-FAMILIES = {f.name: f for f in (CLIP, CNCLIP, JINACLIP)}
+# detection order: CLIP last (it claims what is left)
+FAMILIES = {f.name: f for f in (SIGLIP, CNCLIP, JINACLIP, CLIP)}
 DEFAULT_FAMILY = CLIP.name
 
 

@@ -93,6 +93,8 @@ class Family:
     layouts: tuple = ()
     score_rule = "softmax"
     text_pooling = "eot_argmax"
+    default_crop = "center"  # pixels.CROP_MODES: centre crop (CLIP, ComfyUI) or squash (SigLIP)
+    cpu_split: dict = {}  # part → {"npu": ..., "cpu": [...]} for the report; {} = pipeline.CPU_SPLIT (CLIP's)
 
     # --- export side -----------------------------------------------------------------------------------
     def detect(self, keys) -> Optional[str]:
