@@ -17,10 +17,12 @@ def register(sub) -> None:
                     "and runs pulsar2 when it is on PATH. --source default = a seeded RANDOM-INIT ViT-B/32 CLIP.",
     )
     p.add_argument("--source", default=DEFAULT,
-                   help="full CLIP or SigLIP checkpoint (HF CLIPModel / SiglipModel or open_clip; "
+                   help="full CLIP, SigLIP, Chinese-CLIP or Jina-CLIP v2 checkpoint (HF CLIPModel / SiglipModel / "
+                        "ChineseCLIPModel, open_clip, OFA-Sys cn_clip .pt, jinaai/jina-clip-v2 with its config.json; "
                         ".safetensors/.pth/.bin) or 'default'")
     p.add_argument("--tokenizer", default=None,
-                   help="SigLIP: spiece.model / SigLIP2: tokenizer.json, or their folder (default: beside --source)")
+                   help="SigLIP: spiece.model / SigLIP2: tokenizer.json / Chinese-CLIP: vocab.txt / Jina-CLIP: "
+                        "tokenizer.json, or their folder (default: beside --source)")
     p.add_argument("--parts", default="vision,text", help="vision,text | vision | text (default: both)")
     p.add_argument("--calib-images", default=None, help="folder of calibration images (32+ recommended)")
     p.add_argument("--calib-prompts", default=None, help="text file, one calibration prompt per line")

@@ -99,7 +99,9 @@ def cn_export(tmp_path_factory):
     model, path = _hf_cnclip(tmp / "cn")
     source = load_source(path)
     assert source.family == "cnclip" and source.text.config.context_length == 52
-    return model, export_clip(source, str(tmp / "out"), parity_samples=2, run_build=False, crop="none")
+    result = export_clip(source, str(tmp / "out"), parity_samples=2, run_build=False, crop="none")
+    result.checkpoint = path
+    return model, result
 
 
 def test_cnclip_export_and_runtime_match_transformers(cn_export):
@@ -248,3 +250,17 @@ def test_manifest_states_each_familys_split(cn_export):
     text = result.manifest["parts"]["text"]["split"]
     assert "[CLS]" in text["npu"] and not any("EOT" in x for x in text["cpu"])
     assert "EOT" not in result.report and "[CLS] row by Slice" in result.report
+
+
+def test_cli_export_of_a_cnclip_folder(cn_export, tmp_path, capsys):
+    """`comfyui-clipwan export-axera --source <HF folder>/model.safetensors`: family from the keys, vocab.txt and
+    config.json from beside the file, the family's squash crop by default, exit code 0."""
+    from comfyui_clipwan.cli import main
+
+    _, result = cn_export
+    code = main(["export-axera", "--source", result.checkpoint, "--parts", "text", "--out", str(tmp_path / "cli"),
+                 "--no-build"])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    manifest = json.load(open(tmp_path / "cli" / "manifest.json"))
+    assert manifest["family"]["name"] == "cnclip" and "Chinese-CLIP, hf layout" in manifest["source"]
