@@ -147,6 +147,8 @@ def test_jinaclip_export_and_runtime_match_torch_towers(tmp_path):
     assert m["parts"]["vision"]["input"]["shape"] == [1, 3, 60, 60] and m["parts"]["text"]["input"]["shape"] == [1, 77]
     heads = np.load(os.path.join(result.folder, "cpu_heads.npz"))
     assert heads["visual_projection"].shape == (32, 64) and heads["text_projection"].shape == (32, 64)
+    assert set(m["pulsar2"]["configs_valid_for"]) >= {"5.1", "7.0"} and m["parts"]["vision"]["crop"] == "center"
+    assert "mean over the non-pad tokens" in m["parts"]["text"]["split"]["npu"]
     runtime = ClipRuntime(result.folder, backend="onnxruntime")
     labels = ["cat", "dog", "bird in the snow", "a car"]
     probs = dict(runtime.zero_shot(_image(), labels, template="a photo of {}")[0])
