@@ -20,7 +20,7 @@ import torch
 from ..weights import open_weights
 from .towers.eva import (EvaConfig, EvaVisionModel, eva_weights_from_state_dict, find_root as vision_root,
                          random_state_dict as random_eva_state_dict, vision_config_from_json)
-from .towers.xlmr import CONTEXT_LENGTH, XlmrWeights, find_root as text_root, xlmr_weights_from_state_dict
+from .towers.xlmr import CONTEXT_LENGTH, find_root as text_root, xlmr_weights_from_state_dict
 
 
 def read_config(path: str) -> dict:

@@ -109,7 +109,8 @@ def test_cnclip_export_and_runtime_match_transformers(cn_export):
     assert result.ok, result.report
     m = result.manifest
     assert m["family"]["name"] == "cnclip" and m["family"]["text_pooling"] == "first"
-    assert m["family"]["tokenizer"]["files"] == ["tokenizer/vocab.txt"] and m["family"]["tokenizer"]["kind"] == "wordpiece"
+    assert m["family"]["tokenizer"]["files"] == ["tokenizer/vocab.txt"]
+    assert m["family"]["tokenizer"]["kind"] == "wordpiece"
     assert m["parts"]["text"]["input"]["shape"] == [1, 52] and m["parts"]["text"]["output"]["shape"] == [1, 64]
     assert set(m["pulsar2"]["configs_valid_for"]) >= {"5.1", "7.0"}
     for part in ("vision", "text"):

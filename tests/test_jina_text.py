@@ -13,7 +13,8 @@ from comfyui_clipwan.axera_export.onnx_export import ExportGraph, check_export, 
 from comfyui_clipwan.axera_export.towers.xlmr import xlmr_weights_from_state_dict
 
 ROOT = "text_model.transformer.roberta."
-W, HEADS, LAYERS, MLP, VOCAB, RANK, TASKS = 64, 2, 2, 128, 40, 4, ["retrieval.query", "retrieval.passage", "text-matching"]
+W, HEADS, LAYERS, MLP, VOCAB, RANK = 64, 2, 2, 128, 40, 4
+TASKS = ["retrieval.query", "retrieval.passage", "text-matching"]
 CONFIG = {"text_config": {"default_lora_task": "retrieval.query", "embed_dim": W, "pooler_type": "mean_pooler",
                           "hf_model_config_kwargs": {"lora_adaptations": TASKS, "lora_alpha": 2, "lora_rank": RANK,
                                                      "rotary_emb_base": 20000.0, "num_attention_heads": HEADS,
@@ -76,7 +77,8 @@ def _reference(sd, ids, task=0, alpha=2.0, base=20000.0, pad=1):
 
     ids = ids.long()
     keep = ids != pad
-    x = F.embedding(ids, weight("embeddings.word_embeddings", True)) + weight("embeddings.token_type_embeddings", True)[0]
+    x = F.embedding(ids, weight("embeddings.word_embeddings", True))
+    x = x + weight("embeddings.token_type_embeddings", True)[0]
     x = F.layer_norm(x, (W,), sd[ROOT + "emb_ln.weight"], sd[ROOT + "emb_ln.bias"], 1e-5)
     d = W // HEADS
     t = torch.arange(ids.shape[1], dtype=torch.float64)

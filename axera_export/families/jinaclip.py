@@ -86,7 +86,8 @@ class JinaClipFamily(Family):
             path = where if os.path.isfile(where) else os.path.join(where, TOKENIZER_FILE)
         if not path or not os.path.isfile(path):
             raise FileNotFoundError(
-                f"{source.description}: Jina-CLIP's '{TOKENIZER_FILE}' was not found{f' in {where!r}' if where else ''}: "
+                f"{source.description}: Jina-CLIP's '{TOKENIZER_FILE}' was not found"
+                f"{f' in {where!r}' if where else ''}: "
                 f"put the model's tokenizer.json beside the checkpoint (the HF folder has it) or give it as "
                 f"tokenizer=...")
         tok = self._build(path, source.text.config.context_length, source.text.config.pad_id)
