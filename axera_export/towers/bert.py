@@ -110,11 +110,11 @@ class BertLayer(nn.Module):
         self.intermediate = _Intermediate(c.width, c.mlp_dim)
         self.output = _Pair(c.mlp_dim, c.width, c.eps)
 
-    def forward(self, x: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, bias: torch.Tensor, export: bool = False) -> torch.Tensor:
         s = self.attention.self
         q, k, v = (split_heads(proj(x), self.heads) for proj in (s.query, s.key, s.value))
         a = self.attention.output
-        x = a.LayerNorm(x + a.dense(merge_heads(attention(q, k, v, bias))))
+        x = a.LayerNorm(x + a.dense(merge_heads(attention(q, k, v, bias, export))))
         h = _act(self.intermediate.dense(x), self.act)
         return self.output.LayerNorm(x + self.output.dense(h))
 
@@ -144,7 +144,7 @@ class BertTextTower(nn.Module):
         self.encoder = _Encoder(config)
 
     def forward(self, input_ids: torch.Tensor, export: bool = False) -> torch.Tensor:
-        """One graph for eager and export (``export`` kept for ``onnx_export.ExportGraph``'s call)."""
+        """``export=True``: the plain-op graph for ONNX; else the same maths with PyTorch SDPA."""
         c = self.config
         if input_ids.ndim != 2 or input_ids.shape[1] != c.context_length:
             raise ValueError(f"input_ids must be [B,{c.context_length}], got {list(input_ids.shape)}")
@@ -155,7 +155,7 @@ class BertTextTower(nn.Module):
         x = e.LayerNorm(embed(e.word_embeddings.weight, input_ids) + fixed)
         bias = key_padding_bias(input_ids, c.pad_id)
         for layer in self.encoder.layer:
-            x = layer(x, bias)
+            x = layer(x, bias, export)
         return x[:, :1].reshape(b, c.width)  # a Slice: [CLS] is always row 0
 
 

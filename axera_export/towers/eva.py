@@ -113,7 +113,7 @@ class _Attention(nn.Module):
         self.inner_attn_ln = nn.LayerNorm(w, eps=c.eps) if c.subln else nn.Identity()
         self.proj = nn.Linear(w, w)
 
-    def forward(self, x, rope):
+    def forward(self, x, rope, export=False):
         w = x.shape[-1]
         if self.subln:
             wq, wk, wv = self.q_proj.weight, self.k_proj.weight, self.v_proj.weight
@@ -123,7 +123,7 @@ class _Attention(nn.Module):
         q, k, v = (split_heads(y, self.heads) for y in (q, k, v))
         if rope is not None:
             q, k = rotary(q, *rope), rotary(k, *rope)
-        return self.proj(self.inner_attn_ln(merge_heads(attention(q, k, v))))
+        return self.proj(self.inner_attn_ln(merge_heads(attention(q, k, v, export=export))))
 
 
 class _SwiGLU(nn.Module):
@@ -160,12 +160,12 @@ class EvaBlock(nn.Module):
         else:
             self.gamma_1 = self.gamma_2 = None
 
-    def forward(self, x, rope):
+    def forward(self, x, rope, export=False):
         scale = (lambda g, y: y) if self.gamma_1 is None else (lambda g, y: g * y)
         if self.post_norm:
-            x = x + scale(self.gamma_1, self.norm1(self.attn(x, rope)))
+            x = x + scale(self.gamma_1, self.norm1(self.attn(x, rope, export)))
             return x + scale(self.gamma_2, self.norm2(self.mlp(x)))
-        x = x + scale(self.gamma_1, self.attn(self.norm1(x), rope))
+        x = x + scale(self.gamma_1, self.attn(self.norm1(x), rope, export))
         return x + scale(self.gamma_2, self.mlp(self.norm2(x)))
 
 
@@ -204,7 +204,7 @@ class EvaVisionTower(nn.Module):
         x = torch.cat([cls, x], dim=1) + self.pos_embed
         rope = (self.rope_cos, self.rope_sin, self.rope_rot) if c.rope else None
         for block in self.blocks:
-            x = block(x, rope)
+            x = block(x, rope, export)
         return self.norm(x)[:, :1].reshape(b, c.width)  # a Slice, not a 0-D Gather
 
     pooled = forward  # the export pipeline traces ``tower.pooled(pixels, export=True)`` (as for CLIP's tower)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 
 # Additive mask value for padded keys: exp(-100) ≈ 4e-44 is an exact zero weight in fp32 and keeps the value
 # range small for a U16-quantised Add (the same constant as CLIP's causal mask, text_model.MASK_VALUE).
@@ -67,8 +68,11 @@ def rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, rot: torch.Ten
     return x * cos + torch.matmul(x, rot) * sin
 
 
-def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias=None) -> torch.Tensor:
-    """Plain-op attention over [B,H,T,D]: MatMul → Mul(scale) → [Add(bias)] → Softmax → MatMul."""
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias=None, export: bool = True) -> torch.Tensor:
+    """Attention over [B,H,T,D]. ``export``: the plain-op graph (MatMul → Mul(scale) → [Add(bias)] → Softmax →
+    MatMul) the NPU compiler takes; else PyTorch SDPA (the eager path: same maths, fused kernels)."""
+    if not export:
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
     scores = torch.matmul(q, k.transpose(-1, -2)) * (1.0 / math.sqrt(q.shape[-1]))
     if bias is not None:
         scores = scores + bias

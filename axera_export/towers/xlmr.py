@@ -96,10 +96,10 @@ class XlmrBlock(nn.Module):
         self.mixer, self.mlp = _Mixer(c.width), _Mlp(c.width, c.mlp_dim)
         self.norm1, self.norm2 = nn.LayerNorm(c.width, eps=c.eps), nn.LayerNorm(c.width, eps=c.eps)
 
-    def forward(self, x, bias, rope):
+    def forward(self, x, bias, rope, export=False):
         q, k, v = (split_heads(y, self.heads) for y in self.mixer.Wqkv(x).split(x.shape[-1], dim=-1))
         q, k = rotary(q, *rope), rotary(k, *rope)
-        x = self.norm1(x + self.mixer.out_proj(merge_heads(attention(q, k, v, bias))))
+        x = self.norm1(x + self.mixer.out_proj(merge_heads(attention(q, k, v, bias, export))))
         return self.norm2(x + self.mlp.fc2(_act(self.mlp.fc1(x), self.act)))
 
 
@@ -139,7 +139,7 @@ class XlmrTextTower(nn.Module):
         bias = key_padding_bias(input_ids, c.pad_id)
         rope = (self.rope_cos, self.rope_sin, self.rope_rot)
         for block in self.encoder.layers:
-            x = block(x, bias, rope)
+            x = block(x, bias, rope, export)
         return masked_mean(x, input_ids, c.pad_id)
 
 
