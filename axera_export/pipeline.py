@@ -194,6 +194,9 @@ def _build(source: ClipSource, folder: str, parts, calib_images, prompts, npu_mo
         cv = source.vision
         config = cv.config
         wan = vision_output == "wan"
+        if wan and not hasattr(cv.model, "penultimate"):
+            raise ValueError(f"{source.description}: vision_output='wan' exports Wan 2.1's CLIP ViT features; this "
+                             f"{family.title} vision tower has no such output: use vision_output='embeddings'")
         if config.proj_dim is None and not wan:
             raise ValueError(f"{source.description}: the vision tower has no visual_projection; image embeddings "
                              f"for zero-shot need it (use a CLIPVisionModelWithProjection / full CLIP file)")

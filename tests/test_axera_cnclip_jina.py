@@ -267,3 +267,9 @@ def test_cli_export_of_a_cnclip_folder(cn_export, tmp_path, capsys):
     assert code == 0, out
     manifest = json.load(open(tmp_path / "cli" / "manifest.json"))
     assert manifest["family"]["name"] == "cnclip" and "Chinese-CLIP, hf layout" in manifest["source"]
+
+
+def test_wan_features_output_is_refused_for_an_eva_tower(tmp_path):
+    source = families.get_family("jinaclip").default_source(seed=0, **TINY_JINA)
+    with pytest.raises(ValueError, match="vision_output='wan'.*Jina-CLIP.*embeddings"):
+        export_clip(source, str(tmp_path / "out"), parts="vision", vision_output="wan", run_build=False)
