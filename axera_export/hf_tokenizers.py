@@ -4,7 +4,7 @@ serves Chinese-CLIP and Jina-CLIP without importing torch or transformers.
 * ``WordPiece`` — Chinese-CLIP: BERT WordPiece over ``vocab.txt`` (text cleaned, CJK characters split one per
   token, lower-cased with accents stripped, punctuation split), then ``[CLS] … [SEP]`` cut at the context length
   (52 by default) and zero padded — exactly OFA-Sys ``cn_clip.clip.tokenize``. Checked token for token
-  against transformers' (pure-Python) ``BertTokenizer`` in the tests.
+  against transformers' pure-Python WordPiece (``BertTokenizerLegacy``) in the tests.
 * ``TokenizerJson`` — a Hugging Face ``tokenizer.json`` as shipped beside Jina-CLIP v2 (XLM-R SentencePiece
   Unigram with its ``<s> … </s>`` template), truncated and padded with its own pad id to a fixed length.
 

@@ -91,12 +91,21 @@ def _to_cn_clip(sd):
     return out
 
 
-def test_wordpiece_matches_transformers_bert_tokenizer(tmp_path):
-    from transformers import BertTokenizer
+def _python_bert_tokenizer(vocab):
+    """transformers' pure-Python WordPiece (BasicTokenizer + WordpieceTokenizer): in transformers 5 that is
+    ``BertTokenizerLegacy`` (``BertTokenizer`` became a wrapper of the same Rust library we use); before, it was
+    ``BertTokenizer`` itself."""
+    try:
+        from transformers.models.bert.tokenization_bert_legacy import BertTokenizerLegacy as Slow
+    except ImportError:
+        from transformers import BertTokenizer as Slow
+    return Slow(vocab, do_lower_case=True)
 
+
+def test_wordpiece_matches_transformers_bert_tokenizer(tmp_path):
     vocab = _vocab(tmp_path)
     ours = WordPiece(vocab)(TEXTS)
-    ref_tok = BertTokenizer(vocab, do_lower_case=True)
+    ref_tok = _python_bert_tokenizer(vocab)
     assert ours.dtype == np.int32 and ours.shape == (len(TEXTS), 52)
     for row, text in enumerate(TEXTS):
         # cn_clip.clip.tokenize: [CLS] + ids[:context-2] + [SEP], zero padded
