@@ -79,11 +79,10 @@ def _hf_cnclip(folder):
     return model, str(folder / "model.safetensors")
 
 
-def test_families_detect_their_checkpoints(tmp_path):
+def test_families_detect_their_checkpoints(cn_export):
     from comfyui_clipwan.weights import open_weights as ow
 
-    _, path = _hf_cnclip(tmp_path / "cn")
-    family, layout = families.detect(ow(path).keys)
+    family, layout = families.detect(ow(cn_export[1].checkpoint).keys)
     assert (family.name, layout) == ("cnclip", "hf")
     assert families.detect(["bert.encoder.layer.0.attention.self.query.weight"])[0].name == "cnclip"
     assert families.detect(["vision_model.blocks.0.attn.q_proj.weight"])[0].name == "jinaclip"
