@@ -184,6 +184,7 @@ def _build(source: ClipSource, folder: str, parts, calib_images, prompts, npu_mo
                 "precision": precision, "cpu_heads": "cpu_heads.npz", "parts": {}}
     family = families.get_family(source.family)
     manifest["family"] = family.manifest_block(source, None)
+    split = {**CPU_SPLIT, **family.cpu_split}  # what runs where, per part, for the report
     heads = {}
     steps = []
     notes = []
@@ -241,7 +242,6 @@ def _build(source: ClipSource, folder: str, parts, calib_images, prompts, npu_mo
         checked["vision"] = pulsar2.write_config(cfg, os.path.join(folder, "pulsar2", "vision.json"))
         steps.append(pulsar2.BuildStep("vision", "vision.onnx", "pulsar2/vision.json", "build/vision",
                                        "vision.axmodel", target, npu_mode))
-        split = {**CPU_SPLIT, **family.cpu_split}
         manifest["parts"]["vision"] = _part_entry(onnx_v, par, calib, "pulsar2/vision.json",
                                                   split["wan" if wan else "vision"])
         manifest["parts"]["vision"].update(config=_vision_config_json(config), crop=crop, output_kind=vision_output)
@@ -270,8 +270,7 @@ def _build(source: ClipSource, folder: str, parts, calib_images, prompts, npu_mo
         checked["text"] = pulsar2.write_config(cfg, os.path.join(folder, "pulsar2", "text.json"))
         steps.append(pulsar2.BuildStep("text", "text.onnx", "pulsar2/text.json", "build/text", "text.axmodel",
                                        target, npu_mode))
-        manifest["parts"]["text"] = _part_entry(onnx_t, par, calib, "pulsar2/text.json",
-                                                {**CPU_SPLIT, **family.cpu_split}["text"])
+        manifest["parts"]["text"] = _part_entry(onnx_t, par, calib, "pulsar2/text.json", split["text"])
         # the tokenizer files travel with the export: the board tokenizes without open_clip (or torch)
         os.makedirs(os.path.join(folder, "tokenizer"), exist_ok=True)
         for name, path in tokenizer.files.items():

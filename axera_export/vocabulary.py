@@ -119,7 +119,7 @@ def file_identity(runtime: ClipRuntime) -> list:
 
 def model_fingerprint(runtime: ClipRuntime) -> str:
     """SHA-256 over what text embeddings depend on: the text model file that runs (and its external data),
-    the tokenizer vocabulary, the text projection. Memoised per file identity (path, size, mtime)."""
+    the tokenizer files, the text head (projection, bias). Memoised per file identity (path, size, mtime)."""
     files = model_files(runtime)
     key = tuple((p, os.path.getsize(p), os.stat(p).st_mtime_ns) for p in files)
     with _fingerprint_lock:
@@ -128,7 +128,8 @@ def model_fingerprint(runtime: ClipRuntime) -> str:
     digest = hashlib.sha256()
     for path in files:
         _file_digest(path, digest)
-    digest.update(np.ascontiguousarray(runtime._heads["text_projection"], np.float32).tobytes())
+    for name in sorted(h for h in runtime._heads if h.startswith("text_")):  # projection (+ SigLIP's bias)
+        digest.update(np.ascontiguousarray(runtime._heads[name], np.float32).tobytes())
     value = digest.hexdigest()
     with _fingerprint_lock:
         _FINGERPRINTS[key] = value

@@ -235,6 +235,29 @@ def test_export_checks_and_pulsar2_configs(exported):
     assert m["parts"]["text"]["input"] == {"name": "input_ids", "shape": [1, 64], "dtype": "int32"}
 
 
+def test_siglip2_export_carries_the_gemma_tokenizer(tmp_path, gemma):
+    """SigLIP2: the export copies tokenizer.json + tokenizer_config.json; the runtime's text embeddings (ORT,
+    no torch) = transformers' get_text_features on Siglip2Tokenizer ids."""
+    from safetensors.torch import save_file
+    from transformers.models.siglip2.tokenization_siglip2 import Siglip2Tokenizer
+
+    config = _siglip_config(vocab=200)
+    model = _hf_model(config, seed=4)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp_path / "model.safetensors"))
+    config.save_pretrained(str(tmp_path))
+    result = export_clip(load_source(str(tmp_path / "model.safetensors"), parts="text", tokenizer=gemma),
+                         str(tmp_path / "export"), parts="text", run_build=False, parity_samples=1)
+    assert result.ok and result.manifest["family"]["tokenizer"]["files"] == \
+        ["tokenizer/tokenizer.json", "tokenizer/tokenizer_config.json"]
+    texts = ["A photo of a CAT", "robots dance in the rain"]
+    ids = Siglip2Tokenizer.from_pretrained(gemma)(texts, padding="max_length", max_length=64,
+                                                  return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        ref = torch.nn.functional.normalize(_features(model.get_text_features(input_ids=ids)), dim=-1)
+    got = ClipRuntime(result.folder, backend="onnxruntime").text_embeddings(texts)
+    np.testing.assert_allclose(got, ref.numpy(), atol=1e-5)
+
+
 def _png(size=32, seed=0) -> bytes:
     rng = np.random.default_rng(seed)
     buf = io.BytesIO()
