@@ -175,7 +175,10 @@ class Vocabulary:
                 rows[label] = emb
             if progress:
                 progress(min(start + ENCODE_CHUNK, len(todo)), len(todo))
-        dim = runtime._heads["text_projection"].shape[0]
+        # the embedding size: the projection's rows, or the text graph's output when the head is an identity
+        # (Jina-CLIP without a projection)
+        proj = runtime._heads.get("text_projection")
+        dim = proj.shape[0] if proj is not None else runtime.manifest["parts"]["text"]["output"]["shape"][-1]
         table = np.stack([rows[label] for label in labels]) if labels else np.zeros((0, dim), np.float32)
         return cls(labels, table, template, fingerprint, file_identity(runtime))
 

@@ -272,3 +272,25 @@ def test_wan_features_output_is_refused_for_an_eva_tower(tmp_path):
     source = families.get_family("jinaclip").default_source(seed=0, **TINY_JINA)
     with pytest.raises(ValueError, match="vision_output='wan'.*Jina-CLIP.*embeddings"):
         export_clip(source, str(tmp_path / "out"), parts="vision", vision_output="wan", run_build=False)
+
+
+def test_serve_interrogate_on_a_jina_export_with_identity_heads(tmp_path):
+    """Jina-CLIP v2 without projections (identity heads, no truncation): the label cache file is written beside
+    the model and the A1111 route answers with the softmax rule's top tags."""
+    import base64
+    import io
+
+    from PIL import Image
+
+    from comfyui_clipwan.axera_export.service import InterrogationService, ServiceConfig
+
+    source = families.get_family("jinaclip").default_source(seed=4, tokenizer=_tokenizer_json(tmp_path), **TINY_JINA)
+    result = export_clip(source, str(tmp_path / "out"), parity_samples=1, run_build=False)
+    assert "text_projection" not in np.load(os.path.join(result.folder, "cpu_heads.npz")).files
+    buf = io.BytesIO()
+    Image.fromarray((_image()[0] * 255).astype(np.uint8)).save(buf, format="PNG")
+    service = InterrogationService(lambda: result.folder, ServiceConfig(labels=WORDS, backend="onnxruntime"))
+    reply = service.respond("interrogate", json.dumps({"image": base64.b64encode(buf.getvalue()).decode()}).encode())
+    assert reply.status == 200, reply.payload
+    assert reply.payload["caption"] and reply.payload["interrogations"]
+    assert os.listdir(os.path.join(result.folder, "label_cache"))
