@@ -1,7 +1,7 @@
 """CLIP-like model families the Axera export knows: what differs between them, declared once per family.
 
 A *family* is one way of turning a checkpoint into an image/text embedding pair and a score: CLIP (OpenAI /
-OpenCLIP / HF ``CLIPModel``), SigLIP (...). The export pipeline, the runtime and the interrogation service are
+OpenCLIP / HF ``CLIPModel``), SigLIP / SigLIP2 (HF ``SiglipModel``, open_clip ``ViT-*-SigLIP*``). The export pipeline, the runtime and the interrogation service are
 written once and ask the family of the source (export side) or of the manifest (serving side) for every rule
 below. One module per family in this folder; ``FAMILIES`` is the registry (order = detection order).
 
@@ -23,14 +23,21 @@ Declared values (class attributes):
 Export side (may import torch, always inside the methods: the serving path imports this package too):
 
 * ``detect(keys) -> layout | None``: the layout when this family's towers are in these state-dict keys.
-* ``load(path, parts, tokenizer=None) -> ClipSource``: the towers asked for, from a checkpoint file in one of ``layouts``
-  (``ClipSource.family`` = ``name``); ``default_source(seed, **sizes)``: seeded random-init at real key names.
+* ``load(path, parts, tokenizer=None) -> ClipSource``: the towers asked for, from a checkpoint file in one of
+  ``layouts`` (``ClipSource.family`` = ``name``; ``tokenizer``: a file/folder for families whose tokenizer is not
+  bundled, kept as ``ClipSource.tokenizer_path``); ``default_source(seed, **sizes)``: seeded random-init at real
+  key names. The towers: ``vision`` behaves as ``clip_vision.ClipVisionModel`` (``config`` with image_size,
+  mean, std, proj_dim; ``model.pooled(pixels, export)`` = the NPU graph; ``encode(pixels).image_embeds`` = the
+  torch reference), ``text`` as ``text_model.TextWeights`` (``build()`` = the NPU graph ids → hidden states,
+  ``encode(ids)`` = the reference embedding).
 * ``vision_heads(vision) / text_heads(text) -> {name: ndarray}``: the fp32 CPU-side weights saved in
   ``cpu_heads.npz`` (projections, biases).
 * ``export_tokenizer(source) -> Tokenizer``: the tokenizer of the source (ids [N, context] int32) and the
   files an export carries under ``tokenizer/``.
-* ``manifest_block(source) -> dict``: the manifest's ``family`` entry: ``name``, ``score_rule``,
-  ``logit_scale``, ``logit_bias``, ``text_pooling``, ``tokenizer`` ({kind, files, context_length, ...}).
+* ``manifest_block(source, tokenizer | None) -> dict``: the manifest's ``family`` entry: ``name``,
+  ``score_rule``, ``logit_scale``, ``logit_bias``, ``text_pooling``, ``tokenizer`` ({kind, name, files (paths
+  under the export), context_length, ...}; absent for a vision-only export).
+* ``cpu_split``: {part: {"npu": ..., "cpu": [...]}} for the report/manifest (default: CLIP's).
   Image preprocessing (size, mean/std, crop/resize) lives in ``parts.vision.config`` / ``crop`` as before.
 
 Serving side (numpy only, from the manifest; never torch):
@@ -38,7 +45,11 @@ Serving side (numpy only, from the manifest; never torch):
 * ``tokenizer(block, folder) -> Tokenizer``: rebuilt from the files the export carries.
 * ``vision_head(pooled, heads)`` / ``text_head(hidden, ids, heads)``: the CPU part after each NPU graph
   (pooling, projection, bias), fp32, not normalised.
-* ``probabilities(cosine, block)``: the score rule over a [..., N] table of cosines.
+* ``probabilities(cosine, block, rule=None)``: the score rule (or ``rule``) over a [..., N] table of cosines.
+
+Adding a family: a module here with a ``Family`` subclass, its towers in ``clip_vision`` / ``text_model``
+(torch), a tokenizer that runs without torch, registration in ``FAMILIES`` (before CLIP), a test like
+``tests/test_siglip.py`` (towers vs the authors' classes, tokenizer vs theirs, export checks, serve round trip).
 
 The default methods of ``base.Family`` implement CLIP's rules; a family overrides only what differs.
 """
