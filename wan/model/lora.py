@@ -197,8 +197,10 @@ def load_lora_file(path: str) -> dict:
 
 
 def merge_lora_file(state_dict: Mapping[str, torch.Tensor], path: str, strength: float = 1.0,
-                    source: str = "") -> tuple[dict, str]:
-    """``state_dict`` with the LoRA file at ``path`` merged, and ``source`` extended to say so."""
+                    source: str = "", tensors: Optional[Mapping[str, torch.Tensor]] = None) -> tuple[dict, str]:
+    """``state_dict`` with the LoRA file at ``path`` merged (``tensors``: its contents, already read), and
+    ``source`` extended to say so."""
     name = os.path.basename(path)
-    merged = merge_lora(state_dict, load_lora_file(path), strength=strength, source=name)
+    merged = merge_lora(state_dict, load_lora_file(path) if tensors is None else tensors, strength=strength,
+                        source=name)
     return merged, f"{source} + LoRA {name} x{strength:g}"

@@ -131,9 +131,12 @@ class EndlessLoop(CausalLoop):
 
     def __iter__(self) -> Iterator[BlockResult]:
         self._start_run()
-        for bi, (start, n) in enumerate(self.layout):
-            self._prompt_at(bi)
-            x0 = self._denoise(bi, start, n)
-            yield self._finish(bi, ENDLESS_TOTAL, start, x0)
-            self.check_interrupt()
-            self._cache_pass(bi, start, x0)
+        try:
+            for bi, (start, n) in enumerate(self.layout):
+                self._prompt_at(bi)
+                x0 = self._denoise(bi, start, n)
+                yield self._finish(bi, ENDLESS_TOTAL, start, x0)
+                self.check_interrupt()
+                self._cache_pass(bi, start, x0)
+        finally:
+            self._end_run()

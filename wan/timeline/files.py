@@ -28,6 +28,7 @@ import os
 import re
 from typing import Optional, Sequence
 
+from .controls import controls_from_dict, controls_tensors, controls_to_dict
 from .model import Prompt, Segment, Timeline
 
 FORMAT_VERSION = 1
@@ -199,8 +200,11 @@ def to_dict(timeline: Timeline, layout: Optional[Sequence] = None) -> dict:
         if block is not None:
             d["block"] = int(block)
         segments.append(d)
-    return {"clipwan_timeline": FORMAT_VERSION, "fps": timeline.fps, "source": timeline.source,
+    data = {"clipwan_timeline": FORMAT_VERSION, "fps": timeline.fps, "source": timeline.source,
             "segments": segments}
+    if timeline.controls:  # image / LoRA changes (wan/timeline/controls.py)
+        data["controls"] = controls_to_dict(timeline.controls)
+    return data
 
 
 def from_dict(data: dict, source: str = "timeline", embeddings: Optional[dict] = None) -> Timeline:
@@ -221,7 +225,9 @@ def from_dict(data: dict, source: str = "timeline", embeddings: Optional[dict] =
         segments.append(_checked(seg, where))
     if not segments:
         raise ValueError(f"{source}: no segments.")
-    return Timeline(segments, fps=data.get("fps"), source=data.get("source") or source)
+    timeline = Timeline(segments, fps=data.get("fps"), source=data.get("source") or source)
+    timeline.controls = controls_from_dict(data.get("controls"), embeddings, source)
+    return timeline
 
 
 def embeddings_path(path: str) -> str:
@@ -237,6 +243,7 @@ def save(timeline: Timeline, path: str, layout: Optional[Sequence] = None, embed
             for j, p in enumerate(s.prompts):
                 if p.embedding is not None:
                     tensors[f"segment{i}.prompt{j}"] = p.embedding.detach().float().cpu().clone()
+        tensors.update(controls_tensors(timeline.controls))
     if tensors:
         from safetensors.torch import save_file
 

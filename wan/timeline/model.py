@@ -29,6 +29,7 @@ import torch
 
 from ..vae.latent import latent_frame_to_pixel_frame, pixel_frame_to_latent_frame
 from . import blend
+from .controls import Controls
 
 TRANSITIONS = ("switch", "blend")
 
@@ -123,6 +124,7 @@ class Timeline:
         self.source = source
         self.live = None  # a LiveControl (wan/timeline/live.py) adds segments while a loop runs
         self.encoder = None  # text -> embedding, kept for live prompts (ComfyUI: the timeline node's CLIP)
+        self.controls = Controls()  # image and LoRA changes (wan/timeline/controls.py), apart from the prompts
 
     def __len__(self) -> int:
         return len(self.segments)
@@ -136,6 +138,7 @@ class Timeline:
         out = Timeline([dataclasses.replace(s, prompts=[dataclasses.replace(p) for p in s.prompts])
                         for s in self.segments], fps=self.fps, source=self.source)
         out.encoder = self.encoder
+        out.controls = self.controls.copy()
         return out
 
     # --- text -> embeddings ---------------------------------------------------------------------------
