@@ -26,6 +26,7 @@ from ..wan.video.writer import VideoWriter, check_fps
 from ..wan.sampling import settings_spec as spec
 from .score_nodes import SCORER_TYPE, StreamScores
 from .timeline_nodes import end_run, record_timeline, run_timeline as live_timeline, schedule_label
+from .timeline_control_nodes import attach_image_encoder, control_label
 from .causal_run import FAMILY_ALIASES, UI_EVENT, causal_node_inputs, jpeg_base64, prepare_run
 
 log = logging.getLogger("comfyui_clipwan")
@@ -123,6 +124,7 @@ class CausalWanStreamVideo:
         # its encoder too (whichever decoder): Krea's loop re-encodes a decoded frame as a context frame
         encode = getattr(wan, "encode", None)
         timeline = live_timeline(timeline, unique_id, fps)  # live prompts: POST /clipwan/live/...
+        attach_image_encoder(timeline, encode, inputs.from_raw, inputs.latent.shape)  # live images: .../image
         try:
             run = stream_video(causal, inputs.latent, inputs.text, decoder=dec, to_raw=inputs.to_raw,
                                from_raw=inputs.from_raw, encode=encode, seed=seed,
@@ -150,7 +152,7 @@ class CausalWanStreamVideo:
                 if return_frames:
                     kept.append(block.frames)
                 extra = dict(scores.update(block) or {}) if scores is not None else {}
-                prompt = schedule_label(run.loop.schedule)
+                prompt = "; ".join(filter(None, (schedule_label(run.loop.schedule), control_label(run.loop))))
                 if prompt:
                     extra["prompt"] = prompt
                 self._show(unique_id, block, progress, player, extra)

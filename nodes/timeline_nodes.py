@@ -21,6 +21,7 @@ from typing import Dict, Optional
 
 from ..wan.timeline import LiveControl, Prompt, Segment, Timeline
 from ..wan.timeline.blend import INTERPOLATIONS
+from ..wan.timeline.controls import controls_comment
 from ..wan.timeline.files import parse_any
 from ..wan.timeline.model import TRANSITIONS
 
@@ -122,14 +123,18 @@ class CausalWanTimelineFromText:
             "switch_frames": ("STRING", {"default": "", "tooltip": (
                 "For a pasted LongLive/MemFlow interactive line: the latent frames where each later prompt starts "
                 "(their switch_frame_indices, e.g. 40, 80, 120).")}),
+            "clip_vision": ("CLIP_VISION", {"tooltip": (
+                "CLIP vision (clip_vision_h): encodes reference images sent live to a running stream (POST "
+                "/clipwan/live/{node}/image) for i2v models' CLIP route.")}),
         }}
 
-    def build(self, clip, text, fps=16.0, switch_frames=""):
+    def build(self, clip, text, fps=16.0, switch_frames="", clip_vision=None):
         frames = [int(x) for x in str(switch_frames).replace(" ", "").split(",") if x]
         timeline = parse_any(text, "timeline text", switch_frames=frames or None, fps=float(fps))
         encoder = clip_encoder(clip)
         timeline.encode(encoder)
         timeline.encoder = encoder
+        timeline.controls.clip_vision = clip_vision  # live images (nodes/timeline_control_nodes.py)
         return (timeline,)
 
 
@@ -162,13 +167,19 @@ def end_run(timeline: Optional[Timeline], node_id) -> None:
             del _RUNS[str(node_id)]
 
 
-def live_request(node_id, body: dict) -> dict:
-    """What the POST route does (also callable without a server)."""
+def live_run(node_id) -> LiveControl:
+    """The live control of the stream running as ``node_id`` (LookupError: none is)."""
     with _RUNS_LOCK:
         live = _RUNS.get(str(node_id))
     if live is None:
         raise LookupError(f"no Causal Wan Stream Video with a timeline is running as node {node_id}; start one (with a "
                           f"Prompt Timeline node on its timeline input) first.")
+    return live
+
+
+def live_request(node_id, body: dict) -> dict:
+    """What the POST route does (also callable without a server)."""
+    live = live_run(node_id)
     if not isinstance(body, dict) or not str(body.get("text", "")).strip():
         raise ValueError('send JSON {"text": "the new prompt"} (optional: "transition": "switch"|"blend", '
                          '"blend_blocks": N, "interpolation": "linear"|"slerp").')
@@ -213,7 +224,8 @@ def record_timeline(timeline: Optional[Timeline], layout, writers) -> None:
             log.warning("could not write the timeline beside %s: %s", writer.path, exc)
         writer.metadata["comment"] = json.dumps({"clipwan_timeline": os.path.basename(base) + ".timeline.json",
                                                  "prompts": [[b, timeline.segments[i].label] for b, i in
-                                                             timeline.resolved(layout)]}, ensure_ascii=False)
+                                                             timeline.resolved(layout)],
+                                                 **controls_comment(timeline.controls)}, ensure_ascii=False)
 
 
 async def _post_prompt(request):

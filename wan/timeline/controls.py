@@ -103,12 +103,15 @@ class Controls:
     def __init__(self, images: Sequence[ImageChange] = (), loras: Sequence[LoraChange] = ()):
         self.images: List[ImageChange] = [c.check() for c in images]
         self.loras: List[LoraChange] = [c.check() for c in loras]
+        self.clip_vision = None  # the host's CLIP vision model for live images (ComfyUI: a timeline node's input)
 
     def __bool__(self) -> bool:
         return bool(self.images or self.loras)
 
     def copy(self) -> "Controls":
-        return Controls([dataclasses.replace(c) for c in self.images], [dataclasses.replace(c) for c in self.loras])
+        out = Controls([dataclasses.replace(c) for c in self.images], [dataclasses.replace(c) for c in self.loras])
+        out.clip_vision = self.clip_vision
+        return out
 
     def insert(self, change) -> None:
         """Add a change (a live one, at its block); one of the same kind already at that block is replaced."""
@@ -210,7 +213,8 @@ class ControlSchedule:
         return entry
 
     def label(self) -> Optional[str]:
-        """"image 2 from block 8: fox.png; LoRA style.safetensors 0.5 from block 12" (the latest of each kind)."""
+        """"image from block 8: fox.png; LoRA style.safetensors x0.5 from block 12" (the latest of each kind; a blend
+        counts from its first block)."""
         parts = []
         for kind, changes in (("image", self.controls.images), ("lora", self.controls.loras)):
             seen = [(b, i) for b, k, i in self.applied if k == kind]
@@ -219,11 +223,10 @@ class ControlSchedule:
             index = seen[-1][1]
             start = min(b for b, i in seen if i == index)
             c = changes[index]
-            number = 1 + len(dict.fromkeys(i for _, i in seen))
             if kind == "image":
-                parts.append(f"image {number} from block {start}: {c.label or 'image'}")
+                parts.append(f"image from block {start}: {c.label or 'image'}")
             else:
-                parts.append(f"LoRA {c.name or ''} x{c.strength:g} from block {start}".replace("  ", " "))
+                parts.append(" ".join(filter(None, ("LoRA", c.name, f"x{c.strength:g} from block {start}"))))
         return "; ".join(parts) or None
 
 
@@ -273,7 +276,7 @@ class LoopControls:
             from ..model.lora_live import check_live
 
             try:
-                check_live(self.loop.model, change.name, self.loop.settings.family)
+                change.name = check_live(self.loop.model, change.name, self.loop.settings.family).name  # "" = the only
             except ValueError as exc:
                 raise ValueError(f"{where}: {exc}") from None
             return
@@ -383,3 +386,14 @@ def controls_from_dict(data: Optional[dict], tensors: Optional[dict], source: st
                         source=str(d.get("source") or f"{source}, controls.loras[{i}]")).check()
              for i, d in enumerate(data.get("loras") or [])]
     return Controls(images, loras)
+
+
+def controls_comment(controls: Controls) -> dict:
+    """The changes in a video's comment tag: ``{"images": [[block, label]], "loras": [[block, name, strength]]}``
+    (empty when there are none: the tag stays as it was)."""
+    out = {}
+    if controls.images:
+        out["images"] = [[int(c.block), c.label or "image"] for c in controls.images]
+    if controls.loras:
+        out["loras"] = [[int(c.block), c.name, float(c.strength)] for c in controls.loras]
+    return out
