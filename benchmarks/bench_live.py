@@ -17,7 +17,8 @@ on its worker thread, and the loop takes it at the next block boundary.
    ready embedding (the loop's own cost of a pending change). The block where a switch is
    applied runs LongLive's re-cache (one more forward over the window): reported apart, it is the family's rule.
 
-Usage: ``comfyui-clipwan bench live [--quick]``.
+Usage: ``comfyui-clipwan bench live [--quick]``; ``--image``: reference images and a LoRA strength sent live instead of
+prompts (``benchmarks/bench_live_image.py``).
 """
 
 from __future__ import annotations
@@ -40,6 +41,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--quick", action="store_true", help="tiny run (for tests): 32 px, 8 blocks, 2 requests")
     parser.add_argument("--json", help="also write the figures to this JSON file")
     parser.add_argument("--seed", type=int, default=0)
+    from .bench_live_image import add_arguments as image_arguments
+
+    image_arguments(parser)  # --image: reference images and a LoRA strength instead of prompts
 
 
 def stand_in_encoder(layers: int, seed: int, device):
@@ -138,6 +142,14 @@ def run(args) -> int:
         torch.set_num_threads(args.threads)
     if args.quick:
         args.size, args.blocks, args.requests, args.encoder_layers = 32, 8, 2, 1
+    if args.image:
+        from .bench_live_image import run as run_images
+
+        result = run_images(args)
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump(result, f, indent=2)
+        return 0
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model = CausalWanModel.random(DEFAULT_CONFIG, seed=args.seed, device=device)
     encoder = stand_in_encoder(args.encoder_layers, args.seed, device)

@@ -205,7 +205,7 @@ def run_pipeline(args, out_dir: str, log=print) -> dict:
     log(f"wan: start image {'from ' + args.image if args.image else '(synthetic test picture)'} "
         f"{list(image.shape)}")
 
-    clip_fea = None
+    clip_fea = clip = None
     no_image = not values["image_conditioning"]
     if not no_image and not ImageRoutes(model.config).clip:
         log("wan: the model is t2v (no img_emb): CLIP features are not used; the image enters only through "
@@ -229,6 +229,7 @@ def run_pipeline(args, out_dir: str, log=print) -> dict:
     frames = pixel_length_to_latent_frames(args.length)
     check_latent_fits((1, fmt.channels, frames, args.height // fmt.spatial, args.width // fmt.spatial))
     latent = torch.zeros(1, fmt.channels, frames, args.height // fmt.spatial, args.width // fmt.spatial)
+    _encode_timeline_images(args, timeline, model, vae, clip, log)  # 'B image: fox.png' lines: with --vae / --clip
     image_latent = mask = None
     if args.image_latent and not no_image:
         given = _load_tensor(args.image_latent, "image latent", 5)
@@ -395,6 +396,32 @@ def _load_timeline(args, model, log):
         del encoder
     log(f"wan: timeline {timeline.source}: {len(timeline)} segment(s), {len(texts)} prompt(s) encoded once each")
     return timeline
+
+
+def _encode_timeline_images(args, timeline, model, vae, clip, log) -> None:
+    """The timeline's image lines encoded at the run's size: the start-image latent with --vae, the CLIP reference with
+    --clip (what the model reads: wan/timeline/controls.py)."""
+    pending = [] if timeline is None else timeline.controls.pending_images()
+    if not pending:
+        return
+    from ..wan.conditioning.image import ImageRoutes
+    from ..wan.conditioning.inputs import WanLatentAdapter
+    from ..wan.timeline.controls import image_encoder
+
+    reads_clip = ImageRoutes(model.config).clip
+    for change in pending:
+        if change.route == "clip" and not reads_clip:
+            raise ValueError(f"{change.source}: a CLIP reference change needs a model with an image embedding, but "
+                             f"{model.config.describe()} is text-to-video; write 'image start' (a new start image).")
+        if change.route == "both" and not reads_clip:
+            change.route = "start"  # a text-to-video model reads the start image only
+        if change.route in ("both", "start") and vae is None:
+            raise ValueError(f"{change.source}: a new start image is encoded by the model's VAE: give --vae "
+                             f"(wan_2.1_vae.safetensors), or write 'image clip' for the CLIP reference only.")
+    encoder = image_encoder(None if vae is None else vae.encode, WanLatentAdapter().latent_in, args.width, args.height,
+                            clip if reads_clip else None, "none" if model.config.image_context_only else "center")
+    timeline.controls.encode_images(encoder, os.path.dirname(os.path.abspath(args.timeline)))
+    log("wan: timeline images encoded: " + ", ".join(f"block {c.block} {c.label} ({c.route})" for c in pending))
 
 
 def _save_timeline(timeline, frames: int, settings, out_dir: str, log) -> dict:

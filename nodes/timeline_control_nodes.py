@@ -18,35 +18,11 @@ from typing import Optional
 
 import torch
 
-from ..wan.conditioning.image import clip_features, resize_center_crop
-from ..wan.timeline.controls import ImageChange, LoraChange
-from ..wan.timeline.live import IMAGE_ROUTES
+from ..wan.timeline.controls import IMAGE_ROUTES, ImageChange, LoraChange, image_encoder
 from .timeline_nodes import LIVE_PATH, TIMELINE_TYPE, live_run
 
 # Wan i2v feeds CLIP vision the whole image squashed to 224x224 (ComfyUI's CLIP Vision Encode, crop "none")
 CLIP_CROP = False
-
-
-def image_encoder(vae_encode, from_raw, width: int, height: int, clip_vision=None):
-    """``(image [1, H, W, 3] in 0..1, route) -> (clip_fea or None, latent or None)``: what a live image change needs,
-    made from the run's VAE (``vae_encode``: pixels ``[1, 3, 1, H, W]`` in -1..1 -> raw latent; ``from_raw``: the
-    model's normalisation) at the run's ``width`` x ``height`` (resized, centre-cropped like Wan I2V Conditioning) and
-    the timeline's CLIP vision model (None: no CLIP reference)."""
-    def encode(image: torch.Tensor, route: str):
-        clip = latent = None
-        if route in ("both", "start"):
-            pixels = resize_center_crop(image[..., :3].float().movedim(-1, 1), width, height)
-            latent = from_raw(vae_encode(pixels[:, :, None] * 2.0 - 1.0).float())
-        if route in ("both", "clip"):
-            if clip_vision is None:
-                if route == "clip":
-                    raise ValueError("a CLIP reference change needs a CLIP vision model: connect clip_vision (Load "
-                                     "CLIP Vision, clip_vision_h) to the Prompt Timeline node.")
-            else:
-                clip = clip_features(clip_vision.encode_image(image, crop=CLIP_CROP))
-        return clip, latent
-
-    return encode
 
 
 def attach_image_encoder(timeline, vae_encode, from_raw, latent_shape) -> None:
@@ -58,7 +34,7 @@ def attach_image_encoder(timeline, vae_encode, from_raw, latent_shape) -> None:
     spatial = latent_format(latent_shape[1]).spatial  # pixels per latent pixel of the model's VAE
     h, w = latent_shape[-2:]
     timeline.live.image_encoder = image_encoder(vae_encode, from_raw, spatial * w, spatial * h,
-                                                timeline.controls.clip_vision)
+                                                timeline.controls.clip_vision, CLIP_CROP)
 
 
 class CausalWanTimelineImage:
@@ -88,6 +64,8 @@ class CausalWanTimelineImage:
             "clip_vision": ("CLIP_VISION", {"tooltip": "CLIP vision (clip_vision_h) for the CLIP route; also encodes "
                                                        "live images."}),
             "vae": ("VAE", {"tooltip": "The Wan VAE, for the start-image route."}),
+            "latent": ("LATENT", {"tooltip": "The run's LATENT (e.g. Wan I2V Conditioning's): the image is encoded at "
+                                             "its size (width/height are then not used)."}),
             "width": ("INT", {"default": 832, "min": 16, "max": 8192, "step": 16,
                               "tooltip": "The run's width (the image is resized and centre-cropped to it)."}),
             "height": ("INT", {"default": 480, "min": 16, "max": 8192, "step": 16,
@@ -96,18 +74,24 @@ class CausalWanTimelineImage:
                 "0: change at once; N: the CLIP features move linearly to the new image's over N blocks (route clip).")}),
         }}
 
-    def add(self, timeline, image, start_block, route="both", clip_vision=None, vae=None, width=832, height=480,
-            blend_blocks=0):
+    def add(self, timeline, image, start_block, route="both", clip_vision=None, vae=None, latent=None, width=832,
+            height=480, blend_blocks=0):
         from ..wan.conditioning.inputs import WanLatentAdapter
         from .stream_nodes import wan_vae_of
 
         route = "clip" if int(blend_blocks) > 0 else route
+        if latent is not None:  # the run's size, from its latent (Wan 2.1: 8 pixels per latent pixel, 2.2: 16)
+            from ..wan.vae.latent import latent_format
+
+            samples = latent["samples"]
+            spatial = latent_format(samples.shape[1]).spatial
+            height, width = spatial * samples.shape[-2], spatial * samples.shape[-1]
         latent_too = route in ("both", "start") and vae is not None
         if (route == "start" and vae is None) or (route == "both" and vae is None and clip_vision is None):
             raise ValueError(f"route '{route}' needs what encodes the image: connect vae (Load VAE, wan_2.1_vae) for "
                              f"a new start image and/or clip_vision (clip_vision_h) for a CLIP reference.")
         encode = image_encoder(wan_vae_of(vae).encode if latent_too else None, WanLatentAdapter().latent_in,
-                               int(width), int(height), clip_vision)
+                               int(width), int(height), clip_vision, CLIP_CROP)
         clip_fea, latent = encode(image[:1], route if latent_too else "clip")
         out = timeline.copy()
         out.controls.insert(ImageChange(block=int(start_block), clip_fea=clip_fea, latent=latent,

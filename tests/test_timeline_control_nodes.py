@@ -79,6 +79,10 @@ def test_registered_and_the_nodes_add_their_changes(parts):
     [change] = with_image.controls.images
     expected = normalize(vae.encode(image.movedim(-1, 1)[:, :, None] * 2 - 1))  # 32x16 already: no resize
     assert change.block == 2 and change.clip_fea is None and torch.allclose(change.latent, expected, atol=1e-6)
+    # the run's LATENT gives the size (16x32 pixels = a 2x4 latent), whatever width/height say
+    (sized,) = tc.CausalWanTimelineImage().add(timeline, image, 2, route="start", vae=vae, width=832, height=480,
+                                               latent={"samples": torch.zeros(1, 16, 3, 2, 4)})
+    assert torch.equal(sized.controls.images[0].latent, change.latent)
     assert not timeline.controls  # the node's input (ComfyUI's cached output) is untouched
     (with_lora,) = tc.CausalWanTimelineLoraStrength().add(with_image, 3, 0.25)
     assert [(c.block, c.strength) for c in with_lora.controls.loras] == [(3, 0.25)]
@@ -171,3 +175,28 @@ def test_live_image_and_lora_over_http_apply_at_next_block_and_replay(parts, tmp
                                             return_frames=True, **SAMPLER)
     assert torch.equal(without["result"][1][:1], frames[:1])
     assert (without["result"][1] - frames).abs().max() > 1e-3
+
+
+@pytest.mark.skipif(__import__("shutil").which("node") is None, reason="node (JavaScript) is not installed")
+def test_web_live_image_and_lora_requests_match_the_routes():
+    """web/clipwan_logic.js builds the bodies the routes take (the image field decodes with the route's reader)."""
+    import pathlib
+    import subprocess
+
+    from comfyui_clipwan.axera_export.interrogate import decode_image
+
+    picture, pixels = png_base64(4)
+    logic = (pathlib.Path(tc.__file__).resolve().parents[1] / "web" / "clipwan_logic.js").as_uri()
+    url = "data:image/png;base64," + picture
+    script = (f"import * as L from {json.dumps(logic)};\nprocess.stdout.write(JSON.stringify(["
+              f"L.liveImageRequest('3:7', {json.dumps(url)}, 'fox.png', 2), L.liveImageRequest(7, 'hello'), "
+              f"L.liveLoraRequest(7, '0.35'), L.liveLoraRequest(7, ''), L.liveLoraRequest(7, 'x')]));")
+    done = subprocess.run(["node", "--input-type=module", "-e", script], capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0, done.stderr
+    image, not_image, lora, empty, bad = json.loads(done.stdout)
+    assert image["path"] == "/clipwan/live/3%3A7/image"
+    body = json.loads(image["body"])
+    assert body["name"] == "fox.png" and body["blend_blocks"] == 2
+    assert np.array_equal(decode_image(body["image"]), pixels.numpy())
+    assert not_image is None and empty is None and bad is None
+    assert lora == {"path": "/clipwan/live/7/lora", "body": json.dumps({"strength": 0.35}, separators=(",", ":"))}

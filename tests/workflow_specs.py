@@ -566,7 +566,7 @@ WORKFLOWS = {
                 "2: the fox runs along a frozen river at dusk")}, "Prompt timeline"),
             ("image_change", "CausalWanTimelineImage", {"timeline": Link("timeline"), "image": Link("image_2"),
                                                         "start_block": 2, "route": "start", "vae": Link("vae"),
-                                                        "width": VIDEO["width"], "height": VIDEO["height"]}),
+                                                        "latent": Link("conditioning", 2)}),
             ("lora_change", "CausalWanTimelineLoraStrength", {"timeline": Link("image_change"), "start_block": 1,
                                                               "strength": 0.0}),
             ("model", "LoadCausalWanModel", {"model_name": SELF_FORCING.model_file, "lora_name": CAUSVID_LORA,

@@ -855,18 +855,23 @@ class CausalLoop:
         """A blend step (Scope's transition): only the cross-attention text changes, the cache stays."""
         self.branches[0].ctx = self._encode(text, bi)
 
+    @torch.no_grad()
     def _prompt_at(self, bi: int) -> None:
         """Before block ``bi``: the timeline's image / LoRA changes, then the prompt's (live ones included)."""
         new_image = self.controls is not None and self.controls.before_block(bi)
         text_done = self._text_at(bi)
-        if new_image:  # new CLIP features: each branch's cross-attention K/V rebuilt once (not per block)
+        if new_image:  # new CLIP features: each branch's image cross-attention K/V computed once (not per block)
             for i, br in enumerate(self.branches):
-                if i or not text_done:
-                    br.ctx = self._encode(self.negative_text if i else self._text_in_use(bi), bi)
-
-    def _text_in_use(self, bi: int):
-        past = [b for b in self.switches if b <= bi]
-        return self.switches[max(past)] if past else self.text
+                if i == 0 and text_done:
+                    continue  # the prompt's change already encoded them
+                if self.cfg.image_context_only:  # Matrix-Game: the image is the whole context
+                    br.ctx = self._encode(self.negative_text if i else self.text, bi)
+                    continue
+                self.hooks.on_forward_start("context", bi)
+                img_k, img_v = dit.image_kv(self.model.tree, self.cfg, self.clip_fea, self.dtype, self.batch,
+                                            self.device)
+                br.ctx = dataclasses.replace(br.ctx, img_k=img_k, img_v=img_v)
+                self.hooks.on_forward_end("context", bi)
 
     def _text_at(self, bi: int) -> bool:
         """The prompt switch or the timeline's change before block ``bi``, if any (True: the context was rebuilt)."""

@@ -31,11 +31,15 @@ distilled generator (LongLive 1.0, MemFlow: ``presets.lora_rank``).
 from __future__ import annotations
 
 import dataclasses
+import os
+import re
 from typing import Dict, List, Optional, Sequence
 
 import torch
 
 from ..model.features import check_clip_features
+
+IMAGE_ROUTES = ("both", "clip", "start")  # what an image change carries: both, the CLIP reference, the start image
 
 
 @dataclasses.dataclass
@@ -52,20 +56,28 @@ class ImageChange:
     blend_from: Optional[torch.Tensor] = None
     label: str = ""  # what the player and the sidecar show (a file name)
     source: str = ""
+    path: str = ""  # an image file still to encode (a timeline text line; Controls.encode_images)
+    route: str = "both"  # what encoding it makes: "both", "clip" (CLIP features only) or "start" (latent only)
+
+    @property
+    def encoded(self) -> bool:
+        return self.clip_fea is not None or self.latent is not None
 
     def check(self, where: str = "") -> "ImageChange":
         at = f"{where or self.source or 'image change'}: "
         if int(self.block) < 1:
             raise ValueError(f"{at}an image change starts at block 1 or later (block {self.block}); block 0's image "
                              f"is the run's own start image (Wan I2V Conditioning / the CLI's --image).")
-        if self.clip_fea is None and self.latent is None:
+        if not self.encoded and not self.path:
             raise ValueError(f"{at}the change holds no image: give its CLIP vision features and/or its latent.")
+        if self.route not in IMAGE_ROUTES:
+            raise ValueError(f"{at}route '{self.route}' is not one of {list(IMAGE_ROUTES)}.")
         for t, what in ((self.clip_fea, "CLIP features"), (self.blend_from, "blend_from CLIP features")):
             if t is not None:
                 check_clip_features(t, f"{at}{what}")
         if int(self.blend_blocks) < 0:
             raise ValueError(f"{at}blend_blocks {self.blend_blocks} must be >= 0 (0 = change at once).")
-        if self.blend_blocks and (self.clip_fea is None or self.latent is not None):
+        if self.blend_blocks and self.encoded and (self.clip_fea is None or self.latent is not None):
             raise ValueError(f"{at}a blend moves the CLIP reference only: give clip_fea and no latent (a new start "
                              f"image changes at once: blend_blocks 0).")
         if self.latent is not None and (not isinstance(self.latent, torch.Tensor) or self.latent.dim() != 5
@@ -112,6 +124,25 @@ class Controls:
         out = Controls([dataclasses.replace(c) for c in self.images], [dataclasses.replace(c) for c in self.loras])
         out.clip_vision = self.clip_vision
         return out
+
+    def pending_images(self) -> list:
+        """The image changes still to encode (read from a timeline text: a path each)."""
+        return [c for c in self.images if not c.encoded]
+
+    def encode_images(self, encoder, folder: str = "") -> "Controls":
+        """Encode every pending image change: ``encoder(image [1, H, W, 3] in 0..1, route) -> (clip_fea, latent)``
+        (``image_encoder``); paths are relative to ``folder`` (the timeline file's)."""
+        from ...images import read_image_array
+
+        for c in self.pending_images():
+            path = c.path if os.path.isabs(c.path) or not folder else os.path.join(folder, c.path)
+            image = torch.from_numpy(read_image_array(path))[:1]
+            c.clip_fea, c.latent = encoder(image, "clip" if c.blend_blocks else c.route)
+            if c.blend_blocks:
+                c.latent = None
+            c.label = c.label or os.path.basename(c.path)
+            c.check()
+        return self
 
     def insert(self, change) -> None:
         """Add a change (a live one, at its block); one of the same kind already at that block is replaced."""
@@ -163,6 +194,10 @@ class ControlSchedule:
         return self.timeline.live
 
     def _check(self, change) -> None:
+        if isinstance(change, ImageChange) and not change.encoded:
+            raise ValueError(f"{change.source or 'an image change'} ({change.path}) is not encoded yet: the CLI encodes "
+                             f"a timeline's images with --vae (start image) and --clip (CLIP reference); in Python "
+                             f"call timeline.controls.encode_images(image_encoder(...)).")
         if change.block < self.first_block:
             raise ValueError(f"{change.source or 'a change'} at block {change.block}: this run's first generated "
                              f"block is {self.first_block} (the blocks before hold the start image); start it there "
@@ -342,6 +377,8 @@ def controls_to_dict(controls: Controls) -> dict:
     images = []
     for i, c in enumerate(controls.images):
         d = {"block": int(c.block), "label": c.label, "source": c.source}
+        if c.path:
+            d.update(path=c.path, route=c.route)
         if c.blend_blocks:
             d["blend_blocks"] = int(c.blend_blocks)
         for name in _IMAGE_TENSORS:
@@ -380,7 +417,8 @@ def controls_from_dict(data: Optional[dict], tensors: Optional[dict], source: st
                                      f"keep the .safetensors written with it.")
                 values[name] = tensors[key]
         images.append(ImageChange(block=int(d.get("block", 0)), blend_blocks=int(d.get("blend_blocks", 0)),
-                                  label=str(d.get("label", "")), source=str(d.get("source") or where), **values)
+                                  label=str(d.get("label", "")), source=str(d.get("source") or where),
+                                  path=str(d.get("path", "")), route=str(d.get("route", "both")), **values)
                       .check(where))
     loras = [LoraChange(block=int(d.get("block", 0)), strength=d.get("strength", 1.0), name=str(d.get("name", "")),
                         source=str(d.get("source") or f"{source}, controls.loras[{i}]")).check()
@@ -397,3 +435,66 @@ def controls_comment(controls: Controls) -> dict:
     if controls.loras:
         out["loras"] = [[int(c.block), c.name, float(c.strength)] for c in controls.loras]
     return out
+
+
+# --- the timeline text form's image and LoRA lines (files.parse_text hands them here) ----------------------------------
+_CONTROL_LINE = re.compile(r"^\s*(?P<block>\d+)\s+(?P<kind>image|lora)\b(?P<options>[^:]*):\s*(?P<value>.*?)\s*$")
+CONTROL_HELP = ("write 'BLOCK image[ clip|start][ blend N]: path/to/image.png' for a new reference image, "
+                "'BLOCK lora[ NAME]: 0.5' for a LoRA strength")
+
+
+def parse_control_line(line: str, where: str):
+    """An ``ImageChange`` (its path still to encode) or a ``LoraChange`` from a timeline text line; None when the line
+    is no image/LoRA line (a prompt line)."""
+    m = _CONTROL_LINE.match(line)
+    if not m:
+        return None
+    block, options, value = int(m["block"]), m["options"].split(), m["value"]
+    if not value:
+        raise ValueError(f"{where}: nothing after the colon; {CONTROL_HELP}.")
+    if m["kind"] == "lora":
+        if len(options) > 1:
+            raise ValueError(f"{where}: 'lora' takes one LoRA name before the colon; {CONTROL_HELP}.")
+        try:
+            strength = float(value)
+        except ValueError:
+            raise ValueError(f"{where}: LoRA strength '{value}' is not a number; {CONTROL_HELP}.") from None
+        return LoraChange(block, strength, options[0] if options else "", source=where).check()
+    route, blend_blocks = "both", 0
+    i = 0
+    while i < len(options):
+        if options[i] in IMAGE_ROUTES:
+            route = options[i]
+        elif options[i] == "blend" and i + 1 < len(options) and options[i + 1].isdigit():
+            blend_blocks, i = int(options[i + 1]), i + 1
+        else:
+            raise ValueError(f"{where}: '{options[i]}' is not an image option; {CONTROL_HELP}.")
+        i += 1
+    return ImageChange(block, blend_blocks=blend_blocks, route="clip" if blend_blocks else route, path=value,
+                       label=os.path.basename(value), source=where).check()
+
+
+def image_encoder(vae_encode, from_raw, width: int, height: int, clip_vision=None, crop=False):
+    """``(image [1, H, W, 3] in 0..1, route) -> (clip_fea or None, latent or None)``: what an image change needs, from
+    the run's VAE (``vae_encode``: pixels ``[1, 3, 1, H, W]`` in -1..1 -> raw latent; ``from_raw``: the model's
+    normalisation; None: no start-image route) at the run's ``width`` x ``height`` (resized, centre-cropped like Wan
+    I2V Conditioning) and a CLIP vision model (``encode_image(image, crop=...)``; None: no CLIP reference)."""
+    from ..conditioning.image import clip_features, resize_center_crop
+
+    def encode(image: torch.Tensor, route: str):
+        clip = latent = None
+        if route in ("both", "start") and vae_encode is not None:
+            pixels = resize_center_crop(image[..., :3].float().movedim(-1, 1), width, height)
+            latent = from_raw(vae_encode(pixels[:, :, None] * 2.0 - 1.0).float())
+        if route in ("both", "clip") and clip_vision is not None:
+            clip = clip_features(clip_vision.encode_image(image, crop=crop))
+        if route == "clip" and clip is None:
+            raise ValueError("a CLIP reference change needs a CLIP vision model (ComfyUI: clip_vision on the Prompt "
+                             "Timeline node; CLI: --clip clip_vision_h.safetensors).")
+        if route == "start" and latent is None:
+            raise ValueError("a new start image needs the model's VAE (ComfyUI: vae; CLI: --vae).")
+        if clip is None and latent is None:
+            raise ValueError("nothing encodes the image: give a VAE (start image) and/or a CLIP vision model.")
+        return clip, latent
+
+    return encode

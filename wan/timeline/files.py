@@ -9,6 +9,9 @@
       4: the fox jumps over a log
       8 blend 3 slerp: a wolf :: 0.7 | a fox :: 0.3
 
+  Image and LoRA lines (``wan/timeline/controls.py``): ``B image[ clip|start][ blend N]: fox.png`` (a new reference
+  image from block B, encoded by the run's VAE / CLIP vision), ``B lora[ NAME]: 0.5`` (a LoRA strength).
+
 * **Daydream Scope timeline JSON** (``timeline-*.json``): ``prompts[]`` of ``{startTime, endTime, prompts: [{text,
   weight}], transitionSteps?, temporalInterpolationMethod?}`` (seconds; weights like 100, normalised); its
   ``transitionSteps > 0`` is a blend over that many blocks.
@@ -28,7 +31,7 @@ import os
 import re
 from typing import Optional, Sequence
 
-from .controls import controls_from_dict, controls_tensors, controls_to_dict
+from .controls import Controls, controls_from_dict, controls_tensors, controls_to_dict, parse_control_line
 from .model import Prompt, Segment, Timeline
 
 FORMAT_VERSION = 1
@@ -50,11 +53,15 @@ def _number(text: str, where: str, what: str) -> float:
 
 
 def parse_text(text: str, source: str = "timeline text", fps: Optional[float] = None) -> Timeline:
-    segments = []
+    segments, controls = [], Controls()
     for number, line in enumerate(text.splitlines(), 1):
         if not line.strip() or line.lstrip().startswith("#"):
             continue
         where = f"{source}, line {number}"
+        change = parse_control_line(line, where)  # 'B image: fox.png' / 'B lora: 0.5' (wan/timeline/controls.py)
+        if change is not None:
+            controls.insert(change)
+            continue
         m = _LINE.match(line)
         if not m:
             _fail(where, f"'{line.strip()[:60]}' is not a timeline line", TEXT_HELP)
@@ -82,7 +89,9 @@ def parse_text(text: str, source: str = "timeline text", fps: Optional[float] = 
         segments.append(_checked(seg, where))
     if not segments:
         raise ValueError(f"{source}: no prompt lines; {TEXT_HELP}.")
-    return Timeline(segments, fps=fps, source=source)
+    timeline = Timeline(segments, fps=fps, source=source)
+    timeline.controls = controls
+    return timeline
 
 
 def _checked(seg: Segment, where: str) -> Segment:

@@ -17,6 +17,7 @@ from typing import Callable, Dict, List, Optional
 
 import torch
 
+from .controls import IMAGE_ROUTES
 from .model import Prompt, Segment, TRANSITIONS
 
 
@@ -231,9 +232,6 @@ class LiveControl:
     def _mark(self, change, **values) -> None:
         with self._lock:
             self.events[_rid(change)].update(**values)
-
-
-IMAGE_ROUTES = ("both", "clip", "start")
 
 
 def _image_route(change, route: str):
