@@ -29,8 +29,8 @@ def add_arguments(parser) -> None:
     """The options ``bench live`` adds for ``--image`` (its own ``--size/--blocks/--requests/--repeats`` apply)."""
     parser.add_argument("--image", action="store_true", help="measure live reference-image (and LoRA) changes "
                                                              "instead of prompts (benchmarks/bench_live_image.py)")
-    parser.add_argument("--clip-layers", type=int, default=4, help="--image: blocks of the stand-in ViT-H/14")
-    parser.add_argument("--vae-dim", type=int, default=16, help="--image: width of the stand-in Wan VAE (real: 96)")
+    parser.add_argument("--clip-layers", type=int, default=2, help="--image: blocks of the stand-in ViT-H/14")
+    parser.add_argument("--vae-dim", type=int, default=8, help="--image: width of the stand-in Wan VAE (real: 96)")
     parser.add_argument("--lora-rank", type=int, default=32, help="--image: rank of the LoRA whose strength changes")
 
 
@@ -118,6 +118,23 @@ def lora_change_ms(model, rank: int, seed: int, device, rounds: int = 3) -> floa
     return ms
 
 
+def image_kv_ms(model, device, rounds: int = 20) -> float:
+    """Milliseconds (the fastest of ``rounds``) of what a change adds at the boundary: the image cross-attention K/V
+    of new CLIP features (``dit.image_kv``). Noise-free, unlike a per-block timing on a busy machine."""
+    from ..wan.model import dit
+
+    clip = torch.randn(1, 257, 1280, generator=torch.Generator().manual_seed(1)).to(device)
+    best = float("inf")
+    with torch.no_grad():
+        for _ in range(rounds):
+            t0 = time.perf_counter()
+            dit.image_kv(model.tree, model.config, clip, model.compute_dtype, 1, device)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            best = min(best, time.perf_counter() - t0)
+    return best * 1e3
+
+
 def run(args) -> dict:
     from ..clip_vision import default_clip_vision
     from ..wan.conditioning.inputs import WanLatentAdapter
@@ -163,6 +180,8 @@ def run(args) -> dict:
               "block_s_plain_median": round(statistics.median(plain[1:]), 4),
               "encoded_live": figures(lives), "sent_ready": figures(readies)}
     result["lora_change_ms"] = round(lora_change_ms(model, args.lora_rank, args.seed, device), 2)
+    result["block_s_fastest"] = round(min(plain[1:]), 4)
+    result["image_kv_ms"] = round(image_kv_ms(model, device), 3)
     live, ready_f = result["encoded_live"], result["sent_ready"]
     print(f"live images on {device}, {args.size}x{args.size}, {args.blocks} blocks of 3 latent frames, i2v DiT "
           f"(CLIP + concat routes), LongLive block rules:")
@@ -175,6 +194,9 @@ def run(args) -> dict:
           f"{live['change_over_plain']}x")
     print(f"  features sent ready: applied after {ready_f['latency_blocks']} block(s); block with the change pending "
           f"{ready_f['pending_over_plain']}x, change block {ready_f['change_over_plain']}x")
+    print(f"  the change's own work at the boundary (image K/V of the new features, fastest of 20): "
+          f"{result['image_kv_ms']} ms = {result['image_kv_ms'] / 1e3 / result['block_s_fastest']:.4f} of the fastest "
+          f"block ({result['block_s_fastest']} s)")
     print(f"  a LoRA strength change (rank {args.lora_rank}, every Linear of the blocks): {result['lora_change_ms']} ms "
           f"at the boundary = {result['lora_change_ms'] / 1e3 / result['block_s_plain_median']:.3f} of a block")
     return result

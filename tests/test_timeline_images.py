@@ -334,3 +334,21 @@ def test_live_changes_the_run_refuses_are_marked_failed_and_the_run_goes_on(t2v)
     with pytest.raises(ValueError, match=r"reads no CLIP reference"):
         t.live.request_image(clip_fea=feats(1), route="clip")  # expect: the run's model is text-to-video
     t.live.close()
+
+
+def test_bench_live_image_quick(tmp_path):
+    """``bench live --image --quick`` runs: every image applied, a ready one at the very next block."""
+    import argparse
+    import json
+
+    from comfyui_clipwan.benchmarks import bench_live
+
+    parser = argparse.ArgumentParser()
+    bench_live.add_arguments(parser)
+    args = parser.parse_args(["--image", "--quick", "--repeats", "1", "--json", str(tmp_path / "b.json")])
+    assert bench_live.run(args) == 0
+    figures = json.loads((tmp_path / "b.json").read_text())
+    assert figures["sent_ready"]["latency_blocks"] == [1, 1]
+    assert figures["encoded_live"]["applied"] == figures["encoded_live"]["requests"] == 2
+    assert all(b >= 1 for b in figures["encoded_live"]["latency_blocks"])
+    assert figures["image_kv_ms"] > 0 and figures["lora_change_ms"] > 0

@@ -100,7 +100,7 @@ def set_strength(model, name: str, strength: float) -> None:
         record.saved = {key: params[key].detach().to("cpu", copy=True) for key in deltas}
     for key, delta in deltas.items():
         w = params[key]
-        total = record.saved[key].float().to(w.device) + delta.to(w.device)
+        total = record.saved[key].to(w.device).float() + delta.to(w.device)  # moved in its own dtype, summed in fp32
         check_merged_fits(key, total, w.dtype, strength, record.name)
         w.data.copy_(total.to(w.dtype))
     record.strength = strength
