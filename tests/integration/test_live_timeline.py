@@ -11,7 +11,7 @@ from . import prompts as P
 from .test_stream import _stream_prompt
 
 
-async def _run_and_post(server, prompt: dict, node: str, text: str):
+async def _run_and_post(server, prompt: dict, node: str, text: str, route: str = "prompt", payload: dict = None):
     import aiohttp
 
     events, answer = [], None
@@ -30,7 +30,8 @@ async def _run_and_post(server, prompt: dict, node: str, text: str):
                     continue
                 events.append((kind, body))
                 if answer is None and kind == "clipwan.causal_frames" and body.get("frames"):
-                    async with session.post(f"{server.url}/api/clipwan/live/{node}/prompt", json={"text": text}) as r:
+                    async with session.post(f"{server.url}/api/clipwan/live/{node}/{route}",
+                                            json=payload or {"text": text}) as r:
                         answer = (r.status, await r.json(), body["block"])
                 if kind in ("execution_success", "execution_error", "execution_interrupted"):
                     break
@@ -66,3 +67,34 @@ def test_live_prompt_during_a_stream(server):
 
     with av.open(str(path)) as container:
         assert json.loads(container.metadata["comment"])["prompts"][1] == [applied, "a wolf howls at the moon"]
+
+
+def test_live_image_during_a_stream(server):
+    """A reference image POSTed to /clipwan/live/{node}/image while the flagship streams: encoded by the stream's VAE
+    (ComfyUI's loaded weights) off the sampling thread, taken at a block boundary as the new start frame, named by the
+    frame player and recorded in the sidecar's controls."""
+    import base64
+    import io
+
+    from .checkpoints import test_image
+
+    prompt, node = _stream_prompt(sizes={"length": 45}, prefix="ClipWan/live_image")  # 4 blocks of 3
+    prompt["901"] = {"class_type": "ClipWanTestClip", "inputs": {}}
+    prompt["900"] = {"class_type": "CausalWanTimelineFromText",
+                     "inputs": {"clip": ["901", 0], "text": "0: a red fox walks through snow", "fps": 16.0}}
+    prompt[node]["inputs"]["timeline"] = ["900", 0]
+    buf = io.BytesIO()
+    test_image(48).save(buf, format="PNG")
+    body = {"image": "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode(), "name": "fox.png"}
+    prompt_id, events, answer = asyncio.run(_run_and_post(server, prompt, node, "", "image", body))
+    assert events[-1][0] == "execution_success", events[-1]
+    status, reply, block_seen = answer
+    assert status == 200 and reply["node"] == node, reply
+    labels = [b.get("prompt") for k, b in events if k == "clipwan.causal_frames" and "block" in b]
+    changed = [p for p in labels if p]
+    assert changed and changed[-1].startswith("image from block ") and changed[-1].endswith(": fox.png"), labels
+    applied = int(changed[-1].split("from block ")[1].split(":")[0])
+    assert block_seen < applied
+    path = server.output_path(server.wait_history(prompt_id)["outputs"][node]["clipwan_video"][0])
+    sidecar = json.loads(path.with_name(path.stem + ".timeline.json").read_text())
+    assert [(c["block"], c["label"]) for c in sidecar["controls"]["images"]] == [(applied, "fox.png")]
