@@ -197,6 +197,7 @@ def run(args) -> dict:
     print(f"  the change's own work at the boundary (image K/V of the new features, fastest of 20): "
           f"{result['image_kv_ms']} ms = {result['image_kv_ms'] / 1e3 / result['block_s_fastest']:.4f} of the fastest "
           f"block ({result['block_s_fastest']} s)")
-    print(f"  a LoRA strength change (rank {args.lora_rank}, every Linear of the blocks): {result['lora_change_ms']} ms "
+    print(f"  a LoRA strength change (rank {args.lora_rank}, every Linear of the blocks): "
+          f"{result['lora_change_ms']} ms "
           f"at the boundary = {result['lora_change_ms'] / 1e3 / result['block_s_plain_median']:.3f} of a block")
     return result

@@ -39,9 +39,10 @@ def attach_image_encoder(timeline, vae_encode, from_raw, latent_shape) -> None:
 
 class CausalWanTimelineImage:
     DESCRIPTION = ("Adds a reference-image change to a prompt timeline: from start_block on the video follows the new "
-                   "image — route clip: its CLIP vision features (i2v models: the image cross-attention is rebuilt once "
-                   "at the change, or blended over blend_blocks blocks); start: the image as a new start frame (i2v: "
-                   "the concat channels' known frame; t2v causal models: the block's first frame clamped to it); both. "
+                   "image — route clip: its CLIP vision features (i2v models: the image cross-attention is rebuilt "
+                   "once at the change, or blended over blend_blocks blocks); start: the image as a new start frame "
+                   "(i2v: the concat channels' known frame; t2v causal models: the block's first frame clamped to "
+                   "it); both. "
                    "clip_vision also encodes images sent live to a running Causal Wan Stream Video.")
     CATEGORY = "ClipWan/conditioning"
     RETURN_TYPES = (TIMELINE_TYPE,)
@@ -71,7 +72,8 @@ class CausalWanTimelineImage:
             "height": ("INT", {"default": 480, "min": 16, "max": 8192, "step": 16,
                                "tooltip": "The run's height."}),
             "blend_blocks": ("INT", {"default": 0, "min": 0, "max": 1000, "advanced": True, "tooltip": (
-                "0: change at once; N: the CLIP features move linearly to the new image's over N blocks (route clip).")}),
+                "0: change at once; N: the CLIP features move linearly to the new image's over N blocks "
+                "(route clip).")}),
         }}
 
     def add(self, timeline, image, start_block, route="both", clip_vision=None, vae=None, latent=None, width=832,

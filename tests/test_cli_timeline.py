@@ -101,7 +101,8 @@ def test_image_and_lora_lines_through_the_cli_and_replay(files, tmp_path, capsys
     assert [(c["block"], c["label"]) for c in saved["controls"]["images"]] == [(1, "fox.png")]
     assert saved["controls"]["loras"] == [{"block": 1, "strength": 0.25, "name": "style.safetensors",
                                            "source": "steer.txt, line 3"}]
-    assert main(_base(files, tmp_path / "b") + with_lora + ["--timeline", str(tmp_path / "a" / "wan_timeline.json")]) == 0
+    replay = ["--timeline", str(tmp_path / "a" / "wan_timeline.json")]
+    assert main(_base(files, tmp_path / "b") + with_lora + replay) == 0
     first = load_file(str(tmp_path / "a" / "wan_latent.safetensors"))["latent_tensor"]
     assert torch.equal(first, load_file(str(tmp_path / "b" / "wan_latent.safetensors"))["latent_tensor"])
     assert main(_base(files, tmp_path / "c") + enc + with_lora + ["--prompt", "a red fox"]) == 0

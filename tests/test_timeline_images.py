@@ -125,7 +125,7 @@ def test_clip_blend_equals_the_linear_mix(i2v):
     assert (ours - run_with_scratch(i2v, {1: c, 2: b}, a, y)).abs().max() < 1e-5
 
 
-# --- the concat and first-frame routes ----------------------------------------------------------------------------------
+# --- the concat and first-frame routes --------------------------------------------------------------------------------
 def test_concat_change_equals_y_rebuilt_with_the_new_known_frame(i2v):
     a, y = feats(1), y_of()
     latent = torch.randn(1, 16, 1, H, W, generator=torch.Generator().manual_seed(7))
@@ -253,7 +253,7 @@ def test_lora_change_refused_where_the_lora_is_the_model(lora_model, t2v):
         run(t2v, timeline(LoraChange(block=2, strength=0.5)))
 
 
-# --- errors before any block --------------------------------------------------------------------------------------------
+# --- errors before any block ------------------------------------------------------------------------------------------
 def test_bad_changes_fail_before_any_block(t2v, i2v):
     count = Counter()
     with pytest.raises(ValueError, match=r"CLIP reference change needs a model with an image embedding.*start"):
@@ -271,7 +271,7 @@ def test_bad_changes_fail_before_any_block(t2v, i2v):
         ImageChange(block=1, latent=torch.zeros(1, 16, 1, 4, 4), blend_blocks=2).check()
 
 
-# --- live, and replay from the sidecar -----------------------------------------------------------------------------------
+# --- live, and replay from the sidecar --------------------------------------------------------------------------------
 class Live(SamplerHooks):
     """Plays the user: during block ``at``, sends the requests (from another thread) and waits until they are ready."""
 
@@ -316,7 +316,8 @@ def test_live_image_and_lora_apply_at_the_next_block_and_replay_exactly(lora_mod
     assert replay_t.controls.images[0].label == "fox.png"
     assert torch.equal(run(model, replay_t), live_run)
     plain = run(model, timeline())
-    assert torch.equal(plain[:, :, :4], live_run[:, :, :4]) and (plain[:, :, 4:] - live_run[:, :, 4:]).abs().max() > 1e-3
+    assert torch.equal(plain[:, :, :4], live_run[:, :, :4])
+    assert (plain[:, :, 4:] - live_run[:, :, 4:]).abs().max() > 1e-3
     t.live.close()
 
 
@@ -352,3 +353,25 @@ def test_bench_live_image_quick(tmp_path):
     assert figures["encoded_live"]["applied"] == figures["encoded_live"]["requests"] == 2
     assert all(b >= 1 for b in figures["encoded_live"]["latency_blocks"])
     assert figures["image_kv_ms"] > 0 and figures["lora_change_ms"] > 0
+
+
+def test_a_stopped_run_puts_the_loaded_lora_weights_back(lora_model):
+    """Cancel (check_interrupt raising mid-run, as ComfyUI's Cancel does) after a strength change: the weights are the
+    loaded ones again, bit for bit."""
+    model, _ = lora_model
+    loaded = {k: v.clone() for k, v in model.state_dict().items()}
+    seen = {"blocks": 0}
+
+    class Stop(SamplerHooks):
+        def on_block(self, result):
+            seen["blocks"] += 1
+
+    def interrupt():
+        if seen["blocks"] >= 3:
+            raise InterruptedError("cancelled")
+
+    with pytest.raises(InterruptedError):
+        sample_causal(model, torch.zeros(1, 16, FRAMES, H, W), None, seed=5, settings=S, hooks=Stop(),
+                      timeline=timeline(LoraChange(block=1, strength=-0.7)), check_interrupt=interrupt)
+    assert seen["blocks"] == 3
+    assert all(torch.equal(model.state_dict()[k], loaded[k]) for k in loaded)

@@ -40,8 +40,8 @@ MODELS.update({  # LongLive 1.0 as its authors publish it
     LONGLIVE.model_file: (LONGLIVE.download_url(0), "diffusion_models"),
     LONGLIVE.lora_file: (LONGLIVE.download_url(1), "loras"),
 })
-# a Wan 2.1 T2V 1.3B LoRA with a public download (Kijai's extraction of CausVid for the bidirectional 1.3B), the file the
-# live-image template's LoRA strength dial turns; any LoRA trained on Wan 2.1 T2V 1.3B takes its place
+# a Wan 2.1 T2V 1.3B LoRA with a public download (Kijai's extraction of CausVid for the bidirectional 1.3B), the file
+# the live-image template's LoRA strength dial turns; any LoRA trained on Wan 2.1 T2V 1.3B takes its place
 CAUSVID_LORA = "Wan21_CausVid_bidirect2_T2V_1_3B_lora_rank32.safetensors"
 MODELS[CAUSVID_LORA] = ("https://huggingface.co/Kijai/WanVideo_comfy/resolve/main/" + CAUSVID_LORA, "loras")
 MODELS[WAN_CLIP] = ("https://huggingface.co/Wan-AI/Wan2.1-I2V-14B-480P/resolve/main/" + WAN_CLIP, "clip_vision")

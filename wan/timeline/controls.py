@@ -195,9 +195,9 @@ class ControlSchedule:
 
     def _check(self, change) -> None:
         if isinstance(change, ImageChange) and not change.encoded:
-            raise ValueError(f"{change.source or 'an image change'} ({change.path}) is not encoded yet: the CLI encodes "
-                             f"a timeline's images with --vae (start image) and --clip (CLIP reference); in Python "
-                             f"call timeline.controls.encode_images(image_encoder(...)).")
+            raise ValueError(f"{change.source or 'an image change'} ({change.path}) is not encoded yet: the CLI "
+                             f"encodes a timeline's images with --vae (start image) and --clip (CLIP reference); in "
+                             f"Python call timeline.controls.encode_images(image_encoder(...)).")
         if change.block < self.first_block:
             raise ValueError(f"{change.source or 'a change'} at block {change.block}: this run's first generated "
                              f"block is {self.first_block} (the blocks before hold the start image); start it there "
@@ -368,7 +368,7 @@ class LoopControls:
             self.touched_lora = False
 
 
-# --- the sidecar (wan/timeline/files.py writes these beside the prompts) ----------------------------------------
+# --- the sidecar (wan/timeline/files.py writes these beside the prompts) ----------------------------------------------
 _IMAGE_TENSORS = ("clip_fea", "latent", "blend_from")
 
 
@@ -437,7 +437,7 @@ def controls_comment(controls: Controls) -> dict:
     return out
 
 
-# --- the timeline text form's image and LoRA lines (files.parse_text hands them here) ----------------------------------
+# --- the timeline text form's image and LoRA lines (files.parse_text hands them here) ---------------------------------
 _CONTROL_LINE = re.compile(r"^\s*(?P<block>\d+)\s+(?P<kind>image|lora)\b(?P<options>[^:]*):\s*(?P<value>.*?)\s*$")
 CONTROL_HELP = ("write 'BLOCK image[ clip|start][ blend N]: path/to/image.png' for a new reference image, "
                 "'BLOCK lora[ NAME]: 0.5' for a LoRA strength")

@@ -193,7 +193,8 @@ class LiveControl:
         rid = next(self._ids)
         change = LoraChange(block=1, strength=strength, name=str(name or ""), source=f"live #{rid}").check()
         with self._lock:
-            self.events[rid] = {"id": rid, "kind": "lora", "text": f"LoRA {name} x{change.strength:g}".replace("  ", " "),
+            label = " ".join(filter(None, ("LoRA", change.name, f"x{change.strength:g}")))
+            self.events[rid] = {"id": rid, "kind": "lora", "text": label,
                                 "requested": self.clock(), "encoded": None, "block": None, "applied": None,
                                 "first_frame": None, "state": "encoding"}
         self._control_ready(rid, change)
