@@ -22,7 +22,7 @@ from typing import Dict, Mapping, Optional
 
 import torch
 
-from .lora import check_merged_fits, check_strength, lora_deltas
+from .lora import check_merged_fits, check_strength, lora_pairs, pair_delta
 
 
 @dataclasses.dataclass
@@ -76,7 +76,7 @@ def check_live(model, name: str = "", family: str = "") -> MergedLora:
                              f"rank-{preset.lora_rank} LoRA as released), so its strength must stay "
                              f"{record.loaded:g}; change the strength of a style LoRA on another family instead.")
     params = dict(model.tree.named_parameters())
-    for key in lora_deltas(record.tensors, 1.0, source=record.name):
+    for key in lora_pairs(record.tensors, record.name):
         w = params.get(key)
         if w is None:
             raise ValueError(f"LoRA {record.name} adapts '{key}', which this model does not have.")
@@ -95,12 +95,13 @@ def set_strength(model, name: str, strength: float) -> None:
     if strength == record.strength:
         return
     params = dict(model.tree.named_parameters())
-    deltas = lora_deltas(record.tensors, strength - record.loaded, source=record.name)
+    pairs = lora_pairs(record.tensors, record.name)
     if record.saved is None:
-        record.saved = {key: params[key].detach().to("cpu", copy=True) for key in deltas}
-    for key, delta in deltas.items():
+        record.saved = {key: params[key].detach().to("cpu", copy=True) for key in pairs}
+    for key, (down, up, alpha) in pairs.items():  # one weight at a time, on its device: no model-sized temporaries
         w = params[key]
-        total = record.saved[key].to(w.device).float() + delta.to(w.device)  # moved in its own dtype, summed in fp32
+        delta = pair_delta(down, up, alpha, strength - record.loaded, device=w.device)
+        total = record.saved[key].to(w.device).float() + delta  # the loaded weight moved in its own dtype, fp32 sum
         check_merged_fits(key, total, w.dtype, strength, record.name)
         w.data.copy_(total.to(w.dtype))
     record.strength = strength
