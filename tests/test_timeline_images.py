@@ -377,3 +377,29 @@ def test_a_stopped_run_puts_the_loaded_lora_weights_back(lora_model):
                       timeline=timeline(LoraChange(block=1, strength=-0.7)), check_interrupt=interrupt)
     assert seen["blocks"] == 3
     assert all(torch.equal(model.state_dict()[k], loaded[k]) for k in loaded)
+
+
+def test_matrix_game_image_change_rebuilds_its_image_only_context():
+    """Matrix-Game 2.0 has no text: its whole cross-attention context is the CLIP image, so a change rebuilds it (from
+    scratch in the reference) — the actions keep steering."""
+    from test_matrix_game import tiny_model
+
+    from comfyui_clipwan.wan.conditioning.actions import parse_timeline
+    from comfyui_clipwan.wan.sampling.presets import get_preset
+    from comfyui_clipwan.wan.sampling.run import iter_causal_blocks
+
+    model = tiny_model("universal")
+    a, b = feats(1), feats(2)
+    kw = dict(settings=get_preset("Matrix-Game 2.0").causal_settings(), clip_fea=a, seed=1,
+              concat=torch.zeros(1, 20, 6, 4, 4), actions=parse_timeline("0-: W"))
+    t = parse_text("0: (no text)").encode(lambda text: torch.zeros(1, 4, model.config.text_dim))
+    t.controls.insert(ImageChange(block=1, clip_fea=b))
+    ours = sample_causal(model, torch.zeros(1, 16, 6, 4, 4), None, timeline=t, **kw)
+    hooks = ScratchContext(model, None, {1: b})
+    loop = iter_causal_blocks(model, torch.zeros(1, 16, 6, 4, 4), torch.zeros(1, 4, model.config.text_dim),
+                              hooks=hooks, **kw)
+    hooks.loop = loop
+    ref = torch.cat([r.x0 for r in loop], dim=2)
+    assert (ours - ref).abs().max() < 1e-5
+    plain = sample_causal(model, torch.zeros(1, 16, 6, 4, 4), torch.zeros(1, 4, model.config.text_dim), **kw)
+    assert torch.equal(plain[:, :, :3], ours[:, :, :3]) and (plain[:, :, 3:] - ours[:, :, 3:]).abs().max() > 1e-3
