@@ -442,7 +442,11 @@ def _video_scorer(args, image, log):
         return None
     prompts = read_timeline(args.score_timeline) if getattr(args, "score_timeline", None) else \
         getattr(args, "score_prompts", None) or getattr(args, "prompt", None)
-    return build_scorer(args, prompts, log, default_reference=image)
+    from ..clip_vision.score_stream import LiveScorer
+
+    # one vision forward per block; with --score-budget the stride follows the measured time
+    return LiveScorer(build_scorer(args, prompts, log, default_reference=image),
+                      budget_percent=getattr(args, "score_budget_percent", 0.0) or 0.0)
 
 
 def _stream_to_video(args, model, inputs, settings, vae, fmt, out_dir, t0, log, image=None,
@@ -471,8 +475,8 @@ def _stream_to_video(args, model, inputs, settings, vae, fmt, out_dir, t0, log, 
     with VideoWriter(args.video, fps=args.fps) as writer:
         for piece in run:
             writer.write(piece.frames[0])
-            if scorer is not None:  # as each piece is decoded: the frames are not kept
-                scorer.update(piece.frames[0], piece.frame_start, piece.index)
+            if scorer is not None:  # only the frames to score are held, until their block is complete
+                scorer.add(piece.frames[0], piece.frame_start, piece.index, piece.block_done)
             now = time.perf_counter() - t_start
             first = now if first is None else first
             if piece.block_done:
@@ -487,7 +491,8 @@ def _stream_to_video(args, model, inputs, settings, vae, fmt, out_dir, t0, log, 
     if scorer is not None:
         from .score import SCORE_SUFFIX, finish_scores
 
-        scores = finish_scores(scorer, os.path.splitext(args.video)[0] + SCORE_SUFFIX,
+        scorer.finish()
+        scores = finish_scores(scorer.scorer, os.path.splitext(args.video)[0] + SCORE_SUFFIX,
                                f"CLIP scores — {os.path.basename(args.video)}", log=log)
         summary["clip_scores"] = scores["paths"]
         summary["clip_score_means"] = scores["means"]

@@ -164,7 +164,16 @@ class StreamingScorer:
         picked = list(range(first, start + count, self.every_n))
         if not picked:
             return []
-        embeds = image_embeddings(self.vision, frames[[f - start for f in picked]], self.crop)
+        return self.update_frames(frames[[f - start for f in picked]], picked, block)
+
+    def update_frames(self, frames: torch.Tensor, numbers: Sequence[int], block: int = 0) -> list:
+        """Score exactly these frames ``[K,H,W,3]``, video frames ``numbers`` (increasing, after every frame
+        scored so far), in one vision forward; returns the new ``FrameScore`` rows. ``update`` picks the frames of
+        a decoded piece and calls this; ``score_stream.LiveScorer`` calls it once per block."""
+        picked = [int(f) for f in numbers]
+        if not picked:
+            return []
+        embeds = image_embeddings(self.vision, frames, self.crop)
         if self.text_embeds is not None and embeds.shape[-1] != self.text_embeds.shape[-1]:
             raise ValueError(f"the vision tower gives {embeds.shape[-1]}-d embeddings but the text tower "
                              f"{self.text_embeds.shape[-1]}-d: use the two towers of one CLIP model")
@@ -265,12 +274,14 @@ def block_of(frame: int, frames_per_block: int) -> int:
     return 0 if frames_per_block <= 0 else max(0, frame - 1) // frames_per_block
 
 
-def block_pieces(start: int, count: int, frames_per_block: int) -> list:
-    """``(offset, length, block)`` runs of frames ``start .. start + count - 1`` that fall in one block."""
+def block_pieces(start: int, count: int, frames_per_block) -> list:
+    """``(offset, length, block)`` runs of frames ``start .. start + count - 1`` that fall in one block
+    (``frames_per_block``: an int for ``block_of``, or a function frame -> block)."""
+    label = frames_per_block if callable(frames_per_block) else lambda f: block_of(f, frames_per_block)
     pieces, i = [], 0
     while i < count:
-        block, j = block_of(start + i, frames_per_block), i
-        while j < count and block_of(start + j, frames_per_block) == block:
+        block, j = label(start + i), i
+        while j < count and label(start + j) == block:
             j += 1
         pieces.append((i, j - i, block))
         i = j

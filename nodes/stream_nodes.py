@@ -103,7 +103,7 @@ class CausalWanStreamVideo:
                              "without bound: turn one of them off (the video file holds every frame).")
         # optional live CLIP scores (off by default); their inputs are checked before any block is sampled
         scores = StreamScores.from_inputs(score_clip, options["score_every_n_frames"], options["score_prompts"],
-                                          score_reference)
+                                          score_reference, options["score_budget_percent"])
         causal, inputs, settings, switches, _ = prepare_run(model, positive, latent, seed, unique_id=unique_id,
                                                             actions=actions, vace_control=vace_control,
                                                             restyle=restyle, timeline=timeline, **widgets)
@@ -116,7 +116,8 @@ class CausalWanStreamVideo:
             layout = block_layout(inputs.latent.shape[2], settings.frames_per_block, settings.independent_first_frame,
                                   settings.shorter_last_block)
             scores = StreamScores.from_inputs(score_clip, options["score_every_n_frames"],
-                                              timeline.frame_prompts(layout), score_reference)
+                                              timeline.frame_prompts(layout), score_reference,
+                                              options["score_budget_percent"])
         wan = wan_vae_of(vae)  # ComfyUI's loaded VAE adopted once, for the decoder and the encoder
         dec = stream_decoder(wan, decoder)
         check_fps(fps)

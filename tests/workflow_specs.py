@@ -229,7 +229,8 @@ WORKFLOWS = {
         "card": {'kind': 'stream', 'caption': 'CLIP-T / CLIP-I / consistency charted as blocks are decoded'},
         "note": CAUSAL_NOTE.format(
             title="Streamed image to video with live CLIP scores",
-            what="Causal Wan Stream Video scores every 4th decoded frame with Wan's own CLIP (both towers of "
+            what="Causal Wan Stream Video scores every 4th decoded frame or fewer (score_budget_percent 10: the "
+                 "stride widens so scoring takes at most 10 % of the stream's time) with Wan's own CLIP (both towers of "
                  "`" + WAN_CLIP + "`): CLIP-T against the prompt timeline in `score_prompts`, CLIP-I against "
                  "the start image, frame-to-frame consistency. The chart grows under the frame player while the "
                  "video is made (prompt switches marked) and the CSV/JSON/PNG are saved beside the video. Score "
@@ -254,6 +255,7 @@ WORKFLOWS = {
                                                 "latent": Link("conditioning", 2), "vae": Link("vae"),
                                                 "filename_prefix": "clipwan/stream_scored",
                                                 "score_clip": Link("scorer"), "score_every_n_frames": 4,
+                                                "score_budget_percent": 10.0,
                                                 "score_prompts": "0: " + POSITIVE,
                                                 "score_reference": Link("image")}),
             ("score", "ScoreVideoCLIP", {"clip_scorer": Link("scorer"), "video": Link("stream", 0),

@@ -184,7 +184,7 @@ SETTINGS = (
     # last, so workflows saved before it keep their widgets_values (a missing value = "custom")
     Setting("family", "COMBO", FAMILY_TOOLTIP, default="custom", choices=_families, advanced=False, since=3,
             field="family", cli="--family", cli_aliases=("--preset",)),
-    # the stream node's inputs added after family (layouts 4 and 5), so workflows saved before them keep their values
+    # the stream node's inputs added after family (layouts 4, 5 and 6), so workflows saved before them keep their values
     Setting("score_every_n_frames", "INT", "Score frames 0, n, 2n, ... as they are decoded (with score_clip); "
             "0 = off.", default=0, min=0, max=1000, nodes=(STREAM,), since=4,
             used_by="Causal Wan Stream Video's live CLIP scores (the CLI: sample --scores)"),
@@ -196,6 +196,11 @@ SETTINGS = (
             "Needs a local_window; positions become relative (LongLive's relative RoPE) so they stay inside the "
             "window at any length. Block loop families only.", default=False, nodes=(STREAM,), since=5,
             used_by="Causal Wan Stream Video (block loop families with a window)"),
+    Setting("score_budget_percent", "FLOAT", "Live CLIP scores within a time budget: score_every_n_frames becomes "
+            "the smallest stride, widened block by block so the measured scoring time stays under this percent of "
+            "the stream's own time per block (10 = the pack's budget); 0 = off, a fixed stride.", default=0.0,
+            min=0.0, max=100.0, step=1.0, nodes=(STREAM,), since=6, cli="--score-budget",
+            used_by="Causal Wan Stream Video's live CLIP scores, `sample --scores`"),
     # loop rules: set by a family (FamilyPreset.rules), a model generation (Wan 2.2) or the Python API
     Setting("solver", "COMBO", "Per-block step rule: renoise (x0 then fresh noise) or unipc (LongLive 2.0).",
             field="solver", choices=SOLVERS, nodes=(), used_by="unipc: Wan 2.2 (LongLive 2.0); renoise: the rest"),

@@ -17,6 +17,8 @@
   (latent frames, their config's ``switch_frame_indices`` such as ``40, 80, 120, 160, 200``) are given beside it.
 * **The pack's own JSON** (``{"clipwan_timeline": 1, "fps", "segments": [...]}``), with the embeddings in a
   ``.safetensors`` beside it when saved with them: replaying it needs no text encoder and repeats a run exactly.
+  Saved with the run's layout it also holds ``"block_layout": {"frames_per_block", "first_block"}`` (latent
+  frames), so a reader without the run maps its blocks to video frames (``video_prompts``, CLIP-T).
 
 Errors name the file, the line and the fix.
 """
@@ -29,6 +31,7 @@ import re
 from typing import Optional, Sequence
 
 from .model import Prompt, Segment, Timeline
+from .video_prompts import BlockRule
 
 FORMAT_VERSION = 1
 _LINE = re.compile(r"^\s*(?P<start>f?\d+(?:\.\d+)?s?)(?:\s+(?P<rule>switch|blend)(?:\s+(?P<n>\d+))?"
@@ -199,8 +202,12 @@ def to_dict(timeline: Timeline, layout: Optional[Sequence] = None) -> dict:
         if block is not None:
             d["block"] = int(block)
         segments.append(d)
-    return {"clipwan_timeline": FORMAT_VERSION, "fps": timeline.fps, "source": timeline.source,
-            "segments": segments}
+    out = {"clipwan_timeline": FORMAT_VERSION, "fps": timeline.fps, "source": timeline.source,
+           "segments": segments}
+    rule = BlockRule.from_layout(layout) if layout is not None else getattr(timeline, "block_rule", None)
+    if rule is not None:  # the run's block sizes: blocks -> video frames for a reader without the run (CLIP-T)
+        out["block_layout"] = rule.to_dict()
+    return out
 
 
 def from_dict(data: dict, source: str = "timeline", embeddings: Optional[dict] = None) -> Timeline:
@@ -221,7 +228,9 @@ def from_dict(data: dict, source: str = "timeline", embeddings: Optional[dict] =
         segments.append(_checked(seg, where))
     if not segments:
         raise ValueError(f"{source}: no segments.")
-    return Timeline(segments, fps=data.get("fps"), source=data.get("source") or source)
+    timeline = Timeline(segments, fps=data.get("fps"), source=data.get("source") or source)
+    timeline.block_rule = BlockRule.from_dict(data.get("block_layout"))
+    return timeline
 
 
 def embeddings_path(path: str) -> str:

@@ -123,6 +123,7 @@ class Timeline:
         self.source = source
         self.live = None  # a LiveControl (wan/timeline/live.py) adds segments while a loop runs
         self.encoder = None  # text -> embedding, kept for live prompts (ComfyUI: the timeline node's CLIP)
+        self.block_rule = None  # the run's block sizes when read from a sidecar (video_prompts.BlockRule)
 
     def __len__(self) -> int:
         return len(self.segments)
@@ -135,7 +136,7 @@ class Timeline:
         without touching the one it came from (ComfyUI caches node outputs)."""
         out = Timeline([dataclasses.replace(s, prompts=[dataclasses.replace(p) for p in s.prompts])
                         for s in self.segments], fps=self.fps, source=self.source)
-        out.encoder = self.encoder
+        out.encoder, out.block_rule = self.encoder, self.block_rule
         return out
 
     # --- text -> embeddings ---------------------------------------------------------------------------
