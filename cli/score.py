@@ -121,6 +121,9 @@ def timeline_prompts(args, fps: float, log=print) -> list:
     timeline = load(path, switch_frames=switch or None, line=args.timeline_line, fps=fps)
     rule = rule or block_rule(args, timeline)
     prompts = pixel_prompts(timeline, rule, args.prompt or "")
+    if prompts and prompts[0][0] > 0:
+        raise ValueError(f"{os.path.basename(path)}: the first prompt starts at video frame {prompts[0][0]}; give "
+                         f"--prompt PROMPT for the frames before it (the run's positive prompt)")
     log(f"score: {len(prompts)} prompt(s) from {os.path.basename(path)} ({pixel_length_note(rule)}, {fps:g} fps): "
         + "; ".join(f"frame {f}: {p[:40]}" for f, p in prompts))
     args.block_rule = rule

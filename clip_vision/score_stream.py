@@ -62,7 +62,7 @@ class StrideBudget:
         if self.seconds_per_frame is None or self.stream_per_block is None:
             return None
         allowed = self.budget * self.stream_per_block / self.seconds_per_frame  # frames per block within budget
-        wanted = math.ceil(max(1, frames_per_block) / allowed) if allowed > 0 else self.max_stride
+        wanted = math.ceil(max(1, frames_per_block) / allowed - 1e-9) if allowed > 0 else self.max_stride
         return max(self.min_stride, min(self.max_stride, wanted))
 
 
