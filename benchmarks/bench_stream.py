@@ -143,7 +143,8 @@ def _best_of(fn, repeats: int = 3) -> float:
 
 def score_profile(vision, text, frames: torch.Tensor, block_frames: int, repeats: int = 3) -> dict:
     """Where a scored frame's time goes (fastest of ``repeats``, ms per frame): preprocessing (resize, crop, normalise), the
-    vision forward one frame at a time and ``block_frames`` at once, the scores of embedded frames; and the
+    full vision forward (every output) and the scorer's embedding (``embeds_only``), one frame at a time and
+    ``block_frames`` at once, the scores of embedded frames; and the
     files written once at the end of a run (CSV + JSON, the PNG chart), for ``len(frames)`` rows."""
     import tempfile as _tempfile
 
@@ -189,8 +190,9 @@ def _scoring_part(model, vae, inputs, settings, args, device, plain_total: float
            "budget_percent": args.score_budget, "profile": profile, "runs": {}}
     print(f"  scoring profile, ms per scored frame (ViT-B/32 at 224 px, frames {args.size} px): preprocess "
           f"{profile['preprocess_ms_block']:.1f}; vision forward {profile['forward_ms_one']:.0f} one frame at a time, "
-          f"{profile['forward_ms_block']:.0f} in a batch of a block's {block_frames} frames; embedding incl. "
-          f"preprocessing {profile['embed_ms_one']:.0f} / {profile['embed_ms_block']:.0f}; scores "
+          f"{profile['forward_ms_block']:.0f} in a batch of a block's {block_frames} frames; the scorer's embedding "
+          f"(preprocessing + the tower, its last block for the CLS token only) {profile['embed_ms_one']:.0f} / "
+          f"{profile['embed_ms_block']:.0f}; scores "
           f"{profile['scores_ms']:.3f}; once at the end for {profile['rows']} rows: CSV+JSON "
           f"{profile['csv_json_ms']:.0f} ms, PNG chart {profile['png_ms']:.0f} ms")
     for every in [e.strip() for e in str(args.score_every).split(",") if e.strip()]:

@@ -93,7 +93,9 @@ def segment_at(segments: Sequence, frame: int) -> int:
 
 def image_embeddings(vision, frames: torch.Tensor, crop="center") -> torch.Tensor:
     """IMAGE frames [F,H,W,3] → L2-normalised image embeddings [F, D] (float32, CPU)."""
-    embeds = vision.encode_image(frames, crop=crop).image_embeds
+    from .embeds_only import image_embeds  # the last block for the CLS token only (what image_embeds reads)
+
+    embeds = image_embeds(vision, frames, crop)
     if embeds is None:
         raise ValueError(f"CLIP scores need the vision tower's projection (visual_projection / head), which "
                          f"{getattr(vision, 'source', 'this CLIP vision model')} lacks: use a file that has it "

@@ -161,3 +161,18 @@ def test_bench_stream_reports_each_setting(tmp_path, capsys):
     assert scores["profile"]["forward_ms_one"] > 0 and scores["profile"]["png_ms"] > 0
     out = capsys.readouterr().out
     assert "auto (budget 10 %" in out and "scoring profile" in out
+
+
+@pytest.mark.parametrize("name, layers", [("ViT-B/32", 2), ("ViT-H/14", 1)])
+def test_embeds_only_equal_the_full_forward(name, layers):
+    """The CLS-only last block gives the full forward's image_embeds (QuickGELU B/32, GELU H/14; a 1-block tower:
+    the last block is the first)."""
+    from comfyui_clipwan.clip_vision import default_clip_vision
+    from comfyui_clipwan.clip_vision.embeds_only import image_embeds
+
+    vision = default_clip_vision(name, seed=3, layers=layers)
+    frames = torch.rand(3, 40, 56, 3, generator=torch.Generator().manual_seed(1))
+    full = vision.encode_image(frames, crop="center").image_embeds
+    fast = image_embeds(vision, frames)
+    assert fast.shape == full.shape and (fast - full).abs().max() <= 1e-5 * full.abs().max()
+    assert (image_embeds(vision, frames[:1]) - full[:1]).abs().max() <= 1e-5 * full.abs().max()
