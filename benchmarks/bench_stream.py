@@ -48,6 +48,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--score-every", default="1,4,8,auto",
                         help="comma list of strides for the CLIP-score part, 'auto' = the stride chosen for "
                              "--score-budget (empty: skip it)")
+    parser.add_argument("--score-per-piece", action="store_true",
+                        help="also score each fixed stride one decoded piece at a time (one forward per piece, the "
+                             "way before one forward per block), in the same run")
     parser.add_argument("--score-budget", type=float, default=10.0,
                         help="percent of the stream's time per block the 'auto' stride keeps scoring within")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = leave as is)")
@@ -131,6 +134,24 @@ def streaming_scored(model, vae, inputs, settings, seed, device, live) -> dict:
             "strides": live.stats()["strides"]}
 
 
+class PerPiece:
+    """The scorer fed one decoded piece at a time (one vision forward per piece, as before ``LiveScorer``): the
+    comparison ``--score-per-piece`` adds to each fixed stride."""
+
+    def __init__(self, scorer):
+        self.scorer = scorer
+
+    @property
+    def rows(self) -> list:
+        return self.scorer.rows
+
+    def add(self, frames, frame_start, block, block_done=True) -> list:
+        return self.scorer.update(frames, frame_start, block)
+
+    def stats(self) -> dict:
+        return {"strides": []}
+
+
 def _best_of(fn, repeats: int = 3) -> float:
     fn()
     best = float("inf")
@@ -195,14 +216,20 @@ def _scoring_part(model, vae, inputs, settings, args, device, plain_total: float
           f"{profile['embed_ms_block']:.0f}; scores "
           f"{profile['scores_ms']:.3f}; once at the end for {profile['rows']} rows: CSV+JSON "
           f"{profile['csv_json_ms']:.0f} ms, PNG chart {profile['png_ms']:.0f} ms")
-    for every in [e.strip() for e in str(args.score_every).split(",") if e.strip()]:
-        scorer = StreamingScorer(vision, text, SCORE_PROMPTS)
-        live = LiveScorer(scorer, 1, args.score_budget) if every == "auto" else LiveScorer(scorer, int(every))
+    settings_list = [e.strip() for e in str(args.score_every).split(",") if e.strip()]
+    if getattr(args, "score_per_piece", False):
+        settings_list = [x for e in settings_list for x in ([e, e + ":piece"] if e != "auto" else [e])]
+    for every in settings_list:
+        per_piece = every.endswith(":piece")
+        scorer = StreamingScorer(vision, text, SCORE_PROMPTS, every_n=1 if every == "auto" else int(every.split(":")[0]))
+        live = PerPiece(scorer) if per_piece else \
+            LiveScorer(scorer, 1, args.score_budget) if every == "auto" else LiveScorer(scorer)
         run = streaming_scored(model, vae, inputs, settings, args.seed, device, live)
         run["ratio_to_plain_stream"] = run["total_s"] / plain_total
         out["runs"][every] = run
         label = (f"auto (budget {args.score_budget:g} %, strides {run['strides']})" if every == "auto"
-                 else f"every {every} frame(s)")
+                 else f"every {every.split(':')[0]} frame(s)" + (", one forward per piece" if per_piece else
+                                                               ", one forward per block"))
         print(f"  CLIP scores {label} ({run['scored_frames']} frames scored): scoring "
               f"{run['scoring_per_block_s'] * 1e3:.0f} ms per block vs the stream's own {run['stream_per_block_s']:.2f} s "
               f"per block -> {100 * run['ratio']:.1f} % (total {run['total_s']:.1f} s = {run['ratio_to_plain_stream']:.3f}x "

@@ -148,16 +148,16 @@ def test_bench_stream_reports_each_setting(tmp_path, capsys):
 
     parser = argparse.ArgumentParser()
     bench_stream.add_arguments(parser)
-    args = parser.parse_args(["--quick", "--skip-memory", "--score-every", "2,auto", "--json",
+    args = parser.parse_args(["--quick", "--skip-memory", "--score-every", "2,auto", "--score-per-piece", "--json",
                               str(tmp_path / "b.json")])
     assert bench_stream.run(args) == 0
     import json
 
     scores = json.loads((tmp_path / "b.json").read_text())["scores"]
-    assert set(scores["runs"]) == {"2", "auto"}
+    assert set(scores["runs"]) == {"2", "2:piece", "auto"}
     for run in scores["runs"].values():
         assert run["ratio"] == pytest.approx(run["scoring_s"] / run["stream_s"]) and run["scored_frames"] >= 1
-    assert scores["runs"]["2"]["scored_frames"] == 17  # 33 frames, every 2nd
+    assert scores["runs"]["2"]["scored_frames"] == scores["runs"]["2:piece"]["scored_frames"] == 17  # 33, every 2nd
     assert scores["profile"]["forward_ms_one"] > 0 and scores["profile"]["png_ms"] > 0
     out = capsys.readouterr().out
     assert "auto (budget 10 %" in out and "scoring profile" in out
