@@ -163,10 +163,10 @@ def _best_of(fn, repeats: int = 3) -> float:
 
 
 def score_profile(vision, text, frames: torch.Tensor, block_frames: int, repeats: int = 3) -> dict:
-    """Where a scored frame's time goes (fastest of ``repeats``, ms per frame): preprocessing (resize, crop, normalise), the
-    full vision forward (every output) and the scorer's embedding (``embeds_only``), one frame at a time and
-    ``block_frames`` at once, the scores of embedded frames; and the
-    files written once at the end of a run (CSV + JSON, the PNG chart), for ``len(frames)`` rows."""
+    """Where a scored frame's time goes (fastest of ``repeats``, ms per frame): preprocessing (resize, crop,
+    normalise), the full vision forward (every output) and the scorer's embedding (``embeds_only``), one frame at
+    a time and ``block_frames`` at once, the scores of embedded frames; and the files written once at the end of a
+    run (CSV + JSON, the PNG chart), for ``len(frames)`` rows."""
     import tempfile as _tempfile
 
     from ..clip_vision.preprocess import preprocess_images
@@ -221,19 +221,19 @@ def _scoring_part(model, vae, inputs, settings, args, device, plain_total: float
         settings_list = [x for e in settings_list for x in ([e, e + ":piece"] if e != "auto" else [e])]
     for every in settings_list:
         per_piece = every.endswith(":piece")
-        scorer = StreamingScorer(vision, text, SCORE_PROMPTS, every_n=1 if every == "auto" else int(every.split(":")[0]))
+        stride = 1 if every == "auto" else int(every.split(":")[0])
+        scorer = StreamingScorer(vision, text, SCORE_PROMPTS, every_n=stride)
         live = PerPiece(scorer) if per_piece else \
             LiveScorer(scorer, 1, args.score_budget) if every == "auto" else LiveScorer(scorer)
         run = streaming_scored(model, vae, inputs, settings, args.seed, device, live)
         run["ratio_to_plain_stream"] = run["total_s"] / plain_total
         out["runs"][every] = run
         label = (f"auto (budget {args.score_budget:g} %, strides {run['strides']})" if every == "auto"
-                 else f"every {every.split(':')[0]} frame(s)" + (", one forward per piece" if per_piece else
-                                                               ", one forward per block"))
+                 else f"every {stride} frame(s), one forward per {'piece' if per_piece else 'block'}")
         print(f"  CLIP scores {label} ({run['scored_frames']} frames scored): scoring "
-              f"{run['scoring_per_block_s'] * 1e3:.0f} ms per block vs the stream's own {run['stream_per_block_s']:.2f} s "
-              f"per block -> {100 * run['ratio']:.1f} % (total {run['total_s']:.1f} s = {run['ratio_to_plain_stream']:.3f}x "
-              f"the unscored stream of the same run)")
+              f"{run['scoring_per_block_s'] * 1e3:.0f} ms per block vs the stream's own "
+              f"{run['stream_per_block_s']:.2f} s per block -> {100 * run['ratio']:.1f} % (total {run['total_s']:.1f} s "
+              f"= {run['ratio_to_plain_stream']:.3f}x the unscored stream of the same run)")
     print(f"  (scorer setup once per run: {setup:.1f} s — models, tokenizer, text embeddings)")
     return out
 

@@ -8,6 +8,7 @@ frames with the run's block rule (``wan.timeline.video_prompts``). Definitions: 
 from __future__ import annotations
 
 import os
+import re
 
 SCORE_SUFFIX = ".clip_scores"  # VIDEO.mp4 -> VIDEO.clip_scores.{csv,json,png}
 
@@ -86,22 +87,28 @@ def block_rule(args, timeline=None):
     return getattr(timeline, "block_rule", None)
 
 
+FRAME_LINE = re.compile(r"^\s*\d+\s*:")
+
+
+def _lines(raw: str) -> list:
+    return [ln for ln in raw.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
+
+
 def _frame_form(raw: str) -> bool:
     """Whether a text is only 'N: prompt' lines without a mix (or one bare prompt): the score's 'FRAME: prompt'
     form (video frames), which the timeline text reads as blocks. The plain-text timeline has no way to start a
     segment at a video frame (blocks, latent frames, seconds only), so the old form stays readable as such."""
-    import re
-
-    lines = [ln for ln in raw.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
+    lines = _lines(raw)
+    one_prompt = len(lines) == 1 and ":" not in lines[0]
     return bool(lines) and not raw.lstrip().startswith("{") and (
-        all(re.match(r"^\s*\d+\s*:", ln) and "::" not in ln for ln in lines) or (len(lines) == 1 and ":" not in lines[0]))
+        one_prompt or all(FRAME_LINE.match(ln) and "::" not in ln for ln in lines))
 
 
 def timeline_prompts(args, fps: float, log=print) -> list:
     """``[(video frame, prompt)]`` of ``--timeline`` (any timeline file, mapped with the video's block rule and
     fps) and ``--prompt``."""
     from ..wan.timeline.files import load
-    from ..wan.timeline.video_prompts import BlockRule, pixel_length_note, pixel_prompts
+    from ..wan.timeline.video_prompts import pixel_length_note, pixel_prompts
 
     path = args.timeline
     if not os.path.isfile(path):
@@ -115,8 +122,9 @@ def timeline_prompts(args, fps: float, log=print) -> list:
             f"with --frames-per-block N or --family its numbers are blocks)")
         from ..clip_vision.scores import parse_segments
 
-        segments = parse_segments(raw)
-        return [(0, args.prompt)] + segments if args.prompt and segments and segments[0][0] > 0 else segments
+        if args.prompt and not re.match(r"^\s*0\s*:", _lines(raw)[0]):  # --prompt plays before the first line
+            raw = f"0: {args.prompt}\n{raw}"
+        return parse_segments(raw)
     switch = [int(x) for x in str(args.switch_frames or "").replace(" ", "").split(",") if x]
     timeline = load(path, switch_frames=switch or None, line=args.timeline_line, fps=fps)
     rule = rule or block_rule(args, timeline)

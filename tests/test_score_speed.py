@@ -11,9 +11,10 @@ import safetensors.torch
 import torch
 
 import open_clip
-from test_clip_scores import PROMPTS, SIZE, assert_rows, expected_scores, frames_for, openclip_model, oracle_pixels  # noqa: F401
+from test_clip_scores import PROMPTS, SIZE, assert_rows, expected_scores, frames_for, oracle_pixels
+from test_clip_scores import openclip_model  # noqa: F401 (the fixture)
 
-from comfyui_clipwan.clip_vision import load_clip_vision
+from comfyui_clipwan.clip_vision import default_clip_vision, load_clip_vision
 from comfyui_clipwan.clip_vision.score_stream import LiveScorer, StrideBudget
 from comfyui_clipwan.clip_vision.scores import StreamingScorer
 from comfyui_clipwan.clip_vision.text_tower import load_text_tower
@@ -46,15 +47,15 @@ def test_one_forward_per_block_equals_open_clip(towers, openclip_model, every):
     frames = frames_for(21, seed=6)  # 6 latent frames: blocks of 3 -> 9 + 12 video frames
     segments = [(0, PROMPTS[0]), (10, PROMPTS[1])]
     forwards = []
-    encode = vision.encode
-    vision.encode = lambda pixels, *a, **k: forwards.append(pixels.shape[0]) or encode(pixels, *a, **k)
+    embed = vision.model.embed  # the tower's first step: counts its forwards and their batch sizes
+    vision.model.embed = lambda pixels: forwards.append(pixels.shape[0]) or embed(pixels)
     try:
         live = LiveScorer(StreamingScorer(vision, text, segments, every_n=every))
         got = []
         for start, count, block, done in wan_pieces(6):
             got += live.add(frames[start:start + count], start, block, done)
     finally:
-        del vision.encode
+        del vision.model.embed
     picked = list(range(0, 21, every))
     assert [r.frame for r in got] == picked == [r.frame for r in live.rows]
     assert [r.block for r in got] == [0 if f < 9 else 1 for f in picked]
@@ -137,8 +138,7 @@ def test_score_budget_setting_declared_once_optional_and_off_by_default():
     assert "score_budget_percent" in optional and "score_budget_percent" not in required
     assert spec.get("score_budget_percent").check(150.0) is not None
     with pytest.raises(ValueError, match="score budget must be 0"):
-        LiveScorer(StreamingScorer(load_clip_vision.__globals__["default_clip_vision"]("ViT-B/32", layers=1)),
-                   budget_percent=-1)
+        LiveScorer(StreamingScorer(default_clip_vision("ViT-B/32", layers=1)), budget_percent=-1)
 
 
 def test_bench_stream_reports_each_setting(tmp_path, capsys):
@@ -167,7 +167,6 @@ def test_bench_stream_reports_each_setting(tmp_path, capsys):
 def test_embeds_only_equal_the_full_forward(name, layers):
     """The CLS-only last block gives the full forward's image_embeds (QuickGELU B/32, GELU H/14; a 1-block tower:
     the last block is the first)."""
-    from comfyui_clipwan.clip_vision import default_clip_vision
     from comfyui_clipwan.clip_vision.embeds_only import image_embeds
 
     vision = default_clip_vision(name, seed=3, layers=layers)

@@ -13,7 +13,8 @@ import open_clip
 import pytest
 import safetensors.torch
 import torch
-from test_clip_scores import PROMPTS, SIZE, assert_rows, expected_scores, frames_for, openclip_model, oracle_pixels  # noqa: F401
+from test_clip_scores import PROMPTS, assert_rows, expected_scores, frames_for, oracle_pixels
+from test_clip_scores import openclip_model  # noqa: F401 (the fixture)
 
 from comfyui_clipwan.cli import main
 from comfyui_clipwan.clip_vision.scores import read_csv

@@ -112,5 +112,5 @@ def pixel_length_note(rule: Optional[BlockRule]) -> str:
     if rule is None:
         return "block size unknown"
     first = latent_frame_to_pixel_frame(rule.first_block)
-    return f"blocks of {rule.frames_per_block} latent frames ({TIME_RATIO * rule.frames_per_block} video frames; the first " \
-           f"block {first} frame(s))"
+    return (f"blocks of {rule.frames_per_block} latent frames ({TIME_RATIO * rule.frames_per_block} video frames; "
+            f"the first block {first} frame(s))")
