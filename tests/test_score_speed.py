@@ -175,3 +175,13 @@ def test_embeds_only_equal_the_full_forward(name, layers):
     fast = image_embeds(vision, frames)
     assert fast.shape == full.shape and (fast - full).abs().max() <= 1e-5 * full.abs().max()
     assert (image_embeds(vision, frames[:1]) - full[:1]).abs().max() <= 1e-5 * full.abs().max()
+
+
+def test_stream_node_scores_take_the_budget_and_default_to_a_fixed_stride():
+    from comfyui_clipwan.nodes.score_nodes import ClipScorerModels, StreamScores
+
+    models = ClipScorerModels(default_clip_vision("ViT-B/32", layers=1), None, "test")
+    fixed = StreamScores.from_inputs(models, 4)  # a workflow saved before the setting: no budget input
+    assert fixed.live.budget is None and fixed.live.every_n == 4
+    budget = StreamScores.from_inputs(models, 2, "", None, 10.0)
+    assert budget.live.budget.budget == pytest.approx(0.10) and budget.live.budget.min_stride == 2
