@@ -71,11 +71,12 @@ def image_calibration_tar(images: Sequence[torch.Tensor], config, path: str, cro
             "dtype": "float32", "crop": crop}
 
 
-def text_calibration_tar(prompts: Sequence[str], path: str, context_length: int = 77) -> dict:
+def text_calibration_tar(prompts: Sequence[str], path: str, context_length: int = 77, tokenizer=None) -> dict:
+    """``tokenizer``: texts → int32 ids [N, context_length] (the family's; default CLIP's BPE)."""
     prompts = [p for p in prompts if p and p.strip()]
     if not prompts:
         raise ValueError("no calibration prompts: give at least one non-empty prompt")
-    ids = tokenize(prompts, context_length)
+    ids = tokenizer(prompts) if tokenizer is not None else tokenize(prompts, context_length)
     count = _write_tar(path, (ids[i:i + 1] for i in range(len(ids))))
     return {"path": path, "count": count, "shape": [1, context_length], "dtype": "int32"}
 

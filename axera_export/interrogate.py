@@ -7,10 +7,12 @@ Two request shapes (what existing clients send):
   services board users run).
 * ``POST /sdapi/v1/interrogate/structured`` — ``{"image", "categories": {name: [labels]}}``; answer
   ``{"results": {name: {"winner", "confidence"}}, "general_tags": [...]}``, confidence = softmax within the
-  category (logit scale of the checkpoint).
+  category of the model's logits (``exp(logit_scale)·cos``; SigLIP's ``logit_bias`` cancels in it).
 
 Optional extras on both: ``labels`` (list or comma string: this request's candidates instead of the served
-vocabulary), ``threshold``, ``top_k``, ``score`` (``softmax`` over the candidates, or raw ``cosine``).
+vocabulary), ``threshold``, ``top_k``, ``score``: ``softmax`` over the candidates (CLIP's rule), ``sigmoid``
+per label (SigLIP's: ``sigmoid(exp(logit_scale)·cos + logit_bias)``), or the raw ``cosine``; not given: the
+export's own rule (its family's ``score_rule``).
 No web framework and no torch here: ``service.py`` runs requests, ``serve.py`` / ``nodes/axera_nodes.py`` carry
 them over HTTP.
 """
@@ -27,11 +29,12 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from .families.base import SCORE_RULES, logits
 from .runtime import MANIFEST, ClipRuntime, read_manifest, softmax
 
 DEFAULT_THRESHOLD = 0.25
 DEFAULT_TOP_K = 10
-SCORES = ("softmax", "cosine")
+SCORES = ("softmax", "sigmoid", "cosine")
 MAX_BODY_BYTES = 16 * 1024 * 1024  # a 4K PNG in base64 fits; anything larger is refused with 413
 MAX_PIXELS = 4096 * 4096  # decoded size cap (16.8 MP, ~200 MB as float32): a 134 KiB PNG can declare 89 MP
 MAX_CATEGORIES = 64
@@ -89,7 +92,7 @@ class Defaults:
 
     threshold: float = DEFAULT_THRESHOLD
     top_k: int = DEFAULT_TOP_K
-    score: str = "softmax"
+    score: Optional[str] = None  # None: the export's own rule (CLIP softmax, SigLIP sigmoid)
 
     def __post_init__(self):
         check_scoring(self.score, self.threshold, self.top_k, error=ValueError)
@@ -100,11 +103,12 @@ def check_scoring(score, threshold, top_k, error=None) -> None:
     def fail(message):
         raise (error(message) if error else RequestError(400, message))
 
-    if score not in SCORES:
+    if score is not None and score not in SCORES:
         fail(f"'score' must be one of {list(SCORES)}, got {score!r}")
-    low = 0.0 if score == "softmax" else -1.0
+    low = -1.0 if score == "cosine" else 0.0
     if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not low <= threshold <= 1.0:
-        fail(f"'threshold' must be a number in [{low:g}, 1] for score '{score}', got {threshold!r}")
+        named = f"score '{score}'" if score else "the model's score (softmax or sigmoid)"
+        fail(f"'threshold' must be a number in [{low:g}, 1] for {named}, got {threshold!r}")
     if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
         fail(f"'top_k' must be a positive integer, got {top_k!r}")
 
@@ -153,12 +157,13 @@ def parse_request(body, defaults: Defaults, structured: bool = False) -> dict:
 
 
 def rank(image_embedding: np.ndarray, text_embeddings: np.ndarray, labels: Sequence[str], score: str,
-         logit_scale: float, threshold: float, top_k: int) -> tuple:
+         logit_scale: float, threshold: float, top_k: int, logit_bias: float = 0.0) -> tuple:
     """(caption, [(tag, score), ...]): the ``top_k`` best labels whose score ≥ threshold, best first; when none
     passes, the single best (Automatic1111 always answers a caption). ``softmax``: probability over the
-    candidates (logit scale × cosine); ``cosine``: the raw similarity."""
+    candidates (logit scale × cosine); ``sigmoid``: per-label probability (+ logit bias); ``cosine``: raw."""
     cosine = _cosine(text_embeddings, image_embedding)
-    scores = softmax(np.exp(logit_scale) * cosine) if score == "softmax" else cosine
+    scores = cosine if score == "cosine" else \
+        SCORE_RULES[score](logits(cosine, logit_scale, logit_bias if score == "sigmoid" else 0.0))
     top = np.argpartition(-scores, top_k - 1)[:top_k] if top_k < len(scores) else np.arange(len(scores))
     order = top[np.argsort(-scores[top], kind="stable")]
     tags = [(labels[i], float(scores[i])) for i in order if scores[i] >= threshold]

@@ -24,14 +24,12 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 import torch
 
-from . import pulsar2
+from . import families, pulsar2
 from .calibration import image_calibration_tar, synthetic_images, text_calibration_tar
-from .heads import text_head, vision_head
 from .onnx_export import (TEXT_INPUT, TEXT_OUTPUT, VISION_INPUT, VISION_OUTPUT, ExportGraph, check_export,
                           export_onnx, ort_session, parity)
 from .runtime import MANIFEST, MANIFEST_FORMAT
 from .sources import ClipSource, fp32_cpu, parse_parts
-from .tokenizer import VOCAB_FILE, default_vocab_path, tokenize
 from .vocabulary import DEFAULT_LABELS
 
 DEFAULT_PROMPTS = tuple(f"a photo of {label}." for label in DEFAULT_LABELS)
@@ -85,13 +83,14 @@ RECOMMENDED_CALIBRATION_IMAGES = 32  # the node's tooltip and the CLI help say "
 
 def export_clip(source: ClipSource, folder: str, parts="vision,text", calib_images: Optional[Sequence] = None,
                 prompts: Optional[Sequence[str]] = None, npu_mode: str = "NPU3", opset: int = 14,
-                crop: str = "center", precision: str = "u16", target: str = "AX650", run_build: bool = True,
+                crop: Optional[str] = None, precision: str = "u16", target: str = "AX650", run_build: bool = True,
                 parity_samples: int = 2, progress: Optional[Callable[[str], None]] = None,
                 vision_output: str = "embeddings") -> ExportResult:
     """Export the requested towers of ``source`` into ``folder``; see the module doc for the layout.
 
     ``calib_images``: IMAGE tensors [B,H,W,C]; none → synthetic colour fields (said so in the report).
     ``prompts``: calibration prompts for the text tower; none → the built-in label prompts.
+    ``crop``: image preprocessing (``center`` | ``none``); None → the family's (CLIP: center, SigLIP: none).
     ``vision_output``: ``embeddings`` (post-LN CLS; the CPU projects it: zero-shot) or ``wan`` (Wan 2.1's i2v
     features: the hidden states after all blocks but the last, [1, 257, 1280] for ViT-H/14, no projection).
 
@@ -105,6 +104,11 @@ def export_clip(source: ClipSource, folder: str, parts="vision,text", calib_imag
     _check_npu_mode(npu_mode, target)
     if vision_output not in VISION_OUTPUTS:
         raise ValueError(f"vision_output must be one of {VISION_OUTPUTS}, got {vision_output!r}")
+    family = families.get_family(source.family)
+    if vision_output == "wan" and family.name != "clip":
+        raise ValueError(f"vision_output='wan' exports Wan 2.1's CLIP ViT-H/14 features; {source.description} is a "
+                         f"{family.title} model: export it with vision_output='embeddings'")
+    crop = crop or family.default_crop
     if precision not in pulsar2.PRECISIONS:
         raise ValueError(f"precision must be one of {pulsar2.PRECISIONS}, got {precision!r}")
     say = progress or (lambda msg: None)
@@ -178,6 +182,9 @@ def _build(source: ClipSource, folder: str, parts, calib_images, prompts, npu_mo
     manifest = {"format": MANIFEST_FORMAT, "version": 1, "source": source.description,
                 "random_init": source.random_init, "target_hardware": target, "npu_mode": npu_mode,
                 "precision": precision, "cpu_heads": "cpu_heads.npz", "parts": {}}
+    family = families.get_family(source.family)
+    manifest["family"] = family.manifest_block(source, None)
+    split = {**CPU_SPLIT, **family.cpu_split}  # what runs where, per part, for the report
     heads = {}
     steps = []
     notes = []
@@ -188,11 +195,16 @@ def _build(source: ClipSource, folder: str, parts, calib_images, prompts, npu_mo
         cv = source.vision
         config = cv.config
         wan = vision_output == "wan"
+        if wan and not hasattr(cv.model, "penultimate"):
+            raise ValueError(f"{source.description}: vision_output='wan' exports Wan 2.1's CLIP ViT features; this "
+                             f"{family.title} vision tower has no such output: use vision_output='embeddings'")
         if config.proj_dim is None and not wan:
             raise ValueError(f"{source.description}: the vision tower has no visual_projection; image embeddings "
                              f"for zero-shot need it (use a CLIPVisionModelWithProjection / full CLIP file)")
         # fp32 on the CPU (a CLIP_VISION from ComfyUI may sit on the GPU in fp16): exported and parity reference
         reference = fp32_cpu(cv)
+        if not wan:
+            heads.update(family.vision_heads(reference))
         say(f"exporting vision tower {config.name} ({config.layers} layers) to ONNX opset {opset}")
         size = config.image_size
         onnx_v = export_onnx(ExportGraph(reference.model, "penultimate" if wan else "pooled"),
@@ -200,8 +212,6 @@ def _build(source: ClipSource, folder: str, parts, calib_images, prompts, npu_mo
                              WAN_OUTPUT if wan else VISION_OUTPUT, opset)
         release_memory()  # the tracer's graph and protobuf buffers
         check_export(onnx_v)
-        if not wan:
-            heads["visual_projection"] = reference.model.visual_projection.weight.detach().numpy()
         say("checking vision parity (ONNX Runtime vs torch)")
         pixels = torch.randn(parity_samples, 3, size, size, generator=gen)
         sess = ort_session(onnx_v.path)
@@ -215,7 +225,7 @@ def _build(source: ClipSource, folder: str, parts, calib_images, prompts, npu_mo
             par = parity(pooled, ref)
         else:
             ref = reference.encode(pixels).image_embeds.numpy()
-            par = parity(vision_head(pooled, heads["visual_projection"]), ref)
+            par = parity(family.vision_head(pooled, heads), ref)
         images = list(calib_images) if calib_images else None
         if not images:
             images = synthetic_images()
@@ -233,38 +243,44 @@ def _build(source: ClipSource, folder: str, parts, calib_images, prompts, npu_mo
         steps.append(pulsar2.BuildStep("vision", "vision.onnx", "pulsar2/vision.json", "build/vision",
                                        "vision.axmodel", target, npu_mode))
         manifest["parts"]["vision"] = _part_entry(onnx_v, par, calib, "pulsar2/vision.json",
-                                                  CPU_SPLIT["wan" if wan else "vision"])
+                                                  split["wan" if wan else "vision"])
         manifest["parts"]["vision"].update(config=_vision_config_json(config), crop=crop, output_kind=vision_output)
 
     if "text" in parts:
         tw = source.text
+        tokenizer = family.export_tokenizer(source)
         say(f"exporting text tower ({tw.config.layers} layers, width {tw.config.width}) to ONNX opset {opset}")
-        onnx_t = export_onnx(ExportGraph(tw.build()), torch.from_numpy(tokenize(["a photo"], tw.config.context_length)),
+        onnx_t = export_onnx(ExportGraph(tw.build()), torch.from_numpy(tokenizer(["a photo"])),
                              os.path.join(folder, "text.onnx"), TEXT_INPUT, TEXT_OUTPUT, opset)
         check_export(onnx_t)
-        heads["text_projection"] = tw.projection.numpy()
+        heads.update(family.text_heads(tw))
         say("checking text parity (ONNX Runtime vs torch)")
-        ids = tokenize(list(DEFAULT_PROMPTS[:parity_samples]), tw.config.context_length)
+        ids = tokenizer(list(DEFAULT_PROMPTS[:parity_samples]))
         sess = ort_session(onnx_t.path)
         hidden = np.concatenate([sess.run(None, {TEXT_INPUT: ids[i:i + 1]})[0] for i in range(len(ids))])
         del sess
         ref = tw.encode(torch.from_numpy(ids)).numpy()
-        par = parity(text_head(hidden, ids, heads["text_projection"]), ref)
+        par = parity(family.text_head(hidden, ids, heads), ref)
         calib = text_calibration_tar(list(prompts) if prompts else list(DEFAULT_PROMPTS),
-                                     os.path.join(folder, "calib", "text_calib.tar"), tw.config.context_length)
+                                     os.path.join(folder, "calib", "text_calib.tar"), tw.config.context_length,
+                                     tokenizer)
         if not prompts:
             notes.append("text calibration used the built-in label prompts (no prompts given)")
         cfg = pulsar2.text_config(TEXT_INPUT, "calib/text_calib.tar", npu_mode, precision, target)
         checked["text"] = pulsar2.write_config(cfg, os.path.join(folder, "pulsar2", "text.json"))
         steps.append(pulsar2.BuildStep("text", "text.onnx", "pulsar2/text.json", "build/text", "text.axmodel",
                                        target, npu_mode))
-        manifest["parts"]["text"] = _part_entry(onnx_t, par, calib, "pulsar2/text.json", CPU_SPLIT["text"])
-        # the vocabulary travels with the export: the board tokenizes without open_clip (or torch)
+        manifest["parts"]["text"] = _part_entry(onnx_t, par, calib, "pulsar2/text.json", split["text"])
+        # the tokenizer files travel with the export: the board tokenizes without open_clip (or torch)
         os.makedirs(os.path.join(folder, "tokenizer"), exist_ok=True)
-        shutil.copyfile(default_vocab_path(), os.path.join(folder, "tokenizer", VOCAB_FILE))
-        manifest["parts"]["text"]["tokenizer"] = {"name": "CLIP BPE", "vocab": f"tokenizer/{VOCAB_FILE}",
-                                                  "context_length": tw.config.context_length}
+        for name, path in tokenizer.files.items():
+            shutil.copyfile(path, os.path.join(folder, "tokenizer", name))
+        first = sorted(tokenizer.files)[0]
+        manifest["parts"]["text"]["tokenizer"] = {"name": tokenizer.info.get("name", family.title),
+                                                  "vocab": f"tokenizer/{first}",
+                                                  "context_length": tokenizer.context_length}
         manifest["logit_scale"] = tw.logit_scale
+        manifest["family"] = family.manifest_block(source, tokenizer)
 
     np.savez(os.path.join(folder, "cpu_heads.npz"), **heads)
     docker = pulsar2.docker_version(target)

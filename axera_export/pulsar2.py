@@ -173,7 +173,8 @@ def validate_config(config: dict, version: Optional[str] = None) -> list[str]:
 # Ops whose quantisation error CLIP feels most (attention scores, normalisation, residual sums): kept in U16
 # in the "mixed" precision, as in AXERA-TECH/clip.axera's ``*_u16_fc_u8.json``.
 SENSITIVE_OPS = ["Softmax", "LayerNormalization", "ReduceMean", "Sub", "Pow", "Sqrt", "Div", "Add", "Concat",
-                 "Conv", "MatMul", "Mul", "Sigmoid", "Erf"]
+                 "Conv", "MatMul", "Mul", "Sigmoid", "Erf",
+                 "ReduceSum"]  # Jina-CLIP's masked mean pooling in the text graph (sum over tokens)
 
 
 def _layer_configs(precision: str) -> list:

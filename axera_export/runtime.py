@@ -23,10 +23,9 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from . import providers
-from .heads import text_head, vision_head
+from . import families, providers
+from .families.base import softmax  # noqa: F401  (re-exported: interrogate and older callers import it here)
 from .pixels import preprocess
-from .tokenizer import VOCAB_FILE, tokenize
 
 MANIFEST = "manifest.json"
 MANIFEST_FORMAT = "comfyui-clipwan/axera-export"
@@ -136,7 +135,13 @@ class ClipRuntime:
         self.manifest = read_manifest(self.folder)
         heads = np.load(os.path.join(self.folder, self.manifest["cpu_heads"]), allow_pickle=False)
         self._heads = {k: heads[k] for k in heads.files}
-        self.logit_scale = float(self.manifest.get("logit_scale", np.log(100.0)))
+        self.family = families.of_manifest(self.manifest)
+        # the family's rules: score, logit scale/bias, tokenizer (manifests before families: CLIP's)
+        self.family_block = dict(self.manifest.get("family") or {"name": self.family.name})
+        self.family_block.setdefault("logit_scale", float(self.manifest.get("logit_scale", np.log(100.0))))
+        self.logit_scale = float(self.family_block["logit_scale"])
+        self.logit_bias = float(self.family_block.get("logit_bias", 0.0))
+        self.score_rule = self.family_block.get("score_rule", self.family.score_rule)
         self.random_init = bool(self.manifest.get("random_init"))
         self.parts = {}
         self.backends = {}  # part → engine ("axengine" | "onnxruntime")
@@ -147,8 +152,9 @@ class ClipRuntime:
         self.vision_config = dict(vision["config"]) if vision else None
         self.crop = vision.get("crop", "center") if vision else "center"
         text = self.manifest["parts"].get("text")
-        vocab = os.path.join(self.folder, "tokenizer", VOCAB_FILE)
-        self.vocab_path = vocab if text and os.path.isfile(vocab) else None  # older exports: open_clip's copy
+        if text:
+            self.family_block.setdefault("tokenizer", {"context_length": text["input"]["shape"][1]})
+        self.tokenizer = self.family.tokenizer(self.family_block, self.folder) if text else None
         self._text_cache = EmbeddingCache()
 
     def _open(self, part: str, info: dict, backend: str) -> _Session:
@@ -199,13 +205,13 @@ class ClipRuntime:
                              f"wan_features(), or re-export with vision_output='embeddings' for zero-shot")
         pixels = self.pixels(images) if pixels is None else pixels
         pooled = np.concatenate([session.run(pixels[i:i + 1]) for i in range(len(pixels))])
-        return _normalize(vision_head(pooled, self._heads["visual_projection"]), normalize)
+        return _normalize(self.family.vision_head(pooled, self._heads), normalize)
 
     def text_embeddings(self, texts: Sequence[str], normalize: bool = True) -> np.ndarray:
         session = self._need("text")
-        ids = tokenize(list(texts), self.manifest["parts"]["text"]["input"]["shape"][1], self.vocab_path)
+        ids = self.tokenizer(list(texts))
         hidden = np.concatenate([session.run(ids[i:i + 1]) for i in range(len(ids))])
-        return _normalize(text_head(hidden, ids, self._heads["text_projection"]), normalize)
+        return _normalize(self.family.text_head(hidden, ids, self._heads), normalize)
 
     def prompt_embeddings(self, prompts: Sequence[str]) -> np.ndarray:
         """Normalised text embeddings [N, D], each prompt encoded once per runtime (bounded LRU cache)."""
@@ -217,17 +223,22 @@ class ClipRuntime:
                 self._text_cache.put(prompt, emb)
         return np.stack([known[p] for p in prompts])
 
+    def probabilities(self, cosine: np.ndarray, rule: Optional[str] = None) -> np.ndarray:
+        """The export's score rule over the last axis of a cosine table: CLIP's softmax of
+        ``exp(logit_scale)·cos``, SigLIP's ``sigmoid(exp(logit_scale)·cos + logit_bias)``; ``rule`` overrides."""
+        return self.family.probabilities(cosine, self.family_block, rule)
+
     def similarity(self, images, texts: Sequence[str]) -> np.ndarray:
         """Cosine similarity [B images, N texts]."""
         return self.image_embeddings(images) @ self.text_embeddings(texts).T
 
     def zero_shot(self, images, labels: Sequence[str], template: str = DEFAULT_TEMPLATE) -> list:
-        """Per image: ``[(label, probability), ...]`` sorted best first (softmax of logit_scale · cosine)."""
+        """Per image: ``[(label, probability), ...]`` sorted best first (the export's score rule)."""
         labels = [str(label).strip() for label in labels if str(label).strip()]
         if not labels:
             raise ValueError("zero-shot needs at least one label")
         text = self.prompt_embeddings(fill_template(template, labels))
-        probs = softmax(np.exp(self.logit_scale) * (self.image_embeddings(images) @ text.T))
+        probs = self.probabilities(self.image_embeddings(images) @ text.T)
         return [sorted(zip(labels, map(float, row)), key=lambda t: -t[1]) for row in probs]
 
 
@@ -236,13 +247,6 @@ def fill_template(template: str, labels: Sequence[str]) -> list:
     if "{}" not in template and "{label}" not in template:
         raise ValueError(f"template must contain '{{}}' or '{{label}}' where the label goes, got {template!r}")
     return [template.replace("{label}", "{}").format(label) for label in labels]
-
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-    """Softmax over the last axis (float64 inside: probabilities of thousands of labels sum to 1)."""
-    x = np.asarray(logits, np.float64)
-    x = np.exp(x - x.max(axis=-1, keepdims=True))
-    return x / x.sum(axis=-1, keepdims=True)
 
 
 def _normalize(x: np.ndarray, normalize: bool) -> np.ndarray:

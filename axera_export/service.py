@@ -173,8 +173,8 @@ class InterrogationService:
             table = vocab.embeddings if parsed["labels"] is None else vocab.embeddings_for(runtime, labels)
             categories = {name: vocab.embeddings_for(runtime, values)
                           for name, values in parsed.get("categories", {}).items()}
-        caption, tags = rank(embedding, table, labels, parsed["score"], runtime.logit_scale, parsed["threshold"],
-                             parsed["top_k"])
+        caption, tags = rank(embedding, table, labels, parsed["score"] or runtime.score_rule, runtime.logit_scale,
+                             parsed["threshold"], parsed["top_k"], runtime.logit_bias)
         backend = runtime.describe()
         if kind == "interrogate":
             return {"caption": caption, "interrogations": [{"tag": t, "score": round(s, 6)} for t, s in tags],

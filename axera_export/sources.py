@@ -39,6 +39,8 @@ class ClipSource:
     random_init: bool
     vision: Optional[ClipVisionModel] = None
     text: Optional[TextWeights] = None
+    family: str = "clip"  # families.FAMILIES key: the rules the export and the runtime follow
+    tokenizer_path: Optional[str] = None  # a tokenizer file/folder the family reads (None: the family's default)
 
     def require(self, parts) -> None:
         if "vision" in parts and self.vision is None:
@@ -46,7 +48,8 @@ class ClipSource:
         if "text" in parts and self.text is None:
             raise ValueError(f"{self.description} has no text tower (a CLIP_VISION / vision-only file); "
                              f"export parts=vision, or give a full CLIP checkpoint")
-        if "text" in parts and self.text.projection is None:
+        # CLIP's zero-shot needs the projection; Jina-CLIP's text head may be an identity (no proj) by design
+        if "text" in parts and self.text.projection is None and self.family == "clip":
             raise ValueError(f"{self.description}: the text tower has no 'text_projection' (a text-encoder-only "
                              f"file such as clip_l.safetensors); zero-shot needs a full CLIP checkpoint")
 
@@ -83,7 +86,21 @@ def text_overrides(path: str) -> dict:
     return {k: v for k, v in out.items() if v is not None}
 
 
-def load_source(path: str, parts=PARTS, text_act: Optional[str] = None) -> ClipSource:
+def load_source(path: str, parts=PARTS, text_act: Optional[str] = None,
+                tokenizer: Optional[str] = None) -> ClipSource:
+    """A checkpoint of any family ``families`` knows (recognised by its key names), reading only the towers
+    asked for; ``text_act`` applies to CLIP files, ``tokenizer`` (a file or folder) to families whose
+    tokenizer is not bundled (SigLIP: default = the checkpoint's folder)."""
+    from . import families
+
+    path = os.fspath(path)
+    family, _ = families.detect(open_checkpoint(path, "CLIP").keys)
+    if family.name == "clip":
+        return load_clip_source(path, parts, text_act)
+    return family.load(path, parse_parts(parts), tokenizer)
+
+
+def load_clip_source(path: str, parts=PARTS, text_act: Optional[str] = None) -> ClipSource:
     """A full CLIP checkpoint (HF ``CLIPModel`` or OpenCLIP ``CLIP``), reading only the towers asked for.
 
     Hyper-parameters shapes cannot tell come from an HF ``config.json`` beside the file when there is one;

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from ..clip_vision.model import ACTIVATIONS, Block, block_names, gather
-from .heads import text_head
+from .families.base import POOLINGS, linear
 
 # Additive causal-mask value. exp(-100) ≈ 4e-44 is an exact zero weight in fp32, and unlike -inf/-1e4 it
 # keeps the value range of the masked scores small, which matters once Pulsar2 quantises that Add to U16.
@@ -44,6 +44,7 @@ class TextConfig:
     act: str = "quick_gelu"
     eps: float = 1e-5
     proj_dim: Optional[int] = 512
+    causal: bool = True  # CLIP's text attention is causal; SigLIP's attends both ways (no mask in the graph)
 
     def __post_init__(self):
         if self.act not in ACTIVATIONS:
@@ -69,7 +70,7 @@ class TextTower(nn.Module):
         self.position_embedding = nn.Parameter(torch.empty(c.context_length, c.width))
         self.layers = nn.ModuleList(Block(c.width, c.heads, c.mlp_dim, c.act, c.eps) for _ in range(c.layers))
         self.final_layer_norm = nn.LayerNorm(c.width, eps=c.eps)
-        causal = torch.full((c.context_length, c.context_length), MASK_VALUE).triu(1)
+        causal = torch.full((c.context_length, c.context_length), MASK_VALUE).triu(1) if c.causal else None
         # A constant in the graph (no Trilu/Range op for Pulsar2 to reject).
         self.register_buffer("causal_mask", causal, persistent=False)
 
@@ -95,6 +96,9 @@ class TextWeights:
     projection: Optional[torch.Tensor]  # [proj_dim, width] (HF Linear weight) or None
     logit_scale: float
     layout: str
+    projection_bias: Optional[torch.Tensor] = None  # SigLIP's text head is a Linear with a bias
+    logit_bias: float = 0.0  # SigLIP's sigmoid bias (CLIP: none)
+    pooling: str = "eot_argmax"  # families.base.POOLINGS: which hidden state the head reads
 
     def build(self) -> TextTower:
         tower = TextTower(self.config)
@@ -106,7 +110,9 @@ class TextWeights:
         tower = self.build()
         with torch.inference_mode():
             hidden = tower(input_ids)
-        return torch.from_numpy(text_head(hidden.numpy(), input_ids.numpy(), self.projection.numpy()))
+        pooled = POOLINGS[self.pooling](hidden.numpy(), input_ids.numpy())
+        bias = None if self.projection_bias is None else self.projection_bias.numpy()
+        return torch.from_numpy(linear(pooled, self.projection.numpy(), bias))
 
 
 def text_names(config: TextConfig):

@@ -101,17 +101,13 @@ def _file_digest(path: str, digest) -> None:
 
 
 def model_files(runtime: ClipRuntime) -> list:
-    """The files text embeddings depend on: the text model that runs (+ external data), the BPE vocabulary."""
+    """The files text embeddings depend on: the text model that runs (+ external data), the tokenizer files."""
     session = runtime.parts["text"]
     files = [session.path]
     info = runtime.manifest["parts"]["text"]
     if session.backend == "onnxruntime" and info.get("external_data"):
         files.append(os.path.join(runtime.folder, info["external_data"]))
-    vocab = runtime.vocab_path
-    if vocab is None:
-        from .tokenizer import default_vocab_path
-        vocab = default_vocab_path()
-    files.append(vocab)
+    files.extend(runtime.tokenizer.files[name] for name in sorted(runtime.tokenizer.files))
     return files
 
 
@@ -123,7 +119,7 @@ def file_identity(runtime: ClipRuntime) -> list:
 
 def model_fingerprint(runtime: ClipRuntime) -> str:
     """SHA-256 over what text embeddings depend on: the text model file that runs (and its external data),
-    the tokenizer vocabulary, the text projection. Memoised per file identity (path, size, mtime)."""
+    the tokenizer files, the text head (projection, bias). Memoised per file identity (path, size, mtime)."""
     files = model_files(runtime)
     key = tuple((p, os.path.getsize(p), os.stat(p).st_mtime_ns) for p in files)
     with _fingerprint_lock:
@@ -132,7 +128,8 @@ def model_fingerprint(runtime: ClipRuntime) -> str:
     digest = hashlib.sha256()
     for path in files:
         _file_digest(path, digest)
-    digest.update(np.ascontiguousarray(runtime._heads["text_projection"], np.float32).tobytes())
+    for name in sorted(h for h in runtime._heads if h.startswith("text_")):  # projection (+ SigLIP's bias)
+        digest.update(np.ascontiguousarray(runtime._heads[name], np.float32).tobytes())
     value = digest.hexdigest()
     with _fingerprint_lock:
         _FINGERPRINTS[key] = value
@@ -178,7 +175,10 @@ class Vocabulary:
                 rows[label] = emb
             if progress:
                 progress(min(start + ENCODE_CHUNK, len(todo)), len(todo))
-        dim = runtime._heads["text_projection"].shape[0]
+        # the embedding size: the projection's rows, or the text graph's output when the head is an identity
+        # (Jina-CLIP without a projection)
+        proj = runtime._heads.get("text_projection")
+        dim = proj.shape[0] if proj is not None else runtime.manifest["parts"]["text"]["output"]["shape"][-1]
         table = np.stack([rows[label] for label in labels]) if labels else np.zeros((0, dim), np.float32)
         return cls(labels, table, template, fingerprint, file_identity(runtime))
 

@@ -17,7 +17,8 @@ on its worker thread, and the loop takes it at the next block boundary.
    ready embedding (the loop's own cost of a pending change). The block where a switch is
    applied runs LongLive's re-cache (one more forward over the window): reported apart, it is the family's rule.
 
-Usage: ``comfyui-clipwan bench live [--quick]``.
+Usage: ``comfyui-clipwan bench live [--quick]``; ``--image``: reference images and a LoRA strength sent live instead of
+prompts (``benchmarks/bench_live_image.py``).
 """
 
 from __future__ import annotations
@@ -40,6 +41,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--quick", action="store_true", help="tiny run (for tests): 32 px, 8 blocks, 2 requests")
     parser.add_argument("--json", help="also write the figures to this JSON file")
     parser.add_argument("--seed", type=int, default=0)
+    from .bench_live_image import add_arguments as image_arguments
+
+    image_arguments(parser)  # --image: reference images and a LoRA strength instead of prompts
 
 
 def stand_in_encoder(layers: int, seed: int, device):
@@ -68,7 +72,7 @@ def _settings():
 
 
 def run_live(model, encoder, blocks: int, size_px: int, requests: int, seed: int, device,
-             pre_encoded: bool = False) -> dict:
+             pre_encoded: bool = False, priority: str = "background") -> dict:
     """One stream with ``requests`` live prompts, each sent after the first step of a block; per-block times.
     ``pre_encoded``: the requests carry their embedding (encoded before the run: what the loop itself costs)."""
     from ..wan.sampling.loop import SamplerHooks
@@ -76,7 +80,7 @@ def run_live(model, encoder, blocks: int, size_px: int, requests: int, seed: int
     from ..wan.timeline import LiveControl, parse_text
 
     timeline = parse_text("0: a red fox walks through snow").encode(encoder)
-    live = LiveControl(encoder) if requests else None
+    live = LiveControl(encoder, priority=priority) if requests else None
     timeline.live = live
     send_at = set(range(2, blocks - 1, max(1, (blocks - 3) // max(1, requests)))) if requests else set()
     send_at = set(sorted(send_at)[:requests])
@@ -131,6 +135,26 @@ def bookkeeping_us(encoder, blocks: int, rounds: int = 200) -> tuple:
     return round(idle, 1), round(taken, 1)
 
 
+def _encoded_figures(live: dict, plain: dict) -> dict:
+    """Latency and per-block cost of one kind of live run against the run without live changes (same blocks)."""
+    sent = {rid: block for block, rid in live["sent"].items()}
+    applied = [e for e in live["events"] if e["state"] == "applied"]
+    latency_s = [e["first_frame"] - e["requested"] for e in applied if e["first_frame"] is not None]
+    encode_s = [e["encoded"] - e["requested"] for e in live["events"] if e["encoded"] is not None]
+    switch_b = sorted({e["block"] for e in applied})
+    # blocks sampled while a request was being encoded; the same block of the plain run is the reference
+    # (early blocks attend to fewer frames)
+    pending_b = sorted(set(live["sent"]) - set(switch_b))
+    ratio = lambda blocks: round(statistics.median(live["times"][b] / plain["times"][b] for b in blocks), 3) \
+        if blocks else None
+    median = lambda xs: round(statistics.median(xs), 4) if xs else None
+    return {"requests": len(sent), "applied": len(applied),
+            "latency_blocks": [e["block"] - sent[e["id"]] for e in applied],
+            "latency_s_median": median(latency_s), "encode_s_median": median(encode_s),
+            "block_s_pending_median": median([live["times"][b] for b in pending_b]),
+            "pending_over_plain": ratio(pending_b), "switch_over_plain": ratio(switch_b)}
+
+
 def run(args) -> int:
     from ..wan.model.causal import DEFAULT_CONFIG, CausalWanModel
 
@@ -138,45 +162,38 @@ def run(args) -> int:
         torch.set_num_threads(args.threads)
     if args.quick:
         args.size, args.blocks, args.requests, args.encoder_layers = 32, 8, 2, 1
+    if args.image:
+        from .bench_live_image import run as run_images
+
+        result = run_images(args)
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump(result, f, indent=2)
+        return 0
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model = CausalWanModel.random(DEFAULT_CONFIG, seed=args.seed, device=device)
     encoder = stand_in_encoder(args.encoder_layers, args.seed, device)
     encoder("warm up")
     run_live(model, encoder, 3, args.size, 0, args.seed, device)  # warm-up
-    plains, lives, readies = [], [], []
+    from ..wan.timeline.live import ENCODER_PRIORITIES
+
+    priorities = list(ENCODER_PRIORITIES)
+    plains, readies, lives = [], [], {p: [] for p in priorities}
     for _ in range(max(1, args.repeats)):  # alternating, so a slow spell of the machine hits every kind
         plains.append(run_live(model, encoder, args.blocks, args.size, 0, args.seed, device))
-        lives.append(run_live(model, encoder, args.blocks, args.size, args.requests, args.seed, device))
+        for priority in priorities:
+            lives[priority].append(run_live(model, encoder, args.blocks, args.size, args.requests, args.seed, device,
+                                            priority=priority))
         readies.append(run_live(model, encoder, args.blocks, args.size, args.requests, args.seed, device, True))
     fastest = lambda runs: [min(r["times"][i] for r in runs) for i in range(args.blocks)]
     plain = {"times": fastest(plains)}
-    live = dict(lives[-1], times=fastest(lives))
     ready = dict(readies[-1], times=fastest(readies))
-
-    sent = {rid: block for block, rid in live["sent"].items()}
-    applied = [e for e in live["events"] if e["state"] == "applied"]
-    latency_blocks = [e["block"] - sent[e["id"]] for e in applied]
-    latency_s = [e["first_frame"] - e["requested"] for e in applied if e["first_frame"] is not None]
-    encode_s = [e["encoded"] - e["requested"] for e in live["events"] if e["encoded"] is not None]
-    switch_blocks = {e["block"] for e in applied}
-    pending_blocks = set(live["sent"])  # blocks sampled while the request was being encoded
-    # the same block of the run without live changes is the reference (early blocks attend to fewer frames)
-    pending_b, switch_b = sorted(pending_blocks - switch_blocks), sorted(switch_blocks)
-    pending = [live["times"][b] for b in pending_b]
-    switch = [live["times"][b] for b in switch_b]
     plain_med = statistics.median(plain["times"][1:])  # block 0 has no cache to attend to
-    ratio = lambda blocks: round(statistics.median(live["times"][b] / plain["times"][b] for b in blocks), 3)
-    result = {
-        "device": str(device), "size_px": args.size, "blocks": args.blocks, "requests": len(sent),
-        "applied": len(applied), "latency_blocks": latency_blocks,
-        "latency_s_median": round(statistics.median(latency_s), 4) if latency_s else None,
-        "encode_s_median": round(statistics.median(encode_s), 4) if encode_s else None,
-        "block_s_plain_median": round(plain_med, 4),
-        "block_s_pending_median": round(statistics.median(pending), 4) if pending else None,
-        "block_s_switch_median": round(statistics.median(switch), 4) if switch else None,
-    }
-    result["pending_over_plain"] = ratio(pending_b) if pending else None  # per block, against the same block
-    result["switch_over_plain"] = ratio(switch_b) if switch else None
+    result = {"device": str(device), "size_px": args.size, "blocks": args.blocks, "requests": args.requests,
+              "block_s_plain_median": round(plain_med, 4), "encoder": {}}
+    for priority in priorities:
+        result["encoder"][priority] = _encoded_figures(dict(lives[priority][-1], times=fastest(lives[priority])),
+                                                       plain)
     # the same with the embeddings given (no encoder running beside the sampler): the loop's own cost
     ready_applied = {e["block"] for e in ready["events"] if e["state"] == "applied"}
     ready_pending = sorted(set(ready["sent"]) - ready_applied)
@@ -188,14 +205,13 @@ def run(args) -> int:
         ready["times"][b] / plain["times"][b] for b in sorted(ready_applied)), 3) if ready_applied else None
     result["take_us_idle"], result["take_us_with_change"] = bookkeeping_us(encoder, args.blocks)
     print(f"live prompts on {device}, {args.size}x{args.size}, {args.blocks} blocks of 3 latent frames, "
-          f"LongLive rules:")
-    print(f"  applied {len(applied)}/{len(sent)}; blocks from request to first block sampled with it: {latency_blocks} "
-          f"(goal: 1 = the next block)")
-    print(f"  seconds from request to that block's frames: median {result['latency_s_median']} s "
-          f"(encode {result['encode_s_median']} s off the sampling thread)")
-    print(f"  time per block: plain {result['block_s_plain_median']} s, with a change pending "
-          f"{result['block_s_pending_median']} s = {result['pending_over_plain']}x (goal <= 1.05x); the switch block "
-          f"itself (LongLive's re-cache) {result['block_s_switch_median']} s = {result['switch_over_plain']}x")
+          f"LongLive rules; time per block without live changes {result['block_s_plain_median']} s:")
+    for priority, fig in result["encoder"].items():
+        print(f"  text encoded on the worker thread at {priority} priority: applied {fig['applied']}/"
+              f"{fig['requests']}, blocks from request to the first block sampled with it {fig['latency_blocks']} "
+              f"(goal: 1 = the next block), {fig['latency_s_median']} s to its frames (encode "
+              f"{fig['encode_s_median']} s); block sampled while encoding {fig['pending_over_plain']}x the same block "
+              f"without (goal <= 1.05x); the switch block (LongLive's re-cache) {fig['switch_over_plain']}x")
     print(f"  embeddings sent ready (no encoder beside the sampler): applied after "
           f"{result['pre_encoded_latency_blocks']} "
           f"block(s); block with the change pending {result['pre_encoded_pending_over_plain']}x, switch block "

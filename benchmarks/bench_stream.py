@@ -6,9 +6,12 @@
 2. total wall time of both paths for the same video (and the largest difference between their frames:
    the streamed frames must be the two-stage frames); both run ``--repeats`` times, alternating, and the
    fastest run of each is reported;
-3. live CLIP scores (``clip_vision.scores.StreamingScorer`` on each decoded piece, the embedded default
-   ViT-B/32 CLIP pair, CLIP-T + CLIP-I + consistency): time spent scoring per block over the stream's own time
-   per block, scoring every frame and every ``--score-every``-th frame (the issue's budget: <= 10 %);
+3. live CLIP scores (``clip_vision.score_stream.LiveScorer``: the frames to score picked from each decoded
+   piece, embedded in one vision forward per block; the embedded default ViT-B/32 CLIP pair, CLIP-T + CLIP-I +
+   consistency): time spent scoring per block over the stream's own time per block, for each ``--score-every``
+   setting (a stride, or ``auto``: the stride ``StrideBudget`` picks for ``--score-budget`` percent), the budget
+   being <= 10 %; and where a scored frame's time goes (preprocessing, the vision forward one frame at a time and
+   in a block's batch, the scores; the CSV/JSON/PNG written once at the end);
 4. peak RSS (``VmHWM``, each run in a fresh subprocess) of a streaming run that writes an H.264 file, at
    100 and at 2,000 latent frames (blocks of 4, sink 4 + local window 12, so nothing grows with length).
 
@@ -42,8 +45,14 @@ def add_arguments(parser) -> None:
     parser.add_argument("--repeats", type=int, default=2,
                         help="runs of each path, alternating (the fastest of each is reported)")
     parser.add_argument("--skip-memory", action="store_true", help="only the latency/throughput part")
-    parser.add_argument("--score-every", default="1,4",
-                        help="comma list of score-every-n-frames values for the CLIP-score part (empty: skip it)")
+    parser.add_argument("--score-every", default="1,4,8,auto",
+                        help="comma list of strides for the CLIP-score part, 'auto' = the stride chosen for "
+                             "--score-budget (empty: skip it)")
+    parser.add_argument("--score-per-piece", action="store_true",
+                        help="also score each fixed stride one decoded piece at a time (one forward per piece, the "
+                             "way before one forward per block), in the same run")
+    parser.add_argument("--score-budget", type=float, default=10.0,
+                        help="percent of the stream's time per block the 'auto' stride keeps scoring within")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = leave as is)")
     parser.add_argument("--quick", action="store_true", help="tiny run (for tests): 33 frames, 32 px, 8/32 latent frames")
     parser.add_argument("--json", help="also write the figures to this JSON file")
@@ -104,8 +113,9 @@ def streaming(model, vae, inputs, settings, seed, device) -> dict:
     return {"first_frame_s": first, "total_s": total, "frames": torch.cat(blocks, dim=1), "blocks": done}
 
 
-def streaming_scored(model, vae, inputs, settings, seed, device, scorer) -> dict:
-    """``streaming`` with the CLIP scorer fed each decoded piece; the scoring time is measured around its calls."""
+def streaming_scored(model, vae, inputs, settings, seed, device, live) -> dict:
+    """``streaming`` with a ``LiveScorer`` fed each decoded piece; the scoring time is measured around its calls
+    (its own clock says the same: ``live.stats()``)."""
     from ..wan.video.stream import stream_video
 
     t0 = time.perf_counter()
@@ -114,32 +124,116 @@ def streaming_scored(model, vae, inputs, settings, seed, device, scorer) -> dict
                               clip_fea=inputs["clip_fea"]):
         _sync(device)
         s0 = time.perf_counter()
-        scorer.update(block.frames[0], block.frame_start, block.index)
+        live.add(block.frames[0], block.frame_start, block.index, block.block_done)
         scoring += time.perf_counter() - s0
         blocks += int(block.block_done)
     total = time.perf_counter() - t0
     return {"total_s": total, "scoring_s": scoring, "stream_s": total - scoring, "blocks": blocks,
-            "scored_frames": len(scorer.rows), "scoring_per_block_s": scoring / blocks,
-            "stream_per_block_s": (total - scoring) / blocks, "ratio": scoring / (total - scoring)}
+            "scored_frames": len(live.rows), "scoring_per_block_s": scoring / blocks,
+            "stream_per_block_s": (total - scoring) / blocks, "ratio": scoring / (total - scoring),
+            "strides": live.stats()["strides"]}
 
 
-def _scoring_part(model, vae, inputs, settings, args, device, plain_total: float) -> dict:
+class PerPiece:
+    """The scorer fed one decoded piece at a time (one vision forward per piece, as before ``LiveScorer``): the
+    comparison ``--score-per-piece`` adds to each fixed stride."""
+
+    def __init__(self, scorer):
+        self.scorer = scorer
+
+    @property
+    def rows(self) -> list:
+        return self.scorer.rows
+
+    def add(self, frames, frame_start, block, block_done=True) -> list:
+        return self.scorer.update(frames, frame_start, block)
+
+    def stats(self) -> dict:
+        return {"strides": []}
+
+
+def _best_of(fn, repeats: int = 3) -> float:
+    fn()
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def score_profile(vision, text, frames: torch.Tensor, block_frames: int, repeats: int = 3) -> dict:
+    """Where a scored frame's time goes (fastest of ``repeats``, ms per frame): preprocessing (resize, crop,
+    normalise), the full vision forward (every output) and the scorer's embedding (``embeds_only``), one frame at
+    a time and ``block_frames`` at once, the scores of embedded frames; and the files written once at the end of a
+    run (CSV + JSON, the PNG chart), for ``len(frames)`` rows."""
+    import tempfile as _tempfile
+
+    from ..clip_vision.preprocess import preprocess_images
+    from ..clip_vision.score_plot import plot_png
+    from ..clip_vision.scores import StreamingScorer, cosine_scores, image_embeddings
+
+    out = {"block_frames": block_frames}
+    for name, batch in (("one", frames[:1]), ("block", frames[:block_frames])):
+        n = batch.shape[0]
+        pixels = preprocess_images(batch, vision.config, "center")
+        preprocess = lambda: preprocess_images(batch, vision.config, "center")  # noqa: E731
+        out[f"preprocess_ms_{name}"] = 1e3 * _best_of(preprocess, repeats) / n
+        out[f"forward_ms_{name}"] = 1e3 * _best_of(lambda: vision.encode(pixels), repeats) / n
+        out[f"embed_ms_{name}"] = 1e3 * _best_of(lambda: image_embeddings(vision, batch), repeats) / n
+    embeds = image_embeddings(vision, frames[:block_frames])
+    out["scores_ms"] = 1e3 * _best_of(lambda: cosine_scores(embeds, embeds.flip(0)), repeats) / block_frames
+    fresh = StreamingScorer(vision, text, SCORE_PROMPTS)
+    fresh.update(frames, 0)
+    with _tempfile.TemporaryDirectory() as tmp:
+        stem = os.path.join(tmp, "scores")
+        out["csv_json_ms"] = 1e3 * _best_of(lambda: fresh.write(stem), 1)
+        out["png_ms"] = 1e3 * _best_of(lambda: plot_png(stem + ".png", fresh.rows, fresh.segments), 1)
+    out["rows"] = len(fresh.rows)
+    return out
+
+
+SCORE_PROMPTS = "0: a red fox in the snow\n40: a blue whale under water"
+
+
+def _scoring_part(model, vae, inputs, settings, args, device, plain_total: float, frames: torch.Tensor) -> dict:
+    from ..clip_vision.score_stream import LiveScorer
     from ..clip_vision.scores import StreamingScorer, load_score_models
+    from ..wan.vae.latent import TIME_RATIO
 
     t0 = time.perf_counter()
     vision, text = load_score_models(seed=args.seed)
-    scorer = StreamingScorer(vision, text, "0: a red fox in the snow\n40: a blue whale under water")
+    StreamingScorer(vision, text, SCORE_PROMPTS)
     setup = time.perf_counter() - t0  # model build + tokenizer + text embeddings: once per run, not per block
-    out = {"clip": "embedded default ViT-B/32 CLIP pair (seeded random init)", "setup_s": setup, "runs": {}}
-    for every in [int(e) for e in str(args.score_every).split(",") if e.strip()]:
-        scorer = StreamingScorer(vision, text, "0: a red fox in the snow\n40: a blue whale under water", every_n=every)
-        run = streaming_scored(model, vae, inputs, settings, args.seed, device, scorer)
+    block_frames = TIME_RATIO * settings.frames_per_block  # the frames of a block after the first
+    profile = score_profile(vision, text, frames, block_frames, getattr(args, "score_repeats", 3))
+    out = {"clip": "embedded default ViT-B/32 CLIP pair (seeded random init)", "setup_s": setup,
+           "budget_percent": args.score_budget, "profile": profile, "runs": {}}
+    print(f"  scoring profile, ms per scored frame (ViT-B/32 at 224 px, frames {args.size} px): preprocess "
+          f"{profile['preprocess_ms_block']:.1f}; vision forward {profile['forward_ms_one']:.0f} one frame at a time, "
+          f"{profile['forward_ms_block']:.0f} in a batch of a block's {block_frames} frames; the scorer's embedding "
+          f"(preprocessing + the tower, its last block for the CLS token only) {profile['embed_ms_one']:.0f} / "
+          f"{profile['embed_ms_block']:.0f}; scores "
+          f"{profile['scores_ms']:.3f}; once at the end for {profile['rows']} rows: CSV+JSON "
+          f"{profile['csv_json_ms']:.0f} ms, PNG chart {profile['png_ms']:.0f} ms")
+    settings_list = [e.strip() for e in str(args.score_every).split(",") if e.strip()]
+    if getattr(args, "score_per_piece", False):
+        settings_list = [x for e in settings_list for x in ([e, e + ":piece"] if e != "auto" else [e])]
+    for every in settings_list:
+        per_piece = every.endswith(":piece")
+        stride = 1 if every == "auto" else int(every.split(":")[0])
+        scorer = StreamingScorer(vision, text, SCORE_PROMPTS, every_n=stride)
+        live = PerPiece(scorer) if per_piece else \
+            LiveScorer(scorer, 1, args.score_budget) if every == "auto" else LiveScorer(scorer)
+        run = streaming_scored(model, vae, inputs, settings, args.seed, device, live)
         run["ratio_to_plain_stream"] = run["total_s"] / plain_total
         out["runs"][every] = run
-        print(f"  CLIP scores every {every} frame(s) ({run['scored_frames']} frames scored): scoring "
-              f"{run['scoring_per_block_s'] * 1e3:.0f} ms per block vs the stream's own {run['stream_per_block_s']:.2f} s "
-              f"per block -> {100 * run['ratio']:.1f} % (total {run['total_s']:.1f} s = {run['ratio_to_plain_stream']:.3f}x "
-              f"the unscored stream of the same run)")
+        label = (f"auto (budget {args.score_budget:g} %, strides {run['strides']})" if every == "auto"
+                 else f"every {stride} frame(s), one forward per {'piece' if per_piece else 'block'}")
+        print(f"  CLIP scores {label} ({run['scored_frames']} frames scored): scoring "
+              f"{run['scoring_per_block_s'] * 1e3:.0f} ms per block vs the stream's own "
+              f"{run['stream_per_block_s']:.2f} s per block -> {100 * run['ratio']:.1f} % (total {run['total_s']:.1f} s "
+              f"= {run['ratio_to_plain_stream']:.3f}x the unscored stream of the same run)")
     print(f"  (scorer setup once per run: {setup:.1f} s — models, tokenizer, text embeddings)")
     return out
 
@@ -216,6 +310,7 @@ def _run(args) -> dict:
     if args.quick:
         args.frames, args.size, args.vae_dim, args.repeats = 33, 32, 8, 1
         args.short, args.long, args.memory_size = 8, 32, 32
+        args.score_repeats = 1
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     latent_frames = pixel_length_to_latent_frames(args.frames)
     model, vae = _models(args.size, args.vae_dim, args.seed, device)
@@ -252,7 +347,8 @@ def _run(args) -> dict:
     print(f"  first decoded frame {results['first_frame_speedup']:.1f}x sooner; total wall time streaming / "
           f"two-stage = {results['total_ratio']:.3f}; largest frame difference {diff:.2e}")
     if str(args.score_every).strip():
-        results["scores"] = _scoring_part(model, vae, inputs, settings, args, device, st["total_s"])
+        results["scores"] = _scoring_part(model, vae, inputs, settings, args, device, st["total_s"],
+                                          st["frames"][0, :16].cpu())
     if not args.skip_memory:
         short = _memory_case(args.short, args)
         long = _memory_case(args.long, args)

@@ -17,7 +17,12 @@ def register(sub) -> None:
                     "and runs pulsar2 when it is on PATH. --source default = a seeded RANDOM-INIT ViT-B/32 CLIP.",
     )
     p.add_argument("--source", default=DEFAULT,
-                   help="full CLIP checkpoint (HF CLIPModel or OpenCLIP; .safetensors/.pth/.bin) or 'default'")
+                   help="full CLIP, SigLIP, Chinese-CLIP or Jina-CLIP v2 checkpoint (HF CLIPModel / SiglipModel / "
+                        "ChineseCLIPModel, open_clip, OFA-Sys cn_clip .pt, jinaai/jina-clip-v2 with its config.json; "
+                        ".safetensors/.pth/.bin) or 'default'")
+    p.add_argument("--tokenizer", default=None,
+                   help="SigLIP: spiece.model / SigLIP2: tokenizer.json / Chinese-CLIP: vocab.txt / Jina-CLIP: "
+                        "tokenizer.json, or their folder (default: beside --source)")
     p.add_argument("--parts", default="vision,text", help="vision,text | vision | text (default: both)")
     p.add_argument("--calib-images", default=None, help="folder of calibration images (32+ recommended)")
     p.add_argument("--calib-prompts", default=None, help="text file, one calibration prompt per line")
@@ -31,7 +36,7 @@ def register(sub) -> None:
     p.add_argument("--precision", default="u16", choices=["u16", "mixed"])
     p.add_argument("--crop", default=None, choices=["center", "none"],
                    help="image preprocessing (center = ComfyUI CLIPVisionEncode, none = Wan's squash; default: "
-                        "none for --vision-output wan, else center)")
+                        "none for --vision-output wan and SigLIP, else center)")
     p.add_argument("--vision-output", default="embeddings", choices=["embeddings", "wan"],
                    help="embeddings: CLS → projection (zero-shot, interrogation); wan: Wan 2.1's i2v features "
                         "(hidden states after all blocks but the last, [1,257,1280] for ViT-H/14)")
@@ -48,7 +53,7 @@ def _source(args, parts):
         return default_source(seed=args.seed)
     if not os.path.isfile(args.source):
         raise FileNotFoundError(f"--source '{args.source}' does not exist (give a CLIP checkpoint file or 'default')")
-    return load_source(args.source, parts=parts)
+    return load_source(args.source, parts=parts, tokenizer=getattr(args, "tokenizer", None))
 
 
 def run_export(args) -> int:
@@ -69,7 +74,7 @@ def run_export(args) -> int:
             prompts = [line.strip() for line in f if line.strip()]
     result = export_clip(_source(args, parts), args.out, parts=parts, calib_images=images, prompts=prompts,
                          npu_mode=args.npu_mode, opset=args.opset,
-                         crop=args.crop or ("none" if args.vision_output == "wan" else "center"),
+                         crop=args.crop or ("none" if args.vision_output == "wan" else None),
                          precision=args.precision, target=args.target, run_build=not args.no_build, progress=print,
                          vision_output=args.vision_output)
     print(result.report)

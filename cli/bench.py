@@ -12,7 +12,7 @@ import importlib
 BENCHMARKS = {
     "clip": "CLIP vision encode vs open_clip and transformers (same weights, same dtype)",
     "wan": "causal Wan sampling: time and memory per block, time to first block",
-    "axera": "ONNX Runtime vs torch eager latency for exported CLIP vision/text, export time",
+    "axera": "ONNX Runtime vs torch eager latency for exported vision/text towers per family (--family), export time",
     "export-memory": "Axera export of a real-size random-init ViT-H vision tower: peak RSS per stage, RSS held after",
     "stream": "decode per block while sampling vs sample-then-decode: first frame, total time, peak RSS vs length",
     "endless": "an endless stream: time per block and RSS at latent frame 10,000 vs frame 100",

@@ -44,11 +44,13 @@ def register(sub) -> None:
                                                         f"0.0.0.0 exposes the unauthenticated API to the network)")
     p.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT}, A1111's)")
     p.add_argument("--threshold", type=float, default=None,
-                   help=f"tags scoring at least this (default {DEFAULT_THRESHOLD} for softmax; 0.2 suits cosine)")
+                   help=f"tags scoring at least this (default {DEFAULT_THRESHOLD} for softmax/sigmoid; 0.2 suits "
+                        f"cosine)")
     p.add_argument("--top-k", type=int, default=DEFAULT_TOP_K, help=f"at most this many tags (default "
                                                                     f"{DEFAULT_TOP_K})")
-    p.add_argument("--score", default="softmax", choices=SCORES,
-                   help="softmax: probability over the vocabulary (logit scale of the model); cosine: raw similarity")
+    p.add_argument("--score", default=None, choices=SCORES,
+                   help="softmax: probability over the vocabulary (CLIP's rule); sigmoid: per-label probability "
+                        "(SigLIP's); cosine: raw similarity (default: the exported model's own rule)")
     p.add_argument("--max-queue", type=int, default=DEFAULT_MAX_QUEUE,
                    help=f"requests that may wait for the accelerator; more get 503 (default {DEFAULT_MAX_QUEUE})")
     p.add_argument("--no-cache", action="store_true", help="encode the vocabulary in memory, write no cache file")
@@ -89,7 +91,7 @@ def _service(args):
     if not os.path.isdir(args.export):
         raise FileNotFoundError(f"--export '{args.export}' is not a folder (give the folder export-axera wrote)")
     labels, name = resolve_labels(args.labels)
-    score = getattr(args, "score", "softmax")
+    score = getattr(args, "score", None)
     threshold = getattr(args, "threshold", None)
     defaults = Defaults(threshold=DEFAULT_THRESHOLD if threshold is None else threshold,
                         top_k=getattr(args, "top_k", 10), score=score)

@@ -43,8 +43,9 @@ def register(sub) -> None:
     p.add_argument("--prompt", help="text prompt, encoded with --text-encoder (umt5-xxl) and --tokenizer")
     p.add_argument("--negative-prompt", help="negative prompt (used with --guidance-scale > 1)")
     p.add_argument("--timeline", help="prompt timeline file: plain text ('0: a fox' / '4: the fox jumps' / '8 blend 3: "
-                   "...'), a Daydream Scope timeline JSON, a LongLive/MemFlow interactive JSONL (with --switch-frames) "
-                   "or a saved .timeline.json; each prompt is encoded once with --text-encoder")
+                   "...' / '12 cut: ...' a scene cut), a Daydream Scope timeline JSON, a LongLive/MemFlow interactive "
+                   "JSONL (with --switch-frames), LongLive 2.0's per-block prompts ('[0,1,2] ...') or multi-shot "
+                   "caption folder, or a saved .timeline.json; each prompt is encoded once with --text-encoder")
     p.add_argument("--switch-frames", help="latent frames where each later prompt of an interactive JSONL starts "
                                            "(their switch_frame_indices, e.g. 40,80,120,160,200)")
     p.add_argument("--timeline-line", type=int, default=1, help="which video (line) of an interactive JSONL (1-based)")
@@ -205,7 +206,7 @@ def run_pipeline(args, out_dir: str, log=print) -> dict:
     log(f"wan: start image {'from ' + args.image if args.image else '(synthetic test picture)'} "
         f"{list(image.shape)}")
 
-    clip_fea = None
+    clip_fea = clip = None
     no_image = not values["image_conditioning"]
     if not no_image and not ImageRoutes(model.config).clip:
         log("wan: the model is t2v (no img_emb): CLIP features are not used; the image enters only through "
@@ -229,6 +230,7 @@ def run_pipeline(args, out_dir: str, log=print) -> dict:
     frames = pixel_length_to_latent_frames(args.length)
     check_latent_fits((1, fmt.channels, frames, args.height // fmt.spatial, args.width // fmt.spatial))
     latent = torch.zeros(1, fmt.channels, frames, args.height // fmt.spatial, args.width // fmt.spatial)
+    _encode_timeline_images(args, timeline, model, vae, clip, log)  # 'B image: fox.png' lines: with --vae / --clip
     image_latent = mask = None
     if args.image_latent and not no_image:
         given = _load_tensor(args.image_latent, "image latent", 5)
@@ -374,12 +376,17 @@ def _load_timeline(args, model, log):
     path = getattr(args, "timeline", None)
     if not path:
         return None
+    from ..wan.sampling.loop import block_layout
     from ..wan.timeline import load
+    from ..wan.vae.latent import pixel_length_to_latent_frames
 
     frames = [int(x) for x in str(getattr(args, "switch_frames", None) or "").replace(" ", "").split(",") if x]
+    prefix = getattr(args, "scene_cut_prefix", "") or ""  # scene cuts: the cut block's text is prefix + prompt
+    blocks = len(block_layout(pixel_length_to_latent_frames(args.length), args.frames_per_block,
+                              args.independent_first_frame, shorter_last_block=True))  # a LongLive shot folder's
     timeline = load(path, switch_frames=frames or None, line=getattr(args, "timeline_line", 1),
-                    fps=float(getattr(args, "fps", 16)))
-    texts = timeline.texts()
+                    fps=float(getattr(args, "fps", 16)), blocks=blocks, cut_prefix=prefix or None)
+    texts = timeline.texts() + timeline.cut_texts(prefix)
     if texts:
         if not args.text_encoder or not args.tokenizer:
             raise ValueError(f"--timeline {path} has {len(texts)} prompt(s) to encode: give the umt5-xxl text encoder "
@@ -391,10 +398,36 @@ def _load_timeline(args, model, log):
         if encoder.model.config.d_model != model.config.text_dim:
             raise ValueError(f"text encoder {encoder.source} gives {encoder.model.config.d_model}-d features but the "
                              f"model takes {model.config.text_dim}-d text; use Wan's umt5-xxl (4096-d).")
-        timeline.encode(encoder.encode)
+        timeline.encode(encoder.encode, cut_prefix=prefix)
         del encoder
     log(f"wan: timeline {timeline.source}: {len(timeline)} segment(s), {len(texts)} prompt(s) encoded once each")
     return timeline
+
+
+def _encode_timeline_images(args, timeline, model, vae, clip, log) -> None:
+    """The timeline's image lines encoded at the run's size: the start-image latent with --vae, the CLIP reference with
+    --clip (what the model reads: wan/timeline/controls.py)."""
+    pending = [] if timeline is None else timeline.controls.pending_images()
+    if not pending:
+        return
+    from ..wan.conditioning.image import ImageRoutes
+    from ..wan.conditioning.inputs import WanLatentAdapter
+    from ..wan.timeline.controls import image_encoder
+
+    reads_clip = ImageRoutes(model.config).clip
+    for change in pending:
+        if change.route == "clip" and not reads_clip:
+            raise ValueError(f"{change.source}: a CLIP reference change needs a model with an image embedding, but "
+                             f"{model.config.describe()} is text-to-video; write 'image start' (a new start image).")
+        if change.route == "both" and not reads_clip:
+            change.route = "start"  # a text-to-video model reads the start image only
+        if change.route in ("both", "start") and vae is None:
+            raise ValueError(f"{change.source}: a new start image is encoded by the model's VAE: give --vae "
+                             f"(wan_2.1_vae.safetensors), or write 'image clip' for the CLIP reference only.")
+    encoder = image_encoder(None if vae is None else vae.encode, WanLatentAdapter().latent_in, args.width, args.height,
+                            clip if reads_clip else None, "none" if model.config.image_context_only else "center")
+    timeline.controls.encode_images(encoder, os.path.dirname(os.path.abspath(args.timeline)))
+    log("wan: timeline images encoded: " + ", ".join(f"block {c.block} {c.label} ({c.route})" for c in pending))
 
 
 def _save_timeline(timeline, frames: int, settings, out_dir: str, log) -> dict:
@@ -442,7 +475,11 @@ def _video_scorer(args, image, log):
         return None
     prompts = read_timeline(args.score_timeline) if getattr(args, "score_timeline", None) else \
         getattr(args, "score_prompts", None) or getattr(args, "prompt", None)
-    return build_scorer(args, prompts, log, default_reference=image)
+    from ..clip_vision.score_stream import LiveScorer
+
+    # one vision forward per block; with --score-budget the stride follows the measured time
+    return LiveScorer(build_scorer(args, prompts, log, default_reference=image),
+                      budget_percent=getattr(args, "score_budget_percent", 0.0) or 0.0)
 
 
 def _stream_to_video(args, model, inputs, settings, vae, fmt, out_dir, t0, log, image=None,
@@ -471,8 +508,8 @@ def _stream_to_video(args, model, inputs, settings, vae, fmt, out_dir, t0, log, 
     with VideoWriter(args.video, fps=args.fps) as writer:
         for piece in run:
             writer.write(piece.frames[0])
-            if scorer is not None:  # as each piece is decoded: the frames are not kept
-                scorer.update(piece.frames[0], piece.frame_start, piece.index)
+            if scorer is not None:  # only the frames to score are held, until their block is complete
+                scorer.add(piece.frames[0], piece.frame_start, piece.index, piece.block_done)
             now = time.perf_counter() - t_start
             first = now if first is None else first
             if piece.block_done:
@@ -487,7 +524,8 @@ def _stream_to_video(args, model, inputs, settings, vae, fmt, out_dir, t0, log, 
     if scorer is not None:
         from .score import SCORE_SUFFIX, finish_scores
 
-        scores = finish_scores(scorer, os.path.splitext(args.video)[0] + SCORE_SUFFIX,
+        scorer.finish()
+        scores = finish_scores(scorer.scorer, os.path.splitext(args.video)[0] + SCORE_SUFFIX,
                                f"CLIP scores — {os.path.basename(args.video)}", log=log)
         summary["clip_scores"] = scores["paths"]
         summary["clip_score_means"] = scores["means"]

@@ -51,14 +51,18 @@ def _residual_linear(residual: torch.Tensor, h: torch.Tensor, layer: nn.Linear) 
     return torch.addmm(residual, h, _cast(layer.weight, h).t()).add_(_cast(layer.bias, h))
 
 
-ACTIVATIONS = ("gelu", "quick_gelu")
+ACTIVATIONS = ("gelu", "quick_gelu", "gelu_tanh")
+# Hugging Face ``hidden_act`` names of the tanh approximation (SigLIP's ``gelu_pytorch_tanh``).
+HF_ACTIVATIONS = {"gelu": "gelu", "quick_gelu": "quick_gelu", "gelu_pytorch_tanh": "gelu_tanh",
+                  "gelu_new": "gelu_tanh", "gelu_fast": "gelu_tanh", "gelu_tanh": "gelu_tanh"}
 
 
 def _activation(h: torch.Tensor, act: str, export: bool) -> torch.Tensor:
-    # QuickGELU (OpenAI CLIP) exports as Mul+Sigmoid+Mul, exact GELU (LAION, Wan) as Div+Erf+Add+Mul: NPU ops.
+    # QuickGELU (OpenAI CLIP) exports as Mul+Sigmoid+Mul, exact GELU (LAION, Wan) as Div+Erf+Add+Mul, the tanh
+    # approximation (SigLIP) as Mul/Pow/Add/Tanh: all NPU ops.
     if act == "quick_gelu":
         return h * torch.sigmoid(1.702 * h) if export else h.mul_(torch.sigmoid(1.702 * h))
-    return F.gelu(h)
+    return F.gelu(h, approximate="tanh" if act == "gelu_tanh" else "none")
 
 
 class Block(nn.Module):

@@ -93,7 +93,9 @@ def segment_at(segments: Sequence, frame: int) -> int:
 
 def image_embeddings(vision, frames: torch.Tensor, crop="center") -> torch.Tensor:
     """IMAGE frames [F,H,W,3] → L2-normalised image embeddings [F, D] (float32, CPU)."""
-    embeds = vision.encode_image(frames, crop=crop).image_embeds
+    from .embeds_only import image_embeds  # the last block for the CLS token only (what image_embeds reads)
+
+    embeds = image_embeds(vision, frames, crop)
     if embeds is None:
         raise ValueError(f"CLIP scores need the vision tower's projection (visual_projection / head), which "
                          f"{getattr(vision, 'source', 'this CLIP vision model')} lacks: use a file that has it "
@@ -164,7 +166,16 @@ class StreamingScorer:
         picked = list(range(first, start + count, self.every_n))
         if not picked:
             return []
-        embeds = image_embeddings(self.vision, frames[[f - start for f in picked]], self.crop)
+        return self.update_frames(frames[[f - start for f in picked]], picked, block)
+
+    def update_frames(self, frames: torch.Tensor, numbers: Sequence[int], block: int = 0) -> list:
+        """Score exactly these frames ``[K,H,W,3]``, video frames ``numbers`` (increasing, after every frame
+        scored so far), in one vision forward; returns the new ``FrameScore`` rows. ``update`` picks the frames of
+        a decoded piece and calls this; ``score_stream.LiveScorer`` calls it once per block."""
+        picked = [int(f) for f in numbers]
+        if not picked:
+            return []
+        embeds = image_embeddings(self.vision, frames, self.crop)
         if self.text_embeds is not None and embeds.shape[-1] != self.text_embeds.shape[-1]:
             raise ValueError(f"the vision tower gives {embeds.shape[-1]}-d embeddings but the text tower "
                              f"{self.text_embeds.shape[-1]}-d: use the two towers of one CLIP model")
@@ -265,12 +276,14 @@ def block_of(frame: int, frames_per_block: int) -> int:
     return 0 if frames_per_block <= 0 else max(0, frame - 1) // frames_per_block
 
 
-def block_pieces(start: int, count: int, frames_per_block: int) -> list:
-    """``(offset, length, block)`` runs of frames ``start .. start + count - 1`` that fall in one block."""
+def block_pieces(start: int, count: int, frames_per_block) -> list:
+    """``(offset, length, block)`` runs of frames ``start .. start + count - 1`` that fall in one block
+    (``frames_per_block``: an int for ``block_of``, or a function frame -> block)."""
+    label = frames_per_block if callable(frames_per_block) else lambda f: block_of(f, frames_per_block)
     pieces, i = [], 0
     while i < count:
-        block, j = block_of(start + i, frames_per_block), i
-        while j < count and block_of(start + j, frames_per_block) == block:
+        block, j = label(start + i), i
+        while j < count and label(start + j) == block:
             j += 1
         pieces.append((i, j - i, block))
         i = j
@@ -300,12 +313,16 @@ def score_frames(vision, frames: torch.Tensor, text=None, prompts=None, referenc
 def load_score_models(path: Optional[str] = None, tokenizer=None, seed: int = 0, text: bool = True):
     """``(vision, text tower or None)`` of one CLIP checkpoint (both towers read from the same file: Wan's .pth,
     a full OpenCLIP / HF CLIP file), or without ``path`` the embedded default pair (seeded random-init ViT-B/32
-    CLIP, not pretrained). A vision-only file gives ``text=None`` (CLIP-I and consistency only)."""
+    CLIP, not pretrained). A vision-only file gives ``text=None`` (CLIP-I and consistency only). SigLIP / SigLIP2
+    files (HF or open_clip) load their own towers; ``tokenizer``: their spiece.model / tokenizer.json."""
     from .loader import default_clip_vision, load_clip_vision
+    from .siglip import is_siglip_file, siglip_score_models
     from .text_tower import default_text_tower, load_text_tower
 
     if path is None:
         return default_clip_vision("ViT-B/32", seed=seed), (default_text_tower(seed) if text else None)
+    if is_siglip_file(path):
+        return siglip_score_models(path, tokenizer, text)
     vision = load_clip_vision(path)
     if not text:
         return vision, None

@@ -7,11 +7,11 @@ A module may also define ``register_routes(prompt_server)`` for HTTP routes on C
 from __future__ import annotations
 
 from . import (action_nodes, axera_nodes, clip_nodes, control_nodes, family_nodes, sampler_nodes, score_nodes,
-               settings_nodes, stream_nodes, timeline_nodes, wan_nodes)
+               settings_nodes, stream_nodes, timeline_control_nodes, timeline_nodes, wan_nodes)
 from .comfy_bridge import prompt_server
 
 _AREAS = (clip_nodes, wan_nodes, family_nodes, sampler_nodes, settings_nodes, stream_nodes, timeline_nodes,
-          control_nodes, score_nodes, axera_nodes, action_nodes)
+          timeline_control_nodes, control_nodes, score_nodes, axera_nodes, action_nodes)
 
 NODE_CLASS_MAPPINGS: dict = {}
 NODE_DISPLAY_NAME_MAPPINGS: dict = {}

@@ -168,16 +168,21 @@ def _summary_text(scorer: StreamingScorer, paths: dict) -> str:
 
 
 class StreamScores:
-    """The stream node's optional live scores: one ``StreamingScorer`` fed with each decoded piece, its new rows
-    sent with the piece's frames (``payload``), the CSV/JSON/PNG written beside the video at the end (also when
-    the run is stopped)."""
+    """The stream node's optional live scores: a ``LiveScorer`` fed with each decoded piece (the frames to score
+    embedded in one forward per block; with ``budget_percent`` the stride follows the measured time), the new rows
+    sent with the block's last piece (``payload``), the CSV/JSON/PNG written beside the video at the end (also
+    when the run is stopped)."""
 
-    def __init__(self, clip_scorer, every_n: int, prompts: str = "", reference=None):
+    def __init__(self, clip_scorer, every_n: int, prompts: str = "", reference=None, budget_percent: float = 0.0):
+        from ..clip_vision.score_stream import LiveScorer
+
         _check_scorer(clip_scorer)
-        self.scorer = clip_scorer.scorer(prompts, reference, every_n)
+        self.live = LiveScorer(clip_scorer.scorer(prompts, reference, every_n), budget_percent=budget_percent)
+        self.scorer = self.live.scorer
 
     @classmethod
-    def from_inputs(cls, score_clip=None, score_every_n_frames=0, score_prompts="", score_reference=None):
+    def from_inputs(cls, score_clip=None, score_every_n_frames=0, score_prompts="", score_reference=None,
+                    score_budget_percent=0.0):
         """None when scoring is off (the default: no scorer connected, or every 0 frames); errors before any
         block is sampled."""
         if score_clip is None and int(score_every_n_frames) > 0:
@@ -187,11 +192,12 @@ class StreamScores:
             if score_clip is not None:
                 log.info("Causal Wan Stream Video: score_clip is connected but score_every_n_frames is 0: no scores")
             return None
-        return cls(score_clip, int(score_every_n_frames), score_prompts, score_reference)
+        return cls(score_clip, int(score_every_n_frames), score_prompts, score_reference, score_budget_percent)
 
     def update(self, piece) -> dict:
-        """Score the piece's frames (batch item 0); returns the fields to add to its live-player payload."""
-        rows = self.scorer.update(piece.frames[0], piece.frame_start, piece.index)
+        """Take the piece's frames (batch item 0); returns the fields to add to its live-player payload (the
+        scores of its block once the block is complete)."""
+        rows = self.live.add(piece.frames[0], piece.frame_start, piece.index, piece.block_done)
         payload = {"scores": [{"frame": r.frame, "clip_t": r.clip_t, "clip_i": r.clip_i,
                                "consistency": r.consistency} for r in rows]}
         if piece.frame_start == 0:
@@ -199,6 +205,7 @@ class StreamScores:
         return payload
 
     def save(self, video_path: str) -> dict:
+        self.live.finish()  # a run stopped inside a block: its held frames too
         stem = os.path.splitext(video_path)[0] + SCORE_SUFFIX
         return save_scores(self.scorer, stem, "dark", f"CLIP scores — {os.path.basename(video_path)}")
 

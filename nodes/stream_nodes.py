@@ -26,6 +26,7 @@ from ..wan.video.writer import VideoWriter, check_fps
 from ..wan.sampling import settings_spec as spec
 from .score_nodes import SCORER_TYPE, StreamScores
 from .timeline_nodes import end_run, record_timeline, run_timeline as live_timeline, schedule_label
+from .timeline_control_nodes import attach_image_encoder, control_label
 from .causal_run import FAMILY_ALIASES, UI_EVENT, causal_node_inputs, jpeg_base64, prepare_run
 
 log = logging.getLogger("comfyui_clipwan")
@@ -103,7 +104,7 @@ class CausalWanStreamVideo:
                              "without bound: turn one of them off (the video file holds every frame).")
         # optional live CLIP scores (off by default); their inputs are checked before any block is sampled
         scores = StreamScores.from_inputs(score_clip, options["score_every_n_frames"], options["score_prompts"],
-                                          score_reference)
+                                          score_reference, options["score_budget_percent"])
         causal, inputs, settings, switches, _ = prepare_run(model, positive, latent, seed, unique_id=unique_id,
                                                             actions=actions, vace_control=vace_control,
                                                             restyle=restyle, timeline=timeline, **widgets)
@@ -116,13 +117,16 @@ class CausalWanStreamVideo:
             layout = block_layout(inputs.latent.shape[2], settings.frames_per_block, settings.independent_first_frame,
                                   settings.shorter_last_block)
             scores = StreamScores.from_inputs(score_clip, options["score_every_n_frames"],
-                                              timeline.frame_prompts(layout), score_reference)
+                                              timeline.frame_prompts(layout), score_reference,
+                                              options["score_budget_percent"])
         wan = wan_vae_of(vae)  # ComfyUI's loaded VAE adopted once, for the decoder and the encoder
         dec = stream_decoder(wan, decoder)
         check_fps(fps)
         # its encoder too (whichever decoder): Krea's loop re-encodes a decoded frame as a context frame
         encode = getattr(wan, "encode", None)
-        timeline = live_timeline(timeline, unique_id, fps)  # live prompts: POST /clipwan/live/...
+        # live prompts: POST /clipwan/live/...
+        timeline = live_timeline(timeline, unique_id, fps, encode_priority=options["live_encode_priority"])
+        attach_image_encoder(timeline, encode, inputs.from_raw, inputs.latent.shape)  # live images: .../image
         try:
             run = stream_video(causal, inputs.latent, inputs.text, decoder=dec, to_raw=inputs.to_raw,
                                from_raw=inputs.from_raw, encode=encode, seed=seed,
@@ -150,7 +154,7 @@ class CausalWanStreamVideo:
                 if return_frames:
                     kept.append(block.frames)
                 extra = dict(scores.update(block) or {}) if scores is not None else {}
-                prompt = schedule_label(run.loop.schedule)
+                prompt = "; ".join(filter(None, (schedule_label(run.loop.schedule), control_label(run.loop))))
                 if prompt:
                     extra["prompt"] = prompt
                 self._show(unique_id, block, progress, player, extra)

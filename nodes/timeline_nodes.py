@@ -2,7 +2,7 @@
 with a CLIP that encodes each prompt once), the live registry of running streams, and the HTTP routes that change a
 running stream's prompt:
 
-* ``POST /clipwan/live/{node_id}/prompt`` with JSON ``{"text": "...", "transition": "switch"|"blend",
+* ``POST /clipwan/live/{node_id}/prompt`` with JSON ``{"text": "...", "transition": "switch"|"blend"|"cut",
   "blend_blocks": N, "interpolation": "linear"|"slerp"}`` -> ``{"id": ..., "node": ...}`` (404: no stream of that
   node is running; 400: a bad request, the message says why). The text is encoded off the sampling thread with the
   timeline's CLIP and applied at the next block boundary with the family's switch rule (or blended).
@@ -20,7 +20,9 @@ import threading
 from typing import Dict, Optional
 
 from ..wan.timeline import LiveControl, Prompt, Segment, Timeline
+from ..wan.timeline.live import DEFAULT_ENCODER_PRIORITY
 from ..wan.timeline.blend import INTERPOLATIONS
+from ..wan.timeline.controls import controls_comment
 from ..wan.timeline.files import parse_any
 from ..wan.timeline.model import TRANSITIONS
 
@@ -71,7 +73,9 @@ class CausalWanTimelineFromConditionings:
             "conditioning_1": ("CONDITIONING", {"tooltip": "The first prompt (from block 0)."}),
             "transition": (list(TRANSITIONS), {"default": "switch", "tooltip": (
                 "switch: the family's own switch rule at the start block (LongLive's re-cache, MemFlow's bank ...); "
-                "blend: the text embedding moves to the new prompt over blend_blocks blocks (Scope's blender).")}),
+                "blend: the text embedding moves to the new prompt over blend_blocks blocks (Scope's blender); "
+                "cut: a scene cut, LongLive 2.0's multi-shot sink (the causal node's scene_cut_prefix must be empty "
+                "here: a conditioning has no text to prefix).")}),
             "blend_blocks": ("INT", {"default": 3, "min": 1, "max": 1000,
                                      "tooltip": "Blocks a blend takes (transition blend)."}),
             "interpolation": (list(INTERPOLATIONS), {"default": "linear", "tooltip": "How a blend moves: linear or "
@@ -115,21 +119,27 @@ class CausalWanTimelineFromText:
             "clip": ("CLIP", {"tooltip": "Wan's umt5-xxl text encoder (Load CLIP, type wan)."}),
             "text": ("STRING", {"multiline": True, "default": TEXT_EXAMPLE, "tooltip": (
                 "One line per prompt: 'START: prompt' (START = block, 2.5s or f40), 'START blend N [linear|slerp]: "
-                "prompt', mixes 'a :: 0.7 | b :: 0.3'; or a pasted Scope timeline JSON / interactive JSONL line.")}),
+                "prompt', 'START cut: prompt' (a scene cut: LongLive 2.0's multi-shot mode), mixes 'a :: 0.7 | b :: "
+                "0.3'; or a pasted Scope timeline JSON / interactive JSONL line / LongLive 2.0 per-block prompt "
+                "file.")}),
             "fps": ("FLOAT", {"default": 16.0, "min": 1.0, "max": 240.0, "step": 1.0,
                               "tooltip": "Output frames per second, for starts in seconds (Wan: 16)."}),
         }, "optional": {
             "switch_frames": ("STRING", {"default": "", "tooltip": (
                 "For a pasted LongLive/MemFlow interactive line: the latent frames where each later prompt starts "
                 "(their switch_frame_indices, e.g. 40, 80, 120).")}),
+            "clip_vision": ("CLIP_VISION", {"tooltip": (
+                "CLIP vision (clip_vision_h): encodes reference images sent live to a running stream (POST "
+                "/clipwan/live/{node}/image) for i2v models' CLIP route.")}),
         }}
 
-    def build(self, clip, text, fps=16.0, switch_frames=""):
+    def build(self, clip, text, fps=16.0, switch_frames="", clip_vision=None):
         frames = [int(x) for x in str(switch_frames).replace(" ", "").split(",") if x]
         timeline = parse_any(text, "timeline text", switch_frames=frames or None, fps=float(fps))
         encoder = clip_encoder(clip)
         timeline.encode(encoder)
         timeline.encoder = encoder
+        timeline.controls.clip_vision = clip_vision  # live images (nodes/timeline_control_nodes.py)
         return (timeline,)
 
 
@@ -138,16 +148,18 @@ _RUNS: Dict[str, LiveControl] = {}
 _RUNS_LOCK = threading.Lock()
 
 
-def run_timeline(timeline: Optional[Timeline], node_id, fps: Optional[float] = None) -> Optional[Timeline]:
+def run_timeline(timeline: Optional[Timeline], node_id, fps: Optional[float] = None,
+                 encode_priority: str = DEFAULT_ENCODER_PRIORITY) -> Optional[Timeline]:
     """The timeline a run uses: a copy (live changes must not touch ComfyUI's cached node output), with the output
-    fps and, for a stream, a ``LiveControl`` registered under the node's id for the HTTP route."""
+    fps and, for a stream, a ``LiveControl`` registered under the node's id for the HTTP route (its encoding
+    thread at ``encode_priority``)."""
     if timeline is None:
         return None
     run = timeline.copy()
     if run.fps is None and fps is not None:
         run.fps = float(fps)
     if node_id is not None:
-        run.live = LiveControl(run.encoder)
+        run.live = LiveControl(run.encoder, priority=encode_priority)
         with _RUNS_LOCK:
             _RUNS[str(node_id)] = run.live
     return run
@@ -162,15 +174,21 @@ def end_run(timeline: Optional[Timeline], node_id) -> None:
             del _RUNS[str(node_id)]
 
 
-def live_request(node_id, body: dict) -> dict:
-    """What the POST route does (also callable without a server)."""
+def live_run(node_id) -> LiveControl:
+    """The live control of the stream running as ``node_id`` (LookupError: none is)."""
     with _RUNS_LOCK:
         live = _RUNS.get(str(node_id))
     if live is None:
         raise LookupError(f"no Causal Wan Stream Video with a timeline is running as node {node_id}; start one (with a "
                           f"Prompt Timeline node on its timeline input) first.")
+    return live
+
+
+def live_request(node_id, body: dict) -> dict:
+    """What the POST route does (also callable without a server)."""
+    live = live_run(node_id)
     if not isinstance(body, dict) or not str(body.get("text", "")).strip():
-        raise ValueError('send JSON {"text": "the new prompt"} (optional: "transition": "switch"|"blend", '
+        raise ValueError('send JSON {"text": "the new prompt"} (optional: "transition": "switch"|"blend"|"cut", '
                          '"blend_blocks": N, "interpolation": "linear"|"slerp").')
     rid = live.request(str(body["text"]), transition=str(body.get("transition", "switch")),
                        blend_blocks=int(body.get("blend_blocks", 0) or (3 if body.get("transition") == "blend" else 0)),
@@ -213,7 +231,8 @@ def record_timeline(timeline: Optional[Timeline], layout, writers) -> None:
             log.warning("could not write the timeline beside %s: %s", writer.path, exc)
         writer.metadata["comment"] = json.dumps({"clipwan_timeline": os.path.basename(base) + ".timeline.json",
                                                  "prompts": [[b, timeline.segments[i].label] for b, i in
-                                                             timeline.resolved(layout)]}, ensure_ascii=False)
+                                                             timeline.resolved(layout)],
+                                                 **controls_comment(timeline.controls)}, ensure_ascii=False)
 
 
 async def _post_prompt(request):

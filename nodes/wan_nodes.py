@@ -17,7 +17,8 @@ from .model_files import resolve_model_file, validate_model_name
 from ..wan.conditioning import image as cond
 from ..wan.model.causal import CausalWanModel
 from ..wan.model.checkpoint import load_wan_state_dict, resolve_dtype
-from ..wan.model.lora import merge_lora_file
+from ..wan.model.lora import load_lora_file, merge_lora_file
+from ..wan.model.lora_live import remember as remember_lora
 from ..wan.sampling import settings_spec as spec
 from ..wan.sampling.run import iter_causal_blocks
 
@@ -138,13 +139,22 @@ class LoadCausalWanModel:
             vace_path = bridge.resolve_model_path(vace_name, "diffusion_models")
             sd = apply_vace(sd, vace_state_dict_from(read_file(vace_path), os.path.basename(vace_path)))
             source = f"{source} + VACE {os.path.basename(vace_path)}"
+        lora = None
         if lora_name not in (None, "", "none"):  # e.g. LongLive's lora.pt, merged before anything is placed
-            sd, source = merge_lora_file(sd, resolve_model_file(lora_name, "loras"), lora_strength, source)
+            lora = resolve_model_file(lora_name, "loras")
+            tensors = load_lora_file(lora)
+            sd, source = merge_lora_file(sd, lora, lora_strength, source, tensors)
         dtype = resolve_dtype(weight_dtype)
         # Matrix-Game 2.0 (no text embedding, action modules) is no model ComfyUI knows: ours, on its device
         if bridge.in_comfyui() and not _is_matrix_game(sd):  # ComfyUI builds, places and offloads it like any UNETLoader model
-            return (bridge.load_diffusion_model_state_dict(sd, dtype=dtype, source=source),)
-        return (CausalWanModel.from_state_dict(sd, dtype=dtype, device=bridge.torch_device(), source=source),)
+            out = bridge.load_diffusion_model_state_dict(sd, dtype=dtype, source=source)
+            tree = out.model.diffusion_model
+        else:
+            out = CausalWanModel.from_state_dict(sd, dtype=dtype, device=bridge.torch_device(), source=source)
+            tree = out.tree
+        if lora:  # a live strength change needs it (wan/model/lora_live.py)
+            remember_lora(tree, os.path.basename(lora), tensors, lora_strength)
+        return (out,)
 
 
 def _is_matrix_game(sd) -> bool:

@@ -181,7 +181,7 @@ def test_interrogate_client_errors_are_json_4xx(exported):
         (400, "'image' is valid base64 but not an image PIL can read (PNG, JPEG, WebP…)"),
         (404, "unknown model 'deepdanbooru': this server interrogates with ['clip'] only"),
         (400, "missing 'image' (base64-encoded picture)"),
-        (400, "'threshold' must be a number in [0, 1] for score 'softmax', got 2"),
+        (400, "'threshold' must be a number in [0, 1] for the model's score (softmax or sigmoid), got 2"),
         (400, "request body is not JSON: Ex"),
         (413, "request body is larger than 16 MiB"),
     ]

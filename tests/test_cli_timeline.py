@@ -73,3 +73,68 @@ def test_timeline_errors(files, tmp_path, capsys):
     bad.write_text("0: a fox\n3 blend: a wolf\n")
     assert main(_base(files, tmp_path) + ["--timeline", str(bad)]) == 2
     assert "t.txt, line 2: 'blend' without the number of blocks" in capsys.readouterr().err
+
+
+def test_scene_cuts_through_the_cli(files, tmp_path, capsys):
+    """A '1 cut: ...' line plays with the multi-shot flags (the cut block encoded with the prefix: one more text),
+    and is refused without them, naming the family and the fix, before the model samples."""
+    enc = ["--text-encoder", str(files / "umt5_xxl_fp16.safetensors"), "--tokenizer", str(files / "tokenizer.json")]
+    cut = tmp_path / "shots.txt"
+    cut.write_text("0: a red fox\n1 cut: a wolf\n")
+    shots = ["--multi-shot-sink", "--multi-shot-rope-offset", "8", "--scene-cut-prefix", "red "]
+    assert main(_base(files, tmp_path / "a") + enc + shots + ["--timeline", str(cut)]) == 0
+    assert "2 segment(s), 3 prompt(s) encoded once each" in capsys.readouterr().out
+    summary = json.loads((tmp_path / "a" / "wan_summary.json").read_text())
+    assert summary["timeline_prompts"] == [[0, "a red fox"], [1, "a wolf"]]
+    switch = tmp_path / "switch.txt"
+    switch.write_text("0: a red fox\n1: a wolf\n")
+    assert main(_base(files, tmp_path / "b") + enc + ["--timeline", str(switch)]) == 0
+    first = load_file(str(tmp_path / "a" / "wan_latent.safetensors"))["latent_tensor"]
+    plain = load_file(str(tmp_path / "b" / "wan_latent.safetensors"))["latent_tensor"]
+    assert torch.equal(first[:, :, :3], plain[:, :, :3]) and (first[:, :, 3:] - plain[:, :, 3:]).abs().max() > 1e-3
+    # replayed from the saved timeline (the prefixed embedding inside), with the same flags and no encoder
+    assert main(_base(files, tmp_path / "c") + shots + ["--timeline", str(tmp_path / "a" / "wan_timeline.json")]) == 0
+    again = load_file(str(tmp_path / "c" / "wan_latent.safetensors"))["latent_tensor"]
+    assert torch.equal(again, first)
+    capsys.readouterr()
+    assert main(_base(files, tmp_path / "d") + enc + ["--timeline", str(cut)]) == 2
+    err = capsys.readouterr().err
+    assert "family 'custom' has no multi-shot mode" in err and "shots.txt, line 2" in err
+
+
+def test_image_and_lora_lines_through_the_cli_and_replay(files, tmp_path, capsys):
+    """'1 image: fox.png' (encoded by --vae at the run's size) and '1 lora: 0.25' (the --lora merged at load), applied
+    from block 1, saved in wan_timeline.json (+ tensors) and replayed without the image file or the VAE."""
+    import numpy as np
+    from PIL import Image
+
+    from comfyui_clipwan.wan.vae.wan21 import WanVAE, WanVAEConfig
+
+    torch.save(WanVAE.random(WanVAEConfig(dim=8), seed=2).tree.state_dict(), tmp_path / "Wan2.1_VAE.pth")
+    g = torch.Generator().manual_seed(4)
+    lora = {f"blocks.{i}.self_attn.v.lora_{ab}.weight": torch.randn(*shape, generator=g) * 0.5
+            for i in range(T2V.num_layers) for ab, shape in (("A", (4, 64)), ("B", (64, 4)))}
+    save_file(lora, str(tmp_path / "style.safetensors"))
+    folder = tmp_path / "timeline"
+    folder.mkdir()
+    Image.fromarray(np.random.default_rng(1).integers(0, 256, (40, 48, 3), dtype=np.uint8)).save(folder / "fox.png")
+    (folder / "steer.txt").write_text("0: a red fox\n1 image: fox.png\n1 lora: 0.25\n")
+    enc = ["--text-encoder", str(files / "umt5_xxl_fp16.safetensors"), "--tokenizer", str(files / "tokenizer.json")]
+    with_lora = ["--lora", str(tmp_path / "style.safetensors")]
+    assert main(_base(files, tmp_path / "a") + enc + with_lora + ["--vae", str(tmp_path / "Wan2.1_VAE.pth"),
+                                                                  "--timeline", str(folder / "steer.txt")]) == 0
+    assert "timeline images encoded: block 1 fox.png (start)" in capsys.readouterr().out
+    saved = json.loads((tmp_path / "a" / "wan_timeline.json").read_text())
+    assert [(c["block"], c["label"]) for c in saved["controls"]["images"]] == [(1, "fox.png")]
+    assert saved["controls"]["loras"] == [{"block": 1, "strength": 0.25, "name": "style.safetensors",
+                                           "source": "steer.txt, line 3"}]
+    replay = ["--timeline", str(tmp_path / "a" / "wan_timeline.json")]
+    assert main(_base(files, tmp_path / "b") + with_lora + replay) == 0
+    first = load_file(str(tmp_path / "a" / "wan_latent.safetensors"))["latent_tensor"]
+    assert torch.equal(first, load_file(str(tmp_path / "b" / "wan_latent.safetensors"))["latent_tensor"])
+    assert main(_base(files, tmp_path / "c") + enc + with_lora + ["--prompt", "a red fox"]) == 0
+    plain = load_file(str(tmp_path / "c" / "wan_latent.safetensors"))["latent_tensor"]
+    assert torch.equal(plain[:, :, :3], first[:, :, :3]) and (plain[:, :, 3:] - first[:, :, 3:]).abs().max() > 1e-3
+    # an image line without --vae: named before any block, with the fix
+    assert main(_base(files, tmp_path / "d") + enc + ["--timeline", str(folder / "steer.txt")]) == 2
+    assert "steer.txt, line 2: a new start image is encoded by the model's VAE: give --vae" in capsys.readouterr().err

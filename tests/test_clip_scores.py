@@ -349,8 +349,8 @@ def test_cli_score_video_equals_open_clip_on_decoded_frames(tmp_path, openclip_m
     with VideoWriter(str(video), fps=16) as w:
         w.write(frames_for(9, seed=8))
     (tmp_path / "tl.txt").write_text("0: a red fox in the snow\n4: a blue whale under water\n")
-    assert main(["score", str(video), "--timeline", str(tmp_path / "tl.txt"), "--clip", str(path), "--every", "2",
-                 "--frames-per-block", "4"]) == 0
+    # no block size given: 'N: prompt' lines are video frames (the score's own form, kept)
+    assert main(["score", str(video), "--timeline", str(tmp_path / "tl.txt"), "--clip", str(path), "--every", "2"]) == 0
     rows = read_csv(str(tmp_path / "v.clip_scores.csv"))
     assert (tmp_path / "v.clip_scores.png").stat().st_size > 10_000 and (tmp_path / "v.clip_scores.json").exists()
     decoded = torch.from_numpy(read_video_frames(str(video))).float() / 255  # what the oracle sees: the file
@@ -360,10 +360,7 @@ def test_cli_score_video_equals_open_clip_on_decoded_frames(tmp_path, openclip_m
         img = openclip_model.encode_image(oracle_pixels(picked))
         txt = openclip_model.encode_text(tokenizer(PROMPTS[:2]))
     assert_rows(rows, *expected_scores(img, txt[[0, 0, 1, 1, 1]], img[:1]))
-    assert [r.block for r in rows] == [0, 0, 0, 1, 1]  # frame 0, then blocks of 4 after it
-    with pytest.raises(SystemExit):  # argparse: one or the other
-        main(["score", str(video), "--prompt", "x", "--timeline", "y"])
-    capsys.readouterr()
+    assert [r.block for r in rows] == [0] * 5  # no block size: one block
     assert main(["score", str(tmp_path / "missing.mp4"), "--prompt", "x"]) == 2
     assert "video not found" in capsys.readouterr().err
 

@@ -14,6 +14,7 @@ from comfyui_clipwan.wan.conditioning.control import VaceControl
 from comfyui_clipwan.wan.conditioning.restyle import Restyle, restyle_steps
 from comfyui_clipwan.wan.model.causal import CausalWanModel
 from comfyui_clipwan.wan.model.config import WanConfig
+from comfyui_clipwan.wan.sampling import settings_spec as spec
 from comfyui_clipwan.wan.vae.wan21 import WanVAE, WanVAEConfig
 
 CFG = WanConfig(dim=64, ffn_dim=128, num_heads=2, num_layers=2, in_dim=16, text_dim=32, text_len=8,
@@ -36,7 +37,9 @@ def test_registered():
     optional = CausalWanStreamVideo.INPUT_TYPES()["optional"]
     assert optional["vace_control"][0] == "CLIPWAN_CONTROL" and optional["restyle"][0] == "CLIPWAN_RESTYLE"
     names = list(CausalWanSampler.INPUT_TYPES()["optional"])  # sockets carry no widget value: before the widgets
-    assert names.index("restyle") < names.index("switch_at_block") and names[-1] == "family"
+    assert names.index("restyle") < names.index("switch_at_block")
+    # family closed layout 3; only widgets of later layouts follow it
+    assert all(spec.get(n).since > spec.get("family").since for n in names[names.index("family") + 1:])
 
 
 def test_vace_control_node_equals_whole_video_run(parts):

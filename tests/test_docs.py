@@ -171,6 +171,30 @@ def _open_clip_b32(path: pathlib.Path) -> None:
     safetensors.torch.save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
 
 
+def _siglip(folder: pathlib.Path) -> None:
+    """A google/siglip-base-patch16-224 repo folder: SiglipModel weights (real key names, 1 block, 32 wide, 32 px),
+    its config.json, and a SentencePiece spiece.model trained on a few sentences (SigLIP's special pieces)."""
+    import sentencepiece
+    from transformers import SiglipConfig, SiglipModel
+
+    folder.mkdir()
+    torch.manual_seed(0)
+    config = SiglipConfig(
+        text_config=dict(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                         num_attention_heads=2, max_position_embeddings=64),
+        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                           image_size=32, patch_size=16))
+    model = SiglipModel(config)
+    safetensors.torch.save_file({k: v.contiguous() for k, v in model.state_dict().items()},
+                                str(folder / "model.safetensors"))
+    config.save_pretrained(str(folder))
+    (folder / "s.txt").write_text("a photo of a cat\na photo of a dog\na red car at night\n" * 20)
+    sentencepiece.SentencePieceTrainer.train(
+        input=str(folder / "s.txt"), model_prefix=str(folder / "spiece"), vocab_size=30, hard_vocab_limit=False,
+        pad_id=0, eos_id=1, unk_id=2, bos_id=-1, pad_piece="<pad>", eos_piece="</s>", unk_piece="<unk>",
+        minloglevel=2)
+
+
 def _wan_vae(ws: pathlib.Path) -> None:
     """The Wan 2.1 VAE at base width 8 (real: 96), Wan's key names: ComfyUI's .safetensors and Wan's .pth."""
     from comfyui_clipwan.wan.vae.wan21 import WanVAE, WanVAEConfig
@@ -228,6 +252,7 @@ def workspace(tmp_path_factory) -> pathlib.Path:
     _krea_safetensors(ws / "krea-realtime-video-14b.safetensors")
     _longlive(ws)
     _open_clip_b32(ws / "open_clip_vit_b32.safetensors")
+    _siglip(ws / "siglip-base-patch16-224")
     _longlive2_files(ws)
     _wan_vae(ws)
     _umt5(ws)

@@ -109,6 +109,11 @@ def test_until_stopped_refusals(parts, tmp_path, monkeypatch):
 
 
 def test_until_stopped_is_an_optional_input_after_the_others():
+    from comfyui_clipwan.wan.sampling import settings_spec as spec
+
     optional = list(CausalWanStreamVideo.INPUT_TYPES()["optional"])
-    assert optional[-1] == "until_stopped"  # saved workflows keep their widget values
+    # saved workflows keep their widget values: it came last in its layout, only later widgets follow it
+    assert any(layout[-1] == "until_stopped" for layout in spec.widget_layouts(spec.STREAM))
+    assert all(spec.get(name).since > spec.get("until_stopped").since
+               for name in optional[optional.index("until_stopped") + 1:])
     assert CausalWanStreamVideo.INPUT_TYPES()["optional"]["until_stopped"][1]["default"] is False

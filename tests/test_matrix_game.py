@@ -187,6 +187,10 @@ def test_sampling_follows_the_actions_and_refuses_mismatches():
         sample_causal(model, latent, None, actions=ActionTimeline(keyboard=torch.zeros(21, 7)), **kw)
     with pytest.raises(ValueError, match="CLIP vision features only"):
         sample_causal(model, latent, None, **{**kw, "clip_fea": None})
+    from comfyui_clipwan.wan.sampling.run import iter_causal_blocks
+
+    with pytest.raises(ValueError, match="an endless stream is not available for it. Set a length"):
+        iter_causal_blocks(model, latent, None, endless=True, actions=parse_timeline("0-: W"), **kw)
     plain = CausalWanModel.random(WanConfig(dim=64, ffn_dim=96, num_heads=1, num_layers=1), seed=0)
     with pytest.raises(ValueError, match="no action module"):
         sample_causal(plain, latent, torch.zeros(1, 4, 4096), actions=parse_timeline("0: W"))

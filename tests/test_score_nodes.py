@@ -64,7 +64,8 @@ def test_stream_scores_live_and_beside_the_video(parts, scorer_models, tmp_path,
     live = [row for e in events for row in e.get("scores", [])]
     assert [r["frame"] for r in live] == list(range(0, 21, 2))  # every 2nd of 21 frames, as they were decoded
     assert events[0]["score_segments"] == [[0, "a red fox"], [8, "a blue whale"]]
-    assert all(len(e["scores"]) <= 2 for e in events)  # 1 then 4 frames per piece: at most 2 scored each
+    # one vision forward per block: a block's scores arrive with its last piece (9 frames, then 12)
+    assert [len(e["scores"]) for e in events] == [0, 0, 5, 0, 0, 6]
     # the same numbers as scoring the returned frames in one go, and the CSV beside the video holds them
     offline = score_frames(scorer_models.vision, frames, scorer_models.text, TIMELINE, every_n=2)
     saved = read_csv(str(Path(path).with_suffix("")) + ".clip_scores.csv")

@@ -141,6 +141,7 @@ def test_live_prompt_over_http_applies_at_next_block_and_replays(parts, tmp_path
     bad, empty, ok, answer, status = asyncio.run(talk())
     assert (bad, empty, ok) == (404, 400, 200) and answer == {"id": 1, "node": "7"}
     assert status["runs"][0]["node"] == "7"
+    assert tn._RUNS["7"].priority == "normal"  # the widget's default: encode at once beside the sampler
     tn._RUNS["7"].wait_encoded()
     posted.set()
     worker.join(120)
@@ -167,6 +168,22 @@ def test_live_prompt_over_http_applies_at_next_block_and_replays(parts, tmp_path
     without = CausalWanStreamVideo().stream(model, cond("ignored"), latent, vae=vae, timeline=plain,
                                             return_frames=True, **SAMPLER)
     assert (without["result"][1] - frames).abs().max() > 1e-3  # sharp: the live prompt changed the video
+
+
+def test_stream_node_live_encode_priority_reaches_the_live_control(parts, tmp_path, monkeypatch):
+    """The stream node's ``live_encode_priority`` widget is the priority of its live prompts' encoding thread."""
+    monkeypatch.chdir(tmp_path)
+    model, vae = parts
+    seen = {}
+
+    def interrupt():
+        seen.setdefault("priority", tn._RUNS["5"].priority)
+
+    monkeypatch.setattr(bridge, "check_interrupt", interrupt)
+    (timeline,) = tn.CausalWanTimelineFromText().build(FakeClip(), "0: a fox")
+    CausalWanStreamVideo().stream(model, cond("ignored"), {"samples": torch.zeros(1, 16, 4, 2, 4)}, vae=vae,
+                                  unique_id="5", timeline=timeline, live_encode_priority="background", **SAMPLER)
+    assert seen["priority"] == "background" and "5" not in tn._RUNS
 
 
 @pytest.mark.skipif(__import__("shutil").which("node") is None, reason="node (JavaScript) is not installed")

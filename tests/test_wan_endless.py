@@ -79,6 +79,35 @@ def test_endless_prompt_switch_past_the_first_segment(t2v):
     torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize("timed", ["blocks", "seconds"])
+def test_endless_timeline_and_live_prompts_past_the_first_segment(t2v, timed):
+    """A timeline's segments after the first segment (by block or by seconds), a blend, and a live prompt sent
+    after block 6 all take effect in an endless run as in a fixed run of the same length given the same timeline (the
+    live change written into it at the block it was applied at)."""
+    from comfyui_clipwan.wan.timeline import LiveControl, parse_text
+
+    texts = {"a": _text(1), "b": _text(2), "c": _text(3), "d": _text(4)}
+    # block k starts at latent frame 2k; pixel frame 4*2k-3 is at 16 fps: seconds (8k-3)/16 (LongLive's rounding)
+    lines = "0: a\n4: b\n5 blend 2 linear: c" if timed == "blocks" else \
+        "0s: a\n1.8125s: b\n2.3125s blend 2 linear: c"
+    settings = CausalSettings(**{**SETTINGS.__dict__, "positions": "slots"})
+    timeline = parse_text(lines, fps=16).encode(texts.__getitem__)
+    timeline.live = LiveControl(texts.__getitem__, threaded=False)
+    loop = iter_causal_blocks(t2v, torch.zeros(1, 16, 2, H, W), _text(0), seed=3, settings=settings,
+                              endless=True, timeline=timeline)
+    out = []
+    for r in itertools.islice(loop, 10):
+        out.append(r.x0)
+        if r.index == 6:
+            timeline.live.request("d")
+    got = torch.cat(out, dim=2)
+    assert [(b, seg) for b, seg, _ in loop.schedule.applied] == [(4, 1), (5, 2), (6, 2), (7, 3)]
+    fixed = parse_text("0: a\n4: b\n5 blend 2 linear: c\n7: d").encode(texts.__getitem__)
+    want = sample_causal(t2v, torch.zeros(1, 16, 20, H, W), _text(0), settings=settings, timeline=fixed,
+                         noise=_EndlessDraws(3, 2, 2, 20, (H, W)))
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
+
+
 def test_endless_memory_is_flat(t2v):
     settings, _ = endless_settings(SETTINGS)
     loop = EndlessLoop(t2v, torch.zeros(1, 16, 2, H, W), _text(), seed=0, settings=settings,

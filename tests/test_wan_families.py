@@ -362,7 +362,9 @@ def test_family_combo_is_the_last_input_and_lists_every_preset():
     """Appended after every earlier input, so workflows saved before it keep their widgets_values (the value
     it lacks is the default, "custom": the widgets alone, as before)."""
     # the stream node's own inputs added after it, in a later version, come after it for the same reason
-    later = {CausalWanSampler: [], CausalWanStreamVideo: ["score_every_n_frames", "score_prompts", "until_stopped"]}
+    multi_shot = ["multi_shot_sink", "multi_shot_rope_offset", "scene_cut_prefix"]  # both nodes, layout 6
+    later = {CausalWanSampler: multi_shot,
+             CausalWanStreamVideo: ["score_every_n_frames", "score_prompts", "until_stopped"] + multi_shot}
     for node in (CausalWanSampler, CausalWanStreamVideo):
         spec = node.INPUT_TYPES()
         names = list(spec["optional"])

@@ -92,7 +92,8 @@ def test_bench_stream_quick(tmp_path):
 
     parser = argparse.ArgumentParser()
     bench_stream.add_arguments(parser)
-    args = parser.parse_args(["--quick", "--json", str(tmp_path / "b.json")])
+    # (the CLIP-score part: tests/test_score_speed.py)
+    args = parser.parse_args(["--quick", "--score-every", "", "--json", str(tmp_path / "b.json")])
     assert bench_stream.run(args) == 0
     import json
 

@@ -48,12 +48,14 @@ def _git(*args) -> str:
 
 @pytest.fixture(scope="module")
 def history(tmp_path_factory):
-    """``[(commit, relative path, file)]`` of every example workflow at every commit that changed them (a file
+    """``[(commit, relative path, file)]`` of every example workflow at every commit of main that changed them (a file
     whose content an earlier entry has is listed once)."""
     try:
         if _git("rev-parse", "--is-shallow-repository").strip() == "true":
             pytest.skip("shallow clone: the earlier versions of example_workflows/ are not in this checkout")
-        commits = _git("log", "--format=%H", "--", "example_workflows/").split()
+        # main's own states (first parent): what users could save; a merged branch's in-between states were never
+        # published (two branches adding widgets to the same layout version have layouts only their merge settles)
+        commits = _git("log", "--first-parent", "--format=%H", "--", "example_workflows/").split()
     except (OSError, subprocess.CalledProcessError):
         pytest.skip("no git history (not a git checkout, or git is not installed)")
     if len(commits) < 2:

@@ -341,12 +341,14 @@ def test_web_menu_labels_and_applies_python_presets():
         "LongLive 1.0 — sink 3 + window 12 (flat memory), LoRA merged at load (length 481, longlive_base.pt, "
         "+ LoRA longlive_lora.pt, entry generator)",
         "CausVid — 3 unwarped steps at shift 8, blocks of 3 (length 85, causvid_model.pt, entry generator)"]
-    # the family's knobs: CausVid attends everything, so its sink and window stay hidden; custom shows all
-    assert out["hidden"] == [["sink_size", "local_window"], [], []]
+    # the family's knobs: CausVid attends everything, so its sink and window stay hidden; custom shows all; the
+    # multi-shot settings show for LongLive 2.0 only (its scene cuts)
+    multi_shot = ["multi_shot_sink", "multi_shot_rope_offset", "scene_cut_prefix"]
+    assert out["hidden"] == [["sink_size", "local_window"] + multi_shot, multi_shot, []]
     assert out["widgets"] == [{"name": "steps", "value": "1000,757,522"}, {"name": "shift", "value": 8.0},
                               {"name": "warp_steps", "value": False}, {"name": "family", "value": "CausVid"}]
-    assert sorted(out["missing"]) == ["frames_per_block", "guidance_scale", "independent_first_frame",
-                                      "local_window", "sink_size"]
+    assert sorted(out["missing"]) == sorted(["frames_per_block", "guidance_scale", "independent_first_frame",
+                                             "local_window", "sink_size"] + multi_shot)
     # the family combo is set with the other widgets, but its own callback (which applies a preset) is not fired
     assert out["fired"] == [["steps", "1000,757,522"]]
     # picking a family in the combo applies its entry; "custom" (or an unknown name) leaves the widgets alone

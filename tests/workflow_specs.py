@@ -40,6 +40,10 @@ MODELS.update({  # LongLive 1.0 as its authors publish it
     LONGLIVE.model_file: (LONGLIVE.download_url(0), "diffusion_models"),
     LONGLIVE.lora_file: (LONGLIVE.download_url(1), "loras"),
 })
+# a Wan 2.1 T2V 1.3B LoRA with a public download (Kijai's extraction of CausVid for the bidirectional 1.3B), the file
+# the live-image template's LoRA strength dial turns; any LoRA trained on Wan 2.1 T2V 1.3B takes its place
+CAUSVID_LORA = "Wan21_CausVid_bidirect2_T2V_1_3B_lora_rank32.safetensors"
+MODELS[CAUSVID_LORA] = ("https://huggingface.co/Kijai/WanVideo_comfy/resolve/main/" + CAUSVID_LORA, "loras")
 MODELS[WAN_CLIP] = ("https://huggingface.co/Wan-AI/Wan2.1-I2V-14B-480P/resolve/main/" + WAN_CLIP, "clip_vision")
 MODELS[KREA.model_file] = (KREA.download_url(0), "diffusion_models")
 for _preset in (SELF_FORCING, MATRIX_GAME):
@@ -229,7 +233,8 @@ WORKFLOWS = {
         "card": {'kind': 'stream', 'caption': 'CLIP-T / CLIP-I / consistency charted as blocks are decoded'},
         "note": CAUSAL_NOTE.format(
             title="Streamed image to video with live CLIP scores",
-            what="Causal Wan Stream Video scores every 4th decoded frame with Wan's own CLIP (both towers of "
+            what="Causal Wan Stream Video scores every 4th decoded frame or fewer (score_budget_percent 10: the "
+                 "stride widens so scoring takes at most 10 % of the stream's time) with Wan's own CLIP (both towers of "
                  "`" + WAN_CLIP + "`): CLIP-T against the prompt timeline in `score_prompts`, CLIP-I against "
                  "the start image, frame-to-frame consistency. The chart grows under the frame player while the "
                  "video is made (prompt switches marked) and the CSV/JSON/PNG are saved beside the video. Score "
@@ -254,6 +259,7 @@ WORKFLOWS = {
                                                 "latent": Link("conditioning", 2), "vae": Link("vae"),
                                                 "filename_prefix": "clipwan/stream_scored",
                                                 "score_clip": Link("scorer"), "score_every_n_frames": 4,
+                                                "score_budget_percent": 10.0,
                                                 "score_prompts": "0: " + POSITIVE,
                                                 "score_reference": Link("image")}),
             ("score", "ScoreVideoCLIP", {"clip_scorer": Link("scorer"), "video": Link("stream", 0),
@@ -525,6 +531,53 @@ WORKFLOWS = {
                                                 "vae": Link("vae"), "timeline": Link("timeline"),
                                                 "filename_prefix": "clipwan/longlive_timeline",
                                                 **LONGLIVE.sampler_values()}),
+        ],
+    },
+    "clipwan_self_forcing_image_change": {
+        "title": 'A new image and a LoRA strength mid-video',
+        "card": {'kind': 'stream', 'caption': 'the start image changes at block 2, a LoRA dial turns at block 1'},
+        "note": ("## Self-Forcing streamed with a new image and a LoRA strength change mid-video\n\n"
+                 "**Timeline Image Change** adds a new start image to the prompt timeline: from `start_block` on the "
+                 "video continues from it (Self-Forcing is text-to-video, so the block's first latent frame is clamped "
+                 "to the image's latent, LongLive 2.0's i2v rule at that block; an i2v model would take it through its "
+                 "concat channels and, with clip_vision connected, its CLIP features). **Timeline LoRA Strength** sets "
+                 "the strength of the LoRA that Load Causal Wan Model merged (`lora_name`) from its block on; the "
+                 "loaded weights come back when the run ends. While the stream runs, drop an image on the frame "
+                 "player (or POST /clipwan/live/<node id>/image {\"image\": base64 PNG}) and move the LoRA strength "
+                 "the same way (POST .../lora {\"strength\": 0.5}): each takes over at the next block and is saved in "
+                 "the `<video>.timeline.json` that replays the run.\n\n**Checkpoints.** "
+                 f"`{SELF_FORCING.model_file}` (models/diffusion_models), the Wan 2.1 VAE, the umt5 text encoder, and "
+                 f"a LoRA trained on Wan 2.1 T2V 1.3B in models/loras; `{CAUSVID_LORA}` (Kijai's extraction of "
+                 "CausVid for the bidirectional 1.3B) is named so the Missing Models panel has one to download — put "
+                 "a style LoRA there for a meaningful dial. Not for LongLive 1.0 / MemFlow: their LoRA is the "
+                 "distilled model and its strength is refused.\n\n**Sizes.** Set for a CPU: 320×192, 37 frames (the "
+                 f"image + 3 blocks). On a GPU use 832×480 and {SELF_FORCING.recommended_length} frames."),
+        "models": {k: MODELS[k] for k in (UMT5, WAN_VAE, SELF_FORCING.model_file, CAUSVID_LORA)},
+        "description": "Self-Forcing streamed block by block while a second image takes over as the start frame at "
+                       "block 2 and a merged LoRA's strength changes at block 1 (both on the prompt timeline, both "
+                       "also sendable live from the frame player); the sidecar replays the run exactly.",
+        "nodes": [
+            ("image", "LoadImage", {"image": "example.png"}, "Start image"),
+            ("image_2", "LoadImage", {"image": "example.png"}, "New image (from block 2)"),
+            *_text_nodes(),
+            ("conditioning", "WanI2VConditioning", {"positive": Link("positive"), "negative": Link("negative"),
+                                                    "vae": Link("vae"), "start_image": Link("image"),
+                                                    **VIDEO, "length": 37}),
+            ("timeline", "CausalWanTimelineFromText", {"clip": Link("text_encoder"), "text": (
+                "0: a red fox trots through fresh snow, soft morning light\n"
+                "2: the fox runs along a frozen river at dusk")}, "Prompt timeline"),
+            ("image_change", "CausalWanTimelineImage", {"timeline": Link("timeline"), "image": Link("image_2"),
+                                                        "start_block": 2, "route": "start", "vae": Link("vae"),
+                                                        "latent": Link("conditioning", 2)}),
+            ("lora_change", "CausalWanTimelineLoraStrength", {"timeline": Link("image_change"), "start_block": 1,
+                                                              "strength": 0.0}),
+            ("model", "LoadCausalWanModel", {"model_name": SELF_FORCING.model_file, "lora_name": CAUSVID_LORA,
+                                             "lora_strength": 0.3}),
+            ("stream", "CausalWanStreamVideo", {"model": Link("model"), "positive": Link("conditioning", 0),
+                                                "negative": Link("conditioning", 1), "latent": Link("conditioning", 2),
+                                                "vae": Link("vae"), "timeline": Link("lora_change"),
+                                                "filename_prefix": "clipwan/image_change",
+                                                **SELF_FORCING.sampler_values()}),
         ],
     },
     "clipwan_prompt_timeline_conditionings": {

@@ -14,7 +14,8 @@ import { app } from "../../scripts/app.js";
 import { api } from "../../scripts/api.js";
 import {
   FAMILY_WIDGET, LAYOUTS_PATH, PRESETS_PATH, SCORE_COLORS, SCORE_LABELS, applyLength, applyPreset, decodeFramePayload,
-  familyChosen, framePrompt, hiddenKnobs, livePromptRequest, markAdvanced, mergeScores, migrateWidgetValues,
+  familyChosen, framePrompt, hiddenKnobs, liveImageRequest, liveLoraRequest, livePromptRequest, markAdvanced,
+  mergeScores, migrateWidgetValues,
   presetDetails, presetLabel, reportText, restoreByName, savedVideo, scoreCaption, scoreChart,
 } from "./clipwan_logic.js";
 
@@ -256,8 +257,50 @@ function livePromptBox(node) {
   };
   send.addEventListener("click", submit);
   input.addEventListener("keydown", (event) => { if (event.key === "Enter") submit(); });
-  root.append(input, blend, send, status);
+  root.append(input, blend, send, ...liveImageAndLora(node, root, blend, status), status);
   node.__clipwanLive = { root, widget: addDisplayWidget(node, "clipwan_live_prompt", root, 28) };
+}
+
+// Live image (a file picker, or an image dropped on the box) and LoRA strength, beside the prompt box: POST
+// /clipwan/live/<node id>/image | /lora; each takes over at the next block ("image from block B: name").
+function liveImageAndLora(node, root, blend, status) {
+  const post = async (request) => {
+    if (!request) return;
+    try {
+      const response = await api.fetchApi(request.path, { method: "POST", body: request.body,
+                                                          headers: { "Content-Type": "application/json" } });
+      const answer = await response.json();
+      status.textContent = response.ok ? `sent (#${answer.id})` : (answer.error ?? `HTTP ${response.status}`);
+    } catch (error) {
+      status.textContent = String(error);
+    }
+  };
+  const id = () => node.__clipwanUniqueId ?? node.id;
+  const sendFile = (file) => {
+    if (!file) return;
+    const reader = new FileReader();
+    reader.onload = () => post(liveImageRequest(id(), reader.result, file.name, blend.value));
+    reader.readAsDataURL(file);
+  };
+  const picker = document.createElement("input");
+  picker.type = "file";
+  picker.accept = "image/png,image/jpeg,image/webp";
+  picker.style.display = "none";
+  picker.addEventListener("change", () => { sendFile(picker.files?.[0]); picker.value = ""; });
+  const image = document.createElement("button");
+  image.textContent = "Image…";
+  image.title = "a new reference image from the next block (or drop one on this box)";
+  image.addEventListener("click", () => picker.click());
+  root.addEventListener("dragover", (event) => event.preventDefault());
+  root.addEventListener("drop", (event) => { event.preventDefault(); sendFile(event.dataTransfer?.files?.[0]); });
+  const lora = document.createElement("input");
+  lora.type = "number";
+  lora.step = "0.05";
+  lora.placeholder = "LoRA";
+  lora.title = "the merged LoRA's strength from the next block (Enter)";
+  lora.style.cssText = "width:4em;background:#222;color:#ddd;border:1px solid #444;";
+  lora.addEventListener("keydown", (event) => { if (event.key === "Enter") post(liveLoraRequest(id(), lora.value)); });
+  return [picker, image, lora];
 }
 
 // ------------------------------------------------------------------------------------------------

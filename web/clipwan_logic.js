@@ -157,6 +157,24 @@ export function livePromptRequest(nodeId, text, blendBlocks = 0) {
   return { path: `${LIVE_PATH}/${encodeURIComponent(String(nodeId))}/prompt`, body: JSON.stringify(body) };
 }
 
+/** {path, body} of a live image change (nodes/timeline_control_nodes.py): `dataUrl` a data: URL of a PNG/JPEG/WebP
+ * (what FileReader.readAsDataURL gives), `name` the file's name for the player's label; `blendBlocks` > 0 moves the
+ * CLIP reference over that many blocks. null for anything that is not an image data URL. */
+export function liveImageRequest(nodeId, dataUrl, name = "", blendBlocks = 0) {
+  if (typeof dataUrl !== "string" || !/^data:image\/[\w.+-]+;base64,/.test(dataUrl)) return null;
+  const blocks = Math.max(0, Math.floor(Number(blendBlocks) || 0));
+  const body = { image: dataUrl, name: String(name || "image") };
+  if (blocks > 0) body.blend_blocks = blocks;
+  return { path: `${LIVE_PATH}/${encodeURIComponent(String(nodeId))}/image`, body: JSON.stringify(body) };
+}
+
+/** {path, body} of a live LoRA strength change; null for a value that is not a finite number. */
+export function liveLoraRequest(nodeId, strength) {
+  const value = typeof strength === "string" && !strength.trim() ? NaN : Number(strength);
+  if (!Number.isFinite(value)) return null;
+  return { path: `${LIVE_PATH}/${encodeURIComponent(String(nodeId))}/lora`, body: JSON.stringify({ strength: value }) };
+}
+
 /** The report text from an `executed` message's ui dict ({report|text: str | [str]}), or "". */
 export function reportText(message) {
   for (const key of ["report", "text"]) {

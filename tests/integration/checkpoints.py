@@ -13,6 +13,8 @@
   width from ``decoder.head.0.gamma``), random init.
 - ``loras/lora.pt``: a LongLive-format LoRA (``{generator_lora, critic_lora, step}``, PEFT keys, rank 4) for
   every Linear inside the tiny i2v DiT's blocks.
+- ``loras/lora_tiny_t2v.safetensors``: a flat PEFT LoRA of the t2v file (a style LoRA on a t2v family: the
+  live-image template's LoRA)
 - ``input/clipwan_test.png``: a 64×64 RGB gradient.
 
 The CLIP and Wan weights come from the pack's own seeded builders; the VAE from ComfyUI's class (what core's
@@ -36,6 +38,7 @@ WAN_T2V = "wan_tiny_t2v.safetensors"
 MATRIX_GAME = "matrix_game_tiny.safetensors"
 VAE = "wan_2.1_vae_tiny.safetensors"
 LORA = "lora.pt"
+LORA_T2V = "lora_tiny_t2v.safetensors"  # a flat PEFT LoRA of the t2v test model (a style LoRA on a t2v family)
 IMAGE = "clipwan_test.png"
 TINY_WAN = dict(dim=128, ffn_dim=256, num_heads=1, num_layers=2)
 
@@ -121,6 +124,7 @@ def populate(base: pathlib.Path) -> None:
     save_file(wan_state_dict(i2v=False), models / "diffusion_models" / WAN_T2V)
     save_file(matrix_game_state_dict(), models / "diffusion_models" / MATRIX_GAME)
     torch.save(longlive_lora(wan_state_dict(i2v=True)), str(models / "loras" / LORA))
+    save_file(longlive_lora(wan_state_dict(i2v=False))["generator_lora"], models / "loras" / LORA_T2V)
     save_file(wan_vae_state_dict(comfy_dir), models / "vae" / VAE)
     test_image().save(base / "input" / IMAGE)
     test_image().save(base / "input" / "example.png")  # ComfyUI ships input/example.png; the examples name it

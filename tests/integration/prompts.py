@@ -31,7 +31,9 @@ FILE_FOR_NODE = {
 }
 # t2v-distilled families whose loop takes no channel-concat image (Krea's recompute loop refuses it): the t2v file
 FILE_FOR_NAME = {"krea-realtime-video-14b.safetensors": ck.WAN_T2V, "self_forcing_dmd.pt": ck.WAN_T2V,
-                 "matrix_game2_base_distill.safetensors": ck.MATRIX_GAME}  # Matrix-Game 2.0: no text, action modules
+                 "matrix_game2_base_distill.safetensors": ck.MATRIX_GAME,  # Matrix-Game 2.0: no text, action modules
+                 # the live-image template's LoRA on LoadCausalWanModel (t2v family)
+                 "Wan21_CausVid_bidirect2_T2V_1_3B_lora_rank32.safetensors": ck.LORA_T2V}
 TEST_SIZES = {"width": 64, "height": 64, "length": 21, "batch_size": 1}  # 6 latent frames = 2 blocks of 3
 # with independent_first_frame on, blocks of 3 follow a 1-frame block: 7 latent frames = 1 + 2 blocks of 3
 LENGTH_AFTER_FIRST_FRAME = 25

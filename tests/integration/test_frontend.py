@@ -412,7 +412,9 @@ def test_sampler_shows_a_short_widget_list_and_the_family_knobs(page):
     assert [w[0] for w in widgets["plain"] if w[5]] == [w[0] for w in widgets["plain"] if w[2]]
     assert all(advanced for _, advanced in widgets["core"]), widgets["core"]
     hidden = {w[0] for w in widgets["selfForcing"] if w[4]}
-    assert hidden == {"sink_size", "local_window"}, widgets["selfForcing"]  # Self-Forcing attends everything
+    # Self-Forcing attends everything, and has no multi-shot mode (LongLive 2.0's scene cuts)
+    assert hidden == {"sink_size", "local_window", "multi_shot_sink", "multi_shot_rope_offset", "scene_cut_prefix"}, \
+        widgets["selfForcing"]
     assert not any(w[4] for w in widgets["custom"])  # custom: every knob again
 
 

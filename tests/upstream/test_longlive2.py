@@ -6,7 +6,9 @@ TI2V-shaped: 48 latent channels in and out, no image embedding) at a tiny size, 
 weights in LongLive 2.0's ``model_bf16.pt`` layout for the pack to load, feeds both loops the same noise and
 the same text embeddings, and compares the latents: LongLive's ``CausalDiffusionInferencePipeline.inference``
 (UniPC 4 steps at shift 5 per block, sink/window/blocks of 8/32/8, first latent clamped to the image's clean
-latent at t=0, one prompt per block) against ``sample_causal`` with the ``longlive2`` settings.
+latent at t=0, one prompt per block) against ``sample_causal`` with the ``longlive2`` settings; and its multi-shot
+mode (``multi_shot_sink``, ``multi_shot_rope_offset``, prompts with the scene-cut prefix at each later shot's first
+block, as its datasets write them) against a timeline of scene cuts read from its saved per-block prompt file.
 
 What this environment lacks is shimmed without touching the maths: ``flash_attention`` (CUDA + fp16 only) and
 ``attention`` (its SDPA fallback casts to bf16) are replaced by fp32 PyTorch SDPA (no masks are used), the Triton RoPE/adaLN kernels are switched off
@@ -20,6 +22,7 @@ omegaconf, Pillow, regex, scipy, torch, torchvision, tqdm, transformers."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import sys
 
@@ -54,6 +57,7 @@ def upstream():
     import utils.config as ll_config
     import wan_5b.modules.causal_model as ll_causal
     from pipeline.causal_diffusion_inference import CausalDiffusionInferencePipeline
+    from utils import dataset as ll_dataset
     from utils.scheduler import FlowMatchScheduler
     from utils.wan_5b_wrapper import WanDiffusionWrapper
 
@@ -69,14 +73,14 @@ def upstream():
     ll_config.wan_default_config["Wan2.2-TI2V-5B"].update(num_heads=TINY["num_heads"],
                                                           num_transformer_blocks=TINY["num_layers"])
     yield dict(Pipeline=CausalDiffusionInferencePipeline, Wrapper=WanDiffusionWrapper, Model=ll_causal.CausalWanModel,
-               Scheduler=FlowMatchScheduler, OmegaConf=OmegaConf)
+               Scheduler=FlowMatchScheduler, OmegaConf=OmegaConf, dataset=ll_dataset)
     ll_config.wan_default_config["Wan2.2-TI2V-5B"].update(saved)
     # its utils/ is a regular package (an __init__.py), which would shadow the other trees' utils/ folders
     sys.path.remove(LL_DIR)
     _forget_upstream_modules()
 
 
-def _upstream_pipeline(up, sd, frames, block, sink, window, i2v, texts, relative_rope=False):
+def _upstream_pipeline(up, sd, frames, block, sink, window, i2v, texts, relative_rope=False, rope_offset=8):
     model = up["Model"](model_type="ti2v", in_dim=48, out_dim=48, local_attn_size=window, sink_size=sink,
                         num_frame_per_block=block, **TINY)
     model.load_state_dict(sd, strict=True)
@@ -89,7 +93,7 @@ def _upstream_pipeline(up, sd, frames, block, sink, window, i2v, texts, relative
     gen.seq_len = frames * H * W // 4
     gen._compiled_model_call = None
     inference = dict(sampling_steps=4, sink_size=sink, guidance_scale=1.0, multi_shot_sink=True,
-                     multi_shot_rope_offset=8, local_attn_size=window, independent_first_frame=i2v)
+                     multi_shot_rope_offset=rope_offset, local_attn_size=window, independent_first_frame=i2v)
     args = up["OmegaConf"].create(dict(
         model_kwargs=dict(model_name="Wan2.2-TI2V-5B", timestep_shift=5.0, num_frame_per_block=block,
                           local_attn_size=window),
@@ -179,45 +183,115 @@ def test_longlive2_loop_parity(upstream, tmp_path, frames, block, sink, window, 
 SCENE_CUT = "The scene transitions. "  # LongLive 2.0's DEFAULT_SCENE_CUT_PREFIX (utils/dataset.py)
 
 
-def test_longlive2_scene_cut_prompts_run_the_multi_shot_sink(upstream, tmp_path):
-    """Control for the parity cases above: their prompts carry no scene-cut prefix, so the multi-shot sink and
-    RoPE offset the pipeline is configured with (``multi_shot_sink``, ``multi_shot_rope_offset`` 8) never run
-    there and the cases cannot tell a loop with those rules from one without. Here the first block of the second
-    shot carries the prefix, as LongLive's datasets write multi-shot prompts (``prefix + caption`` at each shot's
-    first block), with the same embedding as the unprefixed prompt so only the rules differ: LongLive's output
-    changes (the rules ran), and the pack, which has no multi-shot rule (a prompt switch is a plain switch),
-    matches the unprefixed run, not this one."""
+@pytest.mark.parametrize("frames,block,sink,window,i2v,shots,relative,phi", [
+    # the shipped config, 10 blocks, cuts at blocks 3 and 6: the first pin floats two blocks, joins the global
+    # sink, then the second cut replaces it (the first shot's sink rolls out); RoPE offset 8 per cut
+    (80, 8, 8, 32, True, (3, 3, 4), False, 8),
+    (80, 8, 8, 32, False, (3, 3, 4), False, 8),
+    # small blocks, three cuts (two in a row): rolling every block
+    (24, 2, 2, 6, False, (4, 1, 2, 5), False, 8),
+    # relative RoPE (positions='slots'): the pinned frames are read at their buffer slots; no RoPE offset there
+    (24, 2, 2, 6, True, (4, 3, 5), True, 8),
+    # a window of exactly sink + block (the new block overwrites the pin) and a fractional offset
+    (16, 2, 2, 4, False, (3, 3, 2), False, 2.5),
+])
+def test_longlive2_multi_shot_parity(upstream, tmp_path, frames, block, sink, window, i2v, shots, relative, phi):
+    """LongLive 2.0's multi-shot mode equals its pipeline: the prompts of a multi-shot video as its datasets write them
+    (``longlive_shot_prompts``: shot captions over the blocks, the scene-cut prefix before each later shot's first
+    block; the prefixed texts get embeddings of their own) run through its ``inference`` (``multi_shot_sink``,
+    ``multi_shot_rope_offset``) and, read back from its saved per-block prompt file, through ``sample_causal`` with a
+    timeline of scene cuts and the LongLive 2.0 preset's multi-shot settings."""
     from comfyui_clipwan.wan import CausalWanModel, WanConfig
-    from comfyui_clipwan.wan.sampling.loop import CausalSettings, PromptSwitch
+    from comfyui_clipwan.wan.sampling.loop import CausalSettings
+    from comfyui_clipwan.wan.sampling.presets import get_preset
     from comfyui_clipwan.wan.sampling.run import sample_causal
+    from comfyui_clipwan.wan.timeline.files import longlive_shot_prompts, parse_block_prompts
 
-    frames, block, sink, window, switch = 48, 8, 8, 32, 3
+    preset = get_preset("LongLive 2.0")
+    assert (preset.multi_shot_sink, preset.multi_shot_rope_offset, preset.scene_cut_prefix) == (True, 8.0, SCENE_CUT)
     cfg = WanConfig(in_dim=48, out_dim=48, **TINY)
     src = CausalWanModel.random(cfg, seed=5)
-    g = torch.Generator().manual_seed(11)
+    blocks = frames // block
+    captions = [f"shot {i}" for i in range(len(shots))]
+    prompts = longlive_shot_prompts(captions, blocks, shots)
+    assert sum(p.startswith(SCENE_CUT) for p in prompts) == len(shots) - 1
+    g = torch.Generator().manual_seed(frames + block + len(shots))
     texts = {}
-    for name in ("a", "b"):
+    for text in dict.fromkeys(prompts + captions):  # a one-block shot's caption is encoded (not used) too
         e = torch.zeros(512, 4096)
         e[:9] = torch.randn(9, 4096, generator=g)
-        texts[name] = e
-    texts[SCENE_CUT + "b"] = texts["b"]
+        texts[text] = e
     noise = torch.randn(1, frames, 48, H, W, generator=g)
-    blocks = frames // block
-    plain_prompts = ["a"] * switch + ["b"] * (blocks - switch)
-    cut_prompts = ["a"] * switch + [SCENE_CUT + "b"] + ["b"] * (blocks - switch - 1)
-    outs = {}
-    for name, prompts in (("plain", plain_prompts), ("cut", cut_prompts)):
-        pipe = _upstream_pipeline(upstream, src.state_dict(), frames, block, sink, window, False, texts)
-        with torch.no_grad():
-            outs[name] = pipe.inference(noise=noise, text_prompts=[prompts], return_latents=True).permute(0, 2, 1, 3, 4)
-    rules_ran = (outs["cut"] - outs["plain"]).abs().max().item()
+    image = torch.randn(1, 1, 48, H, W, generator=g) if i2v else None
+
+    pipe = _upstream_pipeline(upstream, src.state_dict(), frames, block, sink, window, i2v, texts, relative, phi)
+    with torch.no_grad():
+        want = pipe.inference(noise=noise, text_prompts=[prompts], initial_latent=image, return_latents=True)
+    want = want.permute(0, 2, 1, 3, 4)
+
+    # their inference.py's record of the run (save_prompts_to_txt: runs of equal prompts), read as a timeline
+    saved, run = [], [0]
+    for b in range(1, blocks + 1):
+        if b == blocks or prompts[b] != prompts[b - 1]:
+            saved.append(f"[{','.join(map(str, run))}] {prompts[b - 1]}")
+            run = []
+        run.append(b)
+    timeline = parse_block_prompts("\n".join(saved) + "\n", "prompts.txt")
+    timeline.encode(lambda text: texts[text][None], cut_prefix=SCENE_CUT)
     settings = CausalSettings(steps="4", shift=5.0, frames_per_block=block, sink_size=sink, local_window=window,
-                              solver="unipc", first_frame="clamp", recache="none")
-    got = sample_causal(src, torch.zeros(1, 48, frames, H, W), texts["a"][None], settings=settings,
-                        prompt_switches=[PromptSwitch(switch, texts["b"][None])],
-                        noise=_FixedNoise(noise.permute(0, 2, 1, 3, 4)))
-    plain, cut = ((got - outs[k]).abs().max().item() for k in ("plain", "cut"))
-    print(f"LongLive 2.0 scene cut: theirs cut vs plain {rules_ran:.2e}; ours vs plain {plain:.2e}, vs cut {cut:.2e}")
-    # the multi-shot rules change the video (by far more than the parity cases' fp32 differences): this case
-    # exercises them; the pack runs the switch without them (not implemented; docs/wan.md)
-    assert plain <= 1e-4 and rules_ran > 5 * max(plain, 2e-5) and cut > 5 * max(plain, 2e-5)
+                              solver="unipc", first_frame="clamp", recache="none",
+                              positions="slots" if relative else "absolute", multi_shot_sink=True,
+                              multi_shot_rope_offset=float(phi), scene_cut_prefix=SCENE_CUT)
+    first = None if image is None else image.permute(0, 2, 1, 3, 4)
+    kwargs = dict(settings=settings, first_frames=first, noise=_FixedNoise(noise.permute(0, 2, 1, 3, 4)))
+    got = sample_causal(src, torch.zeros(1, 48, frames, H, W), None, timeline=timeline, **kwargs)
+    diff = (got - want).abs().max().item()
+    # controls, one rule left out each: the parity bound tells each apart where it changes the video (the sink
+    # unless the window is exactly sink + block, the offset unless the RoPE is relative)
+    controls = {}
+    for name, change in (("sink", dict(multi_shot_sink=False)), ("offset", dict(multi_shot_rope_offset=0.0)),
+                         ("prefix", dict(scene_cut_prefix=""))):
+        other = sample_causal(src, torch.zeros(1, 48, frames, H, W), None, timeline=timeline,
+                              **{**kwargs, "settings": dataclasses.replace(settings, **change)})
+        controls[name] = (other - want).abs().max().item()
+    print(f"LongLive 2.0 multi-shot parity frames={frames} block={block} sink={sink} window={window} i2v={i2v} "
+          f"shots={shots} relative_rope={relative} phi={phi}: max abs diff {diff:.2e}; without "
+          + ", ".join(f"the {k} {v:.2e}" for k, v in controls.items()))
+    assert want.abs().mean() > 0.1
+    assert diff <= 1e-4
+    matters = {"sink": window > sink + block, "offset": not relative, "prefix": True}
+    for name, value in controls.items():
+        if matters[name]:
+            assert value > 5 * max(diff, 2e-5), name
+        else:  # a rule that cannot act here (LongLive's code agrees: the parity holds either way)
+            assert value <= 1e-4, name
+
+
+@pytest.mark.parametrize("blocks,durations", [(8, None), (7, None), (8, "3, 2, 9"), (10, "2 2"), (4, "1,1,1")])
+def test_longlive2_shot_folders_read_as_its_datasets_do(upstream, tmp_path, blocks, durations):
+    """A multi-shot caption folder (one JSON per shot, shot_durations.txt or not) gives per block exactly the text
+    its MultiTextConcatDataset gives (the scene-cut prefix at each later shot's first block); a multi-line i2v prompt
+    file's shots spread as its ImagePromptDataset spreads them."""
+    from comfyui_clipwan.wan.timeline.files import load_longlive_shots, longlive_shot_prompts
+
+    folder = tmp_path / "caption" / "video1"
+    folder.mkdir(parents=True)
+    captions = ["a red fox in the snow", "a lighthouse at dusk", "a train crossing a bridge"]
+    for i, caption in enumerate(captions, 1):
+        (folder / f"{i:06d}.json").write_text(json.dumps({"caption": caption}))
+    if durations:
+        (folder / "shot_durations.txt").write_text(durations)
+    theirs = upstream["dataset"].MultiTextConcatDataset(str(tmp_path), num_blocks=blocks, deterministic=True)[0]
+    timeline = load_longlive_shots(str(folder), blocks)
+    layout = [(b, 1) for b in range(blocks)]
+    starts = dict(timeline.resolved(layout))
+    ours, segment = [], None
+    for b in range(blocks):  # the text each block is conditioned on (a cut block: prefix + prompt)
+        segment = timeline.segments[starts[b]] if b in starts else segment
+        ours.append((SCENE_CUT if b in starts and segment.transition == "cut" else "") + segment.prompts[0].text)
+    assert ours == theirs["prompts"]
+    image_prompts = upstream["dataset"].ImagePromptDataset.__new__(upstream["dataset"].ImagePromptDataset)
+    image_prompts.num_blocks, image_prompts.scene_cut_prefix, image_prompts.prompt_dir = blocks, SCENE_CUT, tmp_path
+    (tmp_path / "fox.txt").write_text("\n".join(captions) + "\n")
+    assert longlive_shot_prompts(captions, blocks) == image_prompts._load_prompts(tmp_path / "fox.png")
+

@@ -90,10 +90,15 @@ class CausalWanModel:
             sd = apply_vace(sd, vace_state_dict_from(read_file(vace), os.path.basename(vace)))
             source = f"{source} + VACE {os.path.basename(vace)}"
         if lora:
-            from .lora import merge_lora_file
+            from .lora import load_lora_file, merge_lora_file
+            from .lora_live import remember
 
-            sd, source = merge_lora_file(sd, lora, lora_strength, source)
-        return cls.from_state_dict(sd, dtype=dtype, device=device, source=source)
+            tensors = load_lora_file(lora)
+            sd, source = merge_lora_file(sd, lora, lora_strength, source, tensors)
+        model = cls.from_state_dict(sd, dtype=dtype, device=device, source=source)
+        if lora:  # its strength may change while a run plays (wan/model/lora_live.py)
+            remember(model.tree, os.path.basename(lora), tensors, lora_strength)
+        return model
 
     @classmethod
     def random(cls, config: WanConfig, seed: int = 0, dtype=torch.float32, device="cpu") -> "CausalWanModel":

@@ -222,25 +222,33 @@ def encode_context(tree: nn.Module, cfg: WanConfig, text: torch.Tensor, clip_fea
     text = text.to(device=device, dtype=dtype)
     if text.shape[1] < cfg.text_len:
         text = F.pad(text, (0, 0, 0, cfg.text_len - text.shape[1]))
-    ctx = tree.text_embedding(text)
-    img = None
-    if clip_fea is not None:
-        check_clip_features(clip_fea)
-        img = tree.img_emb(clip_fea.to(device=device, dtype=dtype))
-    ctx, img = _expand_batch(ctx, batch, "text"), _expand_batch(img, batch, "CLIP features")
-    out = CrossContext([], [], [], [])
+    ctx = _expand_batch(tree.text_embedding(text), batch, "text")
+    out = CrossContext([], [], *image_kv(tree, cfg, clip_fea, dtype, batch, device))
     h = cfg.num_heads
     for blk in tree.blocks:
         ca = blk.cross_attn
         out.text_k.append(_heads(ca.norm_k(ca.k(ctx)), h))
         out.text_v.append(_heads(ca.v(ctx), h))
-        out.img_k.append(None if img is None else _heads(ca.norm_k_img(ca.k_img(img)), h))
-        out.img_v.append(None if img is None else _heads(ca.v_img(img), h))
     for blk in getattr(tree, "vace_blocks", None) or ():
         ca = blk.cross_attn
         out.vace_k.append(_heads(ca.norm_k(ca.k(ctx)), h))
         out.vace_v.append(_heads(ca.v(ctx), h))
     return out
+
+
+def image_kv(tree: nn.Module, cfg: WanConfig, clip_fea: Optional[torch.Tensor], dtype: torch.dtype, batch: int,
+             device=None) -> tuple:
+    """Each layer's image cross-attention K/V of the CLIP features ``[B|1, 257, 1280]`` (``img_emb`` -> ``k_img`` /
+    ``v_img``): ``(img_k, img_v)`` lists, of ``None`` without features. A reference-image change recomputes only
+    these (``dataclasses.replace(ctx, img_k=..., img_v=...)``); the text K/V stay."""
+    if clip_fea is None:
+        return [None] * len(tree.blocks), [None] * len(tree.blocks)
+    check_clip_features(clip_fea)
+    device = device if device is not None else tree.blocks[0].self_attn.q.weight.device
+    img = _expand_batch(tree.img_emb(clip_fea.to(device=device, dtype=dtype)), batch, "CLIP features")
+    h = cfg.num_heads
+    return ([_heads(blk.cross_attn.norm_k_img(blk.cross_attn.k_img(img)), h) for blk in tree.blocks],
+            [_heads(blk.cross_attn.v_img(img), h) for blk in tree.blocks])
 
 
 def _encode_image_only(tree, cfg: WanConfig, clip_fea, dtype, batch: int, device=None) -> CrossContext:

@@ -138,12 +138,17 @@ def lora_deltas(lora: Mapping[str, torch.Tensor], strength: float = 1.0, alpha: 
     """``{wan weight key: float32 delta}`` = ``strength · alpha/rank · (B @ A)``, PEFT's merge. ``alpha``
     None: the file's ``.alpha`` if any, else alpha = rank (scale 1, LongLive's config)."""
     strength = check_strength(strength, source)
-    out = {}
-    for key, (down, up, file_alpha) in lora_pairs(lora, source).items():
-        rank = down.shape[0]
-        a = alpha if alpha is not None else (file_alpha if file_alpha is not None else rank)
-        out[key] = (up.float() @ down.float()) * (float(a) / rank) * float(strength)
-    return out
+    return {key: pair_delta(down, up, file_alpha, strength, alpha)
+            for key, (down, up, file_alpha) in lora_pairs(lora, source).items()}
+
+
+def pair_delta(down: torch.Tensor, up: torch.Tensor, file_alpha: Optional[float], strength: float,
+               alpha: Optional[float] = None, device=None) -> torch.Tensor:
+    """One weight's float32 delta ``strength · alpha/rank · (up @ down)`` (computed on ``device``, default where the
+    pair is)."""
+    rank = down.shape[0]
+    a = alpha if alpha is not None else (file_alpha if file_alpha is not None else rank)
+    return (up.to(device, torch.float32) @ down.to(device, torch.float32)) * (float(a) / rank) * float(strength)
 
 
 def merge_lora(state_dict: Mapping[str, torch.Tensor], lora: Mapping[str, torch.Tensor], strength: float = 1.0,
@@ -197,8 +202,10 @@ def load_lora_file(path: str) -> dict:
 
 
 def merge_lora_file(state_dict: Mapping[str, torch.Tensor], path: str, strength: float = 1.0,
-                    source: str = "") -> tuple[dict, str]:
-    """``state_dict`` with the LoRA file at ``path`` merged, and ``source`` extended to say so."""
+                    source: str = "", tensors: Optional[Mapping[str, torch.Tensor]] = None) -> tuple[dict, str]:
+    """``state_dict`` with the LoRA file at ``path`` merged (``tensors``: its contents, already read), and
+    ``source`` extended to say so."""
     name = os.path.basename(path)
-    merged = merge_lora(state_dict, load_lora_file(path), strength=strength, source=name)
+    merged = merge_lora(state_dict, load_lora_file(path) if tensors is None else tensors, strength=strength,
+                        source=name)
     return merged, f"{source} + LoRA {name} x{strength:g}"

@@ -7,7 +7,8 @@ position directly (Wan tabulates positions 0..1023; computing them is identical 
 frame positions past 1023 in long causal videos).
 
 Causal inference needs the *absolute* frame index: a block starting at latent frame 30 uses frame positions
-30, 31, 32 for its queries and for the keys it writes into the cache, whatever the cache window holds.
+30, 31, 32 for its queries and for the keys it writes into the cache, whatever the cache window holds. The first
+position may be fractional (LongLive 2.0's multi-shot RoPE offset ``shot·φ`` need not be a whole number).
 """
 
 from __future__ import annotations
@@ -30,9 +31,9 @@ def _inv_freq(pairs: int, axis_dim: int) -> torch.Tensor:
 # A block uses the same table for all its passes (steps + clean pass), then moves on: a tiny cache keeps
 # memory flat however many blocks a video has.
 @lru_cache(maxsize=4)
-def _cos_sin(head_dim: int, start_frame: int, frames: int, height: int, width: int, device: str):
+def _cos_sin(head_dim: int, start_frame, frames: int, height: int, width: int, device: str):
     pf, ph, pw = axis_pairs(head_dim)
-    f = torch.arange(start_frame, start_frame + frames, dtype=torch.float64, device=device)
+    f = torch.arange(frames, dtype=torch.float64, device=device) + start_frame  # exact for whole numbers
     h = torch.arange(height, dtype=torch.float64, device=device)
     w = torch.arange(width, dtype=torch.float64, device=device)
     ang_f = torch.outer(f, _inv_freq(pf, 2 * pf).to(device))  # [F, pf]
@@ -46,15 +47,17 @@ def _cos_sin(head_dim: int, start_frame: int, frames: int, height: int, width: i
     return torch.cos(angles).float(), torch.sin(angles).float()
 
 
-def rope_cos_sin(head_dim: int, start_frame: int, frames: int, height: int, width: int,
+def rope_cos_sin(head_dim: int, start_frame, frames: int, height: int, width: int,
                  device=None) -> tuple[torch.Tensor, torch.Tensor]:
     """cos/sin tables ``[L, 1, head_dim/2]`` (float64 maths, float32 result) for a grid of tokens
-    ``frames x height x width`` (patch units) whose first frame has absolute index ``start_frame``."""
+    ``frames x height x width`` (patch units) whose first frame has absolute index ``start_frame`` (a whole
+    number, or a fractional position)."""
     device = torch.device(device if device is not None else "cpu")
+    start_frame = int(start_frame) if float(start_frame).is_integer() else float(start_frame)
     if device.type == "mps":  # no float64 there: compute on the CPU and move
-        cos, sin = _cos_sin(head_dim, int(start_frame), int(frames), int(height), int(width), "cpu")
+        cos, sin = _cos_sin(head_dim, start_frame, int(frames), int(height), int(width), "cpu")
         return cos.to(device), sin.to(device)
-    return _cos_sin(head_dim, int(start_frame), int(frames), int(height), int(width), str(device))
+    return _cos_sin(head_dim, start_frame, int(frames), int(height), int(width), str(device))
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:

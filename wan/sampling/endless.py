@@ -27,7 +27,7 @@ from typing import Iterator, Optional, Sequence
 
 import torch
 
-from .loop import BlockResult, CausalLoop, CausalSettings, PromptSwitch, block_layout
+from .loop import BlockResult, CausalLoop, CausalSettings, PromptSwitch, _check_text_width, block_layout
 
 ENDLESS_TOTAL = 0  # ``BlockResult.total`` of an endless run: no last block
 
@@ -83,6 +83,11 @@ class EndlessLoop(CausalLoop):
                  prompt_switches: Sequence[PromptSwitch] = (), **kwargs):
         s = kwargs.get("settings") or CausalSettings()
         endless_settings(s)  # refuses what cannot run endlessly (the caller chose the positions)
+        if getattr(model.config, "actions", None) is not None:
+            # its action caches and per-frame key tensors are sized for a known length, at absolute positions
+            raise ValueError("Matrix-Game 2.0 runs a known length (its authors' loop: absolute positions, action "
+                             "tensors per frame); an endless stream is not available for it. Set a length "
+                             "instead of 'until stopped' and steer it with live keys.")
         n, first = int(s.frames_per_block), 1 if s.independent_first_frame else 0
         whole = block_layout(latent.shape[2], n, s.independent_first_frame, shorter_last_block=True)
         whole = [(start, size) for start, size in whole if size == n or (start, size) == (0, first)]
@@ -95,6 +100,7 @@ class EndlessLoop(CausalLoop):
         if concat is not None and concat.dim() == 5 and concat.shape[2] > frames:
             kwargs["concat"] = concat[:, :, :frames]
         kwargs["settings"] = dataclasses.replace(s, shorter_last_block=False)
+        timeline = kwargs.get("timeline")
         super().__init__(model, first_segment, text, **kwargs)
         for sw in prompt_switches:
             if sw.start_block < 1:
@@ -104,6 +110,12 @@ class EndlessLoop(CausalLoop):
         self.segment_frames = frames
         self.segment_blocks = len(self.layout)
         self.layout = EndlessLayout(self.layout, n)
+        if self.schedule is not None and hasattr(timeline, "compile"):
+            # the base loop compiled the timeline against the first segment only: segments (and live changes)
+            # after it are the endless run's too
+            self.schedule = timeline.compile(self.layout, text, self.settings.scene_cut_prefix)
+            self.switches = {b: ch.text for b, ch in self.schedule.changes.items()}
+            _check_text_width(self.cfg, [(f"the timeline's prompt at block {b}", t) for b, t in self.switches.items()])
 
     def __len__(self) -> int:
         """Blocks of the first segment (the run itself has no length)."""
@@ -131,9 +143,12 @@ class EndlessLoop(CausalLoop):
 
     def __iter__(self) -> Iterator[BlockResult]:
         self._start_run()
-        for bi, (start, n) in enumerate(self.layout):
-            self._prompt_at(bi)
-            x0 = self._denoise(bi, start, n)
-            yield self._finish(bi, ENDLESS_TOTAL, start, x0)
-            self.check_interrupt()
-            self._cache_pass(bi, start, x0)
+        try:
+            for bi, (start, n) in enumerate(self.layout):
+                self._prompt_at(bi)
+                x0 = self._denoise(bi, start, n)
+                yield self._finish(bi, ENDLESS_TOTAL, start, x0)
+                self.check_interrupt()
+                self._cache_pass(bi, start, x0)
+        finally:
+            self._end_run()

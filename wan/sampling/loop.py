@@ -99,6 +99,12 @@ class CausalSettings:
     # SAMPLER node gets them from SamplerCustomAdvanced): every block runs exactly these (scheduler.explicit_schedule)
     # and steps / shift / warp are not used; None = the step list above
     sigmas: Optional[Sequence[float]] = None
+    # LongLive 2.0's multi-shot mode, read at a timeline's scene cuts (wan/sampling/multishot.py): the cut block's
+    # first sink_size frames pinned as the new shot's sink beside the video's first ones, RoPE frame positions moved
+    # by (cuts so far)·multi_shot_rope_offset, and scene_cut_prefix put before the cut block's prompt text
+    multi_shot_sink: bool = False
+    multi_shot_rope_offset: float = 0.0
+    scene_cut_prefix: str = ""
     # the released family (``wan/presets.py`` name) whose loop rules these settings carry, "" for none: checked
     # against the model (generation and size) before the run, and named in any error the loop's rules raise
     family: str = ""
@@ -425,7 +431,7 @@ def _restyle_input(restyle, latent_shape, settings, sigmas):
     return restyle
 
 
-def clamp_first_frames(x: torch.Tensor, t: torch.Tensor, clean: Optional[torch.Tensor], start: int):
+def clamp_first_frames(x: torch.Tensor, t: torch.Tensor, clean: Optional[torch.Tensor], start: int, offset: int = 0):
     """The ``first_frame="clamp"`` policy (LongLive 2.0's i2v, Wan 2.2 TI2V's image conditioning).
 
     ``clean [B, C, K, h, w]`` is the start image's clean latent, latent frames ``0 .. K-1`` of the video. For
@@ -433,13 +439,14 @@ def clamp_first_frames(x: torch.Tensor, t: torch.Tensor, clean: Optional[torch.T
     that are known are overwritten by their clean latent and get timestep 0; the other frames are untouched.
     The loop applies it before every model call and after every solver step, so the model denoises the rest of
     the block next to a clean first frame it attends to both ways (as TI2V was trained), and that frame comes
-    out exactly as the image. Returns ``(x, t)``; no-op outside the known frames.
+    out exactly as the image. Returns ``(x, t)``; no-op outside the known frames. ``offset``: the latent frame of
+    ``clean``'s first frame (an image change at a later block, wan/timeline/controls.py).
     """
-    if clean is None or start >= clean.shape[2]:
+    if clean is None or not offset <= start < offset + clean.shape[2]:
         return x, t
-    k = min(clean.shape[2] - start, x.shape[2])
+    k = min(clean.shape[2] - (start - offset), x.shape[2])
     x, t = x.clone(), t.clone()
-    x[:, :, :k] = clean[:, :, start:start + k].to(device=x.device, dtype=x.dtype)
+    x[:, :, :k] = clean[:, :, start - offset:start - offset + k].to(device=x.device, dtype=x.dtype)
     t[:, :k] = 0
     return x, t
 
@@ -643,7 +650,8 @@ class CausalLoop:
             if prompt_switches:
                 raise ValueError("give prompt_switches or a timeline, not both: put the switch into the timeline "
                                  "as a segment (node: disconnect switch_positive when a timeline is connected).")
-            self.schedule = timeline.compile(self.layout, text) if hasattr(timeline, "compile") else timeline
+            self.schedule = timeline.compile(self.layout, text, s.scene_cut_prefix) if hasattr(timeline, "compile") \
+                else timeline
             if self.schedule.initial is not None:
                 self.text = text = self.schedule.initial
             if text is None:
@@ -672,6 +680,7 @@ class CausalLoop:
         self.vace = _vace_controls(vace, cfg, latent.shape, s)
         self.restyle = _restyle_input(restyle, latent.shape, s, self.sigmas)
         self._vace_block: tuple = (None, None)
+        self.controls = _loop_controls(self, timeline)  # the timeline's image / LoRA changes, live ones included
 
     def __len__(self) -> int:
         return len(self.layout)
@@ -700,12 +709,14 @@ class CausalLoop:
         s = self.settings
         return min(int(s.local_window), self.latent.shape[2]) if s.local_window else self.latent.shape[2]
 
+    cache_class = KVCache  # a loop shape may keep its cache by other rules (multishot.py's ShotCache)
+
     def _new_cache(self) -> KVCache:
         s, cfg = self.settings, self.cfg
         capacity = self.cache_capacity()
-        return KVCache(cfg.num_layers, self.batch, cfg.num_heads, cfg.head_dim, self.tokens_per_frame, capacity,
-                       int(s.sink_size), int(s.local_window), s.cache_dtype or self.dtype, self.device,
-                       positions=s.positions, sink_ema=s.sink_ema)
+        return self.cache_class(cfg.num_layers, self.batch, cfg.num_heads, cfg.head_dim, self.tokens_per_frame,
+                                capacity, int(s.sink_size), int(s.local_window), s.cache_dtype or self.dtype,
+                                self.device, positions=s.positions, sink_ema=s.sink_ema)
 
     def _encode(self, text, block: int):
         self.hooks.on_forward_start("context", block)
@@ -733,6 +744,8 @@ class CausalLoop:
     def _forward(self, kind: str, block: int, x, t_value, branch: _Branch, start: int, head: bool = True):
         self.hooks.on_forward_start(kind, block)
         y = self._block_concat(start, x.shape[2])
+        if self.controls is not None:  # an image change's known frame (concat route)
+            y = self.controls.concat(y, start)
         x_in = dit.join_concat(self.cfg, x.to(self.device), y)
         t = t_value.to(self.device) if torch.is_tensor(t_value) else \
             torch.full((self.batch,), float(t_value), dtype=torch.float64, device=self.device)
@@ -794,16 +807,18 @@ class CausalLoop:
             if sigmas[0] < 1.0:  # Krea's v2v: the input video's frames (or the given latent) noised to the first σ
                 source = self.restyle.block(start, n) if self.restyle else self._block_latent(start, n)
                 x = renoise(source.float().to(self.device), x, sigmas[0])
-        clean = self.first_frames if self.clamp else None
+        clean, at = (self.first_frames if self.clamp else None), 0
+        if self.controls is not None and self.controls.clamp(start) is not None:  # an image change at this block
+            clean, at = self.controls.clamp(start)
         for j, t_step in enumerate(steps.timesteps):
             self.check_interrupt()
             t = torch.full((self.batch, n), float(t_step), dtype=torch.float64, device=self.device)
-            x, t = clamp_first_frames(x, t, clean, start)
+            x, t = clamp_first_frames(x, t, clean, start, at)
             flows = [self._forward("denoise", bi, x, t, br, start) for br in self.branches]
             flow = flows[0] if len(flows) == 1 else flows[1] + self.guidance * (flows[0] - flows[1])
             x = steps.step(j, x, flow)
             self.hooks.on_step(bi, j, len(steps.timesteps))
-        return clamp_first_frames(x, t, clean, start)[0]
+        return clamp_first_frames(x, t, clean, start, at)[0]
 
     @torch.no_grad()
     def _cache_pass(self, bi: int, start: int, x0: torch.Tensor) -> None:
@@ -849,20 +864,45 @@ class CausalLoop:
         """A blend step (Scope's transition): only the cross-attention text changes, the cache stays."""
         self.branches[0].ctx = self._encode(text, bi)
 
+    @torch.no_grad()
     def _prompt_at(self, bi: int) -> None:
-        """Before block ``bi``: the prompt switch or the timeline's change (a live one included), if any."""
+        """Before block ``bi``: the timeline's image / LoRA changes, then the prompt's (live ones included)."""
+        new_image = self.controls is not None and self.controls.before_block(bi)
+        text_done = self._text_at(bi)
+        if new_image:  # new CLIP features: each branch's image cross-attention K/V computed once (not per block)
+            for i, br in enumerate(self.branches):
+                if i == 0 and text_done:
+                    continue  # the prompt's change already encoded them
+                if self.cfg.image_context_only:  # Matrix-Game: the image is the whole context
+                    br.ctx = self._encode(self.negative_text if i else self.text, bi)
+                    continue
+                self.hooks.on_forward_start("context", bi)
+                img_k, img_v = dit.image_kv(self.model.tree, self.cfg, self.clip_fea, self.dtype, self.batch,
+                                            self.device)
+                br.ctx = dataclasses.replace(br.ctx, img_k=img_k, img_v=img_v)
+                self.hooks.on_forward_end("context", bi)
+
+    def _text_at(self, bi: int) -> bool:
+        """The prompt switch or the timeline's change before block ``bi``, if any (True: the context was rebuilt)."""
         if self.schedule is None:
             if bi in self.switches:
                 self._switch_prompt(bi, self.switches[bi])
-            return
+                return True
+            return False
         change = self.schedule.take(bi)
         if change is None:
-            return
+            return False
         self.switches[bi] = change.text
         if change.rule == "switch" and bi > 0:
             self._switch_prompt(bi, change.text)
         else:
             self._set_context(bi, change.text)
+        return True
+
+    def _end_run(self) -> None:
+        """The run ended or stopped (every loop shape's ``__iter__`` calls it last): LoRA strengths restored."""
+        if self.controls is not None:
+            self.controls.end()
 
     # --- iteration ----------------------------------------------------------------------------------
     def _start_run(self) -> None:
@@ -875,15 +915,29 @@ class CausalLoop:
     def __iter__(self) -> Iterator[BlockResult]:
         self._start_run()
         total = len(self.layout)
-        for bi, (start, n) in enumerate(self.layout):
-            self._prompt_at(bi)
-            x0 = self._denoise(bi, start, n)
-            yield self._finish(bi, total, start, x0)  # the block is final: stream it before the cache pass
-            self.check_interrupt()
-            self._cache_pass(bi, start, x0)
+        try:
+            for bi, (start, n) in enumerate(self.layout):
+                self._prompt_at(bi)
+                x0 = self._denoise(bi, start, n)
+                yield self._finish(bi, total, start, x0)  # the block is final: stream it before the cache pass
+                self.check_interrupt()
+                self._cache_pass(bi, start, x0)
+        finally:
+            self._end_run()
 
 
 LOOP_SHAPES = ("block", "memory", "rolling", "recompute")
+
+
+def _loop_controls(loop: CausalLoop, timeline):
+    """The timeline's image and LoRA changes as the loop applies them (None: it has none and takes no live ones)."""
+    if timeline is None or getattr(timeline, "controls", None) is None:
+        return None
+    if not timeline.controls and timeline.live is None:
+        return None
+    from ..timeline.controls import LoopControls
+
+    return LoopControls(loop, timeline)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -45,6 +45,10 @@ class FamilyPreset:
     image_route: str = "first_frame"  # first_frame | clip | none
     recommended_length: int = 85  # pixel frames; (L-1)//4+1 latent frames fit the blocks
     guidance_scale: float = 1.0  # distilled: no CFG
+    # LongLive 2.0's multi-shot mode (scene cuts in a timeline; wan/sampling/multishot.py); off for the others
+    multi_shot_sink: bool = False
+    multi_shot_rope_offset: float = 0.0
+    scene_cut_prefix: str = ""
     note: str = ""
     # the names users save ``files`` under (same order; "" = the file's own name, already unmistakable): a bare
     # ``lora.pt`` / ``model_bf16.pt`` would collide with other families' and other packs' files in models/
@@ -122,6 +126,11 @@ def _same_value(name, given, wanted, given_warp, wanted_warp) -> bool:
         return abs(float(given) - float(wanted)) <= 1e-6 * max(1.0, abs(float(wanted)))
     except (TypeError, ValueError):
         return given == wanted
+
+
+# LongLive 2.0's ``DEFAULT_SCENE_CUT_PREFIX`` (utils/dataset.py; inference.py's ``scene_cut_prefix`` default): what its
+# prompt files put before the first prompt of every shot after the first, and how its pipeline finds the cuts
+LONGLIVE2_SCENE_CUT_PREFIX = "The scene transitions. "
 
 
 def _len(latent_frames: int) -> int:
@@ -203,12 +212,15 @@ PRESETS = (
              "(loop 'memory'); LoRA merged at load"),
     FamilyPreset(
         "LongLive 2.0", "NVlabs/LongLive (main)", ("Efficient-Large-Model/LongLive-2.0-5B/model_bf16.pt",),
-        "Apache-2.0", "Wan2.2-TI2V-5B", "configs/inference_i2v.yaml (use_ema: false, sampling_steps 4, i2v: true)",
+        "Apache-2.0", "Wan2.2-TI2V-5B", "configs/inference_i2v.yaml (use_ema: false, sampling_steps 4, i2v: true, "
+        "multi_shot_sink: true, multi_shot_rope_offset: 8; scene_cut_prefix: utils/dataset.py's default)",
         steps="4", shift=5.0, warp_steps=True, frames_per_block=8, sink_size=8, local_window=32,
         independent_first_frame=False, checkpoint_entry="generator", recommended_length=_len(16),
+        multi_shot_sink=True, multi_shot_rope_offset=8.0, scene_cut_prefix=LONGLIVE2_SCENE_CUT_PREFIX,
         save_as=("longlive2_model_bf16.pt",),
         note="Wan 2.2 TI2V-5B: 4 UniPC steps per block, blocks of 8 from frame 0 with the start image clamped "
-             "into the first one, sink 8 + window 32 (the loop switches to these rules for any Wan 2.2 model)"),
+             "into the first one, sink 8 + window 32 (the loop switches to these rules for any Wan 2.2 model); "
+             "scene cuts in a timeline run its multi-shot sink and RoPE offset"),
     # Matrix-Game 2.0 (Matrix-Game-2/configs/inference_yaml/*.yaml + configs/distilled_model/*/config.json):
     # one row per released checkpoint, the action mode is read from the weights (wan/model/actions.py)
     FamilyPreset(

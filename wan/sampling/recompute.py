@@ -247,10 +247,13 @@ class RecomputeLoop(CausalLoop):
         self._recent: collections.deque = collections.deque(maxlen=self.context_frames - 1)
         self._position = 0
         total = len(self.layout)
-        for bi, (start, n) in enumerate(self.layout):
-            self._prompt_at(bi)  # the recompute below already uses the new prompt
-            if start + n > self.known:
-                self._recompute(bi, start)
-            x0 = self._denoise(bi, start, n)
-            yield self._finish(bi, total, start, x0)  # the consumer decodes it (and pushes the pixels) before the next block's recompute
-            self.check_interrupt()
+        try:
+            for bi, (start, n) in enumerate(self.layout):
+                self._prompt_at(bi)  # the recompute below already uses the new prompt
+                if start + n > self.known:
+                    self._recompute(bi, start)
+                x0 = self._denoise(bi, start, n)
+                yield self._finish(bi, total, start, x0)  # the consumer decodes it (and pushes the pixels) before the next block's recompute
+                self.check_interrupt()
+        finally:
+            self._end_run()

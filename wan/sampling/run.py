@@ -1,7 +1,8 @@
 """Running a block-causal loop: the loop shape picked from the settings, and the whole-video convenience.
 
 The loop shapes (``loop.py`` the plain block loop; ``memflow.py``, ``rolling.py``, ``recompute.py`` its
-subclasses) import nothing from here, so this is the one module that knows all four.
+subclasses) import nothing from here, so this is the one module that knows all four; ``endless.py`` (no last block)
+and ``multishot.py`` (LongLive 2.0's scene cuts) wrap the block loop.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from .loop import (LOOP_SHAPES, CausalLoop, CausalSettings, NoiseSource, PromptS
                    check_loop_fits, combine_hooks)
 from .endless import EndlessLoop
 from .memflow import MemoryLoop
+from .multishot import check_multi_shot, multi_shot_loop, multi_shot_on
 from .presets import check_family_fits
 from .recompute import RecomputeLoop
 from .rolling import RollingLoop
@@ -45,7 +47,9 @@ def iter_causal_blocks(model: CausalWanModel, latent: torch.Tensor, text: torch.
     if settings.family:
         check_family_fits(settings.family, model.config)
     try:
-        loop = (EndlessLoop if endless else loop_class(settings.loop))(model, latent, text, **kwargs)
+        check_multi_shot(settings, kwargs.get("timeline"))  # a scene cut where no multi-shot mode is on: refused
+        cls = EndlessLoop if endless else loop_class(settings.loop)
+        loop = (multi_shot_loop(cls) if multi_shot_on(settings) else cls)(model, latent, text, **kwargs)
     except ValueError as exc:
         if not settings.family:
             raise

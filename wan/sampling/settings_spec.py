@@ -23,6 +23,7 @@ import dataclasses
 import math
 from typing import Callable, Optional, Sequence
 
+from ..timeline.live import DEFAULT_ENCODER_PRIORITY, ENCODER_PRIORITIES
 from .cache import POSITION_MODES
 from .loop import (FIRST_FRAME_POLICIES, LOOP_SHAPES, RECACHE_MODES, SOLVERS, WAN22_LOOP_RULES, CausalSettings,
                    block_layout, check_window, fit_block_layout, loop_rules_for)
@@ -184,7 +185,7 @@ SETTINGS = (
     # last, so workflows saved before it keep their widgets_values (a missing value = "custom")
     Setting("family", "COMBO", FAMILY_TOOLTIP, default="custom", choices=_families, advanced=False, since=3,
             field="family", cli="--family", cli_aliases=("--preset",)),
-    # the stream node's inputs added after family (layouts 4 and 5), so workflows saved before them keep their values
+    # the stream node's inputs added after family (layouts 4, 5 and 6), so workflows saved before them keep their values
     Setting("score_every_n_frames", "INT", "Score frames 0, n, 2n, ... as they are decoded (with score_clip); "
             "0 = off.", default=0, min=0, max=1000, nodes=(STREAM,), since=4,
             used_by="Causal Wan Stream Video's live CLIP scores (the CLI: sample --scores)"),
@@ -196,6 +197,34 @@ SETTINGS = (
             "Needs a local_window; positions become relative (LongLive's relative RoPE) so they stay inside the "
             "window at any length. Block loop families only.", default=False, nodes=(STREAM,), since=5,
             used_by="Causal Wan Stream Video (block loop families with a window)"),
+    # LongLive 2.0's multi-shot mode (layout 6; wan/sampling/multishot.py): what a timeline's scene cut ('12 cut: ...')
+    # does. Off / 0 / empty = no multi-shot mode: a timeline with a cut is then refused, naming the family
+    Setting("multi_shot_sink", "BOOLEAN", "Multi-shot attention sink (LongLive 2.0) at a timeline's scene cuts: the "
+            "cut block's first sink_size frames are pinned as the new shot's sink next to the video's first sink_size "
+            "frames (which stay); the previous shot's sink is evicted as the window slides.",
+            field="multi_shot_sink", since=6, cli="--multi-shot-sink",
+            used_by="scene cuts in a timeline (LongLive 2.0: on)", used_when=lambda s: s.multi_shot_sink),
+    Setting("multi_shot_rope_offset", "FLOAT", "Multi-shot RoPE offset φ: after the k-th scene cut every frame's RoPE "
+            "position moves by k·φ (LongLive 2.0: 8). Absolute positions only (LongLive's relative RoPE ignores it).",
+            field="multi_shot_rope_offset", min=0.0, max=1024.0, step=1.0, since=6, cli="--multi-shot-rope-offset",
+            used_by="scene cuts in a timeline (LongLive 2.0: 8)", used_when=lambda s: s.multi_shot_rope_offset != 0),
+    Setting("scene_cut_prefix", "STRING", "Text put before a scene cut's prompt for the cut block only, before "
+            "encoding (LongLive 2.0: 'The scene transitions. '); the shot's later blocks get the prompt alone.",
+            field="scene_cut_prefix", since=6, cli="--scene-cut-prefix",
+            used_by="scene cuts in a timeline (LongLive 2.0: 'The scene transitions. ')",
+            used_when=lambda s: bool(s.scene_cut_prefix)),
+    Setting("live_encode_priority", "COMBO", "How a prompt typed while the stream runs is encoded beside the "
+            "sampler. normal: at once, sharing the CPU (on a CPU-only host blocks slow down while it encodes, "
+            "about 2x on 2 cores); background: at the lowest OS priority (Linux), so blocks keep their pace and "
+            "the prompt waits for spare CPU (later blocks; a fully busy machine can hold it back). No difference "
+            "when the encoder runs on a GPU beside idle cores.", default=DEFAULT_ENCODER_PRIORITY,
+            choices=tuple(ENCODER_PRIORITIES),
+            nodes=(STREAM,), since=6, used_by="Causal Wan Stream Video's live prompts"),
+    Setting("score_budget_percent", "FLOAT", "Live CLIP scores within a time budget: score_every_n_frames becomes "
+            "the smallest stride, widened block by block so the measured scoring time stays under this percent of "
+            "the stream's own time per block (10 = the pack's budget); 0 = off, a fixed stride.", default=0.0,
+            min=0.0, max=100.0, step=1.0, nodes=(STREAM,), since=6, cli="--score-budget",
+            used_by="Causal Wan Stream Video's live CLIP scores, `sample --scores`"),
     # loop rules: set by a family (FamilyPreset.rules), a model generation (Wan 2.2) or the Python API
     Setting("solver", "COMBO", "Per-block step rule: renoise (x0 then fresh noise) or unipc (LongLive 2.0).",
             field="solver", choices=SOLVERS, nodes=(), used_by="unipc: Wan 2.2 (LongLive 2.0); renoise: the rest"),
@@ -365,7 +394,8 @@ def run_settings(values: dict, family=None, config=None, num_frames: Optional[in
 # Family presets
 # --------------------------------------------------------------------------------------------------
 PRESET_WIDGETS = ("steps", "shift", "warp_steps", "frames_per_block", "sink_size", "local_window",
-                  "independent_first_frame", "guidance_scale")  # what a preset sets on the node (and the CLI)
+                  "independent_first_frame", "guidance_scale", "multi_shot_sink", "multi_shot_rope_offset",
+                  "scene_cut_prefix")  # what a preset sets on the node (and the CLI)
 
 
 def family_settings(preset) -> CausalSettings:

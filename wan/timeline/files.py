@@ -2,12 +2,16 @@
 
 * **Plain text** (typed in the node, or a ``.txt``): one segment per line, ``START[ TRANSITION]: PROMPT``.
   ``START`` is a block (``4``), a time in seconds (``2.5s``) or a latent frame (``f40``); ``TRANSITION`` is
-  ``switch`` (default) or ``blend N [linear|slerp]``; a prompt mix is ``text :: weight | text :: weight``.
-  Blank lines and lines starting with ``#`` are skipped::
+  ``switch`` (default), ``blend N [linear|slerp]`` or ``cut`` (a scene cut: LongLive 2.0's multi-shot mode); a
+  prompt mix is ``text :: weight | text :: weight``. Blank lines and lines starting with ``#`` are skipped::
 
       0: a red fox walks through snow
       4: the fox jumps over a log
       8 blend 3 slerp: a wolf :: 0.7 | a fox :: 0.3
+      12 cut: a lighthouse on a cliff at dusk
+
+  Image and LoRA lines (``wan/timeline/controls.py``): ``B image[ clip|start][ blend N]: fox.png`` (a new reference
+  image from block B, encoded by the run's VAE / CLIP vision), ``B lora[ NAME]: 0.5`` (a LoRA strength).
 
 * **Daydream Scope timeline JSON** (``timeline-*.json``): ``prompts[]`` of ``{startTime, endTime, prompts: [{text,
   weight}], transitionSteps?, temporalInterpolationMethod?}`` (seconds; weights like 100, normalised); its
@@ -15,8 +19,15 @@
 * **LongLive / MemFlow interactive prompt files** (``interactive_example.jsonl``, MemFlow's
   ``interactive_benchmark.jsonl``): one video per line, ``{"prompts": [p0, p1, ...]}``; the switch frames
   (latent frames, their config's ``switch_frame_indices`` such as ``40, 80, 120, 160, 200``) are given beside it.
+* **LongLive 2.0's per-block prompt file** (what its ``inference.py`` saves beside a video as ``*_prompts.txt``, the
+  ``text_prompts`` its pipeline runs): lines ``[0,1,2] prompt``, block indices of each run of equal prompts. A block
+  after the first whose prompt starts with the scene-cut prefix (``The scene transitions. ``) is a scene cut, as its
+  pipeline detects them; its multi-shot prompt folders (one caption per shot) become that list with
+  ``longlive_shot_prompts``.
 * **The pack's own JSON** (``{"clipwan_timeline": 1, "fps", "segments": [...]}``), with the embeddings in a
   ``.safetensors`` beside it when saved with them: replaying it needs no text encoder and repeats a run exactly.
+  Saved with the run's layout it also holds ``"block_layout": {"frames_per_block", "first_block"}`` (latent
+  frames), so a reader without the run maps its blocks to video frames (``video_prompts``, CLIP-T).
 
 Errors name the file, the line and the fix.
 """
@@ -28,13 +39,16 @@ import os
 import re
 from typing import Optional, Sequence
 
+from .controls import Controls, controls_from_dict, controls_tensors, controls_to_dict, parse_control_line
 from .model import Prompt, Segment, Timeline
+from .video_prompts import BlockRule
 
 FORMAT_VERSION = 1
-_LINE = re.compile(r"^\s*(?P<start>f?\d+(?:\.\d+)?s?)(?:\s+(?P<rule>switch|blend)(?:\s+(?P<n>\d+))?"
+_LINE = re.compile(r"^\s*(?P<start>f?\d+(?:\.\d+)?s?)(?:\s+(?P<rule>switch|blend|cut)(?:\s+(?P<n>\d+))?"
                    r"(?:\s+(?P<method>linear|slerp))?)?\s*:\s*(?P<text>.*)$")
 TEXT_HELP = ("write 'START: prompt' with START a block (4), seconds (2.5s) or a latent frame (f40), optionally "
-             "'START blend N [linear|slerp]: prompt', and a mix as 'text :: weight | text :: weight'")
+             "'START blend N [linear|slerp]: prompt' or 'START cut: prompt' (a scene cut), and a mix as "
+             "'text :: weight | text :: weight'")
 
 
 def _fail(where: str, problem: str, fix: str):
@@ -49,11 +63,15 @@ def _number(text: str, where: str, what: str) -> float:
 
 
 def parse_text(text: str, source: str = "timeline text", fps: Optional[float] = None) -> Timeline:
-    segments = []
+    segments, controls = [], Controls()
     for number, line in enumerate(text.splitlines(), 1):
         if not line.strip() or line.lstrip().startswith("#"):
             continue
         where = f"{source}, line {number}"
+        change = parse_control_line(line, where)  # 'B image: fox.png' / 'B lora: 0.5' (wan/timeline/controls.py)
+        if change is not None:
+            controls.insert(change)
+            continue
         m = _LINE.match(line)
         if not m:
             _fail(where, f"'{line.strip()[:60]}' is not a timeline line", TEXT_HELP)
@@ -66,6 +84,9 @@ def parse_text(text: str, source: str = "timeline text", fps: Optional[float] = 
             prompts.append(Prompt(body.strip(), weight))
         if m["rule"] == "blend" and not m["n"]:
             _fail(where, "'blend' without the number of blocks", "write e.g. '8 blend 4: ...'")
+        if m["rule"] != "blend" and (m["n"] or m["method"]):
+            _fail(where, f"'{m['rule']}' takes no number of blocks or interpolation",
+                  f"write e.g. '8 {m['rule']}: ...'")
         seg = Segment(prompts, transition=m["rule"] or "switch", blend_blocks=int(m["n"] or 0),
                       interpolation=m["method"] or "linear", source=where)
         if start.startswith("f"):
@@ -81,7 +102,9 @@ def parse_text(text: str, source: str = "timeline text", fps: Optional[float] = 
         segments.append(_checked(seg, where))
     if not segments:
         raise ValueError(f"{source}: no prompt lines; {TEXT_HELP}.")
-    return Timeline(segments, fps=fps, source=source)
+    timeline = Timeline(segments, fps=fps, source=source)
+    timeline.controls = controls
+    return timeline
 
 
 def _checked(seg: Segment, where: str) -> Segment:
@@ -179,13 +202,131 @@ def parse_interactive(raw: str, switch_frames: Optional[Sequence[int]], line: in
     return Timeline(segments, source=where)
 
 
+# --- LongLive 2.0's multi-shot prompts ----------------------------------------------------------------------------
+_BLOCKS_LINE = re.compile(r"^\s*\[(?P<blocks>\d+(?:\s*,\s*\d+)*)\]\s?(?P<text>.*?)\s*$")
+
+
+def _longlive_prefix(prefix: Optional[str]) -> str:
+    if prefix is not None:
+        return prefix
+    from ..sampling.presets import LONGLIVE2_SCENE_CUT_PREFIX
+
+    return LONGLIVE2_SCENE_CUT_PREFIX
+
+
+def block_prompts_timeline(prompts: Sequence[str], source: str = "block prompts", cut_prefix: Optional[str] = None,
+                           where: Optional[Sequence[str]] = None) -> Timeline:
+    """LongLive 2.0's per-block prompt list (its pipeline's ``text_prompts``) as a timeline: a block after the first
+    whose prompt starts with ``cut_prefix`` (default LongLive's "The scene transitions. ") is a scene cut with the
+    rest of the prompt (its pipeline's ``_is_shot_boundary``), any other change of prompt a per-block switch. Run with
+    the same ``scene_cut_prefix``, every block is conditioned on exactly the text it had in the list."""
+    prefix, segments, current = _longlive_prefix(cut_prefix), [], None
+    for block, text in enumerate(prompts):
+        at = where[block] if where else f"{source}, block {block}"
+        if block > 0 and prefix and text.startswith(prefix):
+            current = text[len(prefix):].strip()
+            segments.append(_checked(Segment([Prompt(current)], block=block, transition="cut", source=at), at))
+        elif text != current:
+            current = text
+            segments.append(_checked(Segment([Prompt(text)], block=block, source=at), at))
+    if not segments:
+        raise ValueError(f"{source}: no prompts.")
+    return Timeline(segments, source=source)
+
+
+def is_block_prompts(raw: str) -> bool:
+    lines = [line for line in raw.splitlines() if line.strip()]
+    return bool(lines) and all(_BLOCKS_LINE.match(line) for line in lines)
+
+
+def parse_block_prompts(raw: str, source: str = "LongLive prompts", cut_prefix: Optional[str] = None) -> Timeline:
+    """LongLive 2.0's saved per-block prompts (``inference.py``'s ``save_prompts_to_txt``: ``[0,1,2] prompt`` lines,
+    each run of equal prompts once) -> ``block_prompts_timeline``."""
+    by_block, where = {}, {}
+    for number, line in enumerate(raw.splitlines(), 1):
+        if not line.strip():
+            continue
+        at = f"{source}, line {number}"
+        m = _BLOCKS_LINE.match(line)
+        if not m:
+            _fail(at, f"'{line.strip()[:60]}' is not a '[blocks] prompt' line", "write e.g. '[0,1,2] a red fox'")
+        for b in (int(x) for x in m["blocks"].split(",")):
+            if b in by_block:
+                _fail(at, f"block {b} already has a prompt ({where[b]})", "list each block once")
+            by_block[b], where[b] = m["text"], at
+    missing = sorted(set(range(max(by_block) + 1)) - set(by_block))
+    if missing:
+        _fail(source, f"block(s) {missing[:8]} have no prompt", "give every block from 0 on a prompt")
+    return block_prompts_timeline([by_block[b] for b in range(len(by_block))], source, cut_prefix,
+                                  [where[b] for b in range(len(by_block))])
+
+
+def longlive_shot_prompts(captions: Sequence[str], blocks: int, durations: Optional[Sequence[int]] = None,
+                          cut_prefix: Optional[str] = None) -> list:
+    """LongLive 2.0's per-block prompts of a multi-shot video (``utils/dataset.py``: ``MultiTextConcatDataset``,
+    ``ImagePromptDataset``): shot ``i`` lasts ``durations[i]`` blocks (their ``shot_durations.txt``; none: the blocks
+    spread evenly, the first shots one longer), clamped to ``blocks`` in all (the last shot takes what is left); the
+    first block of every shot after the first gets ``cut_prefix + caption``. Always exactly ``blocks`` prompts."""
+    prefix = _longlive_prefix(cut_prefix)
+    if not captions or blocks < 1:
+        raise ValueError(f"a multi-shot prompt list needs at least one caption and one block (got {len(captions)} "
+                         f"caption(s), {blocks} block(s)).")
+    if durations is None:
+        base, extra = divmod(blocks, len(captions))
+        durations = [base + (1 if i < extra else 0) for i in range(len(captions))]
+    clamped, left = [], blocks
+    for d in list(durations)[:len(captions)]:
+        if left <= 0:
+            break
+        clamped.append(min(int(d), left))
+        left -= clamped[-1]
+    if left > 0 and clamped:
+        clamped[-1] += left
+    prompts = []
+    for shot, (caption, duration) in enumerate(zip(captions, clamped)):
+        prompts += [prefix + caption if shot > 0 and k == 0 and prefix else caption for k in range(duration)]
+    prompts = prompts[:blocks]
+    return prompts + [prompts[-1] if prompts else ""] * (blocks - len(prompts))
+
+
+def load_longlive_shots(folder: str, blocks: Optional[int], cut_prefix: Optional[str] = None) -> Timeline:
+    """A LongLive 2.0 multi-shot caption folder (``caption/<video>/``: one ``{"caption": ...}`` JSON per shot, read in
+    the numeric order of their names, ``global.json`` skipped, and an optional ``shot_durations.txt`` of blocks per
+    shot), for a run of ``blocks`` blocks."""
+    if blocks is None:
+        raise ValueError(f"{folder}: a LongLive multi-shot caption folder spreads its shots over the run's blocks; "
+                         f"give the number of blocks (the CLI does: --length / --frames-per-block).")
+    names = sorted((n for n in os.listdir(folder) if n.endswith(".json") and n != "global.json"),
+                   key=lambda n: (n[:-5].isdigit(), int(n[:-5]) if n[:-5].isdigit() else 0, n[:-5]))
+    if not names:
+        raise ValueError(f"{folder}: no caption .json files; a LongLive multi-shot folder holds one "
+                         f"{{\"caption\": \"...\"}} file per shot (000001.json, 000002.json, ...).")
+    captions = []
+    for name in names:
+        with open(os.path.join(folder, name), encoding="utf-8") as f:
+            data = _json(f.read(), os.path.join(folder, name))
+        captions.append(str(data.get("caption", "")) if isinstance(data, dict) else "")
+    durations = None
+    path = os.path.join(folder, "shot_durations.txt")
+    if os.path.isfile(path):
+        with open(path, encoding="utf-8") as f:
+            parts = f.read().replace(",", " ").split()
+        if not all(p.isdigit() for p in parts):
+            _fail(path, f"'{' '.join(parts)[:60]}' is not a list of block counts", "write e.g. '4, 6, 2'")
+        durations = [int(p) for p in parts] or None
+    prompts = longlive_shot_prompts(captions, int(blocks), durations, cut_prefix)
+    return block_prompts_timeline(prompts, os.path.basename(os.path.normpath(folder)), cut_prefix)
+
+
 # --- the pack's own format --------------------------------------------------------------------------------------
 def to_dict(timeline: Timeline, layout: Optional[Sequence] = None) -> dict:
     """The timeline as the pack's JSON; with ``layout`` every segment also records the block it took effect at (what
     a replay uses: the run is then repeated whatever the fps)."""
     segments = []
     for i, s in enumerate(timeline.segments):
-        d = {"prompts": [{"text": p.text, "weight": p.weight, "key": f"segment{i}.prompt{j}"}
+        d = {"prompts": [{"text": p.text, "weight": p.weight, "key": f"segment{i}.prompt{j}",
+                          **({"cut": [{"prefix": prefix, "key": f"segment{i}.prompt{j}.cut{k}"}
+                                      for k, prefix in enumerate(p.cut_embeddings)]} if p.cut_embeddings else {})}
                          for j, p in enumerate(s.prompts)],
              "transition": s.transition, "source": s.source}
         if s.transition == "blend":
@@ -199,8 +340,14 @@ def to_dict(timeline: Timeline, layout: Optional[Sequence] = None) -> dict:
         if block is not None:
             d["block"] = int(block)
         segments.append(d)
-    return {"clipwan_timeline": FORMAT_VERSION, "fps": timeline.fps, "source": timeline.source,
+    data = {"clipwan_timeline": FORMAT_VERSION, "fps": timeline.fps, "source": timeline.source,
             "segments": segments}
+    if timeline.controls:  # image / LoRA changes (wan/timeline/controls.py)
+        data["controls"] = controls_to_dict(timeline.controls)
+    rule = BlockRule.from_layout(layout) if layout is not None else getattr(timeline, "block_rule", None)
+    if rule is not None:  # the run's block sizes: blocks -> video frames for a reader without the run (CLIP-T)
+        data["block_layout"] = rule.to_dict()
+    return data
 
 
 def from_dict(data: dict, source: str = "timeline", embeddings: Optional[dict] = None) -> Timeline:
@@ -210,8 +357,10 @@ def from_dict(data: dict, source: str = "timeline", embeddings: Optional[dict] =
     segments = []
     for i, d in enumerate(data.get("segments") or []):
         where = f"{source}, segments[{i}]"
-        prompts = [Prompt(str(p.get("text", "")), float(p.get("weight", 1.0)),
-                          (embeddings or {}).get(p.get("key", ""))) for p in d.get("prompts") or []]
+        prompts = [Prompt(str(p.get("text", "")), float(p.get("weight", 1.0)), (embeddings or {}).get(p.get("key", "")),
+                          {c["prefix"]: (embeddings or {})[c["key"]] for c in p.get("cut") or []
+                           if c.get("key") in (embeddings or {})})
+                   for p in d.get("prompts") or []]
         block = d.get("block")
         seg = Segment(prompts, block=block, frame=None if block is not None else d.get("frame"),
                       seconds=None if block is not None or d.get("frame") is not None else d.get("seconds"),
@@ -221,7 +370,10 @@ def from_dict(data: dict, source: str = "timeline", embeddings: Optional[dict] =
         segments.append(_checked(seg, where))
     if not segments:
         raise ValueError(f"{source}: no segments.")
-    return Timeline(segments, fps=data.get("fps"), source=data.get("source") or source)
+    timeline = Timeline(segments, fps=data.get("fps"), source=data.get("source") or source)
+    timeline.controls = controls_from_dict(data.get("controls"), embeddings, source)
+    timeline.block_rule = BlockRule.from_dict(data.get("block_layout"))
+    return timeline
 
 
 def embeddings_path(path: str) -> str:
@@ -237,6 +389,9 @@ def save(timeline: Timeline, path: str, layout: Optional[Sequence] = None, embed
             for j, p in enumerate(s.prompts):
                 if p.embedding is not None:
                     tensors[f"segment{i}.prompt{j}"] = p.embedding.detach().float().cpu().clone()
+                for k, cut in enumerate(p.cut_embeddings.values()):
+                    tensors[f"segment{i}.prompt{j}.cut{k}"] = cut.detach().float().cpu().clone()
+        tensors.update(controls_tensors(timeline.controls))
     if tensors:
         from safetensors.torch import save_file
 
@@ -248,20 +403,31 @@ def save(timeline: Timeline, path: str, layout: Optional[Sequence] = None, embed
 
 
 def load(path: str, switch_frames: Optional[Sequence[int]] = None, line: int = 1,
-         fps: Optional[float] = None) -> Timeline:
-    """Any timeline file, by its content: the pack's JSON, Scope's JSON, an interactive JSONL, or plain text."""
+         fps: Optional[float] = None, blocks: Optional[int] = None, cut_prefix: Optional[str] = None) -> Timeline:
+    """Any timeline file, by its content: the pack's JSON, Scope's JSON, an interactive JSONL, LongLive 2.0's per-block
+    prompts, or plain text; a folder is a LongLive 2.0 multi-shot caption folder (``blocks``: the run's block count).
+    ``cut_prefix``: the scene-cut prefix LongLive's files mark cuts with (default its own)."""
+    if os.path.isdir(path):
+        timeline = load_longlive_shots(path, blocks, cut_prefix)
+        timeline.fps = fps
+        return timeline
     if not os.path.isfile(path):
         raise FileNotFoundError(f"timeline file '{path}' does not exist.")
     with open(path, encoding="utf-8") as f:
         raw = f.read()
     return parse_any(raw, os.path.basename(path), switch_frames, line, fps, os.path.dirname(path),
-                     jsonl=path.endswith(".jsonl"))
+                     jsonl=path.endswith(".jsonl"), cut_prefix=cut_prefix)
 
 
 def parse_any(raw: str, name: str = "timeline text", switch_frames: Optional[Sequence[int]] = None, line: int = 1,
-              fps: Optional[float] = None, folder: str = "", jsonl: bool = False) -> Timeline:
+              fps: Optional[float] = None, folder: str = "", jsonl: bool = False,
+              cut_prefix: Optional[str] = None) -> Timeline:
     """A timeline from its text, whichever of the formats it is (typed or pasted into the node, or read by ``load``)."""
     stripped = raw.lstrip()
+    if is_block_prompts(raw):
+        timeline = parse_block_prompts(raw, name, cut_prefix)
+        timeline.fps = fps
+        return timeline
     if jsonl or (stripped.startswith("{") and "\n{" in stripped.strip() and
                  '"startTime"' not in raw and '"clipwan_timeline"' not in raw):
         return parse_interactive(raw, switch_frames, line, source=name)

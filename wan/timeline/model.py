@@ -8,7 +8,12 @@ prompts, and says how the video gets there from what came before:
   joint re-cache, MemFlow's bank, Krea's recompute, LongLive 2.0's per-block switch, per ``settings.recache``);
 * ``"blend"`` over N blocks: the text embedding moves from the one in use to the new one block by block
   (``blend.transition``, Scope's embedding blender); only the cross-attention context changes, the KV cache
-  keeps what it holds (Scope resets the cross-attention cache only during a transition).
+  keeps what it holds (Scope resets the cross-attention cache only during a transition);
+* ``"cut"``: a scene cut, LongLive 2.0's multi-shot mode (``wan/sampling/multishot.py``): the cut block is
+  conditioned on ``scene_cut_prefix + prompt`` (the setting; LongLive 2.0: "The scene transitions. "), the shot's
+  later blocks on the prompt alone, exactly as LongLive's prompt files write a shot; nothing is re-cached, and the
+  loop pins the cut block as the new shot's sink and moves the RoPE positions. A cut at block 0 is the first
+  shot's start (LongLive never prefixes it). Families without a multi-shot mode refuse a cut before sampling.
 
 ``Timeline.compile(layout)`` turns it into a ``TextSchedule``: the text of block 0 and, per later block, the
 embedding and the rule (``"switch"`` or ``"context"``) the loop applies before that block. Times become blocks
@@ -29,8 +34,9 @@ import torch
 
 from ..vae.latent import latent_frame_to_pixel_frame, pixel_frame_to_latent_frame
 from . import blend
+from .controls import Controls
 
-TRANSITIONS = ("switch", "blend")
+TRANSITIONS = ("switch", "blend", "cut")
 
 
 @dataclasses.dataclass
@@ -41,6 +47,8 @@ class Prompt:
     text: str = ""
     weight: float = 1.0
     embedding: Optional[torch.Tensor] = None
+    # a scene cut's block: the embedding of ``prefix + text`` per scene-cut prefix it was encoded with
+    cut_embeddings: Dict[str, torch.Tensor] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass
@@ -101,11 +109,35 @@ class Segment:
             return self.prompts[0].embedding
         return blend.mix([p.embedding for p in self.prompts], [p.weight for p in self.prompts], self.mix)
 
+    def cut_embedding(self, prefix: str, encoder: Optional[Callable[[str], torch.Tensor]] = None) -> torch.Tensor:
+        """A scene cut's embedding for its cut block: each prompt's ``prefix + text`` (encoded now with ``encoder``
+        where not encoded yet), mixed like ``embedding()``; the plain embedding when ``prefix`` is empty."""
+        if not prefix:
+            return self.embedding()
+        for p in self.prompts:
+            if prefix in p.cut_embeddings:
+                continue
+            if encoder is None:
+                raise ValueError(
+                    f"{self.source or 'a scene cut'}: the cut block is conditioned on the scene-cut prefix "
+                    f"{prefix!r} + the prompt (as LongLive 2.0's prompt files write a new shot), but the prompt "
+                    f"'{p.text[:60]}' has no text encoder to encode that with: build the timeline from text with a "
+                    f"CLIP (Prompt Timeline from Text; CLI: --text-encoder; Python: timeline.encode(encoder, "
+                    f"cut_prefix=...)), or set scene_cut_prefix to '' to condition the cut block on the prompt as "
+                    f"given.")
+            p.cut_embeddings[prefix] = encoder(prefix + p.text)
+        if len(self.prompts) == 1:
+            return self.prompts[0].cut_embeddings[prefix]
+        return blend.mix([p.cut_embeddings[prefix] for p in self.prompts], [p.weight for p in self.prompts],
+                         self.mix)
+
 
 @dataclasses.dataclass
 class TextChange:
-    """What the loop does before a block: ``rule`` "switch" (the family's switch rule) or "context" (only the
-    cross-attention text changes: a blend step); ``segment`` = index into the timeline's segments."""
+    """What the loop does before a block: ``rule`` "switch" (the family's switch rule), "context" (only the
+    cross-attention text changes: a blend step, a cut shot's text after its cut block) or "cut" (a scene cut: the
+    text changes, nothing is re-cached, a multi-shot loop runs its cut rules); ``segment`` = index into the
+    timeline's segments."""
 
     text: torch.Tensor
     rule: str
@@ -123,6 +155,8 @@ class Timeline:
         self.source = source
         self.live = None  # a LiveControl (wan/timeline/live.py) adds segments while a loop runs
         self.encoder = None  # text -> embedding, kept for live prompts (ComfyUI: the timeline node's CLIP)
+        self.controls = Controls()  # image and LoRA changes (wan/timeline/controls.py), apart from the prompts
+        self.block_rule = None  # the run's block sizes when read from a sidecar (video_prompts.BlockRule)
 
     def __len__(self) -> int:
         return len(self.segments)
@@ -133,9 +167,11 @@ class Timeline:
     def copy(self) -> "Timeline":
         """A timeline of its own (segments and prompts copied, embeddings shared): a run may add live segments to it
         without touching the one it came from (ComfyUI caches node outputs)."""
-        out = Timeline([dataclasses.replace(s, prompts=[dataclasses.replace(p) for p in s.prompts])
+        out = Timeline([dataclasses.replace(s, prompts=[dataclasses.replace(p, cut_embeddings=dict(p.cut_embeddings))
+                                                        for p in s.prompts])
                         for s in self.segments], fps=self.fps, source=self.source)
-        out.encoder = self.encoder
+        out.encoder, out.block_rule = self.encoder, self.block_rule
+        out.controls = self.controls.copy()
         return out
 
     # --- text -> embeddings ---------------------------------------------------------------------------
@@ -148,14 +184,22 @@ class Timeline:
                     seen.setdefault(p.text, None)
         return list(seen)
 
-    def encode(self, encoder: Callable[[str], torch.Tensor]) -> "Timeline":
-        """Fill in every prompt's embedding with ``encoder(text) -> [1, L, D]``, each distinct text once."""
+    def encode(self, encoder: Callable[[str], torch.Tensor], cut_prefix: str = "") -> "Timeline":
+        """Fill in every prompt's embedding with ``encoder(text) -> [1, L, D]``, each distinct text once; with
+        ``cut_prefix`` (the ``scene_cut_prefix`` setting) the scene cuts' ``prefix + text`` too."""
         done = {text: encoder(text) for text in self.texts()}
         for s in self.segments:
             for p in s.prompts:
                 if p.embedding is None:
                     p.embedding = done[p.text]
+            if s.transition == "cut" and cut_prefix:
+                s.cut_embedding(cut_prefix, encoder)
         return self
+
+    def cut_texts(self, prefix: str) -> list:
+        """The scene cuts' ``prefix + text`` still without an embedding (none without a prefix)."""
+        return list(dict.fromkeys(prefix + p.text for s in self.segments if s.transition == "cut" and prefix
+                                  for p in s.prompts if prefix not in p.cut_embeddings))
 
     # --- where segments start ----------------------------------------------------------------------------
     def start_frame(self, segment: Segment) -> int:
@@ -172,7 +216,10 @@ class Timeline:
         if segment.block is not None:
             return int(segment.block)
         frame = self.start_frame(segment)
-        return next((bi for bi, (start, _) in enumerate(layout) if start >= frame), len(layout))
+        for bi, (start, _) in enumerate(layout):  # an endless layout has no length, but always such a block
+            if start >= frame:
+                return bi
+        return len(layout)
 
     def resolved(self, layout: Sequence) -> list:
         """``[(block, index)]`` of the segments in effect, ordered by block; per block the last listed wins;
@@ -193,10 +240,10 @@ class Timeline:
         return len(self.segments) - 1
 
     # --- the loop's view ------------------------------------------------------------------------------
-    def compile(self, layout: Sequence, text: Optional[torch.Tensor] = None) -> "TextSchedule":
+    def compile(self, layout: Sequence, text: Optional[torch.Tensor] = None, cut_prefix: str = "") -> "TextSchedule":
         """The loop's per-block schedule; ``text`` is the embedding in use before the first segment (the
-        sampler's positive), the source of a blend there."""
-        return TextSchedule(self, layout, text)
+        sampler's positive), the source of a blend there; ``cut_prefix`` the ``scene_cut_prefix`` of the run."""
+        return TextSchedule(self, layout, text, cut_prefix)
 
     def frame_prompts(self, layout: Sequence, initial_text: str = "") -> list:
         """``[(start_frame, prompt_text), ...]``: from which output (pixel) frame each prompt conditions the video
@@ -216,16 +263,33 @@ class TextSchedule:
     text) and ``changes[block]`` (``TextChange``). With a live control, ``take(block)`` first inserts the newest
     ready live segment at ``block`` and rebuilds; ``applied`` lists ``(block, segment index, rule)`` in order."""
 
-    def __init__(self, timeline: Timeline, layout: Sequence, text: Optional[torch.Tensor] = None):
-        self.timeline, self.layout, self.base = timeline, list(layout), text
+    def __init__(self, timeline: Timeline, layout: Sequence, text: Optional[torch.Tensor] = None,
+                 cut_prefix: str = ""):
+        self.timeline, self.base = timeline, text
+        self.cut_prefix = cut_prefix
+        # an endless run's layout has no length (wan/sampling/endless.py EndlessLayout): the schedule is built on
+        # the prefix that reaches the last segment, grown when a live change lands past it
+        self._source = layout
+        self.endless = not hasattr(layout, "__len__")
         self.applied: list = []
         self._build()
+
+    def _reach(self) -> list:
+        """The layout the schedule is built on: all of a fixed run's; of an endless run, the blocks up to the end of
+        the last segment's transition."""
+        if not self.endless:
+            return list(self._source)
+        last = 0
+        for seg in self.timeline.segments:
+            last = max(last, self.timeline.start_block(seg, self._source) + max(1, int(seg.blend_blocks)))
+        return self._source[:last + 1]
 
     @property
     def live(self):
         return self.timeline.live
 
     def _build(self) -> None:
+        self.layout = self._reach()
         self.initial: Optional[torch.Tensor] = None
         self.changes: Dict[int, TextChange] = {}
         current = self.base  # the embedding in use before a block (None: not known, a blend there snaps)
@@ -242,6 +306,11 @@ class TextSchedule:
                 for j, emb in enumerate(steps[:end - block]):  # a later segment cuts the blend short
                     self.changes[block + j] = TextChange(emb, "context", i, j, len(steps))
                 current = steps[min(len(steps), end - block) - 1] if steps else current
+            elif seg.transition == "cut":  # the cut block: prefix + prompt; the shot's next block: the prompt alone
+                self.changes[block] = TextChange(seg.cut_embedding(self.cut_prefix, self.timeline.encoder), "cut", i)
+                if self.cut_prefix and block + 1 < end:
+                    self.changes[block + 1] = TextChange(target, "context", i, 1, 2)
+                current = target
             else:  # a switch, or a blend with no embedding known before it (Scope snaps to the target then)
                 self.changes[block] = TextChange(target, "switch" if seg.transition == "switch" else "context", i)
                 current = target

@@ -78,6 +78,22 @@ def iter_video_frames(path, chunk: int = 16):
             yield torch.from_numpy(np.stack(frames)).float() / 255.0
 
 
+def video_fps(path) -> float:
+    """The frame rate of a video file (its stream's average rate; 16, Wan's, when the container gives none)."""
+    import av
+
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"video not found: '{path}'")
+    try:
+        with av.open(path) as container:
+            if not container.streams.video:
+                raise ValueError(f"'{path}' has no video stream")
+            rate = container.streams.video[0].average_rate
+    except (av.error.FFmpegError, OSError) as exc:
+        raise ValueError(f"'{path}' is not a video file PyAV/FFmpeg can read ({exc})") from None
+    return float(rate) if rate else 16.0
+
+
 class LatentFrames:
     """Latent frames of a pixel-frame stream, encoded as they are asked for. ``prepare(frames [B, 3, f, H, W] in
     [0, 1]) -> pixels in [-1, 1]`` lets a caller build what is encoded (VACE's inactive / reactive halves);
