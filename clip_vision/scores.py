@@ -271,9 +271,18 @@ def write_scores(stem: str, rows, segments, payload: dict) -> dict:
 
 
 def block_of(frame: int, frames_per_block: int) -> int:
-    """Causal block of a video frame when the first block decodes frame 0 plus ``frames_per_block`` frames and
-    every later one ``frames_per_block`` (Wan 2.1, blocks of 3 latent frames: 1 + 12, then 12); 0 = one block."""
-    return 0 if frames_per_block <= 0 else max(0, frame - 1) // frames_per_block
+    """Causal block of a video frame for blocks of ``frames_per_block`` video frames (``frames_per_block`` / 4
+    latent frames), by the Wan VAE's time rule: the first block's first latent frame decodes to one frame, so block 0
+    holds ``frames_per_block - 3`` frames and every later block ``frames_per_block`` (Wan 2.1, blocks of 3 latent
+    frames: 9, then 12); 0 = one block."""
+    from ..wan.vae.latent import TIME_RATIO, pixel_frame_to_latent_frame
+
+    if frames_per_block <= 0:
+        return 0
+    if frames_per_block % TIME_RATIO:
+        raise ValueError(f"frames_per_block {frames_per_block} is not a whole number of latent frames: give a "
+                         f"multiple of {TIME_RATIO} video frames (blocks of 3 latent frames: 12).")
+    return pixel_frame_to_latent_frame(frame) // (frames_per_block // TIME_RATIO)
 
 
 def block_pieces(start: int, count: int, frames_per_block) -> list:

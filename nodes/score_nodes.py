@@ -129,9 +129,9 @@ class ScoreVideoCLIP:
                 "video": ("VIDEO", {"tooltip": "A video to score, read a chunk at a time; or connect images."}),
                 "reference": ("IMAGE", {"tooltip": "Start / reference image for CLIP-I (default: the first frame)."}),
                 "frames_per_block": ("INT", {"default": 12, "min": 0, "max": 1000, "advanced": True,
-                                             "tooltip": "Frames per causal block after the first frame, for the "
-                                                        "per-block means (Wan 2.1, blocks of 3 latent frames: 12). "
-                                                        "0 = one block."}),
+                                             "tooltip": "Video frames per causal block, a multiple of 4, for "
+                                                        "the per-block means (Wan 2.1, blocks of 3 latent frames: "
+                                                        "12; the first block holds 3 fewer). 0 = one block."}),
                 "theme": (list(THEMES), {"default": "dark", "advanced": True,
                                          "tooltip": "Chart colours: dark (ComfyUI's default) or light."}),
             },

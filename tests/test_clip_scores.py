@@ -231,9 +231,10 @@ def test_xlm_roberta_tower_scores_equal_open_clip(tmp_path, xlmr_clip, layout):
         txt = text(ids)
         img = visual(oracle_pixels(frames))
     segments = [(0, PROMPTS[0]), (2, PROMPTS[1]), (5, PROMPTS[2])]
-    scorer = score_frames(vision, frames, tower, segments, frames_per_block=3)
+    scorer = score_frames(vision, frames, tower, segments, frames_per_block=4)
     assert_rows(scorer.rows, *expected_scores(img, txt[[0, 0, 1, 1, 1, 2]], img[:1]))
-    assert [r.block for r in scorer.rows] == [0, 0, 0, 0, 1, 1]  # frame 0 + 3, then 3 per block
+    # blocks of 1 latent frame = 4 video frames: frame 0 alone (its latent frame decodes to one), then 4 each
+    assert [r.block for r in scorer.rows] == [0, 1, 1, 1, 1, 2]
     # a prompt's embedding does not depend on how much padding its batch has
     alone = tower.encode([PROMPTS[0]])
     assert (alone - tower.encode(PROMPTS)[:1]).abs().max() <= 1e-5

@@ -133,7 +133,8 @@ def test_score_budget_setting_declared_once_optional_and_off_by_default():
     assert s.nodes == (spec.STREAM,) and s.since == spec.LAYOUT_VERSION and s.widget_default == 0.0
     layouts = spec.widget_layouts(spec.STREAM)
     assert "score_budget_percent" in layouts[-1] and "score_budget_percent" not in layouts[-2]
-    assert layouts[-1][:-1] == layouts[-2]  # appended: a workflow saved before keeps its values in place
+    # appended after the earlier layout: a workflow saved before keeps its values in place
+    assert layouts[-1][:len(layouts[-2])] == layouts[-2]
     required, optional = spec.node_inputs(spec.STREAM)
     assert "score_budget_percent" in optional and "score_budget_percent" not in required
     assert spec.get("score_budget_percent").check(150.0) is not None
