@@ -364,7 +364,8 @@ def test_family_combo_is_the_last_input_and_lists_every_preset():
     # the stream node's own inputs added after it, in a later version, come after it for the same reason
     multi_shot = ["multi_shot_sink", "multi_shot_rope_offset", "scene_cut_prefix"]  # both nodes, layout 6
     later = {CausalWanSampler: multi_shot,
-             CausalWanStreamVideo: ["score_every_n_frames", "score_prompts", "until_stopped"] + multi_shot}
+             CausalWanStreamVideo: ["score_every_n_frames", "score_prompts", "until_stopped"] + multi_shot
+             + ["live_encode_priority", "score_budget_percent"]}
     for node in (CausalWanSampler, CausalWanStreamVideo):
         spec = node.INPUT_TYPES()
         names = list(spec["optional"])
