@@ -12,13 +12,13 @@ CLIP ViT in both layouts), the text tower through ``towers.bert``.
 
 from __future__ import annotations
 
-import json
 import os
 from typing import Mapping, Optional
 
 import torch
 
 from ..clip_vision import ClipVisionModel, VisionTransformer, detect_config
+from ..clip_vision.checkpoint import hf_config_beside
 from ..clip_vision.layouts import plan_conversion
 from ..weights import open_weights
 from .towers.bert import CONTEXT_LENGTH, BertTextWeights, bert_weights_from_state_dict, hf_text_overrides
@@ -27,17 +27,6 @@ from .towers.bert import CONTEXT_LENGTH, BertTextWeights, bert_weights_from_stat
 # preprocessor_config.json of OFA-Sys/chinese-clip-vit-* lists the same numbers), resize to the tower's size.
 VISION_ACT = "quick_gelu"
 
-
-def _config_json(path: Optional[str]) -> dict:
-    if not path:
-        return {}
-    beside = os.path.join(os.path.dirname(os.path.abspath(path)), "config.json")
-    try:
-        with open(beside) as f:
-            cfg = json.load(f)
-        return cfg if isinstance(cfg, dict) else {}
-    except (OSError, ValueError):
-        return {}
 
 
 def vision_overrides(cfg: Mapping) -> dict:
@@ -68,7 +57,7 @@ def load_cnclip(path: str, parts=("vision", "text"), context_length: Optional[in
     """A Chinese-CLIP checkpoint file (HF ``model.safetensors``/``pytorch_model.bin`` or a cn_clip ``.pt``)."""
     reader = open_weights(path, "Chinese-CLIP")
     sd = {k: reader.get(k) for k in reader.keys}
-    cfg = _config_json(path)
+    cfg = hf_config_beside(path)
     text = None
     if "text" in parts:
         try:

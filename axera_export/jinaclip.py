@@ -11,26 +11,17 @@ CPU heads (the NPU graphs are unchanged), then L2 normalisation as usual.
 
 from __future__ import annotations
 
-import json
 import os
 from typing import Mapping, Optional
 
 import torch
 
+from ..clip_vision.checkpoint import hf_config_beside
 from ..weights import open_weights
 from .towers.eva import (EvaConfig, EvaVisionModel, eva_weights_from_state_dict, find_root as vision_root,
                          random_state_dict as random_eva_state_dict, vision_config_from_json)
 from .towers.xlmr import CONTEXT_LENGTH, find_root as text_root, xlmr_weights_from_state_dict
 
-
-def read_config(path: str) -> dict:
-    beside = os.path.join(os.path.dirname(os.path.abspath(path)), "config.json")
-    try:
-        with open(beside) as f:
-            cfg = json.load(f)
-        return cfg if isinstance(cfg, dict) else {}
-    except (OSError, ValueError):
-        return {}
 
 
 def matryoshka_dim(cfg: Mapping, truncate_dim: Optional[int]) -> Optional[int]:
@@ -72,7 +63,7 @@ def load_jinaclip(path: str, parts=("vision", "text"), **options) -> tuple:
     reader = open_weights(path, "Jina-CLIP")
     sd = {k: reader.get(k) for k in reader.keys}
     try:
-        return jinaclip_from_state_dict(sd, read_config(path), parts, f"'{os.path.basename(path)}'", **options)
+        return jinaclip_from_state_dict(sd, hf_config_beside(path), parts, f"'{os.path.basename(path)}'", **options)
     except ValueError as exc:
         raise ValueError(f"'{path}': {exc}") from None
 

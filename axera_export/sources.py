@@ -8,14 +8,13 @@ the pack's one weights reader (``weights.py``: safetensors, or ``torch.load(weig
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from typing import Optional
 
 import torch
 
 from ..clip_vision import ClipVisionModel, VisionTransformer, default_clip_vision, detect_config, load_clip_vision
-from ..clip_vision.checkpoint import open_checkpoint
+from ..clip_vision.checkpoint import hf_config_beside, open_checkpoint
 from .text_model import (VIT_B32_TEXT, TextConfig, TextWeights, default_text_state_dict,
                          text_weights_from_state_dict)
 
@@ -73,13 +72,7 @@ def _is_text_key(key: str) -> bool:
 
 def text_overrides(path: str) -> dict:
     """``hidden_act``/``num_attention_heads``/``layer_norm_eps`` of an HF ``config.json`` beside the file."""
-    beside = os.path.join(os.path.dirname(os.path.abspath(path)), "config.json")
-    try:
-        with open(beside) as f:
-            cfg = json.load(f)
-    except (OSError, ValueError):
-        return {}
-    text = cfg.get("text_config") if isinstance(cfg, dict) else None
+    text = hf_config_beside(path).get("text_config")
     if not isinstance(text, dict):
         return {}
     out = {"act": text.get("hidden_act"), "heads": text.get("num_attention_heads"), "eps": text.get("layer_norm_eps")}

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+from typing import Optional
 
 from ..weights import open_weights
 
@@ -16,6 +17,19 @@ def open_checkpoint(path, what: str = "CLIP vision"):
     return open_weights(path, what)
 
 
+def hf_config_beside(path: Optional[str]) -> dict:
+    """The Hugging Face ``config.json`` beside a checkpoint file (how HF repos ship it), or {} when there is none or
+    it is not a JSON object."""
+    if not path:
+        return {}
+    try:
+        with open(os.path.join(os.path.dirname(os.path.abspath(path)), "config.json")) as f:
+            cfg = json.load(f)
+    except (OSError, ValueError):
+        return {}
+    return cfg if isinstance(cfg, dict) else {}
+
+
 def config_overrides(path: str, reader, width: int) -> dict:
     """Hyper-parameters that shapes cannot tell (activation, heads), from metadata shipped with the weights.
 
@@ -23,16 +37,10 @@ def config_overrides(path: str, reader, width: int) -> dict:
     safetensors metadata (a ``config`` JSON string, or plain ``hidden_act``/``act``… entries).
     """
     overrides: dict = {}
-    beside = os.path.join(os.path.dirname(os.path.abspath(path)), "config.json")
-    if os.path.isfile(beside):
-        try:
-            with open(beside) as f:
-                cfg = json.load(f)
-            vision = cfg.get("vision_config", cfg) if isinstance(cfg, dict) else {}
-            if isinstance(vision, dict) and vision.get("hidden_size") == width:
-                overrides.update(vision)
-        except (OSError, ValueError):
-            pass
+    cfg = hf_config_beside(path)
+    vision = cfg.get("vision_config", cfg)
+    if isinstance(vision, dict) and vision.get("hidden_size") == width:
+        overrides.update(vision)
     meta = dict(reader.metadata or {})
     if "config" in meta:
         try:

@@ -18,7 +18,6 @@ Hyper-parameters come from tensor shapes; what shapes cannot tell (activation, h
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 from typing import Mapping, Optional, Sequence
@@ -27,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .checkpoint import hf_config_beside
 from .loader import ClipVisionModel
 from .model import HF_ACTIVATIONS, Block, VisionHidden, _activation, _layer_norm, block_names, gather
 from .siglip_layouts import T, V, to_canonical
@@ -173,17 +173,6 @@ def _count(keys, prefix: str) -> int:
     return len(found)
 
 
-def _hf_config(path: Optional[str]) -> dict:
-    """``config.json`` beside the checkpoint (HF repos), or {}."""
-    if not path:
-        return {}
-    try:
-        with open(os.path.join(os.path.dirname(os.path.abspath(path)), "config.json")) as f:
-            cfg = json.load(f)
-        return cfg if isinstance(cfg, dict) else {}
-    except (OSError, ValueError):
-        return {}
-
 
 def _settings(part: dict, width: int, default_act: str) -> dict:
     act = part.get("hidden_act", default_act)
@@ -244,7 +233,7 @@ def siglip_from_state_dict(sd: Mapping[str, torch.Tensor], parts=("vision", "tex
     """``(SiglipVisionModel | None, TextWeights | None, layout)`` from a SigLIP state dict in any layout;
     ``config``: an HF ``SiglipConfig`` dict (default: the ``config.json`` beside ``path``)."""
     canonical, layout = to_canonical(sd, source)
-    cfg = config if config is not None else _hf_config(path)
+    cfg = config if config is not None else hf_config_beside(path)
     vocab = canonical.get(f"{T}embeddings.token_embedding.weight")
     vision_act, text_act = _defaults(layout, None if vocab is None else vocab.shape[0])
     vision = text = None
