@@ -97,12 +97,17 @@ def run_live(model, encoder, blocks: int, size_px: int, requests: int, seed: int
     h = w = size_px // 8
     loop = iter_causal_blocks(model, torch.zeros(1, 16, 3 * blocks, h, w), None, seed=seed, settings=_settings(),
                               timeline=timeline, hooks=Hooks())
+    return timed_run(loop, live, device, sent)
+
+
+def timed_run(loop, live, device, sent: dict) -> dict:
+    """Run ``loop`` to its end: seconds per block (each block's frames final), the requests ``sent`` per block and
+    the live control's events (its ``mark_block_done`` called as each block is out); the control is closed after."""
     times, t_prev = [], time.perf_counter()
     for result in loop:
         if device.type == "cuda":
             torch.cuda.synchronize()
-        now = time.perf_counter()
-        times.append(now - t_prev)
+        times.append(time.perf_counter() - t_prev)
         if live is not None:
             live.mark_block_done(result.index)
         t_prev = time.perf_counter()

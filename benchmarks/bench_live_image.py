@@ -47,6 +47,7 @@ def run_images(model, encoder, blocks: int, size_px: int, requests: int, seed: i
     from ..wan.sampling.loop import SamplerHooks
     from ..wan.sampling.run import iter_causal_blocks
     from ..wan.timeline import LiveControl, parse_text
+    from .bench_live import timed_run
 
     timeline = parse_text("0: a red fox walks through snow").encode(lambda text: torch.ones(1, 4, 4096))
     live = LiveControl(None) if requests else None
@@ -73,19 +74,7 @@ def run_images(model, encoder, blocks: int, size_px: int, requests: int, seed: i
     y[:, :4, 0] = 1.0
     loop = iter_causal_blocks(model, torch.zeros(1, 16, frames, h, w), None, seed=seed, settings=_settings(),
                               timeline=timeline, hooks=Hooks(), clip_fea=clip.to(device), concat=y.to(device))
-    times, t_prev = [], time.perf_counter()
-    for result in loop:
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        now = time.perf_counter()
-        times.append(now - t_prev)
-        if live is not None:
-            live.mark_block_done(result.index)
-        t_prev = time.perf_counter()
-    events = live.status() if live else []
-    if live:
-        live.close()
-    return {"times": times, "sent": sent, "events": events}
+    return timed_run(loop, live, device, sent)
 
 
 def _picture(seed: int, size_px: int) -> torch.Tensor:
