@@ -52,3 +52,31 @@ def test_clip_export_manifest_names_its_family(tmp_path):
                                        os.path.join(result.folder, "tokenizer", "bpe_simple_vocab_16e6.txt.gz")}
     probs = runtime.zero_shot(np.full((1, 40, 40, 3), 0.5, np.float32), ["cat", "dog"])[0]
     assert sum(p for _, p in probs) == pytest.approx(1.0)
+
+
+def test_tokenizer_files_missing_or_of_another_model_are_named(tmp_path):
+    """Chinese-CLIP / Jina-CLIP / SigLIP share the file rules: a missing tokenizer file names the file and where to put
+    it, one with more ids than the text tower has rows is refused, an export lacking its file says to copy it."""
+    from types import SimpleNamespace
+
+    vocab = tmp_path / "vocab.txt"
+    vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "狐", "狸", "a", "fox", "##es"]))
+
+    def source(where, rows):
+        config = SimpleNamespace(context_length=52, vocab_size=rows, pad_id=1)
+        return SimpleNamespace(tokenizer_path=where, description="test source", text=SimpleNamespace(config=config))
+
+    cnclip, jina = families.FAMILIES["cnclip"], families.FAMILIES["jinaclip"]
+    assert cnclip.export_tokenizer(source(str(tmp_path), 10)).info["vocab_size"] == 10  # the folder's vocab.txt
+    with pytest.raises(ValueError, match=r"has 10 tokens but the text tower only 9: it belongs to another model"):
+        cnclip.export_tokenizer(source(str(vocab), 9))
+    with pytest.raises(FileNotFoundError, match=r"test source: Jina-CLIP's 'tokenizer.json' was not found in .*"
+                                                r"put the model's tokenizer.json beside the checkpoint"):
+        jina.export_tokenizer(source(str(tmp_path), 10))
+    with pytest.raises(FileNotFoundError, match=r"Chinese-CLIP's WordPiece vocabulary 'vocab.txt' was not found: "
+                                                r".*cn_clip/clip/vocab.txt"):
+        cnclip.export_tokenizer(source(None, 10))
+    block = {"tokenizer": {"context_length": 52, "kind": "sentencepiece", "files": ["tokenizer/spiece.model"]}}
+    for family in (cnclip, jina, families.FAMILIES["siglip"]):
+        with pytest.raises(FileNotFoundError, match=r"lacks its tokenizer file .*copy the whole export folder"):
+            family.tokenizer(block, str(tmp_path / "export"))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 from typing import Callable, Optional, Sequence
 
 import numpy as np
@@ -83,6 +84,35 @@ class Tokenizer:
         if not texts:
             raise ValueError("tokenize: no texts given")
         return np.asarray(self.encode(texts), np.int32)
+
+
+def source_tokenizer_file(source, name: str, what: str, hint: str = "") -> str:
+    """The tokenizer file ``name`` of an export source: ``source.tokenizer_path`` itself when it is a file, else
+    ``name`` in that folder; a missing one is an error naming the file and where to put it."""
+    where = source.tokenizer_path
+    path = (where if os.path.isfile(where) else os.path.join(where, name)) if where else None
+    if not path or not os.path.isfile(path):
+        raise FileNotFoundError(
+            f"{source.description}: {what} '{name}' was not found{f' in {where!r}' if where else ''}: put the "
+            f"model's {name} beside the checkpoint (the HF folder has it) or give it as tokenizer=...{hint}")
+    return path
+
+
+def check_tokenizer_fits(tokenizer: "Tokenizer", path: str, vocab_size: int, hint: str = "") -> "Tokenizer":
+    """A tokenizer with more ids than the text tower has rows belongs to another model."""
+    size = tokenizer.info["vocab_size"]
+    if size > vocab_size:
+        raise ValueError(f"the tokenizer '{path}' has {size} tokens but the text tower only {vocab_size}: it belongs "
+                         f"to another model{hint}")
+    return tokenizer
+
+
+def exported_tokenizer_files(folder: str, paths) -> None:
+    """The serving side: every tokenizer file an export's manifest names is there."""
+    for path in paths:
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"the export '{folder}' lacks its tokenizer file '{path}': copy the whole "
+                                    f"export folder to the board, or re-export")
 
 
 class Family:

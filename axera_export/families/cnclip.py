@@ -19,7 +19,7 @@ from typing import Optional
 
 import numpy as np
 
-from .base import Family, Tokenizer, linear
+from .base import Family, Tokenizer, check_tokenizer_fits, exported_tokenizer_files, linear, source_tokenizer_file
 
 VOCAB_FILE = "vocab.txt"
 
@@ -78,27 +78,15 @@ class CnClipFamily(Family):
 
     # --- tokenizer -------------------------------------------------------------------------------------
     def export_tokenizer(self, source) -> Tokenizer:
-        where = source.tokenizer_path
-        path = None
-        if where:
-            path = where if os.path.isfile(where) else os.path.join(where, VOCAB_FILE)
-        if not path or not os.path.isfile(path):
-            raise FileNotFoundError(
-                f"{source.description}: Chinese-CLIP's WordPiece vocabulary '{VOCAB_FILE}' was not found"
-                f"{f' in {where!r}' if where else ''}: put the model's vocab.txt beside the checkpoint (HF folder) "
-                f"or give it as tokenizer=... (cn_clip ships it as cn_clip/clip/vocab.txt)")
-        tok = self._build(path, source.text.config.context_length)
-        if tok.info["vocab_size"] > source.text.config.vocab_size:
-            raise ValueError(f"'{path}' has {tok.info['vocab_size']} tokens but the text tower only "
-                             f"{source.text.config.vocab_size}: it belongs to another model")
-        return tok
+        path = source_tokenizer_file(source, VOCAB_FILE, "Chinese-CLIP's WordPiece vocabulary",
+                                     " (cn_clip ships it as cn_clip/clip/vocab.txt)")
+        return check_tokenizer_fits(self._build(path, source.text.config.context_length), path,
+                                    source.text.config.vocab_size)
 
     def tokenizer(self, block, folder) -> Tokenizer:
         info = block["tokenizer"]
         path = os.path.join(folder, "tokenizer", VOCAB_FILE)
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"the export '{folder}' lacks its tokenizer file '{path}': copy the whole "
-                                    f"export folder to the board, or re-export")
+        exported_tokenizer_files(folder, [path])
         return self._build(path, info["context_length"])
 
     @staticmethod

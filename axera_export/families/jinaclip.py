@@ -18,7 +18,7 @@ from typing import Optional
 
 import numpy as np
 
-from .base import Family, Tokenizer, linear
+from .base import Family, Tokenizer, check_tokenizer_fits, exported_tokenizer_files, linear, source_tokenizer_file
 
 TOKENIZER_FILE = "tokenizer.json"
 
@@ -80,21 +80,9 @@ class JinaClipFamily(Family):
 
     # --- tokenizer -------------------------------------------------------------------------------------
     def export_tokenizer(self, source) -> Tokenizer:
-        where = source.tokenizer_path
-        path = None
-        if where:
-            path = where if os.path.isfile(where) else os.path.join(where, TOKENIZER_FILE)
-        if not path or not os.path.isfile(path):
-            raise FileNotFoundError(
-                f"{source.description}: Jina-CLIP's '{TOKENIZER_FILE}' was not found"
-                f"{f' in {where!r}' if where else ''}: "
-                f"put the model's tokenizer.json beside the checkpoint (the HF folder has it) or give it as "
-                f"tokenizer=...")
-        tok = self._build(path, source.text.config.context_length, source.text.config.pad_id)
-        if tok.info["vocab_size"] > source.text.config.vocab_size:
-            raise ValueError(f"'{path}' has {tok.info['vocab_size']} tokens but the text tower only "
-                             f"{source.text.config.vocab_size}: it belongs to another model")
-        return tok
+        path = source_tokenizer_file(source, TOKENIZER_FILE, "Jina-CLIP's")
+        cfg = source.text.config
+        return check_tokenizer_fits(self._build(path, cfg.context_length, cfg.pad_id), path, cfg.vocab_size)
 
     def manifest_block(self, source, tokenizer) -> dict:
         block = super().manifest_block(source, tokenizer)
@@ -108,9 +96,7 @@ class JinaClipFamily(Family):
     def tokenizer(self, block, folder) -> Tokenizer:
         info = block["tokenizer"]
         path = os.path.join(folder, "tokenizer", TOKENIZER_FILE)
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"the export '{folder}' lacks its tokenizer file '{path}': copy the whole "
-                                    f"export folder to the board, or re-export")
+        exported_tokenizer_files(folder, [path])
         return self._build(path, info["context_length"], info.get("pad_id", 1))
 
     @staticmethod

@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 from typing import Optional
 
-from .base import Family, Tokenizer
+from .base import Family, Tokenizer, check_tokenizer_fits, exported_tokenizer_files
 
 SENTENCEPIECE, GEMMA = "sentencepiece", "gemma"
 GEMMA_VOCAB = 256000
@@ -96,20 +96,13 @@ class SiglipFamily(Family):
         config = os.path.join(folder, GEMMA_CONFIG_FILE)
         if kind == GEMMA and os.path.isfile(config):
             files[GEMMA_CONFIG_FILE] = config
-        tokenizer = self._build(kind, files, context_length)
-        size = tokenizer.info["vocab_size"]
-        if size > vocab:
-            raise ValueError(f"the tokenizer '{path}' has {size} tokens but the text tower only {vocab}: it belongs "
-                             f"to another model (SigLIP: spiece.model; SigLIP2: Gemma's tokenizer.json)")
-        return tokenizer
+        return check_tokenizer_fits(self._build(kind, files, context_length), path, vocab,
+                                    " (SigLIP: spiece.model; SigLIP2: Gemma's tokenizer.json)")
 
     def tokenizer(self, block, folder) -> Tokenizer:
         info = block["tokenizer"]
         files = {os.path.basename(f): os.path.join(folder, f) for f in info["files"]}
-        for name, path in files.items():
-            if not os.path.isfile(path):
-                raise FileNotFoundError(f"the export '{folder}' lacks its tokenizer file '{path}': copy the whole "
-                                        f"export folder to the board, or re-export")
+        exported_tokenizer_files(folder, files.values())
         return self._build(info["kind"], files, info["context_length"])
 
     @staticmethod
