@@ -7,14 +7,19 @@ from __future__ import annotations
 import asyncio
 import json
 
-from . import prompts as P
 from .test_stream import _stream_prompt
 
 
-async def _run_and_post(server, prompt: dict, node: str, text: str, route: str = "prompt", payload: dict = None):
+async def _run_and_post(server, prompt: dict, node: str, text: str, route: str = "prompt", payload: dict = None,
+                        after_block: int = 0, cancel_after: int = None):
+    """Queue ``prompt`` with a websocket open; once the player shows frames of ``after_block`` (or later), POST
+    ``payload`` (or ``{"text": text}``) to the live ``route``. ``cancel_after``: once the player shows that many blocks
+    after the one the change landed at (the label ends with ``text``), POST /interrupt (ComfyUI's Cancel) — an endless
+    stream ends no other way (if the change never lands, Cancel comes 8 blocks after the request)."""
     import aiohttp
 
-    events, answer = [], None
+    events, answer, applied = [], None, None
+    cancelled = cancel_after is None
     async with aiohttp.ClientSession() as session:
         async with session.ws_connect(f"{server.url}/ws?clientId={server.client_id}", max_msg_size=0) as ws:
             async with session.post(f"{server.url}/prompt",
@@ -29,13 +34,22 @@ async def _run_and_post(server, prompt: dict, node: str, text: str, route: str =
                 if body.get("prompt_id") not in (None, prompt_id):
                     continue
                 events.append((kind, body))
-                if answer is None and kind == "clipwan.causal_frames" and body.get("frames"):
+                block = body.get("block") if kind == "clipwan.causal_frames" and body.get("frames") else None
+                if answer is None and block is not None and block >= after_block:
                     async with session.post(f"{server.url}/api/clipwan/live/{node}/{route}",
                                             json=payload or {"text": text}) as r:
-                        answer = (r.status, await r.json(), body["block"])
+                        answer = (r.status, await r.json(), block)
+                if block is not None and applied is None and text and (body.get("prompt") or "").endswith(text):
+                    applied = block
+                if not cancelled and block is not None:
+                    due = applied + cancel_after if applied is not None else after_block + 8
+                    if block >= due:
+                        async with session.post(f"{server.url}/interrupt", json={"prompt_id": prompt_id}) as r:
+                            assert r.status == 200
+                        cancelled = True
                 if kind in ("execution_success", "execution_error", "execution_interrupted"):
                     break
-    return prompt_id, events, answer
+    return prompt_id, events, answer, applied
 
 
 def test_live_prompt_during_a_stream(server):
@@ -46,7 +60,7 @@ def test_live_prompt_during_a_stream(server):
     prompt["900"] = {"class_type": "CausalWanTimelineFromText",
                      "inputs": {"clip": ["901", 0], "text": "0: a red fox walks through snow", "fps": 16.0}}
     prompt[node]["inputs"]["timeline"] = ["900", 0]
-    prompt_id, events, answer = asyncio.run(_run_and_post(server, prompt, node, "a wolf howls at the moon"))
+    prompt_id, events, answer, _ = asyncio.run(_run_and_post(server, prompt, node, "a wolf howls at the moon"))
     assert events[-1][0] == "execution_success", events[-1]
     status, body, block_seen = answer
     assert status == 200 and body["node"] == node, body
@@ -69,42 +83,6 @@ def test_live_prompt_during_a_stream(server):
         assert json.loads(container.metadata["comment"])["prompts"][1] == [applied, "a wolf howls at the moon"]
 
 
-async def _endless_run(server, prompt: dict, node: str, text: str, after_block: int, more_blocks: int):
-    """Queue an endless stream; once the player shows ``after_block``, POST a live prompt; once it shows the
-    prompt applied plus ``more_blocks`` blocks, POST /interrupt (ComfyUI's Cancel)."""
-    import aiohttp
-
-    events, answer, applied_at, cancelled = [], None, None, False
-    async with aiohttp.ClientSession() as session:
-        async with session.ws_connect(f"{server.url}/ws?clientId={server.client_id}", max_msg_size=0) as ws:
-            async with session.post(f"{server.url}/prompt",
-                                    json={"prompt": prompt, "client_id": server.client_id}) as r:
-                assert r.status == 200, await r.text()
-                prompt_id = (await r.json())["prompt_id"]
-            async for msg in ws:
-                if msg.type != aiohttp.WSMsgType.TEXT:
-                    continue
-                data = json.loads(msg.data)
-                kind, body = data["type"], data.get("data", {})
-                if body.get("prompt_id") not in (None, prompt_id):
-                    continue
-                events.append((kind, body))
-                block = body.get("block") if kind == "clipwan.causal_frames" else None
-                if block is not None and answer is None and block >= after_block:
-                    async with session.post(f"{server.url}/api/clipwan/live/{node}/prompt", json={"text": text}) as r:
-                        answer = (r.status, await r.json(), block)
-                if block is not None and applied_at is None and (body.get("prompt") or "").endswith(text):
-                    applied_at = block
-                due = applied_at + more_blocks if applied_at is not None else after_block + 8  # never endless here
-                if not cancelled and block is not None and block >= due:
-                    async with session.post(f"{server.url}/interrupt", json={"prompt_id": prompt_id}) as r:
-                        assert r.status == 200
-                    cancelled = True
-                if kind in ("execution_success", "execution_error", "execution_interrupted"):
-                    break
-    return prompt_id, events, answer, applied_at
-
-
 def test_live_prompt_in_an_endless_stream_after_its_first_segment(server):
     """until_stopped: the latent (2 blocks) is only the start; a prompt typed at block 3 takes over at a later
     block, the stream runs on until Cancel, and the fragmented MP4 it leaves holds every block made, with the
@@ -118,7 +96,7 @@ def test_live_prompt_in_an_endless_stream_after_its_first_segment(server):
     prompt[node]["inputs"].update(timeline=["900", 0], until_stopped=True, family="custom", sink_size=3,
                                   local_window=6)
     prompt_id, events, answer, applied = asyncio.run(
-        _endless_run(server, prompt, node, "a wolf howls at the moon", after_block=3, more_blocks=2))
+        _run_and_post(server, prompt, node, "a wolf howls at the moon", after_block=3, cancel_after=2))
     assert events[-1][0] == "execution_interrupted", events[-1]
     status, body, block_seen = answer
     assert status == 200 and body["node"] == node, body
@@ -151,7 +129,7 @@ def test_live_image_during_a_stream(server):
     buf = io.BytesIO()
     test_image(48).save(buf, format="PNG")
     body = {"image": "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode(), "name": "fox.png"}
-    prompt_id, events, answer = asyncio.run(_run_and_post(server, prompt, node, "", "image", body))
+    prompt_id, events, answer, _ = asyncio.run(_run_and_post(server, prompt, node, "", "image", body))
     assert events[-1][0] == "execution_success", events[-1]
     status, reply, block_seen = answer
     assert status == 200 and reply["node"] == node, reply
