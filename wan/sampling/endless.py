@@ -27,7 +27,7 @@ from typing import Iterator, Optional, Sequence
 
 import torch
 
-from .loop import BlockResult, CausalLoop, CausalSettings, PromptSwitch, _check_text_width, block_layout
+from .loop import BlockResult, CausalLoop, CausalSettings, PromptSwitch, block_layout
 
 ENDLESS_TOTAL = 0  # ``BlockResult.total`` of an endless run: no last block
 
@@ -100,7 +100,6 @@ class EndlessLoop(CausalLoop):
         if concat is not None and concat.dim() == 5 and concat.shape[2] > frames:
             kwargs["concat"] = concat[:, :, :frames]
         kwargs["settings"] = dataclasses.replace(s, shorter_last_block=False)
-        timeline = kwargs.get("timeline")
         super().__init__(model, first_segment, text, **kwargs)
         for sw in prompt_switches:
             if sw.start_block < 1:
@@ -110,12 +109,11 @@ class EndlessLoop(CausalLoop):
         self.segment_frames = frames
         self.segment_blocks = len(self.layout)
         self.layout = EndlessLayout(self.layout, n)
-        if self.schedule is not None and hasattr(timeline, "compile"):
-            # the base loop compiled the timeline against the first segment only: segments (and live changes)
-            # after it are the endless run's too
-            self.schedule = timeline.compile(self.layout, text, self.settings.scene_cut_prefix)
-            self.switches = {b: ch.text for b, ch in self.schedule.changes.items()}
-            _check_text_width(self.cfg, [(f"the timeline's prompt at block {b}", t) for b, t in self.switches.items()])
+
+    def _timeline_layout(self):
+        # called by the base loop while self.layout is still the first segment's: a timeline's segments (and live
+        # changes) after the first segment are the endless run's too
+        return EndlessLayout(self.layout, int(self.settings.frames_per_block))
 
     def __len__(self) -> int:
         """Blocks of the first segment (the run itself has no length)."""

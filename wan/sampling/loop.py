@@ -650,8 +650,8 @@ class CausalLoop:
             if prompt_switches:
                 raise ValueError("give prompt_switches or a timeline, not both: put the switch into the timeline "
                                  "as a segment (node: disconnect switch_positive when a timeline is connected).")
-            self.schedule = timeline.compile(self.layout, text, s.scene_cut_prefix) if hasattr(timeline, "compile") \
-                else timeline
+            self.schedule = timeline.compile(self._timeline_layout(), text, s.scene_cut_prefix) \
+                if hasattr(timeline, "compile") else timeline
             if self.schedule.initial is not None:
                 self.text = text = self.schedule.initial
             if text is None:
@@ -684,6 +684,10 @@ class CausalLoop:
 
     def __len__(self) -> int:
         return len(self.layout)
+
+    def _timeline_layout(self):
+        """The block layout a timeline is compiled against (endless.py: the first segment, then blocks without end)."""
+        return self.layout
 
     @property
     def prompt_changes(self) -> bool:
